@@ -1,0 +1,457 @@
+"""Closed-form signal propagation for Leaky ReLU layers (numpy/scipy only, no torch).
+
+A layer maps ``x`` in R^{d_in} to ``y = phi(W x)`` in R^{d_out}, with ``phi`` the Leaky ReLU of
+slope ``a`` in [0, 1] (``a = 0`` is ReLU, ``a = 1`` no activation). The signal per unit is
+``r(x) = ||x|| / sqrt(d)``. Everything here follows from one random variable,
+
+    Q_{d,a} = ||phi(g)||^2,   g ~ N(0, I_d),
+
+whose Laplace transform factorizes over the coordinates:
+
+    E exp(-t Q) = m(t)^d,   m(t) = ((1 + 2t)^{-1/2} + (1 + 2 a^2 t)^{-1/2}) / 2.
+
+The log-moments then are single integrals (Frullani), evaluated in ``u = log t`` by the
+trapezoidal rule, which converges exponentially fast for these analytic integrands:
+
+    E log X       = int_0^inf (e^-t - E e^{-tX}) / t dt
+    E (log X)^2   = -2 int_0^inf (e^-t - E e^{-tX}) log(t) / t dt - 2 gamma E log X
+    E X^p         = 1 / Gamma(1 - p) int_0^inf t^-p E[X e^{-tX}] dt,     0 < p < 1.
+
+For ``a = 0`` the layer output is exactly zero with probability 2^-d (the network dies); log
+quantities are then taken conditionally on a non-zero output, as in the fractional-moment paper.
+
+Example::
+
+    >>> from lightning_lyapunov import theory
+    >>> round(theory.critical_scale(2, 2, 0.1), 3)          # Lyapunov scale at width 2
+    2.263
+    >>> round(theory.lyapunov_exponent(2, 2, 0.1, theory.he_scale(2, 0.1)), 2)
+    -0.82
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from scipy import special
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "critical_scale",
+    "expected_log_q",
+    "glorot_scale",
+    "he_scale",
+    "kurtosis_by_depth",
+    "log_norm_variance",
+    "log_q_variance",
+    "lyapunov_exponent",
+    "moment_q",
+    "orthogonal_gain",
+    "theory_table",
+]
+
+DISTRIBUTIONS = ("gaussian", "orthogonal")
+
+_STEP = 0.05  # trapezoid step in u = log t; the error is below 1e-12 (tests check closed forms)
+_EULER_GAMMA = float(np.euler_gamma)
+_MIN_SLOPE = 1e-100  # below this (but above 0) a^2 underflows the quadrature: use 0 (ReLU)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_width(name: str, d: int) -> int:
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (a layer width), got {d!r}")
+    return int(d)
+
+
+def _check_slope(negative_slope: float) -> float:
+    a = float(negative_slope)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(
+            f"negative_slope must lie in [0, 1] (0 = ReLU, 1 = no activation), got {negative_slope!r}"
+        )
+    if 0.0 < a < _MIN_SLOPE:
+        raise ValueError(
+            f"negative_slope {negative_slope!r} is too small to compute with; use 0 (ReLU) or a "
+            f"slope of at least {_MIN_SLOPE:g}"
+        )
+    return a
+
+
+def _check_moment(moment: float, *, allow_zero: bool = True) -> float:
+    s = float(moment)
+    low_ok = s >= 0.0 if allow_zero else s > 0.0
+    if not (low_ok and s <= 2.0):
+        interval = "[0, 2] (0 = Lyapunov, 2 = He)" if allow_zero else "(0, 2]"
+        raise ValueError(f"moment must lie in {interval}, got {moment!r}")
+    return s
+
+
+def _check_distribution(distribution: str) -> str:
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(
+            f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}"
+        )
+    return distribution
+
+
+def _check_scale(scale: float) -> float:
+    value = float(scale)
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- quadrature
+
+
+def _grid(d: int, a: float) -> np.ndarray:
+    """Nodes u = log t covering both the t ~ 1/d and the t ~ 1/a^2 scales of m(t)^d."""
+    low = -math.log(d) - 45.0
+    high = 95.0 + (2.0 * math.log(1.0 / a) if a > 0.0 else 0.0)
+    return np.arange(low, high + _STEP, _STEP)
+
+
+def _log_m(x: np.ndarray, a: float) -> np.ndarray:
+    """log m(x) to full relative precision, also where m(x) is close to 1 (x small)."""
+    half_sum = np.expm1(-0.5 * np.log1p(2.0 * x)) + np.expm1(-0.5 * np.log1p(2.0 * a * a * x))
+    with np.errstate(divide="ignore"):  # m = 0 only as t -> inf, where log m = -inf is right
+        return np.log1p(0.5 * half_sum)
+
+
+def _laplace_normalized_m1(t: np.ndarray, d: int, a: float) -> np.ndarray:
+    """E exp(-t X) - 1 for X = Q_{d,a} / E Q (conditional on Q > 0 when a = 0)."""
+    x = t / (d * (1.0 + a * a) / 2.0)
+    if a == 0.0:
+        # (m^d - 2^-d) / (1 - 2^-d) - 1 = (m^d - 1) / (1 - 2^-d), without overflow or cancellation
+        return np.expm1(d * _log_m(x, a)) / -math.expm1(-d * math.log(2.0))
+    return np.expm1(d * _log_m(x, a))
+
+
+@lru_cache(maxsize=4096)
+def _log_moments(d: int, a: float) -> tuple[float, float]:
+    """(E log X, E (log X)^2) for X = Q_{d,a} / E Q_{d,a}; centring keeps the variance exact."""
+    u = _grid(d, a)
+    t = np.exp(u)
+    f = np.expm1(-t) - _laplace_normalized_m1(t, d, a)
+    mean = _STEP * float(np.sum(f))
+    second = -2.0 * _STEP * float(np.sum(f * u)) - 2.0 * _EULER_GAMMA * mean
+    return mean, second
+
+
+def expected_log_q(d: int, negative_slope: float) -> float:
+    """E log Q_{d,a}, with Q_{d,a} = ||LeakyReLU_a(g)||^2 and g ~ N(0, I_d).
+
+    ``E log Q = log E Q + int_0^inf (e^-t - m(t/EQ)^d) / t dt`` with ``E Q = d (1 + a^2) / 2``.
+    Closed forms: ``a = 1`` gives ``log 2 + digamma(d/2)``. For ``a = 0`` the value is conditional
+    on ``Q > 0`` (probability ``1 - 2^-d``).
+
+    Example::
+
+        >>> round(expected_log_q(1, 1.0), 6) == round(math.log(2) + special.digamma(0.5), 6)
+        True
+    """
+    d = _check_width("d", d)
+    a = _check_slope(negative_slope)
+    return math.log(d * (1.0 + a * a) / 2.0) + _log_moments(d, a)[0]
+
+
+def log_q_variance(d: int, negative_slope: float) -> float:
+    """Var log Q_{d,a} (conditional on Q > 0 for a = 0); ``a = 1`` gives ``trigamma(d/2)``."""
+    d = _check_width("d", d)
+    a = _check_slope(negative_slope)
+    mean, second = _log_moments(d, a)
+    return max(second - mean * mean, 0.0)
+
+
+@lru_cache(maxsize=4096)
+def _moment(d: int, a: float, p: float) -> float:
+    """E X^p for X = Q_{d,a} / E Q, 0 < p < 1 (unconditional: a dead layer contributes 0)."""
+    c = d * (1.0 + a * a) / 2.0
+    u = _grid(d, a)
+    t = np.exp(u)
+    x = t / c
+    # E[X e^{-tX}] = -d/dt m(t/c)^d = (d / (2c)) m^{d-1} ((1+2x)^{-3/2} + a^2 (1+2a^2 x)^{-3/2}) / c * c
+    m_power = np.exp((d - 1) * _log_m(x, a)) if d > 1 else 1.0
+    derivative = (d / (2.0 * c)) * m_power * (
+        (1.0 + 2.0 * x) ** -1.5 + a * a * (1.0 + 2.0 * a * a * x) ** -1.5
+    )
+    # below the grid, E[X e^{-tX}] = 1 - t E X^2 + O(t^2) with E X = 1: integrate that tail exactly
+    t0 = t[0]
+    second = 1.0 + (3.0 * (1.0 + a**4) / 2.0 - ((1.0 + a * a) / 2.0) ** 2) / (d * ((1.0 + a * a) / 2.0) ** 2)
+    tail = t0 ** (1.0 - p) / (1.0 - p) - second * t0 ** (2.0 - p) / (2.0 - p)
+    body = _STEP * (float(np.sum(derivative * t ** (1.0 - p))) - 0.5 * float(derivative[0] * t0 ** (1.0 - p)))
+    return (tail + body) / math.gamma(1.0 - p)
+
+
+def moment_q(d: int, negative_slope: float, moment: float) -> float:
+    """E Q_{d,a}^{s/2} for the moment order ``s`` in (0, 2].
+
+    ``E Q^p = (E Q)^p / Gamma(1 - p) int_0^inf t^-p E[X e^{-tX}] dt`` with ``X = Q / E Q``,
+    ``p = s/2`` and ``E[X e^{-tX}] = -d/dt m(t / E Q)^d``; ``s = 2`` gives ``E Q = d (1+a^2)/2``.
+    For ``a = 0`` this is unconditional (a dead layer contributes zero), as in the
+    fractional-moment paper (its ``I_a(s, d)``).
+
+    Example::
+
+        >>> round(moment_q(4, 0.0, 2.0), 12)
+        2.0
+    """
+    d = _check_width("d", d)
+    a = _check_slope(negative_slope)
+    s = _check_moment(moment, allow_zero=False)
+    mean = d * (1.0 + a * a) / 2.0
+    if s == 2.0:
+        return mean
+    return mean ** (s / 2.0) * _moment(d, a, s / 2.0)
+
+
+# ----------------------------------------------------------------------------- per-layer scales
+
+
+def he_scale(d_in: int, negative_slope: float) -> float:
+    """He (Kaiming, fan-in) standard deviation ``sqrt(2 / ((1 + a^2) d_in))``."""
+    d_in = _check_width("d_in", d_in)
+    a = _check_slope(negative_slope)
+    return math.sqrt(2.0 / ((1.0 + a * a) * d_in))
+
+
+def glorot_scale(d_in: int, d_out: int) -> float:
+    """Glorot (Xavier) normal standard deviation ``sqrt(2 / (d_in + d_out))``."""
+    return math.sqrt(2.0 / (_check_width("d_in", d_in) + _check_width("d_out", d_out)))
+
+
+def orthogonal_gain(negative_slope: float) -> float:
+    """The orthogonal gain ``sqrt(2 / (1 + a^2))`` (``torch.nn.init.calculate_gain('leaky_relu', a)``)."""
+    a = _check_slope(negative_slope)
+    return math.sqrt(2.0 / (1.0 + a * a))
+
+
+def _log_chi2(d: int) -> float:
+    """E log chi2_d = log 2 + digamma(d/2)."""
+    return math.log(2.0) + float(special.digamma(d / 2.0))
+
+
+def _orthogonal_offset(d_in: int, d_out: int) -> float:
+    """E log ||phi(O x)||^2 - E log Q: the norm of the Gaussian vector that O replaces."""
+    return -_log_chi2(max(d_in, d_out))
+
+
+def lyapunov_exponent(
+    d_in: int,
+    d_out: int,
+    negative_slope: float,
+    scale: float,
+    distribution: str = "gaussian",
+) -> float:
+    """Per-layer drift ``E log r(y) - log r(x)`` of the log-norm per unit.
+
+    Gaussian ``W_ij ~ N(0, scale^2)``::
+
+        lambda = log scale + 1/2 E log Q_{d_out,a} + 1/2 log(d_in / d_out)
+
+    Haar orthogonal ``W = scale * O`` (orthonormal rows or columns)::
+
+        lambda = log scale + 1/2 E log Q_{d_out,a} - 1/2 (log 2 + digamma(max(d_in, d_out)/2))
+                 + 1/2 log(d_in / d_out)
+
+    Example::
+
+        >>> round(lyapunov_exponent(2, 2, 0.1, 0.995), 2)        # He at width 2 loses 0.82 per layer
+        -0.82
+    """
+    d_in = _check_width("d_in", d_in)
+    d_out = _check_width("d_out", d_out)
+    a = _check_slope(negative_slope)
+    sigma = _check_scale(scale)
+    _check_distribution(distribution)
+    exponent = math.log(sigma) + 0.5 * expected_log_q(d_out, a) + 0.5 * math.log(d_in / d_out)
+    if distribution == "orthogonal":
+        exponent += 0.5 * _orthogonal_offset(d_in, d_out)
+    return exponent
+
+
+def critical_scale(
+    d_in: int,
+    d_out: int,
+    negative_slope: float,
+    distribution: str = "gaussian",
+    moment: float = 0.0,
+) -> float:
+    """The weight scale that keeps the signal stable, per layer.
+
+    ``moment = 0`` (Lyapunov): the scale with ``lyapunov_exponent == 0``::
+
+        sigma = sqrt(d_out / d_in) exp(-1/2 E log Q_{d_out,a})                     (gaussian)
+        eta   = sigma * exp(1/2 (log 2 + digamma(max(d_in, d_out) / 2)))            (orthogonal)
+
+    ``moment = s`` in (0, 2]: the scale with ``E r(y)^s = r(x)^s``::
+
+        sigma = sqrt(d_out / d_in) (E Q_{d_out,a}^{s/2})^{-1/s}                     (gaussian)
+        eta   = sigma * (E chi2_D^{s/2})^{1/s},  D = max(d_in, d_out)                (orthogonal)
+
+    The orthogonal case uses that ``||phi(g)|| / ||g||`` is independent of ``||g||``. ``s = 2``
+    gives He, ``sqrt(2 / ((1 + a^2) d_in))``, and the orthogonal gain ``sqrt(2 / (1 + a^2))``
+    (times ``sqrt(max(d_in, d_out) / d_in)``).
+
+    Example::
+
+        >>> round(critical_scale(2, 2, 0.1), 3), round(critical_scale(2, 2, 0.1, "orthogonal"), 3)
+        (2.263, 2.398)
+    """
+    d_in = _check_width("d_in", d_in)
+    d_out = _check_width("d_out", d_out)
+    a = _check_slope(negative_slope)
+    _check_distribution(distribution)
+    s = _check_moment(moment)
+    ratio = 0.5 * math.log(d_out / d_in)
+    big = max(d_in, d_out)
+    if s == 0.0:
+        log_scale = ratio - 0.5 * expected_log_q(d_out, a)
+        if distribution == "orthogonal":
+            log_scale += 0.5 * _log_chi2(big)
+        return math.exp(log_scale)
+    log_scale = ratio - math.log(moment_q(d_out, a, s)) / s
+    if distribution == "orthogonal":
+        p = s / 2.0
+        log_chi2_moment = p * math.log(2.0) + special.gammaln(big / 2.0 + p) - special.gammaln(big / 2.0)
+        log_scale += float(log_chi2_moment) / s
+    return math.exp(log_scale)
+
+
+def log_norm_variance(
+    d_in: int,
+    d_out: int,
+    negative_slope: float,
+    distribution: str = "gaussian",
+) -> float:
+    """Per-layer variance ``s^2`` of the log-norm increment (the CLT variance, independent of scale).
+
+    Gaussian: ``s^2 = 1/4 Var log Q_{d_out,a}``. Orthogonal: ``s^2 = 1/4 (Var log Q_{d_out,a} -
+    trigamma(max(d_in, d_out)/2))``, because ``log Q = log(Q / ||g||^2) + log ||g||^2`` splits into
+    independent parts. After ``L`` layers ``log r(x_L) - log r(x_0) ~ N(L lambda, L s^2)``.
+
+    Example::
+
+        >>> round(log_norm_variance(2, 2, 0.1), 2)
+        1.36
+    """
+    d_in = _check_width("d_in", d_in)
+    d_out = _check_width("d_out", d_out)
+    a = _check_slope(negative_slope)
+    _check_distribution(distribution)
+    variance = log_q_variance(d_out, a)
+    if distribution == "orthogonal":
+        variance -= float(special.polygamma(1, max(d_in, d_out) / 2.0))
+    return max(variance, 0.0) / 4.0
+
+
+# ----------------------------------------------------------------------------- kurtosis
+
+
+def kurtosis_by_depth(
+    widths: Sequence[int] | int,
+    negative_slope: float,
+    depth: int | None = None,
+    weight_kurtosis: float = 3.0,
+    initial_kurtosis: float = 3.0,
+) -> np.ndarray:
+    """Predicted kurtosis ``E z^4 / (E z^2)^2`` of a pre-activation unit at layers ``1..L``.
+
+    Over random i.i.d. symmetric weights (kurtosis ``k_w``) and a fixed input, with
+    ``c~ = Cov(h_i^2, h_j^2) / (E h^2)^2`` for the outputs ``h = phi(z)`` of a layer of width ``w``::
+
+        kappa' = 2 (1+a^4) k_w / (w (1+a^2)^2) kappa + 3 (w-1)/w c~ + 3 (w-1)/w
+        c~'    = 2 (1+a^4)     / (w (1+a^2)^2) kappa +   (w-1)/w c~ - 1/w
+
+    starting from ``kappa_1 = initial_kurtosis`` and ``c~_1 = 0``. The recursion does not depend on
+    the weight scale. For Gaussian weights it closes: ``kappa_{l+1} = kappa_l (1 + C_a / w_l)`` with
+    ``C_a = (5 - 2a^2 + 5a^4) / (1 + a^2)^2``, so the kurtosis grows without bound with depth.
+
+    ``widths`` lists the widths ``w_1..w_{L-1}`` of the hidden layers (an int with ``depth``
+    means a constant width); the result has ``L = len(widths) + 1`` entries.
+
+    Example::
+
+        >>> kurtosis_by_depth(10, 0.0, depth=3).round(4).tolist()
+        [3.0, 4.5, 6.75]
+    """
+    a = _check_slope(negative_slope)
+    if isinstance(widths, (int, np.integer)):
+        if depth is None or depth < 1:
+            raise ValueError(f"depth must be an integer >= 1 when widths is an int, got {depth!r}")
+        widths = [int(widths)] * (depth - 1)
+    widths = [_check_width("widths", w) for w in widths]
+    if weight_kurtosis < 1.0:
+        raise ValueError(f"weight_kurtosis must be >= 1 (a kurtosis), got {weight_kurtosis!r}")
+    fourth = 2.0 * (1.0 + a**4) / (1.0 + a * a) ** 2  # E h^4 / (E h^2)^2 per unit of kappa
+    kappa, cov = float(initial_kurtosis), 0.0
+    out = [kappa]
+    for w in widths:
+        kappa, cov = (
+            fourth * weight_kurtosis / w * kappa + 3.0 * (w - 1) / w * (cov + 1.0),
+            fourth / w * kappa + (w - 1) / w * cov - 1.0 / w,
+        )
+        out.append(kappa)
+    return np.asarray(out)
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def theory_table(
+    widths: Sequence[int] = (2, 4, 16, 64, 256),
+    slopes: Sequence[float] = (0.0, 0.01, 0.1, 0.2),
+    depth: int = 40,
+) -> str:
+    """A markdown table: per-layer exponents of He, Glorot and orthogonal-with-gain for square
+    layers, the critical (Lyapunov) scales, and the log-norm drift of He over ``depth`` layers.
+
+    Example::
+
+        >>> print(theory_table(widths=[2], slopes=[0.1], depth=40))  # doctest: +ELLIPSIS
+        | width | slope | ...
+    """
+    header = (
+        "| width | slope | lambda He | lambda Glorot | lambda orth | sigma He | sigma Lyap "
+        "| eta Lyap | s^2 gauss | He drift over depth |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [header]
+    for d in widths:
+        for a in slopes:
+            he = he_scale(d, a)
+            lam_he = lyapunov_exponent(d, d, a, he)
+            lam_glorot = lyapunov_exponent(d, d, a, glorot_scale(d, d))
+            lam_orth = lyapunov_exponent(d, d, a, orthogonal_gain(a), "orthogonal")
+            rows.append(
+                f"| {d} | {a:g} | {lam_he:+.4f} | {lam_glorot:+.4f} | {lam_orth:+.4f} | {he:.4f} "
+                f"| {critical_scale(d, d, a):.4f} | {critical_scale(d, d, a, 'orthogonal'):.4f} "
+                f"| {log_norm_variance(d, d, a):.4f} | {depth * lam_he:+.2f} |"
+            )
+    note = (
+        f"\nlambda: per-layer drift of E log(||x||/sqrt(d)) (square layers); drift over depth {depth}"
+        " is depth * lambda(He); s^2: per-layer CLT variance of the log-norm (Gaussian).\n"
+        "slope 0 (ReLU): log quantities are conditional on a non-zero layer output."
+    )
+    return "\n".join(rows) + note
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m lightning_lyapunov.theory [--widths 2 4 16] [--slopes 0.01 0.1] [--depth 40]``."""
+    parser = argparse.ArgumentParser(description=theory_table.__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[2, 4, 16, 64, 256])
+    parser.add_argument("--slopes", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.2])
+    parser.add_argument("--depth", type=int, default=40)
+    args = parser.parse_args(argv)
+    print(theory_table(args.widths, args.slopes, args.depth))
+
+
+if __name__ == "__main__":
+    main()
