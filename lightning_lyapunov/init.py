@@ -1,0 +1,366 @@
+"""In-place weight initializers in the style of :mod:`torch.nn.init`.
+
+Every function takes a weight in Linear ``(d_out, d_in)`` or ConvNd ``(C_out, C_in / groups,
+*kernel)`` layout, fills it in place under ``torch.no_grad()`` and returns it. Fans default to
+``d_out = size(0)`` and ``d_in = numel / size(0)`` (a conv is a dense map from a patch of
+``C_in * prod(kernel)`` values to ``C_out`` channels); ``fans=(d_in, d_out)`` overrides them.
+Orthogonal schemes work on the flattened ``(size(0), numel / size(0))`` matrix. Random draws
+use ``generator`` (which must live on the tensor's device, as in torch).
+
+Example::
+
+    >>> import torch
+    >>> from lightning_lyapunov import init
+    >>> w = torch.empty(2, 2)
+    >>> _ = init.lyapunov_normal_(w, negative_slope=0.1, generator=torch.Generator().manual_seed(0))
+
+The named schemes (``SCHEMES``) are resolved per layer by :func:`resolve_init` into a
+:class:`LayerInit` (what is drawn, at which scale, and what the theory predicts), which
+:func:`init_weight_` then draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from scipy.linalg import hadamard
+from torch import Tensor
+
+from lightning_lyapunov import theory
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "SCHEMES",
+    "LayerInit",
+    "fractional_moment_normal_",
+    "glorot_normal_",
+    "he_normal_",
+    "init_weight_",
+    "lyapunov_normal_",
+    "lyapunov_orthogonal_",
+    "orthogonal_",
+    "resolve_init",
+    "stiefel_orthogonal_",
+    "validate_scheme",
+    "zero_",
+]
+
+SCHEMES = ("lyapunov", "fractional", "stiefel", "he", "glorot", "orthogonal", "zero")
+DISTRIBUTIONS = theory.DISTRIBUTIONS
+
+Fans = tuple[int, int]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fans(tensor: Tensor, fans: Fans | None) -> Fans:
+    """(d_in, d_out) of a weight: the override, or (numel / size(0), size(0))."""
+    if fans is not None:
+        return int(fans[0]), int(fans[1])
+    if tensor.dim() < 2:
+        raise ValueError(
+            f"a weight needs at least 2 dimensions (Linear or ConvNd layout), got shape {tuple(tensor.shape)}"
+        )
+    return tensor.numel() // tensor.size(0), tensor.size(0)
+
+
+def _matrix_shape(tensor: Tensor) -> tuple[int, int]:
+    _fans(tensor, None)  # checks the dimension
+    return tensor.size(0), tensor.numel() // tensor.size(0)
+
+
+def _work_dtype(tensor: Tensor) -> torch.dtype:
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _sign_fixed_qr(a: Tensor) -> Tensor:
+    """Q of a = QR with diag(R) > 0: Haar-distributed when a is Gaussian."""
+    q, r = torch.linalg.qr(a)
+    signs = torch.where(torch.diagonal(r) >= 0, 1.0, -1.0).to(q.dtype)
+    return q * signs
+
+
+def _haar(rows: int, cols: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A Haar semi-orthogonal (rows x cols) matrix: orthonormal rows if rows <= cols, else columns."""
+    big, small = max(rows, cols), min(rows, cols)
+    gaussian = torch.empty(big, small, dtype=_work_dtype(like), device=like.device)
+    q = _sign_fixed_qr(gaussian.normal_(0.0, 1.0, generator=generator))
+    return q if rows >= cols else q.T
+
+
+def _write(tensor: Tensor, matrix: Tensor, gain: float = 1.0) -> Tensor:
+    """Copy a (rows, cols) matrix into a weight of any layout (also a non-contiguous view)."""
+    tensor.copy_((gain * matrix).reshape(tensor.shape))
+    return tensor
+
+
+# ----------------------------------------------------------------------------- initializers
+
+
+@torch.no_grad()
+def lyapunov_normal_(
+    tensor: Tensor,
+    negative_slope: float = 0.01,
+    *,
+    fans: Fans | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Gaussian ``N(0, sigma^2)`` with the Lyapunov exponent of the log-norm set to 0.
+
+    ``sigma = sqrt(d_out / d_in) * exp(-1/2 E log Q_{d_out,a})`` (:func:`theory.critical_scale`).
+
+    Example::
+
+        >>> w = torch.empty(4, 4)
+        >>> _ = lyapunov_normal_(w, negative_slope=0.1)
+    """
+    d_in, d_out = _fans(tensor, fans)
+    std = theory.critical_scale(d_in, d_out, negative_slope, "gaussian")
+    return tensor.normal_(0.0, std, generator=generator)
+
+
+@torch.no_grad()
+def lyapunov_orthogonal_(
+    tensor: Tensor,
+    negative_slope: float = 0.01,
+    *,
+    fans: Fans | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Haar (semi-)orthogonal ``eta * O`` with the Lyapunov exponent set to 0.
+
+    ``eta = sqrt(d_out / d_in) * exp(-1/2 E log Q_{d_out,a} + 1/2 (log 2 + digamma(max(d_in, d_out)/2)))``.
+
+    Example::
+
+        >>> w = torch.empty(8, 3, 3)
+        >>> _ = lyapunov_orthogonal_(w, negative_slope=0.1)
+    """
+    d_in, d_out = _fans(tensor, fans)
+    gain = theory.critical_scale(d_in, d_out, negative_slope, "orthogonal")
+    return orthogonal_(tensor, gain=gain, generator=generator)
+
+
+@torch.no_grad()
+def fractional_moment_normal_(
+    tensor: Tensor,
+    moment: float = 1.0,
+    negative_slope: float = 0.0,
+    *,
+    fans: Fans | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Gaussian that preserves the ``s``-th moment ``E r(x)^s`` of the signal, ``s`` in (0, 2].
+
+    ``sigma = sqrt(d_out / d_in) * (E Q_{d_out,a}^{s/2})^{-1/s}`` (Gürbüzbalaban & Hu); ``s = 2`` is He.
+
+    Example::
+
+        >>> w = torch.empty(64, 64)
+        >>> _ = fractional_moment_normal_(w, moment=0.8)    # the paper's ReLU setting
+    """
+    theory._check_moment(moment, allow_zero=False)
+    d_in, d_out = _fans(tensor, fans)
+    std = theory.critical_scale(d_in, d_out, negative_slope, "gaussian", moment=moment)
+    return tensor.normal_(0.0, std, generator=generator)
+
+
+@torch.no_grad()
+def he_normal_(
+    tensor: Tensor,
+    negative_slope: float = 0.0,
+    *,
+    fans: Fans | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """He (Kaiming, fan-in) Gaussian: ``sigma = sqrt(2 / ((1 + a^2) d_in))``."""
+    d_in, _ = _fans(tensor, fans)
+    return tensor.normal_(0.0, theory.he_scale(d_in, negative_slope), generator=generator)
+
+
+@torch.no_grad()
+def glorot_normal_(
+    tensor: Tensor,
+    *,
+    fans: Fans | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Glorot (Xavier) Gaussian: ``sigma = sqrt(2 / (d_in + d_out))``."""
+    d_in, d_out = _fans(tensor, fans)
+    return tensor.normal_(0.0, theory.glorot_scale(d_in, d_out), generator=generator)
+
+
+@torch.no_grad()
+def orthogonal_(
+    tensor: Tensor,
+    negative_slope: float = 0.0,
+    *,
+    gain: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Haar (semi-)orthogonal ``gain * O``; the default gain is ``sqrt(2 / (1 + a^2))``.
+
+    Unlike :func:`torch.nn.init.orthogonal_` this also fills non-contiguous views.
+    """
+    rows, cols = _matrix_shape(tensor)
+    gain = theory.orthogonal_gain(negative_slope) if gain is None else float(gain)
+    return _write(tensor, _haar(rows, cols, tensor, generator), gain)
+
+
+@torch.no_grad()
+def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Mean-calibrated orthogonal init for ReLU nets (Choi, Lee & Kim; a reconstruction, see README).
+
+    ``W = P_m I_{m x n} P_n^T`` with ``P_k`` the Q factor of ``[1_k | G]`` (``G`` Gaussian
+    ``k x (k-1)``), sign-fixed so its first column is ``1 / sqrt(k)``. ``W`` has orthonormal rows
+    (or columns), every row sum ``sqrt(n / m)`` and every column sum ``sqrt(m / n)``: it maximizes
+    the pre-activation mean ``1' W 1 = sqrt(m n)`` on the Stiefel manifold. Gain 1.
+
+    Example::
+
+        >>> w = stiefel_orthogonal_(torch.empty(3, 5))
+        >>> torch.allclose(w.sum(1), torch.full((3,), (5 / 3) ** 0.5), atol=1e-5)
+        True
+    """
+    m, n = _matrix_shape(tensor)
+    dtype = _work_dtype(tensor)
+
+    def basis(k: int) -> Tensor:
+        columns = torch.empty(k, k, dtype=dtype, device=tensor.device)
+        columns[:, 1:].normal_(0.0, 1.0, generator=generator)
+        columns[:, 0] = 1.0
+        return _sign_fixed_qr(columns)
+
+    p_m, p_n = basis(m), basis(n)
+    k = min(m, n)
+    return _write(tensor, p_m[:, :k] @ p_n[:, :k].T)
+
+
+@torch.no_grad()
+def zero_(tensor: Tensor) -> Tensor:
+    """ZerO (Zhao et al.): deterministic identity / Hadamard weights, at the kernel centre for convs.
+
+    For ``W`` of shape ``(m, n)``: ``I`` if ``m == n``; the partial identity ``I*`` if ``m < n``;
+    ``c I* H_k I*`` with the Hadamard matrix ``H_k`` of size ``2^k``, ``k = ceil(log2 m)``,
+    ``c = 2^{-(k-1)/2}`` if ``m > n``.
+    """
+    _fans(tensor, None)  # checks the dimension
+    m, n = tensor.size(0), tensor.size(1)
+    if m <= n:
+        matrix = torch.eye(m, n, dtype=_work_dtype(tensor))
+    else:
+        k = math.ceil(math.log2(m))
+        h = torch.as_tensor(hadamard(2**k), dtype=_work_dtype(tensor))
+        matrix = 2.0 ** (-(k - 1) / 2.0) * h[:m, :n]
+    tensor.zero_()
+    centre = tuple(size // 2 for size in tensor.shape[2:])
+    tensor[(slice(None), slice(None), *centre)] = matrix.to(tensor)
+    return tensor
+
+
+# ----------------------------------------------------------------------------- named schemes
+
+
+@dataclass(frozen=True)
+class LayerInit:
+    """What a scheme draws for one layer and what the theory predicts for it.
+
+    ``distribution`` is what is drawn (``"gaussian"``, ``"orthogonal"``, ``"stiefel"``, ``"zero"``);
+    ``scale`` the standard deviation (Gaussian) or gain (orthogonal, Stiefel); ``exponent`` and
+    ``variance`` the predicted per-layer drift and CLT variance of the log-norm (``None`` where the
+    theory does not apply; Stiefel uses the Haar value at gain 1, an approximation).
+    """
+
+    scheme: str
+    distribution: str
+    scale: float | None
+    exponent: float | None
+    variance: float | None
+
+
+def validate_scheme(scheme: str, distribution: str = "orthogonal", moment: float | None = None) -> None:
+    """Check a scheme's arguments alone (no layer needed): raise ValueError naming the fix."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
+    theory._check_distribution(distribution)
+    if scheme == "fractional":
+        if moment is None:
+            raise ValueError("scheme 'fractional' needs moment=s with s in (0, 2] (s = 2 is He)")
+        theory._check_moment(moment, allow_zero=False)
+    elif moment is not None and scheme == "lyapunov" and float(moment) != 0.0:
+        raise ValueError(
+            f"scheme 'lyapunov' is the moment-0 scheme, got moment={moment!r}; "
+            "use scheme='fractional' for moments in (0, 2]"
+        )
+
+
+def resolve_init(
+    scheme: str,
+    d_in: int,
+    d_out: int,
+    negative_slope: float,
+    distribution: str = "orthogonal",
+    moment: float | None = None,
+) -> LayerInit:
+    """Resolve a named scheme for a layer with fans ``(d_in, d_out)`` and activation slope ``a``.
+
+    ``"lyapunov"`` and ``"fractional"`` draw from ``distribution`` at
+    :func:`theory.critical_scale` (moment 0, or ``moment``); ``"he"`` and ``"glorot"`` are
+    Gaussian, ``"orthogonal"`` Haar with gain ``sqrt(2 / (1 + a^2))``, ``"stiefel"`` gain 1 and
+    ``"zero"`` deterministic (these ignore ``distribution``).
+
+    Example::
+
+        >>> resolve_init("lyapunov", 2, 2, 0.1, "gaussian").scale  # doctest: +ELLIPSIS
+        2.262...
+    """
+    validate_scheme(scheme, distribution, moment)
+    if scheme == "zero":
+        theory._check_width("d_in", d_in), theory._check_width("d_out", d_out)
+        theory._check_slope(negative_slope)
+        return LayerInit(scheme, "zero", None, None, None)
+    if scheme in ("lyapunov", "fractional"):
+        s = 0.0 if scheme == "lyapunov" else float(moment)
+        drawn, scale = distribution, theory.critical_scale(d_in, d_out, negative_slope, distribution, s)
+    elif scheme == "he":
+        drawn, scale = "gaussian", theory.he_scale(d_in, negative_slope)
+    elif scheme == "glorot":
+        drawn, scale = "gaussian", theory.glorot_scale(d_in, d_out)
+    elif scheme == "orthogonal":
+        drawn, scale = "orthogonal", theory.orthogonal_gain(negative_slope)
+    else:  # stiefel
+        drawn, scale = "stiefel", 1.0
+    law = "gaussian" if drawn == "gaussian" else "orthogonal"
+    return LayerInit(
+        scheme=scheme,
+        distribution=drawn,
+        scale=scale,
+        exponent=theory.lyapunov_exponent(d_in, d_out, negative_slope, scale, law),
+        variance=theory.log_norm_variance(d_in, d_out, negative_slope, law),
+    )
+
+
+@torch.no_grad()
+def init_weight_(
+    tensor: Tensor,
+    layer_init: LayerInit,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw the weights a :class:`LayerInit` describes into ``tensor`` (in place).
+
+    The scale already accounts for the layer's fans (see :func:`resolve_init`).
+    """
+    kind = layer_init.distribution
+    if kind == "gaussian":
+        return tensor.normal_(0.0, layer_init.scale, generator=generator)
+    if kind == "orthogonal":
+        return orthogonal_(tensor, gain=layer_init.scale, generator=generator)
+    if kind == "stiefel":
+        return stiefel_orthogonal_(tensor, generator=generator).mul_(layer_init.scale)
+    if kind == "zero":
+        return zero_(tensor)
+    raise ValueError(f"unknown distribution {kind!r} in {layer_init!r}")

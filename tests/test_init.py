@@ -1,0 +1,156 @@
+"""In-place initializers: scales, structure, determinism and errors."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_lyapunov import init, theory
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize(
+    "fn,expected",
+    [
+        (lambda w, g: init.lyapunov_normal_(w, 0.1, generator=g), theory.critical_scale(300, 200, 0.1)),
+        (lambda w, g: init.fractional_moment_normal_(w, 0.8, 0.0, generator=g),
+         theory.critical_scale(300, 200, 0.0, moment=0.8)),
+        (lambda w, g: init.he_normal_(w, 0.2, generator=g), math.sqrt(2 / (1.04 * 300))),
+        (lambda w, g: init.glorot_normal_(w, generator=g), math.sqrt(2 / 500)),
+    ],
+)
+def test_gaussian_schemes_have_the_theory_std(fn, expected):
+    w = fn(torch.empty(200, 300), gen())
+    # the sample std of 60,000 Gaussians has relative standard error 0.29 %
+    assert w.std().item() == pytest.approx(expected, rel=0.012)
+    assert abs(w.mean().item()) < 4 * expected / math.sqrt(w.numel())
+
+
+def test_conv_fans_are_channels_times_kernel():
+    w = init.lyapunov_normal_(torch.empty(32, 8, 5, 5), 0.1, generator=gen())
+    assert w.std().item() == pytest.approx(theory.critical_scale(8 * 25, 32, 0.1), rel=0.02)
+    w2 = init.lyapunov_normal_(torch.empty(32, 8, 5, 5), 0.1, fans=(50, 16), generator=gen())
+    assert w2.std().item() == pytest.approx(theory.critical_scale(50, 16, 0.1), rel=0.02)
+
+
+def test_moment_two_is_he_for_the_same_draw():
+    a = init.fractional_moment_normal_(torch.empty(30, 20), 2.0, 0.1, generator=gen(3))
+    b = init.he_normal_(torch.empty(30, 20), 0.1, generator=gen(3))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7), (6, 2, 3)])
+def test_orthogonal_rows_or_columns_are_orthonormal_times_gain(shape):
+    w = init.lyapunov_orthogonal_(torch.empty(shape), 0.1, generator=gen())
+    m = w.reshape(shape[0], -1).double()
+    rows, cols = m.shape
+    gain = theory.critical_scale(cols, rows, 0.1, "orthogonal")
+    gram = m @ m.T if rows <= cols else m.T @ m
+    torch.testing.assert_close(gram / gain**2, torch.eye(min(rows, cols), dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_orthogonal_fills_non_contiguous_views_and_low_precision():
+    base = torch.zeros(4, 6, 3)
+    view = base.transpose(0, 1)  # what the surgery passes for transposed convolutions
+    init.orthogonal_(view, 0.0, generator=gen())
+    m = view.reshape(6, -1)
+    torch.testing.assert_close(m @ m.T, 2.0 * torch.eye(6), atol=1e-5, rtol=0)
+    half = init.orthogonal_(torch.empty(8, 8, dtype=torch.bfloat16), generator=gen())
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+
+
+def test_orthogonal_is_haar_not_biased():
+    # for Haar O (n x n), E O_11^2 = 1/n and E O_11^4 = 3/(n(n+2))
+    n, draws = 4, 4000
+    g = gen(1)
+    first = torch.stack([init.orthogonal_(torch.empty(n, n), gain=1.0, generator=g)[0, 0] for _ in range(draws)])
+    assert (first**2).mean().item() == pytest.approx(1 / n, abs=0.012)
+    assert first.mean().item() == pytest.approx(0.0, abs=0.03)
+
+
+@pytest.mark.parametrize("m,n", [(3, 5), (5, 3), (16, 16), (1, 4)])
+def test_stiefel_structure(m, n):
+    w = init.stiefel_orthogonal_(torch.empty(m, n, dtype=torch.float64), generator=gen())
+    gram = w @ w.T if m <= n else w.T @ w
+    torch.testing.assert_close(gram, torch.eye(min(m, n), dtype=torch.float64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(w.sum(1), torch.full((m,), math.sqrt(n / m), dtype=torch.float64))
+    torch.testing.assert_close(w.sum(0), torch.full((n,), math.sqrt(m / n), dtype=torch.float64))
+
+
+def test_stiefel_units_fire_more_often_than_he_on_relu_inputs():
+    g = gen(2)
+    x = torch.relu(torch.randn(20000, 64, generator=g))
+    stiefel = (x @ init.stiefel_orthogonal_(torch.empty(64, 64), generator=g).T > 0).float().mean().item()
+    he = (x @ init.he_normal_(torch.empty(64, 64), generator=g).T > 0).float().mean().item()
+    assert stiefel == pytest.approx(0.753, abs=0.02)  # DESIGN section 5
+    assert he == pytest.approx(0.5, abs=0.03)
+
+
+def test_stiefel_deep_relu_net_has_no_dead_unit():
+    g = gen(4)
+    h = torch.rand(256, 32, generator=g)
+    for _ in range(200):
+        h = torch.relu(h @ init.stiefel_orthogonal_(torch.empty(32, 32), generator=g).T)
+    assert (h > 0).any(0).all()
+
+
+def test_zero_is_identity_partial_identity_and_hadamard():
+    torch.testing.assert_close(init.zero_(torch.empty(4, 4)), torch.eye(4))
+    torch.testing.assert_close(init.zero_(torch.empty(3, 5)), torch.eye(3, 5))
+    w = init.zero_(torch.empty(6, 3))
+    k = 3  # ceil(log2 6)
+    assert torch.all(w.abs() == 2.0 ** (-(k - 1) / 2))
+    conv = init.zero_(torch.empty(4, 4, 3, 3))
+    torch.testing.assert_close(conv[:, :, 1, 1], torch.eye(4))
+    assert conv.abs().sum().item() == 4
+
+
+def test_same_generator_same_weights():
+    for fn in (init.lyapunov_normal_, init.lyapunov_orthogonal_, init.stiefel_orthogonal_):
+        a, b = fn(torch.empty(6, 5), generator=gen(7)), fn(torch.empty(6, 5), generator=gen(7))
+        assert torch.equal(a, b)
+
+
+def test_resolve_init_matches_the_theory():
+    layer = init.resolve_init("lyapunov", 3, 5, 0.2, "orthogonal")
+    assert layer.scale == theory.critical_scale(3, 5, 0.2, "orthogonal")
+    assert layer.exponent == pytest.approx(0.0, abs=1e-12)
+    assert layer.variance == theory.log_norm_variance(3, 5, 0.2, "orthogonal")
+    he = init.resolve_init("he", 4, 4, 0.1, "orthogonal")  # He ignores the distribution
+    assert he.distribution == "gaussian" and he.exponent == theory.lyapunov_exponent(4, 4, 0.1, he.scale)
+    assert init.resolve_init("zero", 4, 4, 0.1).exponent is None
+    frac = init.resolve_init("fractional", 4, 4, 0.1, "gaussian", moment=2.0)
+    assert frac.scale == pytest.approx(theory.he_scale(4, 0.1), rel=1e-12)
+
+
+def test_init_weight_draws_what_resolve_init_says():
+    layer = init.resolve_init("lyapunov", 300, 200, 0.1, "gaussian")
+    w = init.init_weight_(torch.empty(200, 300), layer, generator=gen())
+    assert w.std().item() == pytest.approx(layer.scale, rel=0.012)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scheme="kaiming"), "unknown scheme.*lyapunov"),
+        (dict(scheme="fractional"), r"needs moment.*\(0, 2\]"),
+        (dict(scheme="fractional", moment=0.0), r"moment.*\(0, 2\]"),
+        (dict(scheme="fractional", moment=3.0), r"moment.*\(0, 2\]"),
+        (dict(scheme="lyapunov", moment=1.0), "fractional"),
+        (dict(scheme="lyapunov", distribution="uniform"), "distribution"),
+        (dict(scheme="he", negative_slope=-0.5), r"negative_slope.*\[0, 1\]"),
+        (dict(scheme="zero", negative_slope=2.0), r"negative_slope.*\[0, 1\]"),
+    ],
+)
+def test_resolve_init_errors(kwargs, match):
+    args = dict(d_in=4, d_out=4, negative_slope=0.1) | kwargs
+    with pytest.raises(ValueError, match=match):
+        init.resolve_init(**args)
+
+
+def test_one_dimensional_tensor_is_rejected():
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        init.lyapunov_normal_(torch.empty(5))
