@@ -1,0 +1,347 @@
+"""Which activation follows each weight layer: torch.fx tracing, with a module-order fallback.
+
+The schemes need the slope ``a`` of the Leaky ReLU that acts on each layer's output
+(``y = phi(W x)``, DESIGN section 3). This module finds it.
+
+**Tracing.** ``torch.fx.symbolic_trace(model)``; from each weight layer's node the graph is walked
+forward through operations that do not change which activation acts on the units, up to the first
+activation on every path:
+
+* exact: ``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu`` (slope 0); ``nn.LeakyReLU``,
+  ``F.leaky_relu`` (their ``negative_slope``); ``nn.PReLU`` at its current slope (a per-channel
+  PReLU uses the mean slope, with a warning). Slopes enter the theory only through ``a**2``, so a
+  negative slope ``a`` is used as ``|a|``; ``|a| > 1`` is clipped to 1 with a warning.
+* walked through (shape-only or per-unit affine): Dropout, Identity, Flatten/Unflatten, view,
+  reshape, flatten, permute, transpose, squeeze/unsqueeze, contiguous, getitem, cat, dtype casts,
+  pooling (max pooling commutes with monotone activations, average pooling is linear), and the
+  normalization layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm): the activation after a
+  norm is still the one acting on the layer's units, but note that a norm layer re-scales the
+  signal, so the predicted drift does not describe a normalized network.
+* residual additions (``+``, ``torch.add``, ``Tensor.add``): walked through; the slope is the one
+  of the activation applied to the sum, and the plan warns that the per-layer theory assumes a
+  plain chain (the predicted drift and spread do not describe residual paths).
+* the graph output, or the next weight layer, with no activation in between: slope 1 (linear).
+* Softmax / LogSoftmax / Softmin: an output head, slope 1 (no warning: the layer is the last one).
+* policy, always with a warning naming the layer: GELU, SiLU, Mish, ELU, CELU, SELU, Softplus,
+  ReLU6, Hardswish are treated as ReLU (slope 0: they vanish, or nearly, on the negative side);
+  Tanh, Hardtanh, Softsign, Sigmoid, Hardsigmoid as linear (slope 1: linear near 0); RReLU at its
+  mean slope ``(lower + upper) / 2``. Any other operation is treated as linear (slope 1), with a
+  warning naming it. Override with ``negative_slope=``.
+
+**Fallback.** When the model does not trace (data-dependent control flow, unsupported ops), the
+modules are read in registration order: the first activation module registered after a weight
+layer and before the next weight layer gives its slope (none: slope 1), with one warning.
+Functional activations (``F.relu`` in ``forward``) are invisible to the fallback.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["SlopeInfo", "detect_slopes", "module_slope", "WEIGHT_LAYERS", "ACTIVATION_MODULES"]
+
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+_RELU_LIKE_MODULES = (nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU, nn.SELU, nn.Softplus, nn.ReLU6, nn.Hardswish)
+_LINEAR_LIKE_MODULES = (nn.Tanh, nn.Hardtanh, nn.Softsign, nn.Sigmoid, nn.Hardsigmoid)
+_OUTPUT_MODULES = (nn.Softmax, nn.LogSoftmax, nn.Softmin)
+_EXACT_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    _EXACT_MODULES + (nn.RReLU,) + _RELU_LIKE_MODULES + _LINEAR_LIKE_MODULES + _OUTPUT_MODULES
+)
+_PASS_MODULES = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+)
+
+_RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_}
+_LEAKY_FUNCTIONS = {F.leaky_relu, F.leaky_relu_}
+_RELU_LIKE_FUNCTIONS = {
+    F.gelu: "GELU",
+    F.silu: "SiLU",
+    F.mish: "Mish",
+    F.elu: "ELU",
+    F.celu: "CELU",
+    F.selu: "SELU",
+    F.softplus: "Softplus",
+    F.relu6: "ReLU6",
+    F.hardswish: "Hardswish",
+}
+_LINEAR_LIKE_FUNCTIONS = {
+    torch.tanh: "Tanh",
+    F.tanh: "Tanh",
+    F.hardtanh: "Hardtanh",
+    F.softsign: "Softsign",
+    torch.sigmoid: "Sigmoid",
+    F.sigmoid: "Sigmoid",
+    F.hardsigmoid: "Hardsigmoid",
+}
+_OUTPUT_FUNCTIONS = {F.softmax: "Softmax", F.log_softmax: "LogSoftmax", torch.softmax: "Softmax",
+                     torch.log_softmax: "LogSoftmax", F.softmin: "Softmin"}
+_PASS_FUNCTIONS = {
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+    torch.cat, torch.concat, torch.stack, operator.getitem, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_RELU_METHODS = {"relu", "relu_"}
+_LINEAR_LIKE_METHODS = {"tanh": "Tanh", "tanh_": "Tanh", "sigmoid": "Sigmoid", "sigmoid_": "Sigmoid"}
+_OUTPUT_METHODS = {"softmax": "Softmax", "log_softmax": "LogSoftmax"}
+_PASS_METHODS = {
+    "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous",
+    "to", "float", "double", "half", "bfloat16", "type", "type_as", "clone", "view_as", "reshape_as",
+}
+_ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
+_IGNORED_METHODS = {"size", "dim", "numel", "shape", "__len__"}
+
+
+@dataclass(frozen=True)
+class SlopeInfo:
+    """The activation slope found for one weight layer, where it came from, and any warning."""
+
+    slope: float
+    source: str
+    warning: str | None = None
+    residual: bool = False
+
+
+def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
+    """Slope of a Leaky-ReLU-type activation: ``|a|`` (the theory sees ``a**2``), clipped to 1."""
+    a = abs(float(slope))
+    if a > 1.0:
+        return SlopeInfo(1.0, source, f"layer {layer!r}: {what} has |slope| {a:g} > 1, clipped to 1")
+    return SlopeInfo(a, source)
+
+
+def _policy(kind: str, slope: float, layer: str, source: str) -> SlopeInfo:
+    meaning = "ReLU (slope 0)" if slope == 0.0 else "linear (slope 1)" if slope == 1.0 else f"slope {slope:g}"
+    message = (
+        f"layer {layer!r} is followed by {kind}, which is not a Leaky ReLU: treated as {meaning} by policy; "
+        f"pass negative_slope={{{layer!r}: ...}} to override"
+    )
+    return SlopeInfo(slope, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message)
+
+
+def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None:
+    """Slope implied by an activation module, or None if ``module`` is not an activation.
+
+    ReLU: 0; LeakyReLU: ``|negative_slope|``; PReLU: ``|weight|`` (per-channel: the mean, with a
+    warning); RReLU: ``(lower + upper) / 2``; the policies in the module docstring otherwise.
+    """
+    if isinstance(module, nn.ReLU):
+        return SlopeInfo(0.0, source)
+    if isinstance(module, nn.LeakyReLU):
+        return _exact(module.negative_slope, source, "LeakyReLU", layer)
+    if isinstance(module, nn.PReLU):
+        weight = module.weight.detach().float()
+        info = _exact(weight.mean().item(), source, "PReLU", layer)
+        if weight.numel() > 1:
+            message = (f"layer {layer!r} is followed by a per-channel PReLU ({weight.numel()} slopes): "
+                       f"using the mean slope {info.slope:g}")
+            return SlopeInfo(info.slope, source, message)
+        return info
+    if isinstance(module, nn.RReLU):
+        return _policy("RReLU", (module.lower + module.upper) / 2, layer, source)
+    if isinstance(module, _RELU_LIKE_MODULES):
+        return _policy(type(module).__name__, 0.0, layer, source)
+    if isinstance(module, _LINEAR_LIKE_MODULES):
+        return _policy(type(module).__name__, 1.0, layer, source)
+    if isinstance(module, _OUTPUT_MODULES):
+        return SlopeInfo(1.0, f"no activation ({type(module).__name__})")
+    return None
+
+
+def _leaky_slope(node: fx.Node, layer: str) -> SlopeInfo:
+    slope: Any = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+    if not isinstance(slope, (int, float)):
+        return _policy("leaky_relu with a traced slope", 0.0, layer, "fx")
+    return _exact(slope, "fx", "leaky_relu", layer)
+
+
+def _classify(node: fx.Node, modules: dict[str, nn.Module], layer: str) -> tuple[str, SlopeInfo | None]:
+    """One of ("act", info), ("pass", None), ("add", None), ("stop", info), ("ignore", None)."""
+    linear = SlopeInfo(1.0, "no activation")
+    if node.op == "output":
+        return "stop", linear
+    if node.op == "call_module":
+        module = modules[str(node.target)]
+        if isinstance(module, WEIGHT_LAYERS):
+            return "stop", linear
+        info = module_slope(module, layer, "fx")
+        if info is not None:
+            return "act", info
+        if isinstance(module, _PASS_MODULES):
+            return "pass", None
+        kind = type(module).__name__
+    elif node.op == "call_function":
+        target = node.target
+        if target in _RELU_FUNCTIONS:
+            return "act", SlopeInfo(0.0, "fx")
+        if target in _LEAKY_FUNCTIONS:
+            return "act", _leaky_slope(node, layer)
+        for table, slope in ((_RELU_LIKE_FUNCTIONS, 0.0), (_LINEAR_LIKE_FUNCTIONS, 1.0)):
+            if target in table:
+                return "act", _policy(table[target], slope, layer, "fx")
+        if target in _OUTPUT_FUNCTIONS:
+            return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_FUNCTIONS[target]})")
+        if target in _PASS_FUNCTIONS or (target is operator.mul and _has_constant(node)):
+            return "pass", None
+        if target in _ADD_FUNCTIONS:
+            return "add", None
+        kind = getattr(target, "__name__", str(target))
+    elif node.op == "call_method":
+        name = str(node.target)
+        if name in _RELU_METHODS:
+            return "act", SlopeInfo(0.0, "fx")
+        if name in _LINEAR_LIKE_METHODS:
+            return "act", _policy(_LINEAR_LIKE_METHODS[name], 1.0, layer, "fx")
+        if name in _OUTPUT_METHODS:
+            return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_METHODS[name]})")
+        if name in _PASS_METHODS:
+            return "pass", None
+        if name in _ADD_METHODS:
+            return "add", None
+        if name in _IGNORED_METHODS:
+            return "ignore", None
+        kind = f"Tensor.{name}"
+    else:
+        return "ignore", None
+    message = (f"layer {layer!r} is followed by {kind}, not a known activation: treated as linear (slope 1); "
+               f"pass negative_slope={{{layer!r}: ...}} to override")
+    return "stop", SlopeInfo(1.0, f"policy:{kind}", message)
+
+
+def _has_constant(node: fx.Node) -> bool:
+    return any(isinstance(arg, (int, float)) for arg in node.args)
+
+
+def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeInfo:
+    """Breadth-first walk from a layer's node to the activations that act on its output."""
+    frontier, seen, found, residual = list(start.users), set(), [], False
+    while frontier:
+        node = frontier.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        verdict, info = _classify(node, modules, layer)
+        if verdict in ("pass", "add"):
+            residual = residual or verdict == "add"
+            frontier.extend(node.users)
+        elif info is not None:
+            found.append(info)
+    if not found:
+        return SlopeInfo(1.0, "no activation", residual=residual)
+    first = found[0]
+    distinct = sorted({(f.slope, f.source) for f in found})
+    warning = first.warning
+    if len(distinct) > 1:
+        listed = ", ".join(f"{s:g} ({src})" for s, src in distinct)
+        warning = f"layer {layer!r} feeds several activations with different slopes [{listed}]: using {first.slope:g}"
+    return SlopeInfo(first.slope, first.source, warning, residual)
+
+
+def _trace_slopes(model: nn.Module, names: Iterable[str]) -> tuple[dict[str, SlopeInfo], list[str]]:
+    """Slopes of the named layers from the fx graph, and the layers in graph (forward) order."""
+    graph = fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    wanted, slopes, order = set(names), {}, []
+    for node in graph.nodes:
+        target = str(node.target)
+        if node.op == "call_module" and target in wanted and target not in slopes:
+            slopes[target] = _follow(node, modules, target)
+            order.append(target)
+    return slopes, order
+
+
+def _module_order_slopes(model: nn.Module, names: list[str]) -> dict[str, SlopeInfo]:
+    """Fallback: the first activation module registered after each layer, before the next layer."""
+    slopes, current = {}, None
+    wanted = set(names)
+    for name, module in model.named_modules():
+        if isinstance(module, WEIGHT_LAYERS):
+            current = name if name in wanted else None
+            if current is not None:
+                slopes[current] = SlopeInfo(1.0, "module order (no activation)")
+            continue
+        if current is not None:
+            info = module_slope(module, current, "module order")
+            if info is not None:
+                slopes[current] = info
+                current = None
+    return slopes
+
+
+def detect_slopes(
+    model: nn.Module, names: list[str], *, tracer: Callable[..., Any] | None = None
+) -> tuple[dict[str, SlopeInfo], list[str], list[str]]:
+    """Slope of the activation after each named weight layer.
+
+    Returns ``(slopes, order, warnings)``: a :class:`SlopeInfo` per name (with its own per-layer
+    warning, if any), the names in forward order (fx graph order; registration order when tracing
+    fails, and layers the graph never calls go last, planned by registration order), and the
+    model-level warnings (tracing failure, uncalled layers, residual additions).
+
+    Example::
+
+        slopes, order, warnings = detect_slopes(model, ["0", "2"])
+        slopes["0"].slope  # 0.1 for nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
+    """
+    warnings_: list[str] = []
+    try:
+        slopes, order = _trace_slopes(model, names)
+    except Exception as error:  # noqa: BLE001 - any tracing failure means: use the fallback
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        warnings_.append(
+            f"torch.fx could not trace {type(model).__name__} ({type(error).__name__}: {first_line}); "
+            "activations were read from module registration order, functional activations in forward() "
+            "are invisible there: check the plan or pass negative_slope="
+        )
+        slopes, order = {}, []
+    missing = [name for name in names if name not in slopes]
+    if missing:
+        fallback = _module_order_slopes(model, names)
+        if order:
+            warnings_.append(
+                f"layers {missing} are never called in the traced forward(); planned by module registration order"
+            )
+        for name in missing:
+            slopes[name] = fallback[name]
+        order = order + missing
+    residual = [name for name in order if slopes[name].residual]
+    if residual:
+        warnings_.append(
+            f"residual additions after layers {residual}: their slope is that of the activation applied to the "
+            "sum; the predicted drift and spread assume a plain chain and do not describe residual paths"
+        )
+    return slopes, order, warnings_

@@ -1,0 +1,424 @@
+"""Model surgery: plan and apply a per-layer initialization scheme on any ``nn.Module``.
+
+``plan_init`` finds the weight layers (Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d), the slope of
+the activation after each (:mod:`lightning_lyapunov.activations`), and resolves the scheme per layer
+(:func:`lightning_lyapunov.init.resolve_init`) without touching a weight. ``apply_init`` validates
+everything the same way, draws every new weight, and only then writes them: on any error, no weight
+has changed. ``swap_activations`` replaces activation modules (e.g. ReLU by LeakyReLU(0.1)).
+
+Fans (DESIGN section 3): a layer maps ``d_in`` inputs to ``d_out`` outputs per location.
+
+* Linear: ``d_in = in_features``, ``d_out = out_features``.
+* ConvNd: ``d_in = C_in / groups * prod(kernel)``, ``d_out = C_out / groups``; each group's slice of
+  the weight (along dim 0) is drawn separately.
+* ConvTransposeNd: the weight ``(C_in, C_out / groups, *kernel)`` is drawn per group in conv layout
+  (``weight.transpose(0, 1)``); each output location receives about ``prod(kernel) / prod(stride)``
+  taps per input channel, so ``d_in = max(1, round(C_in / groups * prod(kernel) / prod(stride)))``,
+  ``d_out = C_out / groups``.
+
+Left alone, and listed in ``plan.skipped``: embeddings, norm layers, attention (everything inside
+``nn.MultiheadAttention``, its out-projection included), any other parametrized module, layers not
+selected by ``include``/``exclude``; with a warning: frozen weights (``requires_grad=False``), lazy
+(uninitialized) and meta parameters. Every scheme assumes zero biases: the bias of every planned
+layer is set to 0 (a frozen bias is left alone, with a warning).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import init as _init
+from .activations import WEIGHT_LAYERS, SlopeInfo, detect_slopes
+
+__all__ = ["InitPlan", "LayerPlan", "plan_init", "apply_init", "swap_activations"]
+
+Patterns = Union[str, Sequence[str], None]
+SlopeOverride = Union[float, Mapping[str, float], None]
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass
+class LayerPlan:
+    """What ``apply_init`` does to one weight layer (``module`` is the layer itself)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    d_in: int
+    d_out: int
+    groups: int
+    negative_slope: float
+    slope_source: str
+    init: _init.LayerInit
+    zero_bias: bool
+    transposed: bool = False
+    module: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (no module) for logging."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("module", "init")}
+        out["shape"] = list(self.shape)
+        out["init"] = asdict(self.init)
+        return out
+
+
+@dataclass
+class InitPlan:
+    """The per-layer plan: ``layers`` in forward order, ``skipped`` (name, reason), ``warnings``.
+
+    ``predicted_drift`` = sum of the per-layer exponents (the expected change of log r, r = ||x|| /
+    sqrt(d), from input to output) and ``predicted_spread`` = sqrt(sum of per-layer variances) (its
+    standard deviation by the CLT); None when the theory does not apply to some layer (ZerO).
+    """
+
+    scheme: str
+    distribution: str
+    moment: float | None
+    layers: list[LayerPlan]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def predicted_drift(self) -> float | None:
+        exponents = [layer.init.exponent for layer in self.layers]
+        return None if any(e is None for e in exponents) else float(sum(exponents))
+
+    @property
+    def predicted_spread(self) -> float | None:
+        variances = [layer.init.variance for layer in self.layers]
+        return None if any(v is None for v in variances) else math.sqrt(sum(variances))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values for logging (JSON/YAML serializable)."""
+        return {
+            "scheme": self.scheme,
+            "distribution": self.distribution,
+            "moment": self.moment,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [list(item) for item in self.skipped],
+            "warnings": list(self.warnings),
+            "predicted_drift": self.predicted_drift,
+            "predicted_spread": self.predicted_spread,
+        }
+
+    def __str__(self) -> str:
+        header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "draw", "scale",
+                  "exponent", "variance")
+        rows = [header] + [_row(i, layer) for i, layer in enumerate(self.layers)]
+        widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        lines = [
+            f"InitPlan: scheme={self.scheme!r}, distribution={self.distribution!r}, moment={self.moment!r}; "
+            f"{len(self.layers)} layers, biases of planned layers set to 0"
+        ]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(2, "  ".join("-" * w for w in widths))
+        drift, spread = self.predicted_drift, self.predicted_spread
+        lines.append(
+            "predicted log-norm drift input -> output: "
+            + ("n/a (theory does not apply to every layer)" if drift is None or spread is None
+               else f"{drift:+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
+        )
+        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped]
+        lines += [f"warning: {message}" for message in self.warnings]
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{0.0 if abs(value) < 5e-5 else value:.4f}"
+
+
+def _row(index: int, layer: LayerPlan) -> tuple[str, ...]:
+    groups = f" g={layer.groups}" if layer.groups > 1 else ""
+    return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
+            str(layer.d_out), f"{layer.negative_slope:g}", layer.slope_source, layer.init.distribution,
+            _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance))
+
+
+def _patterns(argument: str, value: Patterns) -> list[re.Pattern[str]]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    try:
+        return [re.compile(item) for item in items]
+    except (TypeError, re.error) as error:
+        raise ValueError(
+            f"{argument}={value!r} is not a regex or a list of regexes ({error}); "
+            f"pass e.g. {argument}=r'^encoder\\.' (matched with re.search on qualified module names)"
+        ) from None
+
+
+def _check_slope(argument: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"{argument}={value!r} is out of range: the Leaky ReLU slope must be a number in [0, 1] "
+            "(0 = ReLU, 1 = linear); for a negative slope a pass |a| (the theory depends on a**2 only)"
+        )
+    return float(value)
+
+
+def _slope_overrides(negative_slope: SlopeOverride) -> float | list[tuple[re.Pattern[str], float]] | None:
+    if negative_slope is None:
+        return None
+    if isinstance(negative_slope, Mapping):
+        pairs = []
+        for pattern, slope in negative_slope.items():
+            compiled = _patterns("negative_slope key", pattern)[0]
+            pairs.append((compiled, _check_slope(f"negative_slope[{pattern!r}]", slope)))
+        return pairs
+    return _check_slope("negative_slope", negative_slope)
+
+
+def _override(name: str, overrides: float | list[tuple[re.Pattern[str], float]] | None) -> float | None:
+    if overrides is None or isinstance(overrides, float):
+        return overrides
+    return next((slope for pattern, slope in overrides if pattern.search(name)), None)
+
+
+def _unusable(module: nn.Module) -> str | None:
+    """Why a weight layer's parameters cannot be initialized now (lazy, meta, frozen), or None."""
+    weight = module.weight
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return "lazy module with uninitialized parameters: run one forward pass before initializing"
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        return "uninitialized (lazy) parameter: run one forward pass before initializing"
+    if weight.is_meta:
+        return "meta parameter: materialize it first (model.to_empty(device=...))"
+    if not weight.requires_grad:
+        return "frozen weight (requires_grad=False): left alone"
+    return None
+
+
+def _fans(module: nn.Module) -> tuple[int, int, int]:
+    """(d_in, d_out, groups) per group, as in the module docstring."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, 1
+    groups, kernel = module.groups, math.prod(module.kernel_size)
+    c_in, c_out = module.in_channels // groups, module.out_channels // groups
+    if isinstance(module, _TRANSPOSED):
+        return max(1, round(c_in * kernel / math.prod(module.stride))), c_out, groups
+    return c_in * kernel, c_out, groups
+
+
+def _discover(
+    model: nn.Module, include: list[re.Pattern[str]], exclude: list[re.Pattern[str]]
+) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """Eligible weight layers (registration order), skipped (name, reason), and warnings."""
+    eligible, skipped, warnings_ = [], [], []
+    attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    for name, module in model.named_modules():
+        below_attention = any(a == "" or name.startswith(a + ".") for a in attention)
+        if isinstance(module, WEIGHT_LAYERS) and not below_attention:
+            if exclude and any(p.search(name) for p in exclude):
+                skipped.append((name, "excluded by exclude="))
+            elif include and not any(p.search(name) for p in include):
+                skipped.append((name, "not matched by include="))
+            elif (reason := _unusable(module)) is not None:
+                skipped.append((name, reason))
+                warnings_.append(f"layer {name!r} skipped: {reason}")
+            else:
+                eligible.append(name)
+        elif isinstance(module, nn.MultiheadAttention):
+            skipped.append((name or "<root>", "MultiheadAttention: attention projections are left alone"))
+        elif any(True for _ in module.parameters(recurse=False)) and not below_attention:
+            kind = type(module).__name__
+            skipped.append((name or "<root>", f"{kind}: not a Linear/Conv weight layer, left alone"))
+    return eligible, skipped, warnings_
+
+
+def _no_layer_error(model: nn.Module, skipped: list[tuple[str, str]], include: Patterns, exclude: Patterns) -> None:
+    seen = Counter(type(m).__name__ for _, m in model.named_modules())
+    reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped[:8]) or "none"
+    raise ValueError(
+        f"no eligible layer in {type(model).__name__}: the schemes initialize "
+        f"{', '.join(t.__name__ for t in WEIGHT_LAYERS)}; modules seen: {dict(seen)}; skipped: {reasons}. "
+        f"Fix include={include!r} / exclude={exclude!r}, unfreeze or materialize the weights, or run a "
+        "forward pass first for lazy modules"
+    )
+
+
+def plan_init(
+    model: nn.Module,
+    scheme: str = "lyapunov",
+    distribution: str = "orthogonal",
+    moment: float | None = None,
+    negative_slope: SlopeOverride = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+) -> InitPlan:
+    """Plan an initialization scheme on every eligible weight layer of ``model``; touch no weight.
+
+    Per layer ``l`` (forward order): fans ``(d_in, d_out)`` (module docstring), the slope ``a`` of the
+    following activation (detected, or ``negative_slope``: a float for every layer, or a mapping
+    regex -> slope, the first ``re.search`` match on the qualified name wins), and
+    ``init.resolve_init(scheme, d_in, d_out, a, distribution, moment)``: the scale, the exponent
+    ``lambda_l`` and the variance ``s_l^2``. The plan predicts
+    ``log r(output) - log r(input) ~ N(sum_l lambda_l, sum_l s_l^2)`` for a plain chain.
+    ``include`` / ``exclude``: regex or list of regexes on qualified module names.
+
+    Raises ValueError (naming the argument, the value and the fix) for an unknown scheme or
+    distribution, a slope outside [0, 1], a moment outside its range, or no eligible layer.
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(8, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
+        print(plan_init(model, scheme="lyapunov"))   # a table; model unchanged
+    """
+    _init.validate_scheme(scheme, distribution, moment)
+    overrides = _slope_overrides(negative_slope)
+    include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
+    eligible, skipped, warnings_ = _discover(model, include_patterns, exclude_patterns)
+    if not eligible:
+        _no_layer_error(model, skipped, include, exclude)
+    slopes, order, model_warnings = detect_slopes(model, eligible)
+    warnings_ += model_warnings
+    modules = dict(model.named_modules())
+    layers = []
+    for name in order:
+        module = modules[name]
+        forced = _override(name, overrides)
+        info = SlopeInfo(forced, "override") if forced is not None else slopes[name]
+        if info.warning:
+            warnings_.append(info.warning)
+        layers.append(_layer_plan(name, module, info, scheme, distribution, moment))
+        if module.bias is not None and not module.bias.requires_grad:
+            warnings_.append(f"layer {name!r}: frozen bias left alone (the schemes assume a zero bias)")
+    plan = InitPlan(scheme, distribution, moment, layers, skipped, warnings_)
+    for message in warnings_:
+        warnings.warn(message, stacklevel=2)
+    return plan
+
+
+def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, scheme: str, distribution: str,
+                moment: float | None) -> LayerPlan:
+    d_in, d_out, groups = _fans(module)
+    try:
+        layer_init = _init.resolve_init(scheme, d_in, d_out, info.slope, distribution=distribution, moment=moment)
+    except ValueError as error:
+        raise ValueError(f"layer {name!r} (d_in={d_in}, d_out={d_out}, slope={info.slope:g}): {error}") from error
+    bias = module.bias
+    return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), d_in, d_out, groups, info.slope,
+                     info.source, layer_init, bias is not None and bias.requires_grad,
+                     isinstance(module, _TRANSPOSED), module)
+
+
+def draw_layer(layer: LayerPlan, generator: torch.Generator | None = None) -> torch.Tensor:
+    """New weight for one planned layer, drawn on the CPU in float32 (whatever the layer's dtype, so
+    the same generator gives the same weights, up to rounding, in every precision and on every device).
+
+    Each group is drawn separately in conv layout; a transposed conv's group is drawn as
+    ``(C_out/groups, C_in/groups, *kernel)`` and stored transposed.
+    """
+    weight = layer.module.weight
+    dtype = torch.float32
+    out = torch.empty(weight.shape, dtype=dtype)
+    rows = weight.shape[0] // layer.groups
+    for g in range(layer.groups):
+        block = out[g * rows:(g + 1) * rows]
+        piece = torch.empty(block.transpose(0, 1).shape, dtype=dtype) if layer.transposed else block
+        _init.init_weight_(piece, layer.init, generator=generator)  # the scale already holds the fans
+        if layer.transposed:
+            block.copy_(piece.transpose(0, 1))
+    return out
+
+
+def draw_weights(plan: InitPlan, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """New weights for every planned layer, drawn in plan order from one CPU generator."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"generator on {generator.device} is not supported: weights are drawn on the CPU for reproducibility "
+            "and copied to the parameters' device; pass a torch.Generator() (CPU)"
+        )
+    with torch.no_grad():
+        return [draw_layer(layer, generator) for layer in plan.layers]
+
+
+def write_weights(plan: InitPlan, weights: Sequence[torch.Tensor]) -> None:
+    """Copy drawn weights into the layers (to their device and dtype) and zero their biases."""
+    with torch.no_grad():
+        for layer, weight in zip(plan.layers, weights, strict=True):
+            layer.module.weight.copy_(weight)
+            if layer.zero_bias:
+                layer.module.bias.zero_()
+
+
+def apply_init(
+    model: nn.Module,
+    scheme: str = "lyapunov",
+    distribution: str = "orthogonal",
+    moment: float | None = None,
+    negative_slope: SlopeOverride = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    generator: torch.Generator | None = None,
+) -> InitPlan:
+    """Initialize ``model`` in place by :func:`plan_init`'s plan and return that plan.
+
+    All-or-nothing: the plan is validated and every new weight drawn (on the CPU, in plan order,
+    from ``generator``, or torch's default CPU generator) before any parameter is written, so on
+    any error no weight has changed. The same seed or generator state gives bit-identical weights
+    on every device. Biases of planned layers are set to 0.
+
+    Example::
+
+        model = nn.Sequential(*[m for _ in range(50) for m in (nn.Linear(4, 4), nn.LeakyReLU(0.1))])
+        plan = apply_init(model, scheme="lyapunov", generator=torch.Generator().manual_seed(0))
+        plan.predicted_drift  # ~0: the log-norm neither grows nor shrinks with depth
+    """
+    plan = plan_init(model, scheme, distribution, moment, negative_slope, include, exclude)
+    write_weights(plan, draw_weights(plan, generator))
+    return plan
+
+
+def swap_activations(
+    model: nn.Module,
+    old: type[nn.Module] | tuple[type[nn.Module], ...] = nn.ReLU,
+    new: Callable[[nn.Module], nn.Module] | nn.Module | None = None,
+) -> list[str]:
+    """Replace every submodule that is an instance of ``old`` by ``new(old_module)``; in place.
+
+    ``new`` is a factory called with the module it replaces, or a module (deep-copied for each
+    replacement); the default is ``nn.LeakyReLU(0.1)`` keeping ``inplace``. A module registered under
+    several names is replaced by one shared new module. Returns the qualified names replaced.
+    Functional activations (``F.relu(x)`` inside ``forward``) are not modules and cannot be swapped:
+    edit the model's code (``plan_init`` detects and reports them).
+
+    Example::
+
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+        swap_activations(model, nn.ReLU, lambda m: nn.LeakyReLU(0.1))   # -> ['1']
+    """
+    if new is None:
+        def new(module: nn.Module) -> nn.Module:
+            return nn.LeakyReLU(0.1, inplace=getattr(module, "inplace", False))
+    elif isinstance(new, nn.Module):
+        template = new
+
+        def new(module: nn.Module) -> nn.Module:  # noqa: ARG001 - same signature as a factory
+            return copy.deepcopy(template)
+    if isinstance(model, old):
+        raise ValueError(f"model itself is a {type(model).__name__}: wrap it in a container before swapping")
+    replaced, made = [], {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if not isinstance(module, old) or not name:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        if id(module) not in made:
+            made[id(module)] = new(module)
+        setattr(model.get_submodule(parent_name), child, made[id(module)])
+        replaced.append(name)
+    return replaced
