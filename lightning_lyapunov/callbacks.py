@@ -1,0 +1,381 @@
+"""The :class:`LyapunovInit` Lightning callback: initialize by theory, then watch the signal.
+
+Logged keys (every logger, as scalars):
+
+- ``lyapunov/<stat>/<layer>`` for ``stat`` in :data:`~lightning_lyapunov.diagnostics.STAT_KEYS`
+  (``log_norm_mean``, ``log_norm_std``, ``emp_var_mean``, ``emp_var_collapsed``,
+  ``kurtosis_median``, ``kurtosis_pooled``, ``dead_fraction``, ``nonfinite``), measured on the
+  outputs (pre-activations) of the planned layers;
+- ``lyapunov/exponent_estimate``: the slope of the mean log-norm over depth;
+- at step 0: ``lyapunov/predicted/exponent`` (mean per-layer exponent of the plan),
+  ``lyapunov/predicted/drift`` and ``lyapunov/predicted/spread`` (whole network), and
+  ``lyapunov/predicted/log_norm/<layer>`` (cumulative predicted drift up to the layer).
+
+With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` the plan is logged as text
+(``lyapunov/plan``), and at the first measured step and at the end of every training epoch the
+per-sample log-norms as histograms (``lyapunov/log_norm_hist/<layer>``) and a figure of the
+log-norm against depth with the theory line and its +-2 sqrt(l) s band (``lyapunov/log_norm_vs_depth``,
+needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_lyapunov import init as _init
+from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats
+from lightning_lyapunov.surgery import InitPlan, apply_init
+
+__all__ = ["LyapunovInit"]
+
+_REFUSED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+class LyapunovInit(Callback):
+    r"""Initialize every weight layer by theory at the start of ``fit`` and log the signal live.
+
+    At ``setup(stage="fit")``, once (never on resume, on a second ``fit``, or in
+    validate/test/predict), the callback plans the scheme per layer
+    (:func:`~lightning_lyapunov.plan_init`), prints the plan and writes the weights. The Lyapunov
+    scheme sets each layer's scale so that the log-norm of the signal has zero drift:
+    ``E log r(x_{l+1}) = log r(x_l)`` with ``r(x) = ||x|| / sqrt(d)``. While training, forward hooks
+    measure per layer the log-norm, empirical variance, kurtosis and dead units on logging steps.
+
+    Args:
+        scheme: ``"lyapunov"``, ``"fractional"``, ``"stiefel"``, ``"he"``, ``"glorot"``,
+            ``"orthogonal"`` or ``"zero"``.
+        distribution: ``"gaussian"`` or ``"orthogonal"`` weights (for ``lyapunov`` and ``fractional``).
+        moment: the moment order ``s`` in (0, 2] for ``scheme="fractional"`` (``s = 2`` is He).
+        sampled: ``False``; ``True`` or ``"network"`` to keep the best of ``ceil(2 sqrt(L))``
+            candidate networks on a training batch; ``"layerwise"`` to choose each layer's draw.
+        negative_slope: ``None`` (detect the activation after each layer), a slope in [0, 1] for
+            every layer, or a mapping ``{regex: slope}`` on qualified module names.
+        include: regex or list of regexes: only these layers (qualified names, ``re.search``).
+        exclude: regex or list of regexes: leave these layers alone.
+        diagnostics: measure and log the signal statistics.
+        log_every_n_steps: measuring cadence; ``None`` uses the Trainer's ``log_every_n_steps``.
+        seed: seed of the weights' generator; ``None`` draws one from torch's global generator
+            (so ``seed_everything`` makes runs reproducible).
+
+    Example::
+
+        trainer = Trainer(callbacks=[LyapunovInit(scheme="lyapunov", distribution="orthogonal")])
+
+    In a LightningCLI config::
+
+        trainer:
+          callbacks:
+            - class_path: lightning_lyapunov.LyapunovInit
+              init_args: {scheme: lyapunov, distribution: gaussian}
+    """
+
+    def __init__(
+        self,
+        scheme: Literal["lyapunov", "fractional", "stiefel", "he", "glorot", "orthogonal", "zero"] = "lyapunov",
+        distribution: Literal["gaussian", "orthogonal"] = "orthogonal",
+        moment: float | None = None,
+        sampled: bool | Literal["network", "layerwise"] = False,
+        negative_slope: float | dict[str, float] | None = None,
+        include: str | list[str] | None = None,
+        exclude: str | list[str] | None = None,
+        diagnostics: bool = True,
+        log_every_n_steps: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        _init.validate_scheme(scheme, distribution, moment)
+        _validate_slopes(negative_slope)
+        for argument, patterns in (("include", include), ("exclude", exclude)):
+            _validate_patterns(argument, patterns)
+        if sampled not in (False, True, "network", "layerwise"):
+            raise ValueError(f"sampled must be False, True, 'network' or 'layerwise', got {sampled!r}")
+        if sampled and scheme == "zero":
+            raise ValueError("sampled needs a random scheme; 'zero' is deterministic: use sampled=False")
+        if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool) or log_every_n_steps < 1):
+            raise ValueError(f"log_every_n_steps must be an integer >= 1 or None, got {log_every_n_steps!r}")
+        if seed is not None and not 0 <= int(seed) < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63) or None, got {seed!r}")
+        self.scheme = scheme
+        self.distribution = distribution
+        self.moment = moment
+        self.sampled: str | None = "network" if sampled is True else (sampled or None)
+        self.negative_slope = negative_slope
+        self.include = include
+        self.exclude = exclude
+        self.diagnostics = diagnostics
+        self.log_every_n_steps = log_every_n_steps
+        self.seed = seed
+        self.initialized = False
+        self.plan: InitPlan | None = None
+        self.monitor: SignalMonitor | None = None
+        self._announced = False
+        self._last_step: int | None = None
+        self._last_stats: SignalStats | None = None
+        self._warned: set[tuple[str, str]] = set()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(scheme=self.scheme, distribution=self.distribution, moment=self.moment)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initialized": bool(self.initialized), "scheme": str(self.scheme)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initialized = bool(state_dict.get("initialized", False))
+        if self.initialized:
+            self._announced = True  # resumed: the plan was logged by the run that initialized
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        strategy = type(trainer.strategy).__name__
+        if strategy in _REFUSED_STRATEGIES:
+            raise RuntimeError(
+                f"LyapunovInit does not support {strategy}: its parameters are sharded in setup, so a "
+                "per-layer init cannot see whole weights. Use the DDP strategy, or initialize the model "
+                "before wrapping it with lightning_lyapunov.apply_init(model, ...)."
+            )
+        plan_kwargs = dict(
+            scheme=self.scheme, distribution=self.distribution, moment=self.moment,
+            negative_slope=self.negative_slope, include=self.include, exclude=self.exclude,
+        )
+        if not self.initialized:
+            generator = torch.Generator().manual_seed(self._seed())
+            if self.sampled:
+                from lightning_lyapunov.sampling import sample_lyapunov_
+
+                report = sample_lyapunov_(
+                    pl_module, _probe_batch(trainer, pl_module), layerwise=self.sampled == "layerwise",
+                    generator=generator, **plan_kwargs,
+                )
+                self.plan = report.plan
+                rank_zero_info(f"LyapunovInit sampled ({self.sampled}): {report}")
+            else:
+                self.plan = apply_init(pl_module, generator=generator, **plan_kwargs)
+            self.initialized = True
+        elif self.plan is None:
+            from lightning_lyapunov.surgery import plan_init
+
+            self.plan = plan_init(pl_module, **plan_kwargs)  # for the diagnostics' predictions only
+        if self.diagnostics and self.monitor is None:
+            self.monitor = SignalMonitor(pl_module, self.plan.layer_names)
+
+    def _seed(self) -> int:
+        if self.seed is not None:
+            return int(self.seed)
+        return int(torch.randint(0, 2**62, (1,)).item())
+
+    # ------------------------------------------------------------------ logging
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._announced or self.plan is None:
+            return
+        self._announced = True
+        rank_zero_info(f"LyapunovInit plan:\n{self.plan}")
+        if not trainer.loggers:
+            rank_zero_warn("LyapunovInit: no logger, so the signal diagnostics are measured but not logged")
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(_predicted_scalars(self.plan), step=0)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("lyapunov/plan", _markdown(str(self.plan)), 0)
+
+    def _should_measure(self, trainer: Trainer) -> bool:
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        step = trainer.global_step
+        return (
+            self.monitor is not None
+            and trainer.is_global_zero
+            and not trainer.sanity_checking
+            and step % every == 0
+            and step != self._last_step
+        )
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.monitor is not None:
+            self.monitor.active = self._should_measure(trainer)
+            if self.monitor.active:
+                self._last_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        monitor = self.monitor
+        if monitor is None or not monitor.active:
+            return
+        monitor.active = False
+        if not monitor.captured:
+            return
+        stats = monitor.compute()
+        monitor.reset()
+        first = self._last_stats is None
+        self._last_stats = stats
+        step = self._last_step or 0
+        self._warn_about(stats, step, check_exponent=first)
+        for logger in trainer.loggers:
+            logger.log_metrics(stats.to_scalars(), step=step)
+        if first:
+            self._log_distributions(trainer, stats, step)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._last_stats is not None and self._last_step:
+            self._log_distributions(trainer, self._last_stats, self._last_step)
+
+    def _log_distributions(self, trainer: Trainer, stats: SignalStats, step: int) -> None:
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            writer = logger.experiment
+            for name, values in stats.log_norms.items():
+                finite = values[np.isfinite(values)]
+                if finite.size:
+                    writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
+            figure = _depth_figure(stats, self.plan)
+            if figure is not None:
+                writer.add_figure("lyapunov/log_norm_vs_depth", figure, step)
+
+    def _warn_about(self, stats: SignalStats, step: int, check_exponent: bool) -> None:
+        for name, values in zip(stats.names, stats.values):
+            row = dict(zip(STAT_KEYS, values))
+            if row["nonfinite"] > 0:
+                self._warn_once(
+                    (name, "nonfinite"),
+                    f"layer {name!r} has {int(row['nonfinite'])} NaN/Inf activations at step {step}: "
+                    "lower the learning rate or check the inputs",
+                )
+            if row["emp_var_collapsed"] >= 0.5:
+                self._warn_once(
+                    (name, "collapse"),
+                    f"layer {name!r}: the empirical variance of {row['emp_var_collapsed']:.0%} of its units "
+                    f"collapsed (below 1e-3 of its mean second moment) at step {step}",
+                )
+        plan = self.plan
+        if not check_exponent or plan is None or plan.predicted_drift is None or len(plan.layers) < 4:
+            return
+        depth = len(plan.layers)
+        measured, predicted = stats.exponent_estimate, plan.predicted_drift / depth
+        # the least-squares slope of a random walk over L steps has variance ~ 1.2 s^2 / L
+        tolerance = max(0.05, 4.0 * math.sqrt(1.2 * plan.predicted_spread**2 / depth**2))
+        if math.isfinite(measured) and abs(measured - predicted) > tolerance:
+            self._warn_once(
+                ("network", "exponent"),
+                f"measured Lyapunov exponent {measured:+.3f} per layer at step {step} is far from the "
+                f"predicted {predicted:+.3f} (tolerance {tolerance:.3f}): check the detected slopes in the plan",
+            )
+
+    def _warn_once(self, key: tuple[str, str], message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(f"LyapunovInit: {message}")
+
+    # ------------------------------------------------------------------ cleanup
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        if self.monitor is not None:
+            self.monitor.remove()
+            self.monitor = None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _validate_slopes(negative_slope: float | Mapping[str, float] | None) -> None:
+    values = negative_slope.values() if isinstance(negative_slope, Mapping) else [negative_slope]
+    for value in values:
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"negative_slope must lie in [0, 1] (0 = ReLU, 1 = linear), got {value!r}")
+    if isinstance(negative_slope, Mapping):
+        _validate_patterns("negative_slope", list(negative_slope))
+
+
+def _validate_patterns(argument: str, patterns: str | Sequence[str] | None) -> None:
+    for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"{argument}: {pattern!r} is not a valid regular expression ({error})") from None
+
+
+def _predicted_scalars(plan: InitPlan) -> dict[str, float]:
+    exponents = [layer.init.exponent for layer in plan.layers]
+    if any(e is None for e in exponents):
+        return {}
+    scalars = {
+        "lyapunov/predicted/exponent": float(np.mean(exponents)),
+        "lyapunov/predicted/drift": float(plan.predicted_drift),
+        "lyapunov/predicted/spread": float(plan.predicted_spread),
+    }
+    for name, cumulative in zip(plan.layer_names, np.cumsum(exponents)):
+        scalars[f"lyapunov/predicted/log_norm/{name}"] = float(cumulative)
+    return scalars
+
+
+def _markdown(text: str) -> str:
+    """Monospace block for TensorBoard's markdown text plugin."""
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def _probe_batch(trainer: Trainer, pl_module: LightningModule) -> torch.Tensor | None:
+    """The input tensor of the first training batch, on the module's device, or None."""
+    try:
+        loader = trainer.fit_loop._data_source.dataloader()
+        batch = next(iter(loader))
+    except Exception as error:  # no data yet, or a loader that cannot be iterated here
+        rank_zero_warn(f"LyapunovInit: no training batch for the sampled scheme ({error}); using N(0, 1) inputs")
+        return None
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if isinstance(batch, Mapping):
+        batch = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    if not isinstance(batch, torch.Tensor):
+        rank_zero_warn("LyapunovInit: could not find an input tensor in the training batch; using N(0, 1) inputs")
+        return None
+    return batch.to(pl_module.device)
+
+
+def _depth_figure(stats: SignalStats, plan: InitPlan | None):
+    """Mean log-norm (+- its batch std) against depth, the theory line and its +-2 sqrt(l) s band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return None
+    table = stats.as_dict()
+    mean = np.array([table["log_norm_mean"][n] for n in stats.names])
+    std = np.array([table["log_norm_std"][n] for n in stats.names])
+    depth = np.arange(1, len(mean) + 1)
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.errorbar(depth, mean, yerr=std, fmt="o-", ms=3, label="measured (batch mean +- std)")
+    if plan is not None and plan.predicted_drift is not None and np.isfinite(mean[0]):
+        exponents = np.array([layer.init.exponent for layer in plan.layers])
+        variances = np.array([layer.init.variance for layer in plan.layers])
+        line = mean[0] + np.concatenate([[0.0], np.cumsum(exponents[1:])])
+        band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+        axis.plot(depth, line, "k--", label="theory: sum of exponents")
+        axis.fill_between(depth, line - band, line + band, color="k", alpha=0.12, label="+-2 sqrt(l) s")
+    axis.set_xlabel("layer")
+    axis.set_ylabel("log(||h|| / sqrt(d))")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    return figure

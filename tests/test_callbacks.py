@@ -1,0 +1,207 @@
+"""The LyapunovInit callback inside real (CPU) Lightning runs."""
+
+import copy
+import glob
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from conftest import DeepNarrow, loader, trainer_kwargs
+from lightning_lyapunov import LyapunovInit, apply_init, theory
+from lightning_lyapunov.diagnostics import STAT_KEYS
+
+
+class WeightsAtTrainStart(pl.Callback):
+    """Records a copy of the weights when training starts (after setup and any restore)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.state = copy.deepcopy(pl_module.state_dict())
+
+
+def fit(module, tmp_path, callbacks, ckpt_path=None, **overrides):
+    probe = WeightsAtTrainStart()
+    trainer = pl.Trainer(callbacks=[*callbacks, probe], **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(module, loader(), ckpt_path=ckpt_path)
+    return trainer, probe.state
+
+
+def test_weights_after_setup_follow_the_scheme(deep_narrow, tmp_path):
+    reference = copy.deepcopy(deep_narrow)
+    apply_init(reference, scheme="lyapunov", distribution="orthogonal", generator=torch.Generator().manual_seed(5))
+    _, state = fit(deep_narrow, tmp_path, [LyapunovInit(seed=5)], logger=False)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(state[key], value), key
+    w = state["net.2.weight"].double()
+    gain = theory.critical_scale(4, 4, 0.1, "orthogonal")
+    torch.testing.assert_close(w @ w.T, gain**2 * torch.eye(4, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(state["net.2.bias"]) == 0
+
+
+def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0)], logger=logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for stat in STAT_KEYS:
+        assert f"lyapunov/{stat}/net.0" in tags["scalars"], stat
+        assert f"lyapunov/{stat}/net.22" in tags["scalars"], stat
+    for key in ("exponent_estimate", "predicted/exponent", "predicted/drift", "predicted/log_norm/net.10"):
+        assert f"lyapunov/{key}" in tags["scalars"], key
+    assert "lyapunov/log_norm_hist/net.0" in tags["histograms"]
+    assert "lyapunov/log_norm_vs_depth" in tags["images"]
+    assert any("lyapunov/plan" in tag for tag in tags["tensors"])
+    # measured on steps 0, 2, 4 (log_every_n_steps=2) and the predicted values at step 0
+    steps = [event.step for event in events.Scalars("lyapunov/log_norm_mean/net.0")]
+    assert steps == [0, 2, 4]
+    predicted = events.Scalars("lyapunov/predicted/exponent")[0].value
+    assert predicted == pytest.approx(0.0, abs=0.02)  # Lyapunov init: zero drift (last layer aside)
+
+
+def test_csv_logger_and_own_cadence(deep_narrow, tmp_path):
+    logger = CSVLogger(tmp_path, name="csv")
+    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=3)], logger=logger)
+    header = Path(logger.log_dir, "metrics.csv").read_text().splitlines()[0]
+    assert "lyapunov/kurtosis_median/net.4" in header and "lyapunov/exponent_estimate" in header
+
+
+def test_no_logger_warns_and_trains(deep_narrow, tmp_path):
+    with pytest.warns(UserWarning, match="no logger"):
+        fit(deep_narrow, tmp_path, [LyapunovInit(seed=0)], logger=False)
+
+
+def test_resume_keeps_the_checkpoint_weights(deep_narrow, tmp_path):
+    trainer, _ = fit(deep_narrow, tmp_path, [LyapunovInit(seed=1)], logger=False)
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert any(s.get("initialized") is True for s in saved["callbacks"].values())
+    callback = LyapunovInit(seed=2)  # another seed: a re-init would change the weights
+    _, state = fit(DeepNarrow(), tmp_path, [callback], ckpt_path=ckpt, max_steps=8, logger=False)
+    for key, value in saved["state_dict"].items():
+        assert torch.equal(state[key], value), key
+    assert callback.initialized
+
+
+def test_second_fit_and_test_do_not_reinitialize(deep_narrow, tmp_path):
+    callback = LyapunovInit(seed=3)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False))
+    trainer.fit(deep_narrow, loader())
+    after_fit = copy.deepcopy(deep_narrow.state_dict())
+    trainer.test(deep_narrow, loader(), verbose=False)
+    for key, value in after_fit.items():
+        assert torch.equal(deep_narrow.state_dict()[key], value), key
+    trainer2 = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=1))
+    probe = WeightsAtTrainStart()
+    trainer2.callbacks.append(probe)
+    trainer2.fit(deep_narrow, loader())
+    for key, value in after_fit.items():
+        assert torch.equal(probe.state[key], value), key
+
+
+def test_bf16_autocast_gives_finite_statistics(deep_narrow, tmp_path):
+    logger = CSVLogger(tmp_path, name="bf16")
+    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0)], logger=logger, precision="bf16-mixed")
+    rows = [line.split(",") for line in Path(logger.log_dir, "metrics.csv").read_text().splitlines()]
+    column = rows[0].index("lyapunov/log_norm_mean/net.0")
+    measured = [float(row[column]) for row in rows[1:] if row[column]]
+    assert len(measured) == 3 and all(math.isfinite(v) for v in measured)
+
+
+def test_compiled_module_gives_finite_statistics(tmp_path):
+    torch.manual_seed(0)
+    module = DeepNarrow(depth=5)
+    callback = LyapunovInit(seed=0, log_every_n_steps=1)
+    module.net = torch.compile(module.net, backend="aot_eager")  # hooks sit inside the compiled graph
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=3))
+    trainer.fit(module, loader())
+    assert callback._last_step == 2
+    assert callback._last_stats is not None
+    assert all(math.isfinite(v) for v in callback._last_stats.as_dict()["log_norm_mean"].values())
+
+
+def test_nonfinite_activations_warn_once_naming_layer_and_step(tmp_path):
+    torch.manual_seed(0)
+    module = DeepNarrow(depth=5)
+    x = torch.full((16, 4), float("nan"))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=8)
+    trainer = pl.Trainer(callbacks=[LyapunovInit(seed=0, log_every_n_steps=1)],
+                         **trainer_kwargs(tmp_path, logger=CSVLogger(tmp_path), max_steps=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, data)
+    messages = [str(w.message) for w in caught if "NaN/Inf" in str(w.message)]
+    assert any("'net.0'" in m and "step 0" in m for m in messages)
+    assert sum("'net.0'" in m for m in messages) == 1  # once, not every step
+
+
+def test_hooks_are_removed_after_fit(deep_narrow, tmp_path):
+    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0)], logger=False)
+    assert all(not m._forward_hooks for m in deep_narrow.modules())
+
+
+def test_sampled_scheme_uses_a_training_batch(deep_narrow, tmp_path):
+    callback = LyapunovInit(sampled=True, seed=0)
+    fit(deep_narrow, tmp_path, [callback], logger=False)
+    assert callback.initialized and callback.plan is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(scheme="kaiming"), "unknown scheme"),
+        (dict(distribution="uniform"), "distribution"),
+        (dict(scheme="fractional"), "moment"),
+        (dict(scheme="fractional", moment=2.5), r"\(0, 2\]"),
+        (dict(negative_slope=1.5), r"\[0, 1\]"),
+        (dict(negative_slope={"net\\.0": -1.0}), r"\[0, 1\]"),
+        (dict(include="net.(("), "regular expression"),
+        (dict(log_every_n_steps=0), "log_every_n_steps"),
+        (dict(sampled="maybe"), "sampled"),
+        (dict(scheme="zero", sampled=True), "deterministic"),
+    ],
+)
+def test_bad_arguments_are_rejected_in_init(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LyapunovInit(**kwargs)
+
+
+def test_sharded_strategies_are_refused(deep_narrow):
+    class FSDPStrategy:  # stands in for lightning's class of the same name
+        pass
+
+    class FakeTrainer:
+        strategy = FSDPStrategy()
+
+    with pytest.raises(RuntimeError, match="FSDPStrategy.*DDP"):
+        LyapunovInit().setup(FakeTrainer(), deep_narrow, "fit")
+
+
+def test_state_dict_is_plain_python(deep_narrow, tmp_path):
+    callback = LyapunovInit(seed=0)
+    fit(deep_narrow, tmp_path, [callback], logger=False)
+    state = callback.state_dict()
+    assert state == {"initialized": True, "scheme": "lyapunov"}
+
+
+def test_ddp_two_cpu_processes_have_identical_weights(tmp_path):
+    script = Path(__file__).parent / "scripts" / "ddp_weights.py"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sums = sorted(glob.glob(str(tmp_path / "rank*.pt")))
+    assert len(sums) == 2
+    first, second = (torch.load(p, weights_only=True) for p in sums)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
