@@ -336,24 +336,34 @@ def draw_layer(layer: LayerPlan, generator: torch.Generator | None = None) -> to
     return out
 
 
-def draw_weights(plan: InitPlan, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """New weights for every planned layer, drawn in plan order from one CPU generator."""
+def check_generator(generator: torch.Generator | None) -> None:
+    """Weights are drawn on the CPU: refuse a generator on another device, naming the fix."""
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
             f"generator on {generator.device} is not supported: weights are drawn on the CPU for reproducibility "
             "and copied to the parameters' device; pass a torch.Generator() (CPU)"
         )
+
+
+def draw_weights(plan: InitPlan, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """New weights for every planned layer, drawn in plan order from one CPU generator."""
+    check_generator(generator)
     with torch.no_grad():
         return [draw_layer(layer, generator) for layer in plan.layers]
 
 
+@torch.no_grad()
+def write_layer(layer: LayerPlan, weight: torch.Tensor) -> None:
+    """Copy a drawn weight into its layer (to the layer's device and dtype) and zero its bias."""
+    layer.module.weight.copy_(weight)
+    if layer.zero_bias:
+        layer.module.bias.zero_()
+
+
 def write_weights(plan: InitPlan, weights: Sequence[torch.Tensor]) -> None:
-    """Copy drawn weights into the layers (to their device and dtype) and zero their biases."""
-    with torch.no_grad():
-        for layer, weight in zip(plan.layers, weights, strict=True):
-            layer.module.weight.copy_(weight)
-            if layer.zero_bias:
-                layer.module.bias.zero_()
+    """Copy drawn weights into every planned layer (see :func:`write_layer`)."""
+    for layer, weight in zip(plan.layers, weights, strict=True):
+        write_layer(layer, weight)
 
 
 def apply_init(

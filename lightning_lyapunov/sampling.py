@@ -1,0 +1,216 @@
+"""Sampled Lyapunov initialization: keep the draw whose typical gain on a probe batch is closest to 1.
+
+Even at exponent 0 the log-norm of one network spreads like ``N(0, L s^2)`` over ``L`` layers
+(DESIGN section 5). Selection removes most of that spread. Both variants draw at the scheme's
+scale (Lyapunov by default) and score a draw on a probe batch by
+
+    score = | mean_b ( log r(output_b) - log r(input_b) ) |,   r(v) = ||v|| / sqrt(numel per sample),
+
+where ``input`` is what the first planned layer receives (the probe itself for a plain network)
+and ``output`` what ``forward(model, probe)`` returns.
+
+* network-level (``layerwise=False``): ``K`` complete candidate networks, keep the best score.
+* layer-wise (``layerwise=True``): layer by layer in forward order, ``K`` candidates for that layer
+  (earlier layers fixed at their chosen draws), keep the one whose running log-gain is closest to 0:
+  from the input to the layer's activated output, read by a forward pre-hook as the input of the
+  next planned layer (the network output for the last layer). Not the pre-activation: a square
+  orthogonal layer scales every norm by exactly its gain, so only the activation reveals which
+  draw is better. The forward pass stops there, so a layer-wise pass costs about ``K * L / 2``
+  full forward passes.
+
+``K`` defaults to ``ceil(2 sqrt(L))``. Probing runs in eval mode under ``torch.no_grad()`` (no
+dropout, no BatchNorm statistics updated) and restores every module's training flag.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .surgery import InitPlan, check_generator, draw_layer, draw_weights, plan_init, write_layer, write_weights
+
+__all__ = ["SamplingReport", "sample_lyapunov_", "log_gain"]
+
+Forward = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class SamplingReport:
+    """Outcome of :func:`sample_lyapunov_`.
+
+    ``scores``: each candidate's score (layer-wise: the last layer's candidates, earlier layers
+    fixed); ``chosen``: the index kept among them; ``chosen_score``: the score of the network left
+    in the model; ``median_score``: the median of ``scores``. Layer-wise also fills
+    ``layer_scores`` (per layer, each candidate's ``|running log-gain|``) and ``layer_chosen``.
+    """
+
+    scores: list[float]
+    chosen: int
+    chosen_score: float
+    median_score: float
+    layerwise: bool
+    plan: InitPlan = field(repr=False)
+    layer_scores: list[list[float]] = field(default_factory=list, repr=False)
+    layer_chosen: list[int] = field(default_factory=list)
+
+
+def log_gain(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
+    """``mean_b (log r(outputs_b) - log r(inputs_b))`` with ``r(v) = ||v|| / sqrt(numel per sample)``.
+
+    The batch is dim 0; computed in float32 on the tensors' device. Non-finite results (a dead
+    network, log 0) come back as ``-inf``/``nan``; :func:`sample_lyapunov_` scores them as ``inf``.
+
+    Example::
+
+        log_gain(torch.ones(8, 4), 2 * torch.ones(8, 9))   # log 2
+    """
+
+    def log_r(v: torch.Tensor) -> torch.Tensor:
+        flat = v.detach().flatten(1).float()
+        return flat.norm(dim=1).log() - 0.5 * math.log(flat.shape[1])
+
+    return float((log_r(outputs) - log_r(inputs)).mean())
+
+
+def _score(gain: float) -> float:
+    return abs(gain) if math.isfinite(gain) else math.inf
+
+
+@contextmanager
+def _probing(model: nn.Module) -> Iterator[None]:
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has run."""
+
+
+class _Probe:
+    """Runs ``forward(model, batch)`` and records the first planned layer's input."""
+
+    def __init__(self, model: nn.Module, plan: InitPlan, batch: Any, forward: Forward) -> None:
+        self.model, self.batch, self.forward = model, batch, forward
+        self.first = plan.layers[0].module
+        self.inputs: torch.Tensor | None = None
+
+    def _record_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.inputs is None:
+            self.inputs = args[0]
+
+    def gain(self, stop_before: nn.Module | None = None) -> float:
+        """Log-gain input -> model output, or input -> what ``stop_before`` receives (first call)."""
+        self.inputs, captured = None, []
+
+        def record_and_stop(module: nn.Module, args: tuple[Any, ...]) -> None:
+            captured.append(args[0])
+            raise _Stop
+
+        handles = [self.first.register_forward_pre_hook(self._record_input)]
+        if stop_before is not None:
+            handles.append(stop_before.register_forward_pre_hook(record_and_stop))
+        try:
+            output = self.forward(self.model, self.batch)
+        except _Stop:
+            output = captured[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(
+                f"forward(model, probe) returned {type(output).__name__}, not a tensor; pass forward= returning "
+                "the network output, e.g. forward=lambda model, batch: model(batch[0])['logits']"
+            )
+        if self.inputs is None:
+            raise ValueError(f"the first planned layer {self.first!r} was not called by forward(model, probe)")
+        return log_gain(self.inputs, output)
+
+
+def _default_probe(plan: InitPlan, generator: torch.Generator | None) -> torch.Tensor:
+    first = plan.layers[0]
+    if not isinstance(first.module, nn.Linear):
+        raise ValueError(
+            f"probe=None needs a model whose first planned layer is Linear, got {first.kind} {first.name!r}; "
+            "pass probe= a batch of real inputs (and forward= if model(probe) is not the call)"
+        )
+    weight = first.module.weight
+    return torch.randn(64, first.module.in_features, generator=generator).to(weight.device, weight.dtype)
+
+
+def sample_lyapunov_(
+    model: nn.Module,
+    probe: Any = None,
+    *,
+    candidates: int | None = None,
+    layerwise: bool = False,
+    forward: Forward | None = None,
+    generator: torch.Generator | None = None,
+    **plan_kwargs: Any,
+) -> SamplingReport:
+    """Initialize ``model`` in place with the best of ``K`` draws on a probe batch (module docstring).
+
+    ``probe``: a batch for ``forward(model, probe)`` (default ``model(probe)``), or None for 64
+    standard normal inputs when the first planned layer is Linear. ``candidates``: ``K``, default
+    ``ceil(2 sqrt(L))`` for ``L`` planned layers. ``plan_kwargs`` go to :func:`plan_init`
+    (``scheme`` defaults to ``"lyapunov"``). Draws come from ``generator`` (CPU), else from torch's
+    default generator: the same seed gives the same choice.
+
+    Example::
+
+        model = nn.Sequential(*[m for _ in range(40) for m in (nn.Linear(4, 4), nn.LeakyReLU(0.1))])
+        report = sample_lyapunov_(model, generator=torch.Generator().manual_seed(0))
+        report.chosen_score <= report.median_score   # True
+    """
+    plan_kwargs.setdefault("scheme", "lyapunov")
+    check_generator(generator)
+    plan = plan_init(model, **plan_kwargs)
+    count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"candidates={candidates!r} must be an integer >= 1 (default: ceil(2 sqrt(layers)))")
+    batch = _default_probe(plan, generator) if probe is None else probe
+    runner = _Probe(model, plan, batch, forward or (lambda m, b: m(b)))
+    with _probing(model):
+        if layerwise:
+            return _layerwise(plan, runner, count, generator)
+        scores, best = [], None
+        for _ in range(count):
+            weights = draw_weights(plan, generator)
+            write_weights(plan, weights)
+            scores.append(_score(runner.gain()))
+            if best is None or scores[-1] < min(scores[:-1]):
+                best = weights
+        write_weights(plan, best)
+    chosen = min(range(count), key=scores.__getitem__)
+    return SamplingReport(scores, chosen, scores[chosen], statistics.median(scores), False, plan)
+
+
+def _layerwise(plan: InitPlan, runner: _Probe, count: int, generator: torch.Generator | None) -> SamplingReport:
+    write_weights(plan, draw_weights(plan, generator))  # later layers need weights for the final check
+    layer_scores, layer_chosen = [], []
+    following = [layer.module for layer in plan.layers[1:]] + [None]
+    for layer, stop_before in zip(plan.layers, following):
+        scores, best = [], None
+        for _ in range(count):
+            weight = draw_layer(layer, generator)
+            write_layer(layer, weight)
+            scores.append(_score(runner.gain(stop_before)))
+            if best is None or scores[-1] < min(scores[:-1]):
+                best = weight
+        write_layer(layer, best)
+        layer_scores.append(scores)
+        layer_chosen.append(min(range(count), key=scores.__getitem__))
+    scores = layer_scores[-1]
+    return SamplingReport(scores, layer_chosen[-1], _score(runner.gain()), statistics.median(scores), True, plan,
+                          layer_scores, layer_chosen)
