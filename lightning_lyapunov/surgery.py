@@ -19,7 +19,7 @@ Fans (DESIGN section 3): a layer maps ``d_in`` inputs to ``d_out`` outputs per l
 Left alone, and listed in ``plan.skipped``: embeddings, norm layers, attention (everything inside
 ``nn.MultiheadAttention``, its out-projection included), any other parametrized module, layers not
 selected by ``include``/``exclude``; with a warning: frozen weights (``requires_grad=False``), lazy
-(uninitialized) and meta parameters. Every scheme assumes zero biases: the bias of every planned
+(uninitialized) and meta parameters, parametrized weights (weight_norm, spectral_norm). Every scheme assumes zero biases: the bias of every planned
 layer is set to 0 (a frozen bias is left alone, with a warning).
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import re
 import warnings
 from collections import Counter
@@ -35,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import init as _init
 from .activations import WEIGHT_LAYERS, SlopeInfo, detect_slopes
@@ -131,7 +133,12 @@ class InitPlan:
             + ("n/a (theory does not apply to every layer)" if drift is None or spread is None
                else f"{drift:+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
         )
-        lines += [f"skipped {name}: {reason}" for name, reason in self.skipped]
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.skipped:
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            lines.append(f"skipped {shown}: {reason}")
         lines += [f"warning: {message}" for message in self.warnings]
         return "\n".join(lines)
 
@@ -163,7 +170,7 @@ def _patterns(argument: str, value: Patterns) -> list[re.Pattern[str]]:
 
 
 def _check_slope(argument: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
         raise ValueError(
             f"{argument}={value!r} is out of range: the Leaky ReLU slope must be a number in [0, 1] "
             "(0 = ReLU, 1 = linear); for a negative slope a pass |a| (the theory depends on a**2 only)"
@@ -200,6 +207,8 @@ def _unusable(module: nn.Module) -> str | None:
         return "meta parameter: materialize it first (model.to_empty(device=...))"
     if not weight.requires_grad:
         return "frozen weight (requires_grad=False): left alone"
+    if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_orig"):
+        return "parametrized weight (weight_norm, spectral_norm, ...): the stored tensor is not the weight"
     return None
 
 

@@ -17,6 +17,15 @@ from lightning_lyapunov.surgery import apply_init, plan_init, swap_activations
 SLOPE = 0.1
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread (threads spinning on 2 shared cores made tiny QRs ~1000x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mlp(widths: list[int], slope: float = SLOPE) -> nn.Sequential:
     """Linear + LeakyReLU after every layer (the last one included: a plain chain, no head)."""
     layers: list[nn.Module] = []
@@ -321,6 +330,9 @@ def test_frozen_lazy_and_attention_are_left_alone() -> None:
     meta = nn.Sequential(nn.Linear(4, 4, device="meta"), nn.ReLU(), nn.Linear(4, 1))
     with pytest.warns(UserWarning, match="meta parameter"):
         assert plan_init(meta).layer_names == ["2"]
+    normed = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 1))
+    with pytest.warns(UserWarning, match="parametrized weight"):
+        assert plan_init(normed).layer_names == ["2"]
 
 
 @pytest.mark.parametrize(
