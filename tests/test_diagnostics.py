@@ -1,0 +1,363 @@
+"""Tests for lightning_lyapunov.diagnostics: every statistic against a direct computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats, signal_stats
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors: with 2 OpenMP threads on 2 busy cores a 2x2 matmul can take 15 ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def measure(h: torch.Tensor, **kwargs) -> dict[str, float]:
+    """Statistics of ``h`` seen as the output of a hooked ``nn.Identity``."""
+    model = nn.Sequential(nn.Identity())
+    with SignalMonitor(model, ["0"], **kwargs) as monitor:
+        monitor.active = True
+        model(h)
+        return monitor.compute().layer("0")
+
+
+def direct_stats(h: np.ndarray) -> dict[str, float]:
+    """The formulas of the module docstring, written out in float64 numpy."""
+    h = h.reshape(h.shape[0], -1).astype(np.float64)
+    batch, d = h.shape
+    log_r = np.log(np.linalg.norm(h, axis=1) / math.sqrt(d))
+    c = h - h.mean(0)
+    m2, m4 = (c**2).mean(0), (c**4).mean(0)
+    var = h.var(0, ddof=1)
+    kurt = np.sort((m4 / m2**2)[m2 > 0])
+    return {
+        "log_norm_mean": log_r.mean(),
+        "log_norm_std": log_r.std(ddof=1),
+        "emp_var_mean": var.mean(),
+        "emp_var_collapsed": np.mean(var <= 1e-3 * np.mean(h**2)),
+        "kurtosis_median": kurt[(kurt.size - 1) // 2] if kurt.size else math.nan,  # lower median
+        "kurtosis_pooled": m4.mean() / m2.mean() ** 2,
+        "dead_fraction": np.mean((h <= 0).all(0)),
+        "nonfinite": 0.0,
+    }
+
+
+def test_known_kurtosis_gaussian_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    gauss = measure(torch.randn(40000, 8, generator=g))
+    assert gauss["kurtosis_median"] == pytest.approx(3.0, abs=0.1)
+    assert gauss["kurtosis_pooled"] == pytest.approx(3.0, abs=0.1)
+    assert gauss["emp_var_mean"] == pytest.approx(1.0, abs=0.03)
+    uniform = measure(torch.rand(40000, 8, generator=g))
+    assert uniform["kurtosis_median"] == pytest.approx(1.8, abs=0.05)
+    assert uniform["kurtosis_pooled"] == pytest.approx(1.8, abs=0.05)
+    assert uniform["emp_var_mean"] == pytest.approx(1 / 12, rel=0.03)
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (32, 3, 4, 5)])
+def test_every_statistic_matches_direct_computation(shape):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(shape, generator=g)
+    flat = h.view(shape[0], -1)
+    d = flat.shape[1]
+    flat[:, : d // 5] *= 1e-3  # collapsed units
+    flat[:, d // 5 : d // 3] = -flat[:, d // 5 : d // 3].abs()  # dead units
+    flat[:, -2:] **= 3  # heavy-tailed units: kurtosis varies over units
+    flat[:, -4:-2] *= torch.tensor([0.015, 0.06])  # either side of the collapse threshold
+    got = measure(h)
+    want = direct_stats(h.numpy())
+    assert 0 < want["emp_var_collapsed"] < 1 and 0 < want["dead_fraction"] < 1
+    for key in STAT_KEYS:
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+def test_log_norm_of_constant_vectors_is_exact():
+    scales = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    h = scales[:, None] * torch.ones(4, 9)  # ||h_b|| / sqrt(d) = scale_b
+    got = measure(h)
+    logs = np.log(scales.numpy().astype(np.float64))
+    assert got["log_norm_mean"] == pytest.approx(logs.mean(), abs=1e-6)
+    assert got["log_norm_std"] == pytest.approx(logs.std(ddof=1), abs=1e-6)
+    # every unit takes the values of `scales`: same variance and kurtosis for all units
+    s = scales.double()
+    assert got["emp_var_mean"] == pytest.approx(s.var().item(), rel=1e-6)
+    c = s - s.mean()
+    assert got["kurtosis_median"] == pytest.approx(((c**4).mean() / (c**2).mean() ** 2).item(), rel=1e-5)
+
+
+def test_collapsed_dead_and_constant_units_on_constructed_outputs():
+    b = torch.arange(8.0)
+    h = torch.stack(
+        [
+            b - 3.5,  # varying, not dead
+            torch.full((8,), 0.7),  # constant: collapsed, ignored by the kurtosis median
+            -(b + 1),  # dead (negative for the whole batch)
+            torch.zeros(8),  # dead (exactly 0), collapsed, constant
+            1e-4 * (b - 3.5),  # collapsed (variance 1e-8 * 6 << 1e-3 * mean square)
+        ],
+        dim=1,
+    )
+    got = measure(h)
+    assert got["dead_fraction"] == pytest.approx(2 / 5)
+    assert got["emp_var_collapsed"] == pytest.approx(3 / 5)
+    # kurtosis of the units with variance: units 0 and 4 (both arange, k = 1.7619), unit 2 also
+    c = b - b.mean()
+    k = ((c**4).mean() / (c**2).mean() ** 2).item()
+    assert got["kurtosis_median"] == pytest.approx(k, rel=1e-5)
+    assert math.isnan(measure(torch.full((6, 3), 2.5))["kurtosis_median"])
+    assert measure(torch.zeros(6, 3))["emp_var_collapsed"] == 1.0
+
+
+def test_batch_of_one_gives_zero_std_and_nan_batch_statistics():
+    got = measure(torch.tensor([[3.0, 4.0]]))
+    assert got["log_norm_mean"] == pytest.approx(math.log(5 / math.sqrt(2)), abs=1e-6)
+    assert got["log_norm_std"] == 0.0
+    for key in ("emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled"):
+        assert math.isnan(got[key]), key
+
+
+def test_nonfinite_values_are_counted_without_crash():
+    h = torch.randn(16, 6)
+    h[0, 0], h[3, 2], h[5, 5] = math.nan, math.inf, -math.inf
+    got = measure(h)
+    assert got["nonfinite"] == 3.0
+    assert not math.isfinite(got["log_norm_mean"]) and not math.isfinite(got["emp_var_mean"])
+    assert math.isfinite(got["kurtosis_median"])  # units 1, 3, 4 are finite
+    assert got["dead_fraction"] == 0.0
+    assert measure(torch.randn(16, 6))["nonfinite"] == 0.0
+
+
+def test_large_outputs_reduced_in_hook_match_deferred():
+    h = torch.randn(32, 4, 5, 5)
+    deferred = measure(h)
+    immediate = measure(h, defer_below=0)
+    for key in STAT_KEYS:
+        assert immediate[key] == pytest.approx(deferred[key], rel=1e-5, abs=1e-7), key
+
+
+def mlp(width: int, depth: int, slope: float, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        linear = nn.Linear(width, width, bias=False)
+        nn.init.kaiming_normal_(linear.weight, a=slope, nonlinearity="leaky_relu")
+        layers += [linear, nn.LeakyReLU(slope)]
+    return nn.Sequential(*layers)
+
+
+def test_exponent_estimate_matches_direct_fit_and_theory():
+    width, depth, slope = 2, 40, 0.1
+    names = [str(2 * i) for i in range(depth)]
+    estimates = []
+    for seed in range(12):
+        model = mlp(width, depth, slope, seed)
+        x = 1e10 * torch.randn(256, width)  # the signal shrinks by ~e^-33: stay clear of denormals
+        with SignalMonitor(model, names) as monitor:
+            monitor.active = True
+            model(x)
+            stats = monitor.compute()
+        # direct: run the layers by hand and fit the mean log-norm of the pre-activations
+        means, h = [], x
+        with torch.no_grad():
+            for i in range(depth):
+                pre = model[2 * i](h)
+                means.append(torch.log(pre.norm(dim=1) / math.sqrt(width)).mean().item())
+                h = model[2 * i + 1](pre)
+        direct = np.polyfit(np.arange(depth), means, 1)[0]
+        assert stats.exponent_estimate == pytest.approx(direct, abs=1e-4)
+        estimates.append(stats.exponent_estimate)
+    # DESIGN section 3: He init at width 2, slope 0.1 shrinks the log-norm by ~0.82 per layer
+    assert np.mean(estimates) == pytest.approx(-0.82, abs=0.1)
+
+
+def test_stats_container_api_and_scalar_keys():
+    model = nn.Sequential()
+    model.add_module("block", nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)))
+    names = ["block.0", "block.2"]
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(torch.randn(10, 5))
+        stats = monitor.compute()
+    assert isinstance(stats, SignalStats) and stats.names == tuple(names)
+    table = stats.as_dict()
+    assert set(table) == set(STAT_KEYS) and set(table["kurtosis_median"]) == set(names)
+    assert stats.layer("block.2")["log_norm_mean"] == table["log_norm_mean"]["block.2"]
+    assert stats.log_norms["block.0"].shape == (10,)
+    assert np.mean(stats.log_norms["block.0"]) == pytest.approx(table["log_norm_mean"]["block.0"], abs=1e-6)
+    scalars = stats.to_scalars()
+    assert "lyapunov/log_norm_mean/block.0" in scalars and "lyapunov/nonfinite/block.2" in scalars
+    slope = table["log_norm_mean"]["block.2"] - table["log_norm_mean"]["block.0"]
+    assert scalars["lyapunov/exponent_estimate"] == pytest.approx(slope, abs=1e-6)
+    assert len(scalars) == len(STAT_KEYS) * 2 + 1
+    assert set(stats.to_scalars(prefix="x")) == {k.replace("lyapunov/", "x/", 1) for k in scalars}
+    with pytest.raises(KeyError, match="block.0"):
+        stats.layer("block.O")
+
+
+def test_exponent_estimate_needs_two_layers():
+    stats = SignalStats(("a",), np.zeros((1, len(STAT_KEYS))), {"a": np.zeros(3)})
+    assert math.isnan(stats.exponent_estimate)
+
+
+def test_gating_inactive_and_eval_mode():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    monitor = SignalMonitor(model, ["0", "2"])
+    model(torch.randn(3, 4))  # inactive: nothing captured
+    assert monitor.captured == ()
+    with pytest.raises(RuntimeError, match="active"):
+        monitor.compute()
+    monitor.active = True
+    model.eval()
+    model(torch.randn(3, 4))  # eval mode skipped (training_only)
+    assert monitor.captured == ()
+    model.train()
+    model[2].eval()
+    model(torch.randn(3, 4))
+    assert monitor.captured == ("0",)
+    stats = monitor.compute()  # a layer that was not captured: NaN, empty log-norms
+    assert math.isnan(stats.layer("2")["log_norm_mean"]) and stats.log_norms["2"].size == 0
+    monitor.reset()
+    assert monitor.captured == ()
+    monitor.remove()
+    model.eval()
+    with SignalMonitor(model, ["0"], training_only=False) as monitor:
+        monitor.active = True
+        model(torch.randn(3, 4))
+        assert monitor.captured == ("0",)
+
+
+def test_one_host_transfer_and_statistics_stay_on_device(monkeypatch):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Unflatten(1, (1, 8)), nn.Conv1d(1, 2, 3))
+    calls = {"cpu": 0, "item": 0, "tolist": 0}
+    for name in calls:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    x = torch.randn(5, 4)
+    monitor = SignalMonitor(model, ["0", "2"], defer_below=40)  # "0" deferred, "2" in the hook
+    monitor.active = True
+    model(x)
+    assert calls == {"cpu": 0, "item": 0, "tolist": 0}
+    assert all(b.device == x.device and b.dtype == torch.float32 for b in monitor._buffers.values())
+    assert all(t.device == x.device for _, *tensors in monitor._groups for t in tensors)
+    monitor.compute()
+    assert calls == {"cpu": 1, "item": 0, "tolist": 0}
+    monitor.remove()
+
+
+def test_weight_sharing_keeps_last_call_and_batch_size_changes():
+    shared = nn.Linear(3, 3)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = shared
+
+        def forward(self, x):
+            return self.shared(self.shared(x) * 100.0)
+
+    model = Twice()
+    x = torch.randn(6, 3)
+    with SignalMonitor(model, ["shared"]) as monitor:
+        monitor.active = True
+        model(x)
+        got = monitor.compute().layer("shared")
+        with torch.no_grad():
+            last = shared(shared(x) * 100.0)
+        assert got["log_norm_mean"] == pytest.approx(direct_stats(last.numpy())["log_norm_mean"], abs=1e-5)
+        monitor.reset()
+        model(torch.randn(6, 3))
+        model(torch.randn(4, 3))  # another shape before compute(): the last call wins
+        assert monitor.compute().log_norms["shared"].shape == (4,)
+
+
+def test_bf16_autocast():
+    model = mlp(16, 6, 0.1)
+    names = [str(2 * i) for i in range(6)]
+    x = torch.randn(64, 16)
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(x)
+        full = monitor.compute()
+        monitor.reset()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(x).dtype == torch.bfloat16
+        half = monitor.compute()
+    assert np.all(np.isfinite(half.values))
+    np.testing.assert_allclose(half.values[:, 0], full.values[:, 0], atol=0.05)  # log_norm_mean
+    np.testing.assert_allclose(half.values[:, 2], full.values[:, 2], rtol=0.05)  # emp_var_mean
+
+
+def test_torch_compile():
+    model = mlp(8, 4, 0.1)
+    names = [str(2 * i) for i in range(4)]
+    x = torch.randn(32, 8)
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(x)
+        eager = monitor.compute().values
+        monitor.reset()
+        # inductor needs ~40 s of C++ compilation on 2 cores; aot_eager traces the same graph
+        # (dynamo + AOTAutograd, the hooks included) without code generation
+        compiled = torch.compile(model, backend="aot_eager")
+        compiled(x)
+        np.testing.assert_allclose(monitor.compute().values, eager, rtol=1e-4, atol=1e-6)
+        monitor.reset()
+        monitor.active = False
+        compiled(x)  # gate off: nothing captured
+        assert monitor.captured == ()
+        monitor.active = True
+        compiled(x)
+        assert monitor.captured == tuple(names)
+
+
+def test_validation_of_layer_names():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    model.add_module("encoder", nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="encoder"):
+        SignalMonitor(model, ["encodr"])
+    with pytest.raises(ValueError, match="empty"):
+        SignalMonitor(model, [])
+    with pytest.raises(ValueError, match="wrap it"):
+        SignalMonitor(model, "encoder")
+    with pytest.raises(ValueError, match="duplicates"):
+        SignalMonitor(model, ["0", "0"])
+
+
+def test_remove_is_idempotent_and_context_manager_cleans_up_on_exception():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    monitor = SignalMonitor(model, ["0", "2"])
+    assert len(model[0]._forward_hooks) == 1
+    monitor.active = True
+    model(torch.randn(3, 2))
+    monitor.remove()
+    monitor.remove()
+    assert all(not m._forward_hooks for m in model.modules())
+    assert monitor.compute().names == ("0", "2")  # captured data survives remove()
+    with pytest.raises(ZeroDivisionError):
+        with SignalMonitor(model, ["2"]):
+            assert model[2]._forward_hooks
+            1 / 0
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_signal_stats_is_batched_over_layers():
+    h = torch.randn(3, 50, 7)
+    stats, log_norms = signal_stats(h)
+    assert stats.shape == (3, len(STAT_KEYS)) and log_norms.shape == (3, 50)
+    for i in range(3):
+        single, _ = signal_stats(h[i : i + 1])
+        torch.testing.assert_close(stats[i], single[0])
