@@ -13,6 +13,7 @@ activation on every path:
   negative slope ``a`` is used as ``|a|``; ``|a| > 1`` is clipped to 1 with a warning.
 * walked through (shape-only or per-unit affine): Dropout, Identity, Flatten/Unflatten, view,
   reshape, flatten, permute, transpose, squeeze/unsqueeze, contiguous, getitem, cat, dtype casts,
+  multiplication or division by a constant, padding, upsampling, pixel/channel shuffles,
   pooling (max pooling commutes with monotone activations, average pooling is linear), and the
   normalization layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm): the activation after a
   norm is still the one acting on the layer's units, but note that a norm layer re-scales the
@@ -80,6 +81,14 @@ _PASS_MODULES = (
     nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.ChannelShuffle,
+    nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
 )
 
 _RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_}
@@ -112,7 +121,7 @@ _PASS_FUNCTIONS = {
     F.dropout3d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.pad, F.interpolate, F.pixel_shuffle,
 }
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _RELU_METHODS = {"relu", "relu_"}
@@ -215,7 +224,7 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module], layer: str) -> tuple
                 return "act", _policy(table[target], slope, layer, "fx")
         if target in _OUTPUT_FUNCTIONS:
             return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_FUNCTIONS[target]})")
-        if target in _PASS_FUNCTIONS or (target is operator.mul and _has_constant(node)):
+        if target in _PASS_FUNCTIONS or (target in (operator.mul, operator.truediv) and _has_constant(node)):
             return "pass", None
         if target in _ADD_FUNCTIONS:
             return "add", None
