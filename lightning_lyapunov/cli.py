@@ -146,7 +146,8 @@ class PlanCLI(LyapunovCLI):
         from lightning_lyapunov.surgery import plan_init
 
         try:
-            self.config_init = self.parser.instantiate_classes(self.config)
+            instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # < 4.49
+            self.config_init = instantiate(self.config)
             self.model = self.config_init.get("model")
             callback = find_lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
             settings = {key: getattr(callback, key) for key in _PLAN_KEYS} if callback else {}

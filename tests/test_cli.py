@@ -1,0 +1,185 @@
+"""The ``lightning-lyapunov`` command: every config trains one fast_dev_run step, ``plan`` and
+``theory`` print, the callback is switched and tuned from the command line, bad values are
+rejected readably, and the installed console script runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.trainer.states import TrainerStatus
+
+from lightning_lyapunov import theory
+from lightning_lyapunov.callbacks import LyapunovInit
+from lightning_lyapunov.cli import LyapunovCLI, find_lyapunov_init, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# per config: overrides that make fast_dev_run fast, (number of planned layers, hidden slope, hidden width)
+FAST = {
+    "polynomial": ([], (41, 0.1, 2)),
+    "score": (["--data.init_args.n_train=256"], (31, 0.1, 2)),
+    "mnist1d": (["--data.init_args.num_samples=200", "--data.init_args.val_size=20"], (21, 0.0, 64)),
+    "digits": ([], (21, 0.1, 16)),
+    "cifar10": (
+        [
+            "--data.init_args.synthetic=true",
+            "--data.init_args.synthetic_size=64",
+            "--data.init_args.val_size=16",
+            "--data.init_args.batch_size=16",
+        ],
+        (21, 0.1, 16 * 9),  # 3x3 convs: d_in = 16 channels * 9 taps
+    ),
+}
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written to a relative path (runs/, data/) lands here
+
+
+def _fast_args(tmp_path: Path) -> list[str]:
+    return [
+        "--trainer.fast_dev_run=true",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+def _plan(capsys, *args: str) -> str:
+    main(["plan", *args])
+    return capsys.readouterr().out
+
+
+def _rejected(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_every_config_fits_one_step_with_the_callback(name, tmp_path):
+    overrides, (n_layers, slope, d_hidden) = FAST[name]
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    callback_args = config["trainer"]["callbacks"][0]["init_args"]
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == "runs"
+
+    cli = LyapunovCLI(args=["fit", "-c", str(CONFIGS / f"{name}.yaml"), *_fast_args(tmp_path), *overrides])
+
+    assert cli.trainer.state.status == TrainerStatus.FINISHED
+    assert cli.trainer.global_step == 1
+    callback = find_lyapunov_init(cli.trainer.callbacks)
+    assert callback.initialized
+    plan = callback.plan
+    assert (plan.scheme, plan.distribution) == (callback_args["scheme"], callback_args["distribution"])
+    assert len(plan.layers) == n_layers
+    hidden = plan.layers[1]
+    assert (hidden.d_in, hidden.negative_slope) == (d_hidden, slope)
+    expected = theory.critical_scale(hidden.d_in, hidden.d_out, slope, callback_args["distribution"])
+    assert hidden.init.scale == pytest.approx(expected, rel=1e-6)
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_validate_subcommand_runs(tmp_path):
+    args = ["validate", "-c", str(CONFIGS / "digits.yaml"), *_fast_args(tmp_path)]
+    cli = LyapunovCLI(args=args)
+    assert cli.trainer.state.status == TrainerStatus.FINISHED
+    assert not find_lyapunov_init(cli.trainer.callbacks).initialized  # initializes in fit only
+
+
+def test_plan_prints_the_table_of_the_config_callback(capsys):
+    out = _plan(capsys, "-c", str(CONFIGS / "polynomial.yaml"))
+    assert "InitPlan: scheme='lyapunov', distribution='orthogonal', moment=None; 41 layers" in out
+    assert "model.net.80" in out  # the output layer of the depth-40 net
+    scale = theory.critical_scale(2, 2, 0.1, "orthogonal")
+    assert f"  {scale:.4f}  " in out
+
+
+def test_plan_overrides(capsys):
+    config = str(CONFIGS / "polynomial.yaml")
+    out = _plan(capsys, "-c", config, "--scheme", "he", "--distribution=gaussian")
+    assert "scheme='he'" in out
+    assert f"  {theory.he_scale(2, 0.1):.4f}  " in out
+    out = _plan(capsys, "-c", config, "--trainer.callbacks.scheme=fractional", "--trainer.callbacks.moment=1.0")
+    assert "scheme='fractional', distribution='orthogonal', moment=1.0" in out
+    scale = theory.critical_scale(2, 2, 0.1, "orthogonal", moment=1.0)
+    assert f"  {scale:.4f}  " in out
+
+
+def _config_without_callback(tmp_path: Path) -> str:
+    config = yaml.safe_load((CONFIGS / "digits.yaml").read_text())
+    del config["trainer"]["callbacks"]
+    path = tmp_path / "no_callback.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.mark.parametrize("class_path", ["LyapunovInit", "lightning_lyapunov.LyapunovInit"])
+def test_callback_added_and_tuned_from_the_command_line(class_path, tmp_path, capsys):
+    config = _config_without_callback(tmp_path)
+    args = ["-c", config, f"--trainer.callbacks+={class_path}", "--trainer.callbacks.scheme=he",
+            "--trainer.callbacks.init_args.distribution=gaussian"]
+    cli = LyapunovCLI(args=args, run=False)
+    callback = find_lyapunov_init(cli.trainer.callbacks)
+    assert isinstance(callback, LyapunovInit)
+    assert (callback.scheme, callback.distribution) == ("he", "gaussian")
+
+    out = _plan(capsys, *args)
+    assert "scheme='he', distribution='gaussian'" in out
+    assert f"  {theory.he_scale(16, 0.1):.4f}  " in out
+
+
+def test_help_lists_the_commands_and_the_callback_arguments(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "{fit,validate,test,predict,plan,theory}" in out
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--trainer.callbacks.help", "LyapunovInit"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--trainer.callbacks.scheme {lyapunov,fractional,stiefel,he,glorot,orthogonal,zero}" in out
+    for argument in ("distribution", "moment", "sampled", "negative_slope", "include", "exclude", "seed"):
+        assert f"--trainer.callbacks.{argument}" in out
+
+
+@pytest.mark.parametrize(
+    "command, override, expected",
+    [
+        ("fit", "--trainer.callbacks.init_args.scheme=kaiming", "Got value: kaiming"),
+        ("fit", "--model.init_args.lr=-1", "invalid configuration: lr=-1.0 is invalid"),
+        ("fit", "--trainer.callbacks+=LyapunovInit", "trainer.callbacks has 2 LyapunovInit callbacks"),
+        ("fit", "--trainer.callbacks.moment=5", "got moment=5.0"),
+        ("plan", "--scheme=kaiming", 'Parser key "scheme"'),
+    ],
+)
+def test_bad_values_are_rejected_readably(command, override, expected, capsys):
+    err = _rejected(capsys, [command, "-c", str(CONFIGS / "polynomial.yaml"), override])
+    assert expected in err
+    assert "Traceback" not in err
+    assert len(err.splitlines()) < 20  # the message is not buried under the full usage
+
+
+def test_theory_command_prints_the_table(capsys):
+    main(["theory", "--widths", "2", "--slopes", "0.1", "--depth", "10"])
+    assert capsys.readouterr().out == theory.theory_table([2], [0.1], 10) + "\n"
+
+
+def test_console_script_runs():
+    script = Path(sys.executable).with_name("lightning-lyapunov")
+    command = str(script) if script.exists() else shutil.which("lightning-lyapunov")
+    assert command, "the lightning-lyapunov console script is not installed (pip install -e .)"
+    result = subprocess.run(
+        [command, "theory", "--widths", "2", "--slopes", "0.1"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == theory.theory_table([2], [0.1]) + "\n"
