@@ -1,0 +1,1 @@
+"""The lightning-lyapunov benchmark suite: ``python -m benchmarks <name> [--quick]``."""

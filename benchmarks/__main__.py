@@ -1,0 +1,46 @@
+"""``python -m benchmarks <name> [--quick]`` or ``python -m benchmarks all [--quick]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+from benchmarks.common import write_report
+
+BENCHMARKS = (
+    "theory",
+    "lln_clt",
+    "deep_narrow_regression",
+    "score_learning",
+    "empirical_variance",
+    "fractional",
+    "stiefel_depth",
+    "cifar",
+    "overhead",
+)
+
+
+def run_one(name: str, quick: bool) -> float:
+    module = importlib.import_module(f"benchmarks.{name}")
+    start = time.perf_counter()
+    report = module.run(quick=quick)
+    report.seconds = time.perf_counter() - start
+    for path in write_report(report, quick=quick):
+        print(f"wrote {path}")
+    return report.seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("name", choices=(*BENCHMARKS, "all"))
+    parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
+    args = parser.parse_args(argv)
+    names = BENCHMARKS if args.name == "all" else (args.name,)
+    timings = {name: run_one(name, args.quick) for name in names}
+    for name, seconds in timings.items():
+        print(f"{name:<24} {seconds:8.1f} s")
+
+
+if __name__ == "__main__":
+    main()
