@@ -113,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (noisier ratios)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--only", choices=("mlp", "cnn"), help="run one model only")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU or wall time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -129,6 +130,8 @@ def main() -> None:
     print("| model | off ms/step | every ms/step | cadence ms/step | every/off | cadence/off | rounds |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, build, x, rounds in cases:
+        if args.only and not name.lower().startswith(args.only):
+            continue
         r = measure(name, build, x, rounds)
         ms, ratio = r["ms"], r["ratio"]
         print(

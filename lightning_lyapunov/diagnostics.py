@@ -39,9 +39,11 @@ need two samples (``emp_var_*``, ``kurtosis_*``) are NaN. A sample whose output 
 has ``log r = -inf``. If a module is called several times in one forward (weight sharing), the
 last call is kept.
 
-Cost: small outputs (fewer than ``defer_below`` elements) are copied in the hook and reduced
-together in :meth:`~SignalMonitor.compute`, a few large kernels instead of ~25 tiny ones per
-layer; larger outputs are reduced in the hook, so at most one fp32 copy of a small layer is held.
+Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook, side by side,
+into one fp32 buffer per batch size (reused from one logging step to the next) and reduced
+together in :meth:`~SignalMonitor.compute`: a few kernels for all layers instead of ~40 tiny
+ones per layer. Larger outputs are reduced in the hook (no copy is held). See
+``benchmarks/diagnostics_overhead.py`` for the measured cost.
 
 Example::
 
@@ -58,7 +60,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,44 +87,82 @@ COLLAPSE_THRESHOLD = 1e-3
 _CONSTANT_RTOL = 16 * torch.finfo(torch.float32).eps
 
 
-def signal_stats(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Statistics of a stack of ``G`` layer outputs with equal shapes, in fp32, on ``h``'s device.
+def _runs(widths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Consecutive layers of equal width as (first column, number of layers, width)."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for w in widths:
+        if runs and runs[-1][2] == w:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, w)
+        else:
+            runs.append((start, 1, w))
+        start += w
+    return runs
 
-    ``h`` has shape ``(G, B, d)`` (``G`` layers, batch ``B``, ``d`` features per sample). Returns
-    ``(stats, log_norms)``: ``stats`` of shape ``(G, len(STAT_KEYS))`` (columns in the order of
+
+def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics of ``L`` layer outputs side by side, in fp32, on ``h``'s device, no host sync.
+
+    ``h`` has shape ``(B, D)``: batch ``B``, the flattened outputs of layer ``l`` in the next
+    ``widths[l]`` columns (``sum(widths) == D``; default: one layer). The per-unit moments of all
+    layers are computed by the same few kernels; only the sums over each layer's units are taken
+    per run of consecutive equal widths (a non-finite value stays inside its own layer). Returns
+    ``(stats, log_norms)``: ``stats`` of shape ``(L, len(STAT_KEYS))`` (columns in the order of
     :data:`STAT_KEYS`, formulas in the module docstring) and the per-sample
-    ``log_norms = log(||h_b|| / sqrt(d))`` of shape ``(G, B)``. No host synchronization.
+    ``log_norms = log(||h_b|| / sqrt(d))`` of shape ``(L, B)``.
 
     Example::
 
-        stats, log_norms = signal_stats(torch.randn(1, 4096, 8))   # kurtosis_median ~ 3
+        stats, log_norms = signal_stats(torch.randn(4096, 8 + 3), widths=[8, 3])  # kurtosis ~ 3
     """
     with torch.no_grad():
         h = h.float()
-        _, batch, d = h.shape
-        nan = torch.full_like(h[:, 0, 0], math.nan)
-        norm = torch.linalg.vector_norm(h, dim=2)  # (G, B)
-        log_norms = norm.log().sub_(0.5 * math.log(d))
-        c2 = torch.empty_like(h)  # the one full-size temporary
-        if batch > 1:
-            mean = h.mean(1, keepdim=True)  # (G, 1, d)
-            c2 = torch.sub(h, mean, out=c2).square_()
-            m2 = c2.mean(1)  # biased variance per unit (G, d)
-            m4 = c2.square_().mean(1)
-            var = m2 * (batch / (batch - 1))
-            second_moment = norm.square().sum(1, keepdim=True) / (batch * d)
-            collapsed = (var <= COLLAPSE_THRESHOLD * second_moment).float().mean(1)
-            varying = m2 > (_CONSTANT_RTOL * mean.squeeze(1)).square_()
-            kurt = torch.where(varying, m4 / m2.square(), nan[:, None])
-            columns = (log_norms.std(1), var.mean(1), collapsed, kurt.nanmedian(1).values)
-            kurt_pooled = m4.mean(1) / m2.mean(1).square_()
-        else:
-            columns = (torch.zeros_like(nan), nan, nan, nan)
-            kurt_pooled = nan
-        dead = (h.amax(1) <= 0).float().mean(1)
+        batch, total = h.shape
+        widths = [total] if widths is None else [int(w) for w in widths]
+        if sum(widths) != total:
+            raise ValueError(f"widths={widths} must sum to the number of columns of h, {total}")
+        runs = _runs(widths)
+
+        def per_layer(x: torch.Tensor, reduce: Any = torch.mean) -> torch.Tensor:
+            """(..., D) -> (..., L): ``reduce`` over the units of each layer."""
+            parts = [reduce(x[..., s : s + n * w].unflatten(-1, (n, w)), -1) for s, n, w in runs]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+        def norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+            return torch.linalg.vector_norm(x, dim=dim)
+
+        width = torch.tensor(widths, dtype=torch.float32, device=h.device)
+        nan = torch.full_like(width, math.nan)
+        log_norms = per_layer(h, norm).log_().sub_(width.log().mul_(0.5)).T  # (L, B)
+        work = torch.empty_like(h)  # the one full-size temporary
         # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
-        nonfinite = torch.mul(h, 0, out=c2).nan_to_num_(1.0).sum((1, 2))
-        stats = torch.stack((log_norms.mean(1), *columns, kurt_pooled, dead, nonfinite), dim=1)
+        nonfinite = torch.mul(h, 0, out=work).nan_to_num_(1.0).sum(0)
+        dead = (h.amax(0) <= 0).float()
+        if batch > 1:
+            log_std, log_mean = torch.std_mean(log_norms, 1)
+            mean = h.mean(0)
+            c2 = torch.sub(h, mean, out=work).square_()
+            m2 = c2.mean(0)  # biased variance per unit
+            m4 = c2.square_().mean(0)
+            var = m2 * (batch / (batch - 1))
+            # mean_bj h_bj^2 = mean_j (m2_j + mean_j^2)
+            means = per_layer(torch.stack((m2 + mean.square(), var, m2, m4, dead)))
+            second_moment, var_mean, m2_mean, m4_mean, dead = means
+            threshold = torch.repeat_interleave(COLLAPSE_THRESHOLD * second_moment, width.long(), output_size=total)
+            varying = m2 > (_CONSTANT_RTOL * mean).square_()
+            kurt = torch.where(varying, m4 / m2.square(), math.nan)
+            columns = (
+                log_mean,
+                log_std,
+                var_mean,
+                per_layer((var <= threshold).float()),
+                per_layer(kurt, lambda x, dim: x.nanmedian(dim).values),
+                m4_mean / m2_mean.square(),
+            )
+        else:
+            dead = per_layer(dead)
+            columns = (log_norms[:, 0], torch.zeros_like(nan), nan, nan, nan, nan)
+        stats = torch.stack((*columns, dead, per_layer(nonfinite, torch.sum)), dim=1)
     return stats, log_norms
 
 
@@ -190,10 +230,11 @@ class SignalStats:
 
         These are the documented logger keys; layer names keep their dots.
         """
+        table = self.values.T.tolist()
         scalars = {
             f"{prefix}/{key}/{name}": value
-            for key, per_layer in self.as_dict().items()
-            for name, value in per_layer.items()
+            for key, row in zip(STAT_KEYS, table)
+            for name, value in zip(self.names, row)
         }
         scalars[f"{prefix}/exponent_estimate"] = self.exponent_estimate
         return scalars
@@ -207,9 +248,9 @@ class SignalMonitor:
         layer_names: qualified names (``model.named_modules()``) in forward order.
         training_only: skip modules in eval mode (validation, sanity check, inference).
         defer_below: outputs with fewer elements are copied (fp32) by the hook into a buffer
-            shared by the layers of equal shape and reduced together in :meth:`compute` (a few
-            large kernels instead of ~25 tiny ones per layer); larger outputs are reduced in the
-            hook itself. The buffers are reused from one logging step to the next.
+            shared by all layers with the same batch size and reduced together in
+            :meth:`compute`; larger outputs are reduced in the hook itself. The buffers are
+            reused from one logging step to the next and freed by :meth:`remove`.
 
     Hooks are registered once, here; they return immediately unless :attr:`active` is True.
     Set ``active`` only around the forward passes you want to measure; the last call of each
@@ -253,10 +294,12 @@ class SignalMonitor:
         self.training_only = training_only
         self.defer_below = int(defer_below)
         self.active = False
-        # deferred captures: per (shape, device) a buffer (capacity, B, d) and the layer of each
-        # row (None: superseded by a later call with another shape)
+        # deferred captures: per (batch size, device) key a buffer (B, columns) holding the layers'
+        # flattened outputs side by side, their slots {layer: (first column, width)} and the
+        # number of columns in use; a layer called again with another width gets a new slot
         self._buffers: dict[tuple, torch.Tensor] = {}
-        self._pending: dict[tuple, list[str | None]] = {}
+        self._slots: dict[tuple, dict[str, tuple[int, int]]] = {}
+        self._used: dict[tuple, int] = {}
         self._pending_key: dict[str, tuple] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
@@ -267,37 +310,45 @@ class SignalMonitor:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self.active or (self.training_only and not module.training):
                 return
-            h = _first_tensor(output)
-            if h is not None and h.dim() > 0:
-                self._capture(name, h.detach().reshape(h.shape[0], -1))
+            h = output if isinstance(output, torch.Tensor) else _first_tensor(output)
+            if h is not None and h.dim() > 0 and h.numel() > 0:
+                self._capture(name, h.detach())
 
         return hook
 
     def _capture(self, name: str, h: torch.Tensor) -> None:
-        """Keep (a copy of, or the statistics of) layer ``name``'s flattened output ``h``."""
+        """Keep (a copy of, or the statistics of) layer ``name``'s output ``h`` (detached)."""
         self._where.pop(name, None)
-        old_key = self._pending_key.pop(name, None)
-        if old_key is not None:
-            rows = self._pending[old_key]
-            rows[rows.index(name)] = None
-        if h.numel() >= self.defer_below:
-            stats, log_norms = signal_stats(h[None])
-            self._where[name] = (len(self._groups), 0)
-            self._groups.append(([name], stats, log_norms))
-            return
-        key = (tuple(h.shape), h.device)
-        rows = self._pending.setdefault(key, [])
-        row = rows.index(None) if None in rows else len(rows)
-        rows[row:row + 1] = [name]
+        batch = h.shape[0]
+        width = h.numel() // batch if batch else 0
+        key = (batch, h.device)
+        slot = self._slots.get(key, {}).get(name)
+        if slot is None or slot[1] != width or h.numel() >= self.defer_below:
+            old_key = self._pending_key.pop(name, None)
+            if old_key is not None:
+                del self._slots[old_key][name]
+            if h.numel() >= self.defer_below:
+                stats, log_norms = signal_stats(h.reshape(batch, width))
+                self._where[name] = (len(self._groups), 0)
+                self._groups.append(([name], stats, log_norms))
+                return
+            slot = self._new_slot(key, name, width, h)
+        start, width = slot
+        self._buffers[key][:, start : start + width].copy_(h.reshape(batch, width))  # no autograd: h is detached
+
+    def _new_slot(self, key: tuple, name: str, width: int, h: torch.Tensor) -> tuple[int, int]:
+        """Reserve ``width`` columns for layer ``name`` in the buffer of ``key`` (grown if needed)."""
+        start = self._used.get(key, 0)
+        self._used[key] = start + width
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape[0] <= row:
-            grown = h.new_empty((max(2 * len(rows), 4), *h.shape), dtype=torch.float32)
+        if buffer is None or buffer.shape[1] < start + width:
+            grown = h.new_empty((key[0], max(2 * (start + width), 64)), dtype=torch.float32)
             if buffer is not None:
-                grown[: buffer.shape[0]].copy_(buffer)
-            self._buffers[key] = buffer = grown
-        with torch.no_grad():
-            buffer[row].copy_(h)
+                grown[:, : buffer.shape[1]].copy_(buffer)
+            self._buffers[key] = grown
+        self._slots.setdefault(key, {})[name] = slot = (start, width)
         self._pending_key[name] = key
+        return slot
 
     @property
     def captured(self) -> tuple[str, ...]:
@@ -305,21 +356,31 @@ class SignalMonitor:
         return tuple(n for n in self.names if n in self._where or n in self._pending_key)
 
     def _reduce_pending(self) -> None:
-        """Reduce the deferred copies: one :func:`signal_stats` call per (shape, device)."""
-        for key, rows in self._pending.items():
-            index = [i for i, name in enumerate(rows) if name is not None]
-            if not index:
+        """Reduce the deferred copies: one :func:`signal_stats` call per (batch size, device)."""
+        for key, slots in self._slots.items():
+            if not slots:
                 continue
-            buffer = self._buffers[key]
-            h = buffer[: len(rows)] if len(index) == len(rows) else buffer[index]
-            stats, log_norms = signal_stats(h)
-            members = [rows[i] for i in index]
-            for j, name in enumerate(members):
+            names = sorted(slots, key=lambda n: slots[n][0])
+            widths = [slots[n][1] for n in names]
+            buffer, used = self._buffers[key], self._used[key]
+            if sum(widths) == used:  # no stale columns
+                h = buffer[:, :used]
+            else:
+                h = torch.cat([buffer[:, slots[n][0] : sum(slots[n])] for n in names], 1)
+            stats, log_norms = signal_stats(h, widths)
+            for j, name in enumerate(names):
                 self._where[name] = (len(self._groups), j)
-            self._groups.append((members, stats, log_norms))
-        # keep only the buffers of the shapes in use (variable shapes must not pile up)
-        self._buffers = {key: self._buffers[key] for key in self._pending}
-        self._pending.clear()
+            self._groups.append((names, stats, log_norms))
+            if buffer.shape[1] != sum(widths):  # next time the same layers fill it exactly
+                buffer = buffer.new_empty((key[0], sum(widths)))
+            self._buffers[key] = buffer
+        # keep only the buffers in use (variable batch sizes must not pile up)
+        self._buffers = {key: self._buffers[key] for key, slots in self._slots.items() if slots}
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
+        self._slots.clear()
+        self._used.clear()
         self._pending_key.clear()
 
     def compute(self) -> SignalStats:
@@ -363,8 +424,7 @@ class SignalMonitor:
 
     def reset(self) -> None:
         """Forget everything captured (the deferred-copy buffers are kept for reuse)."""
-        self._pending.clear()
-        self._pending_key.clear()
+        self._clear_pending()
         self._groups.clear()
         self._where.clear()
 

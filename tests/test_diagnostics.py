@@ -354,10 +354,16 @@ def test_remove_is_idempotent_and_context_manager_cleans_up_on_exception():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_signal_stats_is_batched_over_layers():
-    h = torch.randn(3, 50, 7)
-    stats, log_norms = signal_stats(h)
+def test_signal_stats_of_layers_side_by_side_equal_separate_calls():
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(50, 7, generator=g), torch.rand(50, 2, generator=g) - 0.7, torch.randn(50, 5, generator=g)]
+    parts[2][4, 1] = math.nan  # stays inside its own layer
+    stats, log_norms = signal_stats(torch.cat(parts, 1), widths=[7, 2, 5])
     assert stats.shape == (3, len(STAT_KEYS)) and log_norms.shape == (3, 50)
-    for i in range(3):
-        single, _ = signal_stats(h[i : i + 1])
-        torch.testing.assert_close(stats[i], single[0])
+    for i, part in enumerate(parts):
+        single, single_log_norms = signal_stats(part)
+        torch.testing.assert_close(stats[i], single[0], equal_nan=True)
+        torch.testing.assert_close(log_norms[i], single_log_norms[0], equal_nan=True)
+    assert stats[2, STAT_KEYS.index("nonfinite")] == 1 and torch.isfinite(stats[:2]).all()
+    with pytest.raises(ValueError, match="widths"):
+        signal_stats(torch.randn(4, 5), widths=[2, 2])
