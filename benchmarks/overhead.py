@@ -1,0 +1,299 @@
+"""Benchmark 9 (``overhead``): what the plugin costs, in one table.
+
+1. Step time of the ``SignalMonitor`` in a raw training loop (``benchmarks/diagnostics_overhead.py``):
+   diagnostics on every step / at the default cadence (every 50th) / off.
+2. The same inside a real Lightning ``Trainer`` with ``LyapunovInit(diagnostics=True,
+   log_every_n_steps=1)``, ``LyapunovInit()`` (Trainer cadence, 50) and ``LyapunovInit(diagnostics=False)``
+   on a depth-32 width-64 MLP.
+3. Init time: ``apply_init`` against torch's default init (``benchmarks/init_timing.py``).
+4. ``theory.critical_scale`` uncached and cached (``benchmarks/theory_timing.py``).
+
+Ratios are measured in one run, interleaved; process CPU time with one torch thread (the
+theory timings are wall-clock micro/milliseconds).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from benchmarks import diagnostics_overhead, init_timing, theory_timing
+from benchmarks.common import Report, spread
+
+STEPS, SKIP = 105, 5  # per fit: the first SKIP steps are warm-up; steps 50 and 100 log at cadence 50
+
+
+def _nan_row(group: str, case: str, reference: str) -> dict[str, object]:
+    return {"group": group, "case": case, "reference": reference, "reference_ms": math.nan, "ms": math.nan,
+            "ratio": math.nan, "ratio_q25": math.nan, "ratio_q75": math.nan, "target": "", "rounds": 0}
+
+
+# ----------------------------------------------------------------------------- 1. raw loop
+
+
+def _diagnostics_rows(quick: bool) -> list[dict[str, object]]:
+    diagnostics_overhead.CLOCK[0] = time.process_time
+    torch.manual_seed(0)
+    cases = [
+        ("MLP depth 32, width 64, batch 128", diagnostics_overhead.make_mlp, torch.randn(128, 64), 4 if quick else 12),
+        ("CNN 8 conv x 16 ch, 16x16, batch 32", diagnostics_overhead.make_cnn, torch.randn(32, 3, 16, 16), 1)
+        if quick else
+        ("CNN 8 conv x 16 ch, 32x32, batch 128", diagnostics_overhead.make_cnn, torch.randn(128, 3, 32, 32), 2),
+    ]
+    rows = []
+    for name, build, x, rounds in cases:
+        r = diagnostics_overhead.measure(name, build, x, rounds)
+        for key, target in (("every", "<= 1.5x"), ("cadence", "<= 1.03x")):
+            row = _nan_row("step time, raw loop (SignalMonitor)", f"{name}: diagnostics {key}", "diagnostics off")
+            row.update(reference_ms=r["ms"]["off"], ms=r["ms"][key], ratio=r["ratio"][key], target=target,
+                       rounds=rounds)
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- 2. Lightning
+
+
+class _StepTimer:
+    """A Lightning callback recording process CPU time at every train batch start."""
+
+    def __new__(cls):
+        from lightning.pytorch import Callback
+
+        class StepTimer(Callback):
+            def __init__(self) -> None:
+                self.stamps: list[float] = []
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+                self.stamps.append(time.process_time())
+
+            def on_train_end(self, trainer, pl_module) -> None:
+                self.stamps.append(time.process_time())
+
+        return StepTimer()
+
+
+def _lightning_module():
+    import lightning.pytorch as pl
+
+    class MLPModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = diagnostics_overhead.make_mlp(32, 64)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.model(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+    return MLPModule()
+
+
+def _fit_seconds_per_step(config: dict, data: list, root: str) -> float:
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_lyapunov import LyapunovInit
+
+    timer = _StepTimer()
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=STEPS, logger=CSVLogger(root), enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, callbacks=[LyapunovInit(seed=0, **config), timer],
+    )
+    trainer.fit(_lightning_module(), train_dataloaders=data)
+    stamps = timer.stamps
+    return (stamps[-1] - stamps[SKIP]) / (len(stamps) - 1 - SKIP)
+
+
+def _lightning_rows(quick: bool) -> list[dict[str, object]]:
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 64, generator=generator), torch.randint(0, 10, (128,), generator=generator)
+    from torch.utils.data import DataLoader
+
+    data = DataLoader([(x, y)] * STEPS, batch_size=None)  # the same batch, no collation
+    configs = {
+        "every step": dict(diagnostics=True, log_every_n_steps=1),
+        "default cadence (50)": dict(diagnostics=True),
+        "off": dict(diagnostics=False),
+    }
+    rounds = 2 if quick else 8
+    times: dict[str, list[float]] = {key: [] for key in configs}
+    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fit_seconds_per_step(configs["off"], data, root)  # warm-up
+        for r in range(rounds):
+            keys = list(configs)
+            for key in keys[r % 3:] + keys[: r % 3]:
+                times[key].append(_fit_seconds_per_step(configs[key], data, root))
+    rows = []
+    for key, target in (("every step", "<= 1.5x"), ("default cadence (50)", "<= 1.03x")):
+        ratio = spread(a / b for a, b in zip(times[key], times["off"]))
+        row = _nan_row("step time, Lightning Trainer (LyapunovInit)", f"MLP depth 32, width 64, batch 128: {key}",
+                       "LyapunovInit(diagnostics=False)")
+        row.update(reference_ms=1e3 * statistics.median(times["off"]), ms=1e3 * statistics.median(times[key]),
+                   ratio=ratio[0], ratio_q25=ratio[1], ratio_q75=ratio[2], target=target, rounds=rounds)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- 3. and 4.
+
+
+def _init_rows(quick: bool) -> list[dict[str, object]]:
+    rows = []
+    for r in init_timing.measure(quick):
+        if r["method"] == "torch default":
+            continue
+        row = _nan_row("init time", f"{r['model']}: {r['method']}", "torch default init (reset_parameters)")
+        baseline = r["seconds"] / r["ratio"] if r["ratio"] else math.nan
+        row.update(reference_ms=1e3 * baseline, ms=1e3 * r["seconds"], ratio=r["ratio"], ratio_q25=r["ratio_q25"],
+                   ratio_q75=r["ratio_q75"], target="< 3x (issue 3)", rounds=r["rounds"])
+        rows.append(row)
+    return rows
+
+
+def _theory_rows(quick: bool) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    raw = theory_timing.measure(quick)
+    rows = []
+    for r in raw:
+        row = _nan_row("theory.critical_scale", f"width {r['width']}: {r['call']}", "cached call")
+        row.update(reference_ms=r["cached_ms"], ms=r["uncached_ms"], ratio=r["uncached_ms"] / r["cached_ms"],
+                   target="uncached < 50 ms", rounds=1)
+        rows.append(row)
+    return rows, raw
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _figure(rows: list[dict], raw_theory: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratio_rows = [r for r in rows if r["group"] != "theory.critical_scale" and math.isfinite(r["ratio"])]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 0.32 * len(ratio_rows) + 2.5),
+                                  gridspec_kw={"width_ratios": [1.6, 1]})
+    labels = [f"{r['case']}" for r in ratio_rows]
+    colors = {"step time, raw loop (SignalMonitor)": "C0", "step time, Lightning Trainer (LyapunovInit)": "C1",
+              "init time": "C2"}
+    y = range(len(ratio_rows))
+    ax.barh(y, [r["ratio"] for r in ratio_rows], color=[colors[r["group"]] for r in ratio_rows])
+    for yi, r in zip(y, ratio_rows):
+        ax.text(r["ratio"] * 1.05, yi, f"{r['ratio']:.2f}x", va="center", fontsize=7)
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="k", lw=0.8)
+    for value, style in ((1.03, ":"), (1.5, "--"), (3.0, "-.")):
+        ax.axvline(value, color="gray", ls=style, lw=0.8, label=f"target {value:g}x")
+    ax.set_xlabel("ratio to the reference (log scale); blue: raw loop, orange: Lightning, green: init")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("step-time and init-time ratios (process CPU time, 1 thread)")
+    for call in theory_timing.CALLS:
+        sub = [r for r in raw_theory if r["call"] == call]
+        w = [r["width"] for r in sub]
+        line = ax2.plot(w, [r["uncached_ms"] for r in sub], "-o", ms=3, label=f"{call}, uncached")[0]
+        ax2.plot(w, [r["cached_ms"] for r in sub], "--", color=line.get_color(), label=f"{call}, cached")
+    ax2.axhline(50.0, color="gray", ls="--", lw=0.8, label="target 50 ms")
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("width (square layer, slope 0.1)")
+    ax2.set_ylabel("ms per critical_scale call (wall)")
+    ax2.set_title("theory.critical_scale")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def run(quick: bool = False) -> Report:
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    rows = _diagnostics_rows(quick)
+    rows += _lightning_rows(quick)
+    rows += _init_rows(quick)
+    theory_rows, raw_theory = _theory_rows(quick)
+    rows += theory_rows
+    setup = (
+        f"torch {torch.__version__}, CPU, torch.set_num_threads(1); step and init times are process CPU time "
+        "(`time.process_time`), so neighbours on a shared machine affect them less than wall time would; theory "
+        "timings are wall time (`time.perf_counter`). Every ratio is measured in one run with the "
+        "configurations interleaved (the order rotates per round); `ratio` is the median over rounds of the "
+        "per-round ratio (`ratio_q25`/`ratio_q75`: its spread; the raw-loop rows come from "
+        "`diagnostics_overhead.measure`, which reports the median only).\n\n"
+        "- Raw loop (`benchmarks/diagnostics_overhead.py`): forward + backward + SGD, blocks of 50 steps, "
+        "monitor active on every step / every 50th step / not registered; seed 0.\n"
+        f"- Lightning: `Trainer(max_steps={STEPS}, CSVLogger)` fitting a depth-32 width-64 Leaky ReLU MLP "
+        "(SGD lr 1e-4, cross-entropy, one fixed batch of 128 repeated) with `LyapunovInit(seed=0, "
+        "diagnostics=True, log_every_n_steps=1)` / `LyapunovInit(seed=0)` (Trainer cadence 50) / "
+        f"`LyapunovInit(seed=0, diagnostics=False)`; per-step time = CPU time between train-batch starts, "
+        f"steps {SKIP}..{STEPS} (which contain the logging steps 50 and 100 at cadence 50), one fit per "
+        "configuration per round.\n"
+        "- Init (`benchmarks/init_timing.py`): `apply_init(model, scheme, generator=...)` (plan + draw + write) "
+        "against torch's default init (`reset_parameters()` of every module) on a 100-layer width-1024 MLP and a "
+        "ResNet-50-shaped net (bottlenecks [3, 4, 6, 3], plain Conv2d/BatchNorm2d/ReLU); `plan_init only` and "
+        "`torch orthogonal_` (torch's own QR-based init on every weight) for reference. Quick mode uses a "
+        f"20 x 512 MLP and the ResNet-50 shape with widths / 4. {init_timing.STIEFEL_SKIPPED}\n"
+        "- Theory (`benchmarks/theory_timing.py`): `critical_scale(d, d, 0.1, ...)` with the lru caches "
+        "cleared (median of repeats) and cached (mean of many calls), widths 2..65,536."
+    )
+    report = Report(name="overhead", title="Overhead: diagnostics step time, init time, theory time", setup=setup,
+                    rows=rows, findings=_findings(rows, raw_theory), figure=_figure(rows, raw_theory))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _findings(rows: list[dict], raw_theory: list[dict]) -> str:
+    def pick(group: str, needle: str) -> list[dict]:
+        return [r for r in rows if r["group"].startswith(group) and needle in r["case"]]
+
+    lines = []
+    for group, label in (("step time, raw", "Raw loop"), ("step time, Lightning", "Lightning Trainer")):
+        parts = [f"{r['case'].split(': ')[0]} {r['case'].split(': ')[1]}: {r['ratio']:.2f}x (target {r['target']})"
+                 for r in pick(group, "")]
+        lines.append(f"- {label}: " + "; ".join(parts) + ".")
+    init = pick("init time", "")
+    worst_gauss = max((r for r in init if any(k in r["case"] for k in (": he", ": lyapunov gaussian"))),
+                      key=lambda r: r["ratio"], default=None)
+    orth = [r for r in init if ": lyapunov orthogonal" in r["case"] or ": stiefel" in r["case"]]
+    torch_orth = {r["case"].split(":")[0]: r for r in init if "torch orthogonal_" in r["case"]}
+    if worst_gauss is not None:
+        lines.append(
+            f"- Init, Gaussian schemes: at most {worst_gauss['ratio']:.1f}x torch's default ({worst_gauss['case']}); "
+            "plan_init alone: " + ", ".join(f"{r['ratio']:.2f}x ({r['case'].split(':')[0]})"
+                                           for r in pick("init time", "plan_init")) + "."
+        )
+    if orth:
+        lines.append(
+            "- Init, orthogonal schemes (QR per layer): " + "; ".join(
+                f"{r['case']} {r['ratio']:.1f}x (torch's own orthogonal_ on the same model "
+                f"{torch_orth[r['case'].split(':')[0]]['ratio']:.1f}x)" for r in orth
+            ) + ". The issue's 3x target is missed by every QR-based scheme; Lyapunov orthogonal costs about "
+            "what torch.nn.init.orthogonal_ costs (the QR is inherent). Stiefel is the most expensive: its "
+            "sampler takes a full k x k QR for both P_m and P_n (for a 3x3 conv with 512 input channels, "
+            "k = 4608) although only the first min(m, n) columns are used; a thin QR of the first "
+            "min(m, n) columns of [1 | G] would give the same law at a fraction of the cost (a suggestion "
+            "for lightning_lyapunov.init)."
+        )
+    worst = max(raw_theory, key=lambda r: r["uncached_ms"])
+    lines.append(
+        f"- theory.critical_scale: uncached at most {max(r['uncached_ms'] for r in raw_theory):.2f} ms (median of "
+        f"repeats; worst {worst['call']} at width {worst['width']}; single-call maxima up to "
+        f"{max(r['uncached_max_ms'] for r in raw_theory):.1f} ms on the loaded machine), flat from width 2 to "
+        f"65,536; cached {statistics.median(r['cached_ms'] for r in raw_theory) * 1e3:.0f} us: far under the 50 ms target."
+    )
+    return "\n".join(lines)

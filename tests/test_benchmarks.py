@@ -1,0 +1,32 @@
+"""The benchmark framework end to end: ``python -m benchmarks theory --quick`` in process."""
+
+import csv
+
+from benchmarks import theory
+from benchmarks.common import write_report
+
+COLUMNS = {
+    "width", "slope", "lambda_he", "lambda_glorot", "lambda_orth", "sigma_he", "sigma_lyap", "eta_orth",
+    "eta_lyap", "s2_gauss", "s2_orth", "mc_he", "mc_he_se", "mc_orth", "mc_orth_se",
+}
+
+
+def test_theory_quick_writes_md_csv_png(tmp_path):
+    report = theory.run(quick=True)
+    report.seconds = 1.0
+    paths = write_report(report, quick=True, out_dir=tmp_path)
+    names = {p.name for p in paths}
+    assert names == {"theory.md", "theory.csv", "theory.png"}
+    for name in names:
+        assert (tmp_path / name).stat().st_size > 0
+    with open(tmp_path / "theory.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert COLUMNS <= set(rows[0])
+    assert len(rows) == len({(r["width"], r["slope"]) for r in rows}) >= 8
+    # the closed form at width 2, slope 0.1 (DESIGN section 3) and its Monte Carlo check
+    row = next(r for r in rows if r["width"] == "2" and float(r["slope"]) == 0.1)
+    assert abs(float(row["lambda_he"]) + 0.8216) < 1e-3
+    assert abs(float(row["mc_he"]) - float(row["lambda_he"])) < 4 * float(row["mc_he_se"])
+    assert abs(float(row["mc_lyap_gauss"])) < 4 * float(row["mc_lyap_gauss_se"])
+    md = (tmp_path / "theory.md").read_text()
+    assert "## Setup" in md and "## Findings" in md and "(theory.png)" in md
