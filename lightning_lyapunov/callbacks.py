@@ -66,6 +66,11 @@ class LyapunovInit(Callback):
         seed: seed of the weights' generator; ``None`` draws one from torch's global generator
             (so ``seed_everything`` makes runs reproducible).
 
+    Attributes:
+        plan: the :class:`~lightning_lyapunov.InitPlan` applied (or, after a resume, planned).
+        first_stats: the :class:`~lightning_lyapunov.diagnostics.SignalStats` of the first
+            measured step (the signal at initialization); ``last_stats``: of the latest one.
+
     Example::
 
         trainer = Trainer(callbacks=[LyapunovInit(scheme="lyapunov", distribution="orthogonal")])
@@ -119,7 +124,8 @@ class LyapunovInit(Callback):
         self.monitor: SignalMonitor | None = None
         self._announced = False
         self._last_step: int | None = None
-        self._last_stats: SignalStats | None = None
+        self.first_stats: SignalStats | None = None
+        self.last_stats: SignalStats | None = None
         self._warned: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ state
@@ -171,7 +177,9 @@ class LyapunovInit(Callback):
 
             self.plan = plan_init(pl_module, **plan_kwargs)  # for the diagnostics' predictions only
         if self.diagnostics and self.monitor is None:
-            self.monitor = SignalMonitor(pl_module, self.plan.layer_names)
+            # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
+            # registered once and gated, since attaching hooks would change the compiled graph
+            self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
 
     def _seed(self) -> int:
         if self.seed is not None:
@@ -221,8 +229,10 @@ class LyapunovInit(Callback):
             return
         stats = monitor.compute()
         monitor.reset()
-        first = self._last_stats is None
-        self._last_stats = stats
+        first = self.first_stats is None
+        if first:
+            self.first_stats = stats
+        self.last_stats = stats
         step = self._last_step or 0
         self._warn_about(stats, step, check_exponent=first)
         for logger in trainer.loggers:
@@ -231,8 +241,8 @@ class LyapunovInit(Callback):
             self._log_distributions(trainer, stats, step)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._last_stats is not None and self._last_step:
-            self._log_distributions(trainer, self._last_stats, self._last_step)
+        if self.last_stats is not None and self._last_step:
+            self._log_distributions(trainer, self.last_stats, self._last_step)
 
     def _log_distributions(self, trainer: Trainer, stats: SignalStats, step: int) -> None:
         for logger in trainer.loggers:
@@ -248,20 +258,17 @@ class LyapunovInit(Callback):
                 writer.add_figure("lyapunov/log_norm_vs_depth", figure, step)
 
     def _warn_about(self, stats: SignalStats, step: int, check_exponent: bool) -> None:
-        for name, values in zip(stats.names, stats.values):
-            row = dict(zip(STAT_KEYS, values))
-            if row["nonfinite"] > 0:
-                self._warn_once(
-                    (name, "nonfinite"),
-                    f"layer {name!r} has {int(row['nonfinite'])} NaN/Inf activations at step {step}: "
-                    "lower the learning rate or check the inputs",
-                )
-            if row["emp_var_collapsed"] >= 0.5:
-                self._warn_once(
-                    (name, "collapse"),
-                    f"layer {name!r}: the empirical variance of {row['emp_var_collapsed']:.0%} of its units "
-                    f"collapsed (below 1e-3 of its mean second moment) at step {step}",
-                )
+        table = stats.as_dict()
+        nonfinite = [n for n, v in table["nonfinite"].items() if v > 0]
+        collapsed = [n for n, v in table["emp_var_collapsed"].items() if v >= 0.5]
+        self._warn_layers(
+            "nonfinite", nonfinite, f"NaN/Inf activations at step {step} in {{layers}}: lower the learning "
+            "rate or check the inputs",
+        )
+        self._warn_layers(
+            "collapse", collapsed, f"at step {step} the empirical variance of at least half of the units "
+            "collapsed (below 1e-3 of the layer's mean second moment) in {layers}",
+        )
         plan = self.plan
         if not check_exponent or plan is None or plan.predicted_drift is None or len(plan.layers) < 4:
             return
@@ -281,6 +288,15 @@ class LyapunovInit(Callback):
             self._warned.add(key)
             rank_zero_warn(f"LyapunovInit: {message}")
 
+    def _warn_layers(self, kind: str, layers: list[str], message: str) -> None:
+        """One warning for the layers not yet warned about for ``kind`` (each layer once per run)."""
+        new = [name for name in layers if (name, kind) not in self._warned]
+        if not new:
+            return
+        self._warned.update((name, kind) for name in new)
+        shown = ", ".join(repr(name) for name in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        rank_zero_warn(f"LyapunovInit: {message.format(layers='layer' + ('s ' if len(new) > 1 else ' ') + shown)}")
+
     # ------------------------------------------------------------------ cleanup
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -296,6 +312,16 @@ class LyapunovInit(Callback):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _is_compiled(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is, contains or will be run as a ``torch.compile``d module."""
+    try:
+        from torch._dynamo.eval_frame import OptimizedModule
+    except Exception:  # torch without dynamo
+        return False
+    compiled_by_lightning = getattr(module, "_compiler_ctx", None) is not None
+    return compiled_by_lightning or any(isinstance(m, OptimizedModule) for m in module.modules())
 
 
 def _validate_slopes(negative_slope: float | Mapping[str, float] | None) -> None:

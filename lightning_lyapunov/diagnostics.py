@@ -251,10 +251,15 @@ class SignalMonitor:
             shared by all layers with the same batch size and reduced together in
             :meth:`compute`; larger outputs are reduced in the hook itself. The buffers are
             reused from one logging step to the next and freed by :meth:`remove`.
+        persistent: register the hooks once, here, and gate them by :attr:`active` (what
+            ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
+            are attached when ``active`` turns True and removed when it turns False, so steps
+            that are not measured pay nothing at all; in eager mode a registered hook, even an
+            idle one, moves every call of its module to PyTorch's slower hook path.
 
-    Hooks are registered once, here; they return immediately unless :attr:`active` is True.
-    Set ``active`` only around the forward passes you want to measure; the last call of each
-    layer while active is kept until :meth:`reset`.
+    With persistent hooks they return immediately unless :attr:`active` is True. Set ``active``
+    only around the forward passes you want to measure; the last call of each layer while
+    active is kept until :meth:`reset`.
 
     Example::
 
@@ -271,6 +276,7 @@ class SignalMonitor:
         *,
         training_only: bool = True,
         defer_below: int = 1 << 18,
+        persistent: bool = True,
     ) -> None:
         if isinstance(layer_names, str):
             raise ValueError(
@@ -293,7 +299,9 @@ class SignalMonitor:
         self.names = names
         self.training_only = training_only
         self.defer_below = int(defer_below)
-        self.active = False
+        self.persistent = bool(persistent)
+        self._active = False
+        self._removed = False
         # deferred captures: per (batch size, device) key a buffer (B, columns) holding the layers'
         # flattened outputs side by side, their slots {layer: (first column, width)} and the
         # number of columns in use; a layer called again with another width gets a new slot
@@ -304,11 +312,37 @@ class SignalMonitor:
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self._where: dict[str, tuple[int, int]] = {}
-        self._handles = [modules[name].register_forward_hook(self._hook_for(name)) for name in names]
+        self._modules = [modules[name] for name in names]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        if self.persistent:
+            self._attach()
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks measure the forward passes (set it around the steps to measure)."""
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = bool(value) and not self._removed
+        if not self.persistent:
+            self._attach() if self._active else self._detach()
+
+    def _attach(self) -> None:
+        if not self._handles:
+            self._handles = [
+                module.register_forward_hook(self._hook_for(name))
+                for name, module in zip(self.names, self._modules)
+            ]
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def _hook_for(self, name: str):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self.active or (self.training_only and not module.training):
+            if not self._active or (self.training_only and not module.training):
                 return
             h = output if isinstance(output, torch.Tensor) else _first_tensor(output)
             if h is not None and h.dim() > 0 and h.numel() > 0:
@@ -433,10 +467,9 @@ class SignalMonitor:
 
         What was captured stays available to :meth:`compute` until :meth:`reset`.
         """
-        self.active = False
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._active = False
+        self._removed = True
+        self._detach()
         self._reduce_pending()
         self._buffers.clear()
 

@@ -123,11 +123,19 @@ def test_compiled_module_gives_finite_statistics(tmp_path):
     module = DeepNarrow(depth=5)
     callback = LyapunovInit(seed=0, log_every_n_steps=1)
     module.net = torch.compile(module.net, backend="aot_eager")  # hooks sit inside the compiled graph
-    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=3))
+    persistent = []
+
+    class RecordMonitorMode(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            persistent.append(callback.monitor.persistent)
+
+    trainer = pl.Trainer(callbacks=[callback, RecordMonitorMode()],
+                         **trainer_kwargs(tmp_path, logger=False, max_steps=3))
     trainer.fit(module, loader())
+    assert persistent == [True]  # compiled graphs keep their hooks; eager runs attach them per step
     assert callback._last_step == 2
-    assert callback._last_stats is not None
-    assert all(math.isfinite(v) for v in callback._last_stats.as_dict()["log_norm_mean"].values())
+    assert callback.last_stats is not None
+    assert all(math.isfinite(v) for v in callback.last_stats.as_dict()["log_norm_mean"].values())
 
 
 def test_nonfinite_activations_warn_once_naming_layer_and_step(tmp_path):
@@ -141,7 +149,7 @@ def test_nonfinite_activations_warn_once_naming_layer_and_step(tmp_path):
         warnings.simplefilter("always")
         trainer.fit(module, data)
     messages = [str(w.message) for w in caught if "NaN/Inf" in str(w.message)]
-    assert any("'net.0'" in m and "step 0" in m for m in messages)
+    assert any("layers 'net.0', 'net.2'" in m and "step 0" in m for m in messages)
     assert sum("'net.0'" in m for m in messages) == 1  # once, not every step
 
 

@@ -367,3 +367,26 @@ def test_signal_stats_of_layers_side_by_side_equal_separate_calls():
     assert stats[2, STAT_KEYS.index("nonfinite")] == 1 and torch.isfinite(stats[:2]).all()
     with pytest.raises(ValueError, match="widths"):
         signal_stats(torch.randn(4, 5), widths=[2, 2])
+
+
+def test_non_persistent_hooks_exist_only_while_active():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    x = torch.randn(32, 6)
+    persistent = SignalMonitor(model, ["0", "2"])
+    persistent.active = True
+    model(x)
+    expected = persistent.compute().values
+    persistent.remove()
+
+    monitor = SignalMonitor(model, ["0", "2"], persistent=False)
+    assert not model[0]._forward_hooks
+    monitor.active = True
+    assert len(model[0]._forward_hooks) == 1
+    model(x)
+    monitor.active = False
+    assert not model[0]._forward_hooks and not model[2]._forward_hooks
+    np.testing.assert_array_equal(monitor.compute().values, expected)
+    monitor.remove()
+    monitor.active = True  # a removed monitor never re-attaches
+    assert not monitor.active and not model[0]._forward_hooks
