@@ -6,6 +6,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+# The tests use tiny tensors: one intra-op thread. With two OpenMP threads spinning on two shared
+# cores, a 4x4 QR or a 2x2 matmul was measured up to ~1000x slower than single-threaded.
+torch.set_num_threads(1)
+
 
 class DeepNarrow(pl.LightningModule):
     """Linear -> LeakyReLU(0.1) blocks of width ``width``, ``depth`` weight layers in all."""

@@ -12,15 +12,6 @@ from torch import nn
 from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats, signal_stats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: with 2 OpenMP threads on 2 busy cores a 2x2 matmul can take 15 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def measure(h: torch.Tensor, **kwargs) -> dict[str, float]:
     """Statistics of ``h`` seen as the output of a hooked ``nn.Identity``."""
     model = nn.Sequential(nn.Identity())

@@ -16,15 +16,6 @@ from lightning_lyapunov.surgery import apply_init
 DEPTH, WIDTH, SLOPE = 30, 4, 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread (threads spinning on 2 shared cores made tiny QRs ~1000x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def deep_mlp() -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(DEPTH):

@@ -17,15 +17,6 @@ from lightning_lyapunov.surgery import apply_init, plan_init, swap_activations
 SLOPE = 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread (threads spinning on 2 shared cores made tiny QRs ~1000x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mlp(widths: list[int], slope: float = SLOPE) -> nn.Sequential:
     """Linear + LeakyReLU after every layer (the last one included: a plain chain, no head)."""
     layers: list[nn.Module] = []
