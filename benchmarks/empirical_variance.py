@@ -83,7 +83,7 @@ def _figure(results: dict, predicted: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     colors = dict(zip(SCHEMES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     depth = np.arange(1, DEPTH + 1)
     styles = {0.0: "-", 0.1: "--"}
@@ -94,7 +94,7 @@ def _figure(results: dict, predicted: dict):
         axes[0, 1].plot(depth, np.median(var, axis=0), **kw)
         axes[1, 0].plot(depth, (var < THRESHOLD).mean(axis=0), **kw)
         if scheme in ("he", "lyapunov gaussian", "orthogonal"):
-            axes[1, 1].plot(depth, r["kurtosis"], marker="o", ms=2.5, lw=0.8, **kw)
+            axes[1, 1].plot(depth, r["kurtosis"], marker=".", ms=3, lw=0.8, **kw)
     for a in SLOPES:
         axes[1, 1].plot(depth, predicted[a], color="k", ls=styles[a], lw=1.5, label=f"theory (Gaussian), a={a:g}")
     for ax, title in (
