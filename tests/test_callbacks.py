@@ -213,3 +213,19 @@ def test_ddp_two_cpu_processes_have_identical_weights(tmp_path):
     first, second = (torch.load(p, weights_only=True) for p in sums)
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+def test_collapsed_empirical_variance_warns_once_naming_layers_and_step(tmp_path):
+    torch.manual_seed(0)
+    module = DeepNarrow(depth=4)
+    x = torch.ones(16, 4)
+    x[:, 0] = torch.linspace(-1, 1, 16)  # identity (ZerO) weights pass 3 constant features through
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=16)
+    trainer = pl.Trainer(callbacks=[LyapunovInit(scheme="zero", log_every_n_steps=1)],
+                         **trainer_kwargs(tmp_path, logger=CSVLogger(tmp_path), max_steps=3, log_every_n_steps=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, data)
+    messages = [str(w.message) for w in caught if "empirical variance" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert "step 0" in messages[0] and "layers 'net.0', 'net.2', 'net.4'" in messages[0]
