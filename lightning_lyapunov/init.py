@@ -215,8 +215,9 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
     """Mean-calibrated orthogonal init for ReLU nets (Choi, Lee & Kim; a reconstruction, see README).
 
     ``W = P_m I_{m x n} P_n^T`` with ``P_k`` the Q factor of ``[1_k | G]`` (``G`` Gaussian
-    ``k x (k-1)``), sign-fixed so its first column is ``1 / sqrt(k)``. ``W`` has orthonormal rows
-    (or columns), every row sum ``sqrt(n / m)`` and every column sum ``sqrt(m / n)``: it maximizes
+    ``k x (k-1)``), sign-fixed so its first column is ``1 / sqrt(k)``. Only the first
+    ``min(m, n)`` columns of ``P_m`` and ``P_n`` enter ``W``, and a QR factor's first columns depend
+    only on the matrix's first columns, so a thin QR suffices. ``W`` has orthonormal rows (or columns), every row sum ``sqrt(n / m)`` and every column sum ``sqrt(m / n)``: it maximizes
     the pre-activation mean ``1' W 1 = sqrt(m n)`` on the Stiefel manifold. Gain 1.
 
     Example::
@@ -226,17 +227,17 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
         True
     """
     m, n = _matrix_shape(tensor)
+    k = min(m, n)
     dtype = _work_dtype(tensor)
 
-    def basis(k: int) -> Tensor:
-        columns = torch.empty(k, k, dtype=dtype, device=tensor.device)
+    def leading_columns(size: int) -> Tensor:
+        """The first k columns of P_size: the thin Q of [1 | Gaussian (size x (k-1))], O(size k^2)."""
+        columns = torch.empty(size, k, dtype=dtype, device=tensor.device)
         columns[:, 1:].normal_(0.0, 1.0, generator=generator)
         columns[:, 0] = 1.0
         return _sign_fixed_qr(columns)
 
-    p_m, p_n = basis(m), basis(n)
-    k = min(m, n)
-    return _write(tensor, p_m[:, :k] @ p_n[:, :k].T)
+    return _write(tensor, leading_columns(m) @ leading_columns(n).T)
 
 
 @torch.no_grad()
