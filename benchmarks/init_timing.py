@@ -85,7 +85,7 @@ def torch_orthogonal_(model: nn.Module) -> None:
             nn.init.orthogonal_(module.weight)
 
 
-def _configs(model: nn.Module, stiefel: bool = True) -> dict[str, Callable[[], object]]:
+def _configs(model: nn.Module) -> dict[str, Callable[[], object]]:
     def apply(scheme: str, distribution: str = "orthogonal") -> Callable[[], object]:
         return lambda: apply_init(model, scheme=scheme, distribution=distribution,
                                   generator=torch.Generator().manual_seed(0))
@@ -99,16 +99,7 @@ def _configs(model: nn.Module, stiefel: bool = True) -> dict[str, Callable[[], o
         "stiefel": apply("stiefel"),
         "torch orthogonal_": lambda: torch_orthogonal_(model),
     }
-    if not stiefel:
-        del configs["stiefel"]
     return configs
-
-
-STIEFEL_SKIPPED = (
-    "Stiefel is not timed on the full ResNet-50 shape: one apply_init(scheme='stiefel') there did not finish "
-    "within several minutes (its sampler runs a full 4608 x 4608 QR for each 3x3 conv with 512 input "
-    "channels); it is timed on the MLP, and in quick mode on the ResNet-50 shape with widths / 4."
-)
 
 
 def measure(quick: bool = False) -> list[dict[str, object]]:
@@ -117,16 +108,14 @@ def measure(quick: bool = False) -> list[dict[str, object]]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if quick:
-        models = {"MLP 20 x 512": (make_mlp(20, 512), True),
-                  "ResNet-50 shape, widths / 4": (make_resnet50(scale=4), True)}
+        models = {"MLP 20 x 512": make_mlp(20, 512), "ResNet-50 shape, widths / 4": make_resnet50(scale=4)}
         rounds = 2
     else:
-        models = {"MLP 100 x 1024": (make_mlp(100, 1024), True),
-                  "ResNet-50 shape (25.6 M params)": (make_resnet50(), False)}
+        models = {"MLP 100 x 1024": make_mlp(100, 1024), "ResNet-50 shape (25.6 M params)": make_resnet50()}
         rounds = 2
     rows = []
-    for model_name, (model, stiefel) in models.items():
-        configs = _configs(model, stiefel)
+    for model_name, model in models.items():
+        configs = _configs(model)
         times: dict[str, list[float]] = {key: [] for key in configs}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the plan's warnings (residual adds, BatchNorm) are expected
