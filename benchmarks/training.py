@@ -524,6 +524,11 @@ def describe(rows: Sequence[Mapping[str, object]], metric: str) -> str:
             lines.append(f"- Lyapunov init does not win here: {best_b['scheme']} ({best_b['test median']:.3g}) has a "
                          f"lower median than the best Lyapunov variant ({best_l['scheme']}, "
                          f"{best_l['test median']:.3g}).")
+        best_q = min(rows, key=lambda r: float(r["test q25"]))
+        lines.append(f"- Best quarter of seeds (lowest 25th percentile): {best_q['scheme']} ({best_q['test q25']:.3g}; "
+                     f"best Lyapunov variant {min(float(r['test q25']) for r in lyap):.3g})"
+                     + ("." if "Lyapunov" in str(best_q["scheme"]) else
+                        ": Lyapunov init does not give the best individual runs here."))
         better_l = [str(r["scheme"]) for r in base if float(r["test median"]) < float(best_l["test median"])]
         if better_l:
             lines.append(f"- Schemes with a lower median than every Lyapunov variant: {', '.join(better_l)}.")
