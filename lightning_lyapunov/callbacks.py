@@ -200,6 +200,11 @@ class LyapunovInit(Callback):
             logger.log_metrics(_predicted_scalars(self.plan), step=0)
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("lyapunov/plan", _markdown(str(self.plan)), 0)
+        if self.diagnostics and not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            rank_zero_warn(
+                "LyapunovInit: the plan text, the log-norm histograms and the depth figure need a "
+                "TensorBoardLogger; the other loggers get the scalars only"
+            )
 
     def _should_measure(self, trainer: Trainer) -> bool:
         every = self.log_every_n_steps or trainer.log_every_n_steps

@@ -211,7 +211,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if command == "theory":
         from lightning_lyapunov import theory
 
-        theory.main(argv[1:])
+        theory.main(argv[1:], prog="lightning-lyapunov theory")
     elif command == "plan":
         print(PlanCLI(args=argv[1:]).plan)
     else:

@@ -443,9 +443,9 @@ def theory_table(
     return "\n".join(rows) + note
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """``python -m lightning_lyapunov.theory [--widths 2 4 16] [--slopes 0.01 0.1] [--depth 40]``."""
-    parser = argparse.ArgumentParser(description=theory_table.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=theory_table.__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[2, 4, 16, 64, 256])
     parser.add_argument("--slopes", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.2])
     parser.add_argument("--depth", type=int, default=40)

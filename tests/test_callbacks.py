@@ -70,7 +70,8 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
 
 def test_csv_logger_and_own_cadence(deep_narrow, tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
-    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=3)], logger=logger)
+    with pytest.warns(UserWarning, match="need a TensorBoardLogger"):
+        fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=3)], logger=logger)
     header = Path(logger.log_dir, "metrics.csv").read_text().splitlines()[0]
     assert "lyapunov/kurtosis_median/net.4" in header and "lyapunov/exponent_estimate" in header
 
