@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 from benchmarks.classification import (  # noqa: E402
     ALL_SCHEMES,
     Split,
+    at_init,
     cpu_note,
     iqr,
     lyapunov_verdict,
@@ -64,15 +65,12 @@ def load(quick: bool) -> tuple[dict[str, Split], bool, str]:
 
 def feature_rms(build: Callable[[], PlainCNN], x: torch.Tensor, seeds: list[int]) -> dict[str, list[float]]:
     """Per scheme and seed, at init: root mean square of the last conv block's output on ``x``."""
-    out = {}
-    for scheme in ALL_SCHEMES:
-        out[scheme.label] = []
-        for seed in seeds:
-            model = build()
-            scheme.apply(model, seed)
-            with torch.no_grad():
-                out[scheme.label].append(float(model.features(x).pow(2).mean().sqrt()))
-    return out
+
+    def rms(model: PlainCNN) -> float:
+        with torch.no_grad():
+            return float(model.features(x).pow(2).mean().sqrt())
+
+    return at_init(build, rms, seeds)
 
 
 def run(quick: bool = False) -> Report:

@@ -228,6 +228,20 @@ def run_seeds(
     return curves
 
 
+def at_init(
+    build: Callable[[], nn.Module], measure: Callable[[nn.Module], object], seeds: Sequence[int]
+) -> dict[str, list[object]]:
+    """Per scheme (label) and seed: build a model, initialize it with the scheme, ``measure(model)``."""
+    out: dict[str, list[object]] = {}
+    for scheme in ALL_SCHEMES:
+        out[scheme.label] = []
+        for seed in seeds:
+            model = build()
+            scheme.apply(model, seed)
+            out[scheme.label].append(measure(model))
+    return out
+
+
 def summarize(curves: list[list[dict[str, float]]], key: str, index: int = -1) -> tuple[float, float, float]:
     """(median, q25, q75) over seeds of ``key`` at record ``index``."""
     return spread(curve[index][key] for curve in curves)

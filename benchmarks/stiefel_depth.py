@@ -20,6 +20,7 @@ from torch import Tensor, nn  # noqa: E402
 from benchmarks.classification import (  # noqa: E402
     ALL_SCHEMES,
     Scheme,
+    at_init,
     iqr,
     lyapunov_verdict,
     mnist1d,
@@ -68,14 +69,7 @@ def probe(model: DeepMLP, x: Tensor, y: Tensor) -> dict[str, object]:
 
 
 def _init_stats(x: Tensor, y: Tensor, seeds: list[int]) -> dict[str, list[dict]]:
-    out = {}
-    for scheme in ALL_SCHEMES:
-        out[scheme.label] = []
-        for seed in seeds:
-            model = build()
-            scheme.apply(model, seed)
-            out[scheme.label].append(probe(model, x, y))
-    return out
+    return at_init(build, lambda model: probe(model, x, y), seeds)
 
 
 def _train(data: dict, scheme: Scheme, seeds: list[int], steps: int, every: int) -> dict[float, list]:
