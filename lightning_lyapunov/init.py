@@ -16,7 +16,9 @@ Example::
 
 The named schemes (``SCHEMES``) are resolved per layer by :func:`resolve_init` into a
 :class:`LayerInit` (what is drawn, at which scale, and what the theory predicts), which
-:func:`init_weight_` then draws.
+:func:`init_weight_` then draws. Sampled Lyapunov init works on a whole model and a probe batch:
+``init.sample_lyapunov_`` is :func:`lightning_lyapunov.sampling.sample_lyapunov_` (it needs the
+surgery's plan, so it lives there and is loaded on first use).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "lyapunov_orthogonal_",
     "orthogonal_",
     "resolve_init",
+    "sample_lyapunov_",
     "stiefel_orthogonal_",
     "validate_scheme",
     "zero_",
@@ -365,3 +368,11 @@ def init_weight_(
     if kind == "zero":
         return zero_(tensor)
     raise ValueError(f"unknown distribution {kind!r} in {layer_init!r}")
+
+
+def __getattr__(name: str):
+    if name == "sample_lyapunov_":  # sampling imports surgery, which imports this module
+        from lightning_lyapunov.sampling import sample_lyapunov_
+
+        return sample_lyapunov_
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

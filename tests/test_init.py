@@ -154,3 +154,11 @@ def test_resolve_init_errors(kwargs, match):
 def test_one_dimensional_tensor_is_rejected():
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         init.lyapunov_normal_(torch.empty(5))
+
+
+def test_sampled_lyapunov_is_reachable_from_init():
+    from lightning_lyapunov.sampling import sample_lyapunov_
+
+    assert init.sample_lyapunov_ is sample_lyapunov_
+    with pytest.raises(AttributeError, match="no attribute 'kaiming_'"):
+        init.kaiming_
