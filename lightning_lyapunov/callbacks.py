@@ -21,8 +21,7 @@ needs matplotlib).
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -31,9 +30,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_lyapunov import init as _init
-from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats
-from lightning_lyapunov.surgery import InitPlan, apply_init
+from lightning_lyapunov.diagnostics import SignalMonitor, SignalStats
+from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments
 
 __all__ = ["LyapunovInit"]
 
@@ -97,10 +95,7 @@ class LyapunovInit(Callback):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        _init.validate_scheme(scheme, distribution, moment)
-        _validate_slopes(negative_slope)
-        for argument, patterns in (("include", include), ("exclude", exclude)):
-            _validate_patterns(argument, patterns)
+        check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude)
         if sampled not in (False, True, "network", "layerwise"):
             raise ValueError(f"sampled must be False, True, 'network' or 'layerwise', got {sampled!r}")
         if sampled and scheme == "zero":
@@ -327,23 +322,6 @@ def _is_compiled(module: torch.nn.Module) -> bool:
         return False
     compiled_by_lightning = getattr(module, "_compiler_ctx", None) is not None
     return compiled_by_lightning or any(isinstance(m, OptimizedModule) for m in module.modules())
-
-
-def _validate_slopes(negative_slope: float | Mapping[str, float] | None) -> None:
-    values = negative_slope.values() if isinstance(negative_slope, Mapping) else [negative_slope]
-    for value in values:
-        if value is not None and not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"negative_slope must lie in [0, 1] (0 = ReLU, 1 = linear), got {value!r}")
-    if isinstance(negative_slope, Mapping):
-        _validate_patterns("negative_slope", list(negative_slope))
-
-
-def _validate_patterns(argument: str, patterns: str | Sequence[str] | None) -> None:
-    for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"{argument}: {pattern!r} is not a valid regular expression ({error})") from None
 
 
 def _predicted_scalars(plan: InitPlan) -> dict[str, float]:

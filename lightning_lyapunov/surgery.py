@@ -164,7 +164,7 @@ def _patterns(argument: str, value: Patterns) -> list[re.Pattern[str]]:
         return [re.compile(item) for item in items]
     except (TypeError, re.error) as error:
         raise ValueError(
-            f"{argument}={value!r} is not a regex or a list of regexes ({error}); "
+            f"{argument}={value!r} is not a regular expression or a list of them ({error}); "
             f"pass e.g. {argument}=r'^encoder\\.' (matched with re.search on qualified module names)"
         ) from None
 
@@ -260,6 +260,23 @@ def _no_layer_error(model: nn.Module, skipped: list[tuple[str, str]], include: P
     )
 
 
+def check_plan_arguments(
+    scheme: str = "lyapunov",
+    distribution: str = "orthogonal",
+    moment: float | None = None,
+    negative_slope: SlopeOverride = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+) -> tuple[float | list[tuple[re.Pattern[str], float]] | None, list[re.Pattern[str]], list[re.Pattern[str]]]:
+    """Validate :func:`plan_init`'s arguments without a model (e.g. in a callback's ``__init__``).
+
+    Returns the parsed slope overrides and the compiled include/exclude patterns; raises ValueError
+    naming the argument, the bad value and the fix.
+    """
+    _init.validate_scheme(scheme, distribution, moment)
+    return _slope_overrides(negative_slope), _patterns("include", include), _patterns("exclude", exclude)
+
+
 def plan_init(
     model: nn.Module,
     scheme: str = "lyapunov",
@@ -287,9 +304,9 @@ def plan_init(
         model = nn.Sequential(nn.Linear(8, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
         print(plan_init(model, scheme="lyapunov"))   # a table; model unchanged
     """
-    _init.validate_scheme(scheme, distribution, moment)
-    overrides = _slope_overrides(negative_slope)
-    include_patterns, exclude_patterns = _patterns("include", include), _patterns("exclude", exclude)
+    overrides, include_patterns, exclude_patterns = check_plan_arguments(
+        scheme, distribution, moment, negative_slope, include, exclude
+    )
     eligible, skipped, warnings_ = _discover(model, include_patterns, exclude_patterns)
     if not eligible:
         _no_layer_error(model, skipped, include, exclude)
