@@ -184,16 +184,30 @@ def sample_lyapunov_(
     with _probing(model):
         if layerwise:
             return _layerwise(plan, runner, count, generator)
-        scores, best = [], None
-        for _ in range(count):
-            weights = draw_weights(plan, generator)
-            write_weights(plan, weights)
-            scores.append(_score(runner.gain()))
-            if best is None or scores[-1] < min(scores[:-1]):
-                best = weights
-        write_weights(plan, best)
-    chosen = min(range(count), key=scores.__getitem__)
+        scores = _keep_best(
+            count, lambda: draw_weights(plan, generator), lambda w: write_weights(plan, w), lambda: _score(runner.gain())
+        )
+    chosen = _argmin(scores)
     return SamplingReport(scores, chosen, scores[chosen], statistics.median(scores), False, plan)
+
+
+def _keep_best(
+    count: int, draw: Callable[[], Any], write: Callable[[Any], None], score: Callable[[], float]
+) -> list[float]:
+    """Draw, write and score ``count`` candidates; leave the first best one written; return the scores."""
+    scores, best = [], None
+    for _ in range(count):
+        candidate = draw()
+        write(candidate)
+        scores.append(score())
+        if best is None or scores[-1] < min(scores[:-1]):
+            best = candidate
+    write(best)
+    return scores
+
+
+def _argmin(scores: list[float]) -> int:
+    return min(range(len(scores)), key=scores.__getitem__)
 
 
 def _layerwise(plan: InitPlan, runner: _Probe, count: int, generator: torch.Generator | None) -> SamplingReport:
@@ -201,16 +215,14 @@ def _layerwise(plan: InitPlan, runner: _Probe, count: int, generator: torch.Gene
     layer_scores, layer_chosen = [], []
     following = [layer.module for layer in plan.layers[1:]] + [None]
     for layer, stop_before in zip(plan.layers, following):
-        scores, best = [], None
-        for _ in range(count):
-            weight = draw_layer(layer, generator)
-            write_layer(layer, weight)
-            scores.append(_score(runner.gain(stop_before)))
-            if best is None or scores[-1] < min(scores[:-1]):
-                best = weight
-        write_layer(layer, best)
+        scores = _keep_best(
+            count,
+            lambda: draw_layer(layer, generator),
+            lambda w: write_layer(layer, w),
+            lambda: _score(runner.gain(stop_before)),
+        )
         layer_scores.append(scores)
-        layer_chosen.append(min(range(count), key=scores.__getitem__))
+        layer_chosen.append(_argmin(scores))
     scores = layer_scores[-1]
     return SamplingReport(scores, layer_chosen[-1], _score(runner.gain()), statistics.median(scores), True, plan,
                           layer_scores, layer_chosen)
