@@ -1,11 +1,12 @@
 """Live signal diagnostics: per-layer statistics of the activations, computed by forward hooks.
 
-:class:`SignalMonitor` registers one forward hook on each named module, once. The hooks see each
+:class:`SignalMonitor` registers one forward hook on each named module: once (``persistent=True``,
+the default, what ``torch.compile`` needs) or only while it is active. The hooks see each
 module's *output*; for weight layers (Linear, ConvNd) these are the **pre-activations**, the
 quantities studied by the vanishing-empirical-variance paper (Grzejdziak-Zdziarski, Tax, Loog) and
 by the kurtosis recursion of DESIGN section 6. Hooks do nothing unless ``monitor.active`` is True
-(and, with ``training_only``, the module is in training mode), so the monitor costs nothing on
-steps that do not log. Statistics are computed in fp32 on the activations' device, with no host
+(and, with ``training_only``, the module is in training mode), so nothing is computed on steps
+that do not log. Statistics are computed in fp32 on the activations' device, with no host
 synchronization; :meth:`SignalMonitor.compute` moves everything to the host in one transfer.
 
 For a hooked output ``h`` of shape ``(B, ...)`` the features of each sample are flattened
