@@ -120,9 +120,7 @@ def lyapunov_normal_(
         >>> w = torch.empty(4, 4)
         >>> _ = lyapunov_normal_(w, negative_slope=0.1)
     """
-    d_in, d_out = _fans(tensor, fans)
-    std = theory.critical_scale(d_in, d_out, negative_slope, "gaussian")
-    return tensor.normal_(0.0, std, generator=generator)
+    return _draw_scheme_(tensor, "lyapunov", negative_slope, "gaussian", None, fans, generator)
 
 
 @torch.no_grad()
@@ -142,9 +140,7 @@ def lyapunov_orthogonal_(
         >>> w = torch.empty(8, 3, 3)
         >>> _ = lyapunov_orthogonal_(w, negative_slope=0.1)
     """
-    d_in, d_out = _fans(tensor, fans)
-    gain = theory.critical_scale(d_in, d_out, negative_slope, "orthogonal")
-    return orthogonal_(tensor, gain=gain, generator=generator)
+    return _draw_scheme_(tensor, "lyapunov", negative_slope, "orthogonal", None, fans, generator)
 
 
 @torch.no_grad()
@@ -165,10 +161,7 @@ def fractional_moment_normal_(
         >>> w = torch.empty(64, 64)
         >>> _ = fractional_moment_normal_(w, moment=0.8)    # the paper's ReLU setting
     """
-    theory._check_moment(moment, allow_zero=False)
-    d_in, d_out = _fans(tensor, fans)
-    std = theory.critical_scale(d_in, d_out, negative_slope, "gaussian", moment=moment)
-    return tensor.normal_(0.0, std, generator=generator)
+    return _draw_scheme_(tensor, "fractional", negative_slope, "gaussian", moment, fans, generator)
 
 
 @torch.no_grad()
@@ -180,8 +173,7 @@ def he_normal_(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """He (Kaiming, fan-in) Gaussian: ``sigma = sqrt(2 / ((1 + a^2) d_in))``."""
-    d_in, _ = _fans(tensor, fans)
-    return tensor.normal_(0.0, theory.he_scale(d_in, negative_slope), generator=generator)
+    return _draw_scheme_(tensor, "he", negative_slope, "gaussian", None, fans, generator)
 
 
 @torch.no_grad()
@@ -192,8 +184,7 @@ def glorot_normal_(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Glorot (Xavier) Gaussian: ``sigma = sqrt(2 / (d_in + d_out))``."""
-    d_in, d_out = _fans(tensor, fans)
-    return tensor.normal_(0.0, theory.glorot_scale(d_in, d_out), generator=generator)
+    return _draw_scheme_(tensor, "glorot", 0.0, "gaussian", None, fans, generator)
 
 
 @torch.no_grad()
@@ -345,6 +336,21 @@ def resolve_init(
         exponent=theory.lyapunov_exponent(d_in, d_out, negative_slope, scale, law),
         variance=theory.log_norm_variance(d_in, d_out, negative_slope, law),
     )
+
+
+def _draw_scheme_(
+    tensor: Tensor,
+    scheme: str,
+    negative_slope: float,
+    distribution: str,
+    moment: float | None,
+    fans: Fans | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """The per-tensor initializers: resolve ``scheme`` for the tensor's fans, then draw it."""
+    d_in, d_out = _fans(tensor, fans)
+    layer_init = resolve_init(scheme, d_in, d_out, negative_slope, distribution, moment)
+    return init_weight_(tensor, layer_init, generator=generator)
 
 
 @torch.no_grad()
