@@ -118,6 +118,11 @@ def _grid(d: int, a: float) -> np.ndarray:
     return np.arange(low, high + _STEP, _STEP)
 
 
+def _mean_q(d: int, a: float) -> float:
+    """E Q_{d,a} = d (1 + a^2) / 2 (unconditional)."""
+    return d * (1.0 + a * a) / 2.0
+
+
 def _log_m(x: np.ndarray, a: float) -> np.ndarray:
     """log m(x) to full relative precision, also where m(x) is close to 1 (x small)."""
     half_sum = np.expm1(-0.5 * np.log1p(2.0 * x)) + np.expm1(-0.5 * np.log1p(2.0 * a * a * x))
@@ -127,7 +132,7 @@ def _log_m(x: np.ndarray, a: float) -> np.ndarray:
 
 def _laplace_normalized_m1(t: np.ndarray, d: int, a: float) -> np.ndarray:
     """E exp(-t X) - 1 for X = Q_{d,a} / E Q (conditional on Q > 0 when a = 0)."""
-    x = t / (d * (1.0 + a * a) / 2.0)
+    x = t / _mean_q(d, a)
     if a == 0.0:
         # (m^d - 2^-d) / (1 - 2^-d) - 1 = (m^d - 1) / (1 - 2^-d), without overflow or cancellation
         return np.expm1(d * _log_m(x, a)) / -math.expm1(-d * math.log(2.0))
@@ -159,7 +164,7 @@ def expected_log_q(d: int, negative_slope: float) -> float:
     """
     d = _check_width("d", d)
     a = _check_slope(negative_slope)
-    return math.log(d * (1.0 + a * a) / 2.0) + _log_moments(d, a)[0]
+    return math.log(_mean_q(d, a)) + _log_moments(d, a)[0]
 
 
 def log_q_variance(d: int, negative_slope: float) -> float:
@@ -173,18 +178,20 @@ def log_q_variance(d: int, negative_slope: float) -> float:
 @lru_cache(maxsize=4096)
 def _moment(d: int, a: float, p: float) -> float:
     """E X^p for X = Q_{d,a} / E Q, 0 < p < 1 (unconditional: a dead layer contributes 0)."""
-    c = d * (1.0 + a * a) / 2.0
+    c = _mean_q(d, a)
     u = _grid(d, a)
     t = np.exp(u)
     x = t / c
-    # E[X e^{-tX}] = -d/dt m(t/c)^d = (d / (2c)) m^{d-1} ((1+2x)^{-3/2} + a^2 (1+2a^2 x)^{-3/2}) / c * c
+    # E[X e^{-tX}] = -d/dt m(t/c)^d = (d / (2c)) m(x)^{d-1} ((1+2x)^{-3/2} + a^2 (1+2a^2 x)^{-3/2}), x = t/c
     m_power = np.exp((d - 1) * _log_m(x, a)) if d > 1 else 1.0
     derivative = (d / (2.0 * c)) * m_power * (
         (1.0 + 2.0 * x) ** -1.5 + a * a * (1.0 + 2.0 * a * a * x) ** -1.5
     )
-    # below the grid, E[X e^{-tX}] = 1 - t E X^2 + O(t^2) with E X = 1: integrate that tail exactly
+    # below the grid, E[X e^{-tX}] = 1 - t E X^2 + O(t^2) with E X = 1: integrate that tail exactly;
+    # E X^2 = 1 + Var q / (d (E q)^2) for one coordinate q = phi(g)^2, E q^2 = 3 (1 + a^4) / 2
     t0 = t[0]
-    second = 1.0 + (3.0 * (1.0 + a**4) / 2.0 - ((1.0 + a * a) / 2.0) ** 2) / (d * ((1.0 + a * a) / 2.0) ** 2)
+    per_unit = _mean_q(1, a)
+    second = 1.0 + (1.5 * (1.0 + a**4) - per_unit**2) / (d * per_unit**2)
     tail = t0 ** (1.0 - p) / (1.0 - p) - second * t0 ** (2.0 - p) / (2.0 - p)
     body = _STEP * (float(np.sum(derivative * t ** (1.0 - p))) - 0.5 * float(derivative[0] * t0 ** (1.0 - p)))
     return (tail + body) / math.gamma(1.0 - p)
@@ -206,7 +213,7 @@ def moment_q(d: int, negative_slope: float, moment: float) -> float:
     d = _check_width("d", d)
     a = _check_slope(negative_slope)
     s = _check_moment(moment, allow_zero=False)
-    mean = d * (1.0 + a * a) / 2.0
+    mean = _mean_q(d, a)
     if s == 2.0:
         return mean
     return mean ** (s / 2.0) * _moment(d, a, s / 2.0)
