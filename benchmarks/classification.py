@@ -13,9 +13,7 @@ import math
 import os
 import struct
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,35 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks.common import spread
-from lightning_lyapunov import apply_init
+from benchmarks.common import Scheme, spread
 from lightning_lyapunov.data import MNIST1D
-from lightning_lyapunov.surgery import InitPlan
 
 Split = tuple[Tensor, Tensor]
 MNIST_ENV = "LYAPUNOV_MNIST_DIR"
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One initialization as the benchmarks name it: ``apply_init(model, scheme, distribution, moment)``."""
-
-    label: str
-    scheme: str
-    distribution: str = "gaussian"
-    moment: float | None = None
-
-    def apply(self, model: nn.Module, seed: int) -> InitPlan:
-        """Initialize ``model`` in place with the project's surgery, drawing from ``seed``."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "last layer has no activation": expected here
-            return apply_init(
-                model,
-                scheme=self.scheme,
-                distribution=self.distribution,
-                moment=self.moment,
-                generator=torch.Generator().manual_seed(seed),
-            )
 
 
 HE = Scheme("he", "he")

@@ -12,10 +12,16 @@ import csv
 import io
 import math
 import statistics
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_lyapunov import apply_init, sample_lyapunov_
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,6 +42,35 @@ class Report:
     findings: str
     figure: Any = None
     seconds: float = field(default=math.nan)
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One initialization as the benchmarks name it.
+
+    ``scheme``/``distribution``/``moment`` go to ``apply_init`` (``distribution`` matters only for
+    ``lyapunov`` and ``fractional``); ``sampled``: None, ``"network"`` (``sample_lyapunov_``, best of K
+    whole networks) or ``"layerwise"`` (``layerwise=True``).
+    """
+
+    label: str
+    scheme: str
+    distribution: str = "orthogonal"
+    moment: float | None = None
+    sampled: str | None = None
+
+    def apply(self, model: nn.Module, seed: int, probe: torch.Tensor | None = None) -> None:
+        """Initialize ``model`` in place with the project's surgery, drawing from ``seed``; sampled
+        schemes select on ``probe``. The plans' warnings (e.g. no activation after the last layer)
+        are expected here and silenced."""
+        generator = torch.Generator().manual_seed(seed)
+        kwargs = {"scheme": self.scheme, "distribution": self.distribution, "moment": self.moment}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.sampled is None:
+                apply_init(model, generator=generator, **kwargs)
+            else:
+                sample_lyapunov_(model, probe, layerwise=self.sampled == "layerwise", generator=generator, **kwargs)
 
 
 def spread(values: Iterable[float]) -> tuple[float, float, float]:

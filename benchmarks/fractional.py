@@ -21,7 +21,6 @@ from benchmarks.classification import (  # noqa: E402
     HE,
     LYAPUNOV_GAUSS,
     MNIST_ENV,
-    Scheme,
     mnist1d,
     mnist_from_env,
     plot_curves,
@@ -30,7 +29,7 @@ from benchmarks.classification import (  # noqa: E402
     setup_torch,
     summarize,
 )
-from benchmarks.common import Report  # noqa: E402
+from benchmarks.common import Report, Scheme  # noqa: E402
 from lightning_lyapunov import theory  # noqa: E402
 from lightning_lyapunov.models import DeepMLP  # noqa: E402
 

@@ -19,7 +19,6 @@ from torch import Tensor, nn  # noqa: E402
 
 from benchmarks.classification import (  # noqa: E402
     ALL_SCHEMES,
-    Scheme,
     at_init,
     iqr,
     lyapunov_verdict,
@@ -30,7 +29,7 @@ from benchmarks.classification import (  # noqa: E402
     setup_torch,
     summarize,
 )
-from benchmarks.common import Report, spread  # noqa: E402
+from benchmarks.common import Report, Scheme, spread  # noqa: E402
 from lightning_lyapunov.models import DeepMLP  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 32, 200, 128

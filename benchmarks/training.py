@@ -14,8 +14,8 @@ The runs are exactly independent: every loss is per run, the summed loss gives e
 gradient, and Adam is elementwise (``torch.optim.Adam`` semantics, L2 weight decay added to the
 gradient).
 
-The second half (:class:`Scheme`, :func:`initialize`, :func:`compare_schemes`, :func:`summary_rows`,
-:func:`comparison_figure`) is the protocol shared by the scheme-comparison benchmarks: initialize one
+The second half (:data:`SCHEMES` of ``benchmarks.common.Scheme``, :func:`initialize`,
+:func:`compare_schemes`, :func:`summary_rows`, :func:`comparison_figure`) is the protocol shared by the scheme-comparison benchmarks: initialize one
 ``nn.Module`` per (scheme, seed), train every learning rate of a small grid, pick each scheme's
 learning rate by the median final validation loss over seeds, report test numbers at that rate.
 
@@ -41,15 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_lyapunov.sampling import log_gain, sample_lyapunov_
-from lightning_lyapunov.surgery import apply_init
+from benchmarks.common import Scheme
+from lightning_lyapunov.sampling import log_gain
 
 __all__ = [
     "StackedMLP",
     "TrainResult",
     "train",
     "mse_loss",
-    "Scheme",
     "SCHEMES",
     "initialize",
     "select_lr",
@@ -266,21 +265,6 @@ def train(
 # the scheme-comparison protocol
 
 
-@dataclass(frozen=True)
-class Scheme:
-    """One initialization as the benchmarks name it.
-
-    ``scheme``/``distribution``/``moment`` go to ``apply_init``; ``sampled``: None, ``"network"``
-    (``sample_lyapunov_``, best of K whole networks) or ``"layerwise"`` (``layerwise=True``).
-    """
-
-    label: str
-    scheme: str
-    distribution: str = "orthogonal"
-    moment: float | None = None
-    sampled: str | None = None
-
-
 SCHEMES: tuple[Scheme, ...] = (
     Scheme("He", "he"),
     Scheme("Glorot", "glorot"),
@@ -300,12 +284,7 @@ def initialize(model: nn.Module, scheme: Scheme, probe: Tensor, seed: int) -> fl
     """Initialize ``model`` in place by ``scheme`` (draws from ``torch.Generator().manual_seed(seed)``;
     sampled schemes select on ``probe``); return the measured log-gain ``mean_b log r(model(x_b)) -
     log r(x_b)`` on ``probe`` (``r(v) = ||v|| / sqrt(dim)``, see ``sampling.log_gain``)."""
-    generator = torch.Generator().manual_seed(seed)
-    kwargs = {"scheme": scheme.scheme, "distribution": scheme.distribution, "moment": scheme.moment}
-    if scheme.sampled is None:
-        apply_init(model, generator=generator, **kwargs)
-    else:
-        sample_lyapunov_(model, probe, layerwise=scheme.sampled == "layerwise", generator=generator, **kwargs)
+    scheme.apply(model, seed, probe)
     with torch.no_grad():
         return log_gain(probe, model(probe))
 
