@@ -261,12 +261,12 @@ def _no_layer_error(model: nn.Module, skipped: list[tuple[str, str]], include: P
 
 
 def check_plan_arguments(
-    scheme: str = "lyapunov",
-    distribution: str = "orthogonal",
-    moment: float | None = None,
-    negative_slope: SlopeOverride = None,
-    include: Patterns = None,
-    exclude: Patterns = None,
+    scheme: str,
+    distribution: str,
+    moment: float | None,
+    negative_slope: SlopeOverride,
+    include: Patterns,
+    exclude: Patterns,
 ) -> tuple[float | list[tuple[re.Pattern[str], float]] | None, list[re.Pattern[str]], list[re.Pattern[str]]]:
     """Validate :func:`plan_init`'s arguments without a model (e.g. in a callback's ``__init__``).
 
