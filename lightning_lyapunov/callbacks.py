@@ -191,8 +191,9 @@ class LyapunovInit(Callback):
         if not trainer.loggers:
             rank_zero_warn("LyapunovInit: no logger, so the signal diagnostics are measured but not logged")
             return
+        predicted = _predicted_scalars(self.plan)
         for logger in trainer.loggers:
-            logger.log_metrics(_predicted_scalars(self.plan), step=0)
+            logger.log_metrics(predicted, step=0)
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_text("lyapunov/plan", _markdown(str(self.plan)), 0)
         if self.diagnostics and not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
@@ -235,8 +236,9 @@ class LyapunovInit(Callback):
         self.last_stats = stats
         step = self._last_step or 0
         self._warn_about(stats, step, check_exponent=first)
+        scalars = stats.to_scalars()
         for logger in trainer.loggers:
-            logger.log_metrics(stats.to_scalars(), step=step)
+            logger.log_metrics(scalars, step=step)
         if first:
             self._log_distributions(trainer, stats, step)
 
