@@ -247,17 +247,21 @@ class LyapunovInit(Callback):
             self._log_distributions(trainer, self.last_stats, self._last_step)
 
     def _log_distributions(self, trainer: Trainer, stats: SignalStats, step: int) -> None:
-        for logger in trainer.loggers:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
-            writer = logger.experiment
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers:
+            return
+        figure = _depth_figure(stats, self.plan)
+        for writer in writers:
             for name, values in stats.log_norms.items():
                 finite = values[np.isfinite(values)]
                 if finite.size:
                     writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
-            figure = _depth_figure(stats, self.plan)
             if figure is not None:
-                writer.add_figure("lyapunov/log_norm_vs_depth", figure, step)
+                writer.add_figure("lyapunov/log_norm_vs_depth", figure, step, close=False)
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
 
     def _warn_about(self, stats: SignalStats, step: int, check_exponent: bool) -> None:
         table = stats.as_dict()
