@@ -299,13 +299,17 @@ def resolve_init(
     negative_slope: float,
     distribution: str = "orthogonal",
     moment: float | None = None,
+    *,
+    drawn_in: int | None = None,
 ) -> LayerInit:
     """Resolve a named scheme for a layer with fans ``(d_in, d_out)`` and activation slope ``a``.
 
     ``"lyapunov"`` and ``"fractional"`` draw from ``distribution`` at
     :func:`theory.critical_scale` (moment 0, or ``moment``); ``"he"`` and ``"glorot"`` are
     Gaussian, ``"orthogonal"`` Haar with gain ``sqrt(2 / (1 + a^2))``, ``"stiefel"`` gain 1 and
-    ``"zero"`` deterministic (these ignore ``distribution``).
+    ``"zero"`` deterministic (these ignore ``distribution``). ``drawn_in``: the column count of the
+    drawn matrix when an output sees only ``d_in`` of them (transposed convs, see
+    :func:`theory.lyapunov_exponent`); it changes the orthogonal scale and prediction only.
 
     Example::
 
@@ -319,7 +323,9 @@ def resolve_init(
         return LayerInit(scheme, "zero", None, None, None)
     if scheme in ("lyapunov", "fractional"):
         s = 0.0 if scheme == "lyapunov" else float(moment)
-        drawn, scale = distribution, theory.critical_scale(d_in, d_out, negative_slope, distribution, s)
+        drawn, scale = distribution, theory.critical_scale(
+            d_in, d_out, negative_slope, distribution, s, drawn_in=drawn_in
+        )
     elif scheme == "he":
         drawn, scale = "gaussian", theory.he_scale(d_in, negative_slope)
     elif scheme == "glorot":
@@ -333,8 +339,8 @@ def resolve_init(
         scheme=scheme,
         distribution=drawn,
         scale=scale,
-        exponent=theory.lyapunov_exponent(d_in, d_out, negative_slope, scale, law),
-        variance=theory.log_norm_variance(d_in, d_out, negative_slope, law),
+        exponent=theory.lyapunov_exponent(d_in, d_out, negative_slope, scale, law, drawn_in=drawn_in),
+        variance=theory.log_norm_variance(d_in, d_out, negative_slope, law, drawn_in=drawn_in),
     )
 
 

@@ -14,7 +14,9 @@ Fans (DESIGN section 3): a layer maps ``d_in`` inputs to ``d_out`` outputs per l
 * ConvTransposeNd: the weight ``(C_in, C_out / groups, *kernel)`` is drawn per group in conv layout
   (``weight.transpose(0, 1)``); each output location receives about ``prod(kernel) / prod(stride)``
   taps per input channel, so ``d_in = max(1, round(C_in / groups * prod(kernel) / prod(stride)))``,
-  ``d_out = C_out / groups``.
+  ``d_out = C_out / groups``. The orthogonal draw's scale and prediction use the drawn matrix's
+  ``C_in / groups * prod(kernel)`` columns (``drawn_in``, :func:`lightning_lyapunov.theory.lyapunov_exponent`):
+  with stride 2 in 2-d, ``d_in`` alone under-predicts the gain by ``log 2`` per layer.
 
 Left alone, and listed in ``plan.skipped``: embeddings, norm layers, attention (everything inside
 ``nn.MultiheadAttention``, its out-projection included), any other parametrized module, layers not
@@ -223,6 +225,13 @@ def _fans(module: nn.Module) -> tuple[int, int, int]:
     return c_in * kernel, c_out, groups
 
 
+def _drawn_in(module: nn.Module) -> int | None:
+    """Columns of a transposed conv's drawn matrix (``C_in / groups * prod(kernel)``), else None."""
+    if isinstance(module, _TRANSPOSED):
+        return module.in_channels // module.groups * math.prod(module.kernel_size)
+    return None
+
+
 def _discover(
     model: nn.Module, include: list[re.Pattern[str]], exclude: list[re.Pattern[str]]
 ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
@@ -333,7 +342,8 @@ def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, scheme: str, dist
                 moment: float | None) -> LayerPlan:
     d_in, d_out, groups = _fans(module)
     try:
-        layer_init = _init.resolve_init(scheme, d_in, d_out, info.slope, distribution=distribution, moment=moment)
+        layer_init = _init.resolve_init(scheme, d_in, d_out, info.slope, distribution=distribution, moment=moment,
+                                        drawn_in=_drawn_in(module))
     except ValueError as error:
         raise ValueError(f"layer {name!r} (d_in={d_in}, d_out={d_out}, slope={info.slope:g}): {error}") from error
     bias = module.bias

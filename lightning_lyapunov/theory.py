@@ -245,9 +245,14 @@ def _log_chi2(d: int) -> float:
     return math.log(2.0) + float(special.digamma(d / 2.0))
 
 
-def _orthogonal_offset(d_in: int, d_out: int) -> float:
+def _drawn_width(d_in: int, d_out: int, drawn_in: int | None) -> int:
+    """``max(D_in, d_out)``: the larger side of the drawn orthogonal matrix (``D_in = drawn_in or d_in``)."""
+    return max(d_in if drawn_in is None else _check_width("drawn_in", drawn_in), d_out)
+
+
+def _orthogonal_offset(d_in: int, d_out: int, drawn_in: int | None = None) -> float:
     """E log ||phi(O x)||^2 - E log Q: the norm of the Gaussian vector that O replaces."""
-    return -_log_chi2(max(d_in, d_out))
+    return -_log_chi2(_drawn_width(d_in, d_out, drawn_in))
 
 
 def lyapunov_exponent(
@@ -256,6 +261,8 @@ def lyapunov_exponent(
     negative_slope: float,
     scale: float,
     distribution: str = "gaussian",
+    *,
+    drawn_in: int | None = None,
 ) -> float:
     """Per-layer drift ``E log r(y) - log r(x)`` of the log-norm per unit.
 
@@ -265,8 +272,14 @@ def lyapunov_exponent(
 
     Haar orthogonal ``W = scale * O`` (orthonormal rows or columns)::
 
-        lambda = log scale + 1/2 E log Q_{d_out,a} - 1/2 (log 2 + digamma(max(d_in, d_out)/2))
+        lambda = log scale + 1/2 E log Q_{d_out,a} - 1/2 (log 2 + digamma(max(D_in, d_out)/2))
                  + 1/2 log(d_in / d_out)
+
+    ``D_in = drawn_in`` (default ``d_in``) is the column count of the drawn matrix when each output
+    sees only part of it: a transposed conv draws ``(d_out, C_in/groups * prod(kernel))`` but each
+    output location sees ``d_in ~ C_in/groups * prod(kernel) / prod(stride)`` of its columns. Those
+    columns of a matrix with orthonormal rows shrink a unit vector to ``Beta(d_out/2, (D_in - d_out)/2)``
+    in squared norm, so the offset uses ``D_in``, not ``d_in``.
 
     Example::
 
@@ -280,7 +293,7 @@ def lyapunov_exponent(
     _check_distribution(distribution)
     exponent = math.log(sigma) + 0.5 * expected_log_q(d_out, a) + 0.5 * math.log(d_in / d_out)
     if distribution == "orthogonal":
-        exponent += 0.5 * _orthogonal_offset(d_in, d_out)
+        exponent += 0.5 * _orthogonal_offset(d_in, d_out, drawn_in)
     return exponent
 
 
@@ -290,6 +303,8 @@ def critical_scale(
     negative_slope: float,
     distribution: str = "gaussian",
     moment: float = 0.0,
+    *,
+    drawn_in: int | None = None,
 ) -> float:
     """The weight scale that keeps the signal stable, per layer.
 
@@ -305,7 +320,8 @@ def critical_scale(
 
     The orthogonal case uses that ``||phi(g)|| / ||g||`` is independent of ``||g||``. ``s = 2``
     gives He, ``sqrt(2 / ((1 + a^2) d_in))``, and the orthogonal gain ``sqrt(2 / (1 + a^2))``
-    (times ``sqrt(max(d_in, d_out) / d_in)``).
+    (times ``sqrt(max(d_in, d_out) / d_in)``). ``drawn_in``: as in :func:`lyapunov_exponent`
+    (``D = max(drawn_in, d_out)`` for the orthogonal draw).
 
     Example::
 
@@ -318,7 +334,7 @@ def critical_scale(
     _check_distribution(distribution)
     s = _check_moment(moment)
     ratio = 0.5 * math.log(d_out / d_in)
-    big = max(d_in, d_out)
+    big = _drawn_width(d_in, d_out, drawn_in)
     if s == 0.0:
         log_scale = ratio - 0.5 * expected_log_q(d_out, a)
         if distribution == "orthogonal":
@@ -337,12 +353,14 @@ def log_norm_variance(
     d_out: int,
     negative_slope: float,
     distribution: str = "gaussian",
+    *,
+    drawn_in: int | None = None,
 ) -> float:
     """Per-layer variance ``s^2`` of the log-norm increment (the CLT variance, independent of scale).
 
     Gaussian: ``s^2 = 1/4 Var log Q_{d_out,a}``. Orthogonal: ``s^2 = 1/4 (Var log Q_{d_out,a} -
     trigamma(max(d_in, d_out)/2))``, because ``log Q = log(Q / ||g||^2) + log ||g||^2`` splits into
-    independent parts. After ``L`` layers ``log r(x_L) - log r(x_0) ~ N(L lambda, L s^2)``.
+    independent parts (``max(drawn_in, d_out)`` with ``drawn_in``, as in :func:`lyapunov_exponent`). After ``L`` layers ``log r(x_L) - log r(x_0) ~ N(L lambda, L s^2)``.
 
     Example::
 
@@ -355,7 +373,7 @@ def log_norm_variance(
     _check_distribution(distribution)
     variance = log_q_variance(d_out, a)
     if distribution == "orthogonal":
-        variance -= float(special.polygamma(1, max(d_in, d_out) / 2.0))
+        variance -= float(special.polygamma(1, _drawn_width(d_in, d_out, drawn_in) / 2.0))
     return max(variance, 0.0) / 4.0
 
 
