@@ -8,24 +8,19 @@ local idx files, never downloaded) and the curve plot with median and interquart
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
-import struct
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import Scheme, spread
-from lightning_lyapunov.data import MNIST1D
+from lightning_lyapunov.data import MNIST1D, MNIST_ENV, MNIST_MEAN, MNIST_STD, read_mnist
 
 Split = tuple[Tensor, Tensor]
-MNIST_ENV = "LYAPUNOV_MNIST_DIR"
 
 
 HE = Scheme("he", "he")
@@ -65,44 +60,13 @@ def mnist1d(num_samples: int = 5000, seed: int = 0) -> dict[str, Split]:
     return dict(data.splits)
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    _, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if dtype_code != 0x08:
-        raise ValueError(f"{path}: only unsigned-byte idx files are supported (type code {dtype_code:#x})")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _find_idx(directory: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
-        for candidate in (directory / name, directory / "raw" / name, directory / "MNIST" / "raw" / name):
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(
-        f"{MNIST_ENV}={directory}: no {stem}[.gz] there (nor in raw/ or MNIST/raw/); put the four standard "
-        "MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte, optionally gzipped) in that directory."
-    )
-
-
 def mnist_from_env() -> dict[str, Split] | None:
-    """MNIST from the idx files in ``$LYAPUNOV_MNIST_DIR`` (None when the variable is unset), pixels
-    scaled to [0, 1] and standardized with the usual mean 0.1307 and std 0.3081, flattened to 784.
-    Nothing is downloaded."""
-    value = os.environ.get(MNIST_ENV)
-    if not value:
+    """MNIST from the idx files in ``$LYAPUNOV_MNIST_DIR`` (None when the variable is unset), read by
+    ``lightning_lyapunov.data.read_mnist``, pixels scaled to [0, 1] and standardized with the usual
+    mean 0.1307 and std 0.3081, flattened to 784. Nothing is downloaded."""
+    if not os.environ.get(MNIST_ENV):
         return None
-    directory = Path(value).expanduser()
-    out = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = _read_idx(_find_idx(directory, f"{prefix}-images-idx3-ubyte"))
-        labels = _read_idx(_find_idx(directory, f"{prefix}-labels-idx1-ubyte"))
-        x = (torch.from_numpy(images.astype(np.float32)).flatten(1) / 255 - 0.1307) / 0.3081
-        out[split] = (x, torch.from_numpy(labels.astype(np.int64)))
-    return out
+    return {split: ((x.float().flatten(1) / 255 - MNIST_MEAN) / MNIST_STD, y) for split, (x, y) in read_mnist().items()}
 
 
 # ------------------------------------------------------------------------------------- training

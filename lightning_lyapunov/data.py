@@ -1,5 +1,6 @@
 """Benchmark data modules. Nothing downloads at run time (except CIFAR-10 through torchvision,
-and only when torchvision imports and the local copy is missing).
+and only when torchvision imports and the local copy is missing; MNIST is only ever read from a
+local directory of the four standard idx files).
 
 Every data module keeps its whole data set as tensors (``TensorDataset``), draws everything from
 its ``seed`` (data, splits and the training shuffle order) and exposes the shapes the models need
@@ -20,9 +21,12 @@ Example::
 from __future__ import annotations
 
 import functools
+import gzip
 import math
+import os
 import pickle
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,10 @@ __all__ = [
     "GaussianMixtureScore",
     "MNIST1D",
     "Digits",
+    "MNIST",
+    "read_idx",
+    "read_mnist",
+    "MNIST_ENV",
     "CIFAR10",
     "random_crop_flip",
     "read_cifar10",
@@ -386,6 +394,130 @@ class Digits(_TensorDataModule):
 
 
 # ---------------------------------------------------------------------------------------------
+# MNIST (local idx files)
+
+MNIST_ENV = "LYAPUNOV_MNIST_DIR"
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one idx file (the MNIST format; gzipped when the name ends in ``.gz``): magic
+    ``0x00 0x00 <type> <ndim>``, then ``ndim`` big-endian uint32 sizes, then the data, row-major.
+
+    Example::
+
+        images = read_idx("mnist/train-images-idx3-ubyte.gz")   # uint8 (60000, 28, 28)
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an idx file: it must start with 0x00 0x00 <type code> <ndim>, "
+                         f"found {raw[:4].hex(' ')!r}. Pass the (optionally gzipped) MNIST idx files.")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    expected = 4 + 4 * ndim + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ValueError(f"{path}: the header announces shape {shape} ({expected} bytes) but the file has "
+                         f"{len(raw)} bytes; the file is truncated or corrupt.")
+    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _mnist_dir(root: str | Path | None) -> Path:
+    value = root if root is not None else os.environ.get(MNIST_ENV)
+    if not value:
+        raise FileNotFoundError(
+            f"MNIST directory not given: pass root=... or set {MNIST_ENV} to a folder holding the four "
+            "standard idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+            "t10k-labels-idx1-ubyte, optionally .gz). Nothing is downloaded."
+        )
+    return Path(value).expanduser()
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        for candidate in (directory / name, directory / "raw" / name, directory / "MNIST" / "raw" / name):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(
+        f"MNIST not found: no {stem}[.gz] in {directory} (nor in raw/ or MNIST/raw/). Put the four standard "
+        "MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        f"t10k-labels-idx1-ubyte, optionally gzipped) there, or point root= / {MNIST_ENV} at their folder."
+    )
+
+
+def read_mnist(directory: str | Path | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """Read MNIST from the idx files in ``directory`` (default ``$LYAPUNOV_MNIST_DIR``):
+    ``{"train": (uint8 (60000, 28, 28), int64 (60000,)), "test": (... 10000 ...)}``.
+
+    Example::
+
+        arrays = read_mnist("/data/mnist")      # holds train-images-idx3-ubyte.gz, ...
+    """
+    root = _mnist_dir(directory)
+    out = {}
+    for split, (images_name, labels_name) in _MNIST_FILES.items():
+        images = read_idx(_find_idx(root, images_name))
+        labels = read_idx(_find_idx(root, labels_name))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match "
+                             "(expected (N, rows, cols) and (N,)).")
+        out[split] = (torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+    return out
+
+
+class MNIST(_TensorDataModule):
+    """MNIST from a local directory of the four standard idx files (optionally gzipped), kept whole
+    as float32 tensors ``(N, 1, 28, 28)`` scaled to [0, 1] and standardized with the usual mean
+    0.1307 and std 0.3081 (``DeepMLP`` flattens them to 784 features). ``val_size`` training
+    images (chosen with ``seed``) form the validation set; the test set is the official one.
+    Nothing is downloaded.
+
+    Args:
+        root: the idx files' folder (or its ``raw/`` / ``MNIST/raw/`` parent); default
+            ``$LYAPUNOV_MNIST_DIR``.
+        val_size: validation images split from the 60,000 training images.
+        batch_size, num_workers, seed: loader settings and the split seed.
+
+    Example::
+
+        data = MNIST(root="/data/mnist", val_size=5000)
+        data.setup()
+        x, y = next(iter(data.train_dataloader()))   # (64, 1, 28, 28) float32, (64,) int64
+    """
+
+    in_features = 784
+    in_channels = 1
+    num_classes = 10
+
+    def __init__(
+        self,
+        root: str | None = None,
+        val_size: int = 5000,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        self.root = root
+        self.val_size = require_int("val_size", val_size, 1)
+
+    def build(self) -> Splits:
+        arrays = {k: ((x.float().unsqueeze(1) / 255 - MNIST_MEAN) / MNIST_STD, y)
+                  for k, (x, y) in read_mnist(self.root).items()}
+        x, y = arrays["train"]
+        _check_holdout("val_size", self.val_size, len(x))
+        parts = _split((x, y), {"val": self.val_size, "train": len(x) - self.val_size}, self.seed)
+        return {"train": parts["train"], "val": parts["val"], "test": arrays["test"]}
+
+
+# ---------------------------------------------------------------------------------------------
 # CIFAR-10
 
 
@@ -481,7 +613,8 @@ class CIFAR10(_TensorDataModule):
 
     Args:
         root: data directory.
-        val_size: validation images split from the training set with ``seed``.
+        val_size: validation images split from the training set with ``seed``; default (None):
+            5000 of the real 50,000, a tenth of ``synthetic_size`` with ``synthetic=True``.
         augment: random crop + flip on training batches.
         synthetic: use random data (``synthetic_size`` training images, a fifth of that for test).
         synthetic_size: number of synthetic training images (before the validation split).
@@ -500,7 +633,7 @@ class CIFAR10(_TensorDataModule):
     def __init__(
         self,
         root: str = "data",
-        val_size: int = 5000,
+        val_size: int | None = None,
         augment: bool = True,
         synthetic: bool = False,
         synthetic_size: int = 2048,
@@ -510,10 +643,12 @@ class CIFAR10(_TensorDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = Path(root).expanduser()
+        self.synthetic_size = require_int("synthetic_size", synthetic_size, 2)
+        if val_size is None:
+            val_size = max(1, synthetic_size // 10) if synthetic else 5000
         self.val_size = require_int("val_size", val_size, 1)
         self.augment = augment
         self.synthetic = synthetic
-        self.synthetic_size = require_int("synthetic_size", synthetic_size, 2)
 
     def prepare_data(self) -> None:
         if self.synthetic or _find_cifar_dir(self.root) is not None:

@@ -183,3 +183,11 @@ def test_console_script_runs():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == theory.theory_table([2], [0.1]) + "\n"
+
+
+def test_cifar10_config_runs_with_synthetic_true_alone(tmp_path):
+    """`--data.init_args.synthetic=true` is the only override the smoke run needs (issue 10)."""
+    cli = LyapunovCLI(args=["fit", "-c", str(CONFIGS / "cifar10.yaml"), *_fast_args(tmp_path),
+                            "--data.init_args.synthetic=true"])
+    assert cli.trainer.state.status == TrainerStatus.FINISHED and cli.trainer.global_step == 1
+    assert {k: len(v[0]) for k, v in cli.datamodule.splits.items()} == {"train": 1844, "val": 204, "test": 409}

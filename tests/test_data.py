@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import random
 import sys
@@ -19,11 +20,15 @@ from lightning_lyapunov.data import (
     CIFAR10_STD,
     CIFAR10_URL,
     MNIST1D,
+    MNIST,
+    MNIST_ENV,
     Digits,
     GaussianMixtureScore,
     PolynomialRegression,
     random_crop_flip,
     read_cifar10,
+    read_idx,
+    read_mnist,
 )
 
 SMALL = {
@@ -332,3 +337,86 @@ def test_cifar_augments_training_batches_only():
     assert module.seen["train"].shape == first_train.shape
     assert not torch.equal(module.seen["train"], first_train)
     assert all(_crop_params(a, b, 4) for a, b in zip(module.seen["train"], first_train))
+
+
+# ------------------------------------------------------------------------------ MNIST idx files
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` (uint8) as an idx file (gzipped when the name ends in .gz), as MNIST ships."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def _write_mnist(folder: Path, n_train: int = 30, n_test: int = 10, gz: bool = True) -> dict[str, tuple]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    suffix = ".gz" if gz else ""
+    written = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+        written[split] = (images, labels)
+    return written
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_round_trips_the_mnist_format(tmp_path, gz):
+    written = _write_mnist(tmp_path, gz=gz)
+    arrays = read_mnist(tmp_path)
+    for split in ("train", "test"):
+        x, y = arrays[split]
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64
+        assert np.array_equal(x.numpy(), written[split][0]) and np.array_equal(y.numpy(), written[split][1])
+    # byte layout: row-major pixels right after the 16-byte header (magic, count, rows, cols)
+    raw = gzip.decompress((tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes()) if gz else \
+        (tmp_path / "t10k-images-idx3-ubyte").read_bytes()
+    assert raw[:4] == bytes([0, 0, 8, 3]) and int.from_bytes(raw[4:8], "big") == 10
+    assert arrays["test"][0][2, 3, 5].item() == raw[16 + 2 * 784 + 3 * 28 + 5]
+
+
+def test_idx_reader_rejects_bad_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x08\x03\x00\x00" + bytes(16))
+    with pytest.raises(ValueError, match="not an idx file"):
+        read_idx(tmp_path / "bad")
+    _write_idx(tmp_path / "short", np.zeros((4, 28, 28), np.uint8))
+    (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-5])
+    with pytest.raises(ValueError, match="truncated"):
+        read_idx(tmp_path / "short")
+
+
+def test_mnist_datamodule_from_env_normalized_and_split(tmp_path, monkeypatch):
+    written = _write_mnist(tmp_path / "mnist" / "raw")
+    monkeypatch.setenv(MNIST_ENV, str(tmp_path / "mnist"))  # the raw/ subfolder is found too
+    data = MNIST(val_size=5, batch_size=4)
+    data.setup("fit")
+    sizes = {k: len(v[0]) for k, v in data.splits.items()}
+    assert sizes == {"train": 25, "val": 5, "test": 10}
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    expected = (written["test"][0][7] / 255 - 0.1307) / 0.3081
+    torch.testing.assert_close(data.splits["test"][0][7, 0], torch.tensor(expected, dtype=torch.float32))
+    train_val = torch.cat([data.splits["train"][1], data.splits["val"][1]])
+    assert sorted(train_val.tolist()) == sorted(written["train"][1].tolist())
+
+
+def test_mnist_missing_files_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv(MNIST_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=MNIST_ENV):
+        MNIST().setup()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        read_mnist(tmp_path)
+
+
+def test_cifar_default_validation_size_fits_the_synthetic_set():
+    data = CIFAR10(synthetic=True, synthetic_size=200)
+    data.setup()
+    assert {k: len(v[0]) for k, v in data.splits.items()} == {"train": 180, "val": 20, "test": 40}
+    assert CIFAR10().val_size == 5000
