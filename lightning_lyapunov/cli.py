@@ -13,14 +13,17 @@ LightningDataModule as ``model``/``data`` (``class_path`` + ``init_args``). The 
 switched on with ``trainer.callbacks`` (``class_path: lightning_lyapunov.LyapunovInit``) in the
 YAML file or ``--trainer.callbacks+=LyapunovInit`` on the command line; ``--trainer.callbacks.ARG=V``
 sets an argument of the last callback in the list. A value that a constructor rejects (a
-``ValueError``, e.g. ``--model.init_args.lr=-1``) is reported like a parse error: the message and
-exit status 2, no traceback.
+``ValueError``, e.g. ``--model.init_args.lr=-1``) or an argument it does not have (a typo) is
+reported like a parse error: one message and exit status 2, no traceback.
 
 ``plan`` takes the same arguments as ``fit``, builds the model (nothing is trained, no data is
 read) and prints :func:`~lightning_lyapunov.plan_init` with the settings of the config's last
 :class:`~lightning_lyapunov.LyapunovInit` callback (the defaults without one), overridden by
 ``--scheme``, ``--distribution``, ``--moment`` and ``--negative_slope``. ``theory`` is
 ``python -m lightning_lyapunov.theory``.
+
+This module imports neither torch nor Lightning: ``--help`` and ``theory`` start in a fraction of
+a second; the other commands load :mod:`lightning_lyapunov.lightning_cli`.
 
 Example (from Python; ``main`` returns instead of exiting on success)::
 
@@ -31,176 +34,45 @@ Example (from Python; ``main`` returns instead of exiting on success)::
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Optional
+from collections.abc import Sequence
+from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-from lightning_lyapunov.callbacks import LyapunovInit
-from lightning_lyapunov.init import DISTRIBUTIONS, SCHEMES
-
-__all__ = ["LyapunovCLI", "PlanCLI", "main"]
+__all__ = ["LyapunovCLI", "PlanCLI", "find_lyapunov_init", "main"]
 
 PROG = "lightning-lyapunov"
 DESCRIPTION = "Train deep narrow networks with LyapunovInit (LightningCLI), plan their init, or print the theory."
+LIGHTNING_COMMANDS = {
+    "fit": "Train a model (LightningCLI's fit).",
+    "validate": "Run one evaluation epoch over the validation set.",
+    "test": "Run one evaluation epoch over the test set.",
+    "predict": "Run inference on the predict set.",
+}
 EXTRA_COMMANDS = {
     "plan": "Print the initialization plan of a config's model (same arguments as fit); trains nothing.",
     "theory": "Print the theory table (Lyapunov exponents and critical scales by width and slope).",
 }
 USAGE = "%(prog)s [-h] [-c CONFIG] [--print_config[=flags]] [--KEY VALUE ...]"
-_PLAN_KEYS = ("scheme", "distribution", "moment", "negative_slope", "include", "exclude")
+_LAZY = ("LyapunovCLI", "PlanCLI", "find_lyapunov_init")
 
 
-def _parser_kwargs() -> dict[str, Any]:
-    """Main parser: name and description; subcommands: a one-line usage (the full one lists every
-    Trainer argument and buries the error message under it)."""
-    commands = LightningCLI.subcommands()
-    return {"prog": PROG, "description": DESCRIPTION, **{name: {"usage": USAGE} for name in commands}}
-
-
-class LyapunovCLI(LightningCLI):
-    """LightningCLI with any LightningModule / LightningDataModule as ``model`` / ``data``.
-
-    Constructor ``ValueError`` s (invalid config values) become parser errors: the message on
-    stderr and ``SystemExit(2)``, as for a value of the wrong type.
-
-    Example::
-
-        cli = LyapunovCLI(args=["-c", "configs/digits.yaml"], run=False)   # instantiate only
-        cli.trainer.callbacks                                               # [..., LyapunovInit, ...]
-    """
-
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
-        kwargs.setdefault("parser_kwargs", _parser_kwargs() if run else {})
-        super().__init__(
-            LightningModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=args,
-            run=run,
-            **kwargs,
-        )
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        # listed for --help only: main() dispatches them before LightningCLI parses anything
-        for name, description in EXTRA_COMMANDS.items():
-            parser._subcommands_action.add_subcommand(
-                name, LightningArgumentParser(description=description), help=description
-            )
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
-        # main() passes sys.argv[1:] on: no "args and command line arguments" warning
-        self.config = parser.parse_args(args)
-
-    def instantiate_classes(self) -> None:
-        try:
-            super().instantiate_classes()
-        except ValueError as error:
-            self._parser(self.subcommand).error(_config_error(error))
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        # before the Trainer, whose own check of duplicate stateful callbacks is less helpful
-        find_lyapunov_init(_callbacks(self._get(self.config_init, "trainer", default={})))
-        return super().instantiate_trainer(**kwargs)
-
-
-class PlanCLI(LyapunovCLI):
-    """The parser of ``fit`` (no subcommand) plus the plan's overrides; instantiates model and
-    callbacks only. :attr:`plan` is the :class:`~lightning_lyapunov.InitPlan`.
-
-    Example::
-
-        print(PlanCLI(args=["-c", "configs/polynomial.yaml", "--scheme", "he"]).plan)
-    """
-
-    def __init__(self, args: Sequence[str] | None = None) -> None:
-        super().__init__(
-            args=args,
-            run=False,
-            save_config_callback=None,
-            parser_kwargs={"prog": f"{PROG} plan", "description": EXTRA_COMMANDS["plan"], "usage": USAGE},
-        )
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        group = parser.add_argument_group("plan overrides (default: the LyapunovInit callback's settings)")
-        group.add_argument(
-            "--scheme",
-            type=Optional[Literal[SCHEMES]],
-            default=None,
-            help="initialization scheme",
-        )
-        group.add_argument(
-            "--distribution", type=Optional[Literal[DISTRIBUTIONS]], default=None,
-            help="weight distribution of the lyapunov and fractional schemes",
-        )
-        group.add_argument("--moment", type=Optional[float], default=None, help="moment s in (0, 2] (fractional)")
-        group.add_argument(
-            "--negative_slope", type=Optional[float], default=None,
-            help="slope in [0, 1] for every layer instead of the detected ones",
-        )
-
-    def instantiate_classes(self) -> None:
-        from lightning_lyapunov.surgery import plan_init
-
-        try:
-            instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # < 4.49
-            self.config_init = instantiate(self.config)
-            self.model = self.config_init.get("model")
-            callback = find_lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
-            settings = {key: getattr(callback, key) for key in _PLAN_KEYS} if callback else {}
-            settings.update({k: self.config[k] for k in _PLAN_KEYS if self.config.get(k) is not None})
-            self.plan = plan_init(self.model, **settings)
-        except ValueError as error:
-            self.parser.error(_config_error(error))
-
-
-def _callbacks(trainer_config: Mapping[str, Any]) -> list[Any]:
-    """``trainer.callbacks`` of an instantiated config as a list."""
-    callbacks = trainer_config.get("callbacks") or []
-    return callbacks if isinstance(callbacks, list) else [callbacks]
-
-
-def _config_error(error: BaseException) -> str:
-    """The message of the innermost ValueError in ``error``'s chain: jsonargparse wraps a
-    constructor's ValueError in "Does not validate against any of the Union subtypes ..."."""
-    innermost = error
-    cause = error.__cause__ or error.__context__
-    while cause is not None:
-        if isinstance(cause, ValueError):
-            innermost = cause
-        cause = cause.__cause__ or cause.__context__
-    return f"invalid configuration: {innermost}"
-
-
-def find_lyapunov_init(callbacks: Sequence[Any]) -> LyapunovInit | None:
-    """The :class:`~lightning_lyapunov.LyapunovInit` in ``callbacks``, or None.
-
-    Raises ValueError when there are several: each would re-initialize the model, and the last
-    one would win silently.
-
-    Example::
-
-        find_lyapunov_init([LyapunovInit(scheme="he")]).scheme   # "he"
-    """
-    found = [c for c in callbacks if isinstance(c, LyapunovInit)]
-    if len(found) > 1:
-        schemes = ", ".join(repr(c.scheme) for c in found)
-        raise ValueError(
-            f"trainer.callbacks has {len(found)} LyapunovInit callbacks (schemes {schemes}); keep one: "
-            "tune the config's callback with --trainer.callbacks.scheme=... instead of adding another "
-            "with --trainer.callbacks+=LyapunovInit"
-        )
-    return found[0] if found else None
+def help_text() -> str:
+    """The top-level ``--help``: the commands and where to find their arguments."""
+    commands = {**LIGHTNING_COMMANDS, **EXTRA_COMMANDS}
+    rows = "\n".join(f"    {name:<10}{text}" for name, text in commands.items())
+    return (
+        f"usage: {PROG} [-h] {{{','.join(commands)}}} ...\n\n{DESCRIPTION}\n\ncommands:\n{rows}\n\n"
+        f"Each command has its own --help, e.g.\n"
+        f"    {PROG} fit --help                                # every Trainer, model and data argument\n"
+        f"    {PROG} fit --trainer.callbacks.help LyapunovInit  # the callback's arguments\n"
+        f"    {PROG} fit -c configs/polynomial.yaml             # train with a config\n"
+    )
 
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``lightning-lyapunov``; ``args`` defaults to ``sys.argv[1:]``.
 
-    Returns on success (no ``sys.exit``); invalid arguments raise ``SystemExit(2)`` after printing
-    the problem.
+    Returns on success (no ``sys.exit``); ``--help`` raises ``SystemExit(0)``, invalid arguments
+    ``SystemExit(2)`` after printing the problem.
 
     Example::
 
@@ -208,14 +80,28 @@ def main(args: Sequence[str] | None = None) -> None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     command = argv[0] if argv else None
+    if command in (None, "-h", "--help"):
+        (sys.stdout if command else sys.stderr).write(help_text())
+        raise SystemExit(0 if command else 2)
     if command == "theory":
         from lightning_lyapunov import theory
 
-        theory.main(argv[1:], prog="lightning-lyapunov theory")
-    elif command == "plan":
-        print(PlanCLI(args=argv[1:]).plan)
+        theory.main(argv[1:], prog=f"{PROG} theory")
+        return
+    from lightning_lyapunov import lightning_cli
+
+    if command == "plan":
+        print(lightning_cli.PlanCLI(args=argv[1:]).plan)
     else:
-        LyapunovCLI(args=argv)
+        lightning_cli.LyapunovCLI(args=argv)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:  # the LightningCLI classes: imported on first use
+        from lightning_lyapunov import lightning_cli
+
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

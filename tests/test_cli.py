@@ -160,6 +160,8 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
         ("fit", "--trainer.callbacks+=LyapunovInit", "trainer.callbacks has 2 LyapunovInit callbacks"),
         ("fit", "--trainer.callbacks.moment=5", "got moment=5.0"),
         ("plan", "--scheme=kaiming", 'Parser key "scheme"'),
+        ("fit", "--trainer.callbacks.distributon=gaussian",
+         "error: unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?"),
     ],
 )
 def test_bad_values_are_rejected_readably(command, override, expected, capsys):
@@ -167,6 +169,29 @@ def test_bad_values_are_rejected_readably(command, override, expected, capsys):
     assert expected in err
     assert "Traceback" not in err
     assert len(err.splitlines()) < 20  # the message is not buried under the full usage
+
+
+def test_a_typo_in_a_config_file_names_the_argument_and_the_fix(tmp_path, capsys):
+    config = (CONFIGS / "polynomial.yaml").read_text().replace("distribution:", "distributon:")
+    path = tmp_path / "typo.yaml"
+    path.write_text(config)
+    err = _rejected(capsys, ["fit", "-c", str(path)])
+    assert "error: unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?" in err
+    assert "Union" not in err and len(err.splitlines()) <= 3
+
+
+def test_help_and_theory_start_without_lightning():
+    code = (
+        "import sys\n"
+        "from lightning_lyapunov.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "main(['theory', '--widths', '2', '--slopes', '0.1', '--depth', '3'])\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'jsonargparse') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "{fit,validate,test,predict,plan,theory}" in result.stdout and "| 2 | 0.1 |" in result.stdout
 
 
 def test_theory_command_prints_the_table(capsys):

@@ -1,0 +1,209 @@
+"""The Lightning half of the ``lightning-lyapunov`` command (see :mod:`lightning_lyapunov.cli`).
+
+:class:`LyapunovCLI` is LightningCLI with any LightningModule / LightningDataModule, constructor
+``ValueError`` s reported like parse errors, and an unknown constructor argument in a config
+reported as ``unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?``;
+:class:`PlanCLI` is ``lightning-lyapunov plan``. Imported only by the commands that need Lightning,
+so ``lightning-lyapunov --help`` and ``theory`` start without it.
+
+Example::
+
+    cli = LyapunovCLI(args=["-c", "configs/digits.yaml"], run=False)   # instantiate only
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Optional
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_lyapunov.callbacks import LyapunovInit
+from lightning_lyapunov.cli import DESCRIPTION, EXTRA_COMMANDS, PROG, USAGE
+from lightning_lyapunov.init import DISTRIBUTIONS, SCHEMES
+
+__all__ = ["LyapunovCLI", "PlanCLI", "find_lyapunov_init"]
+
+_PLAN_KEYS = ("scheme", "distribution", "moment", "negative_slope", "include", "exclude")
+
+
+def _parser_kwargs() -> dict[str, Any]:
+    """Main parser: name and description; subcommands: a one-line usage (the full one lists every
+    Trainer argument and buries the error message under it)."""
+    commands = LightningCLI.subcommands()
+    return {"prog": PROG, "description": DESCRIPTION, **{name: {"usage": USAGE} for name in commands}}
+
+
+_NOT_ACCEPTED = re.compile(r"Problem with given class_path '([\w.]+)':\s*\n\s*Option '([^']+)' is not accepted")
+
+
+def unknown_argument_message(message: str) -> str | None:
+    """``unknown argument 'X' of Class, did you mean 'Y'?`` for jsonargparse's union error about a
+    constructor argument that does not exist (a typo in a config), or None for other errors.
+
+    Only the first class path's problem counts: jsonargparse then tries the base class
+    (``lightning.Callback``), which accepts no argument at all."""
+    first = message.find("Problem with given class_path")
+    found = _NOT_ACCEPTED.match(message, first) if first >= 0 else None
+    if found is None:
+        return None
+    class_path, argument = found.groups()
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        parameters = list(inspect.signature(getattr(importlib.import_module(module_name), name)).parameters)
+    except Exception:  # noqa: BLE001 - the original message is still there to fall back on
+        return None
+    parameters = [p for p in parameters if p not in ("self", "args", "kwargs")]
+    close = difflib.get_close_matches(argument, parameters, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"its arguments are {', '.join(parameters)}"
+    return f"unknown argument {argument!r} of {name}, {hint}"
+
+
+class LyapunovArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose error for a misspelt constructor argument is one line."""
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        return super().error(unknown_argument_message(message) or message, ex)
+
+
+class LyapunovCLI(LightningCLI):
+    """LightningCLI with any LightningModule / LightningDataModule as ``model`` / ``data``.
+
+    Constructor ``ValueError`` s (invalid config values) become parser errors: the message on
+    stderr and ``SystemExit(2)``, as for a value of the wrong type.
+
+    Example::
+
+        cli = LyapunovCLI(args=["-c", "configs/digits.yaml"], run=False)   # instantiate only
+        cli.trainer.callbacks                                               # [..., LyapunovInit, ...]
+    """
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_kwargs", _parser_kwargs() if run else {})
+        kwargs.setdefault("parser_class", LyapunovArgumentParser)
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # listed for --help only: main() dispatches them before LightningCLI parses anything
+        for name, description in EXTRA_COMMANDS.items():
+            parser._subcommands_action.add_subcommand(
+                name, LyapunovArgumentParser(description=description), help=description
+            )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
+        # main() passes sys.argv[1:] on: no "args and command line arguments" warning
+        self.config = parser.parse_args(args)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            self._parser(self.subcommand).error(_config_error(error))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # before the Trainer, whose own check of duplicate stateful callbacks is less helpful
+        find_lyapunov_init(_callbacks(self._get(self.config_init, "trainer", default={})))
+        return super().instantiate_trainer(**kwargs)
+
+
+class PlanCLI(LyapunovCLI):
+    """The parser of ``fit`` (no subcommand) plus the plan's overrides; instantiates model and
+    callbacks only. :attr:`plan` is the :class:`~lightning_lyapunov.InitPlan`.
+
+    Example::
+
+        print(PlanCLI(args=["-c", "configs/polynomial.yaml", "--scheme", "he"]).plan)
+    """
+
+    def __init__(self, args: Sequence[str] | None = None) -> None:
+        super().__init__(
+            args=args,
+            run=False,
+            save_config_callback=None,
+            parser_kwargs={"prog": f"{PROG} plan", "description": EXTRA_COMMANDS["plan"], "usage": USAGE},
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        group = parser.add_argument_group("plan overrides (default: the LyapunovInit callback's settings)")
+        group.add_argument(
+            "--scheme",
+            type=Optional[Literal[SCHEMES]],
+            default=None,
+            help="initialization scheme",
+        )
+        group.add_argument(
+            "--distribution", type=Optional[Literal[DISTRIBUTIONS]], default=None,
+            help="weight distribution of the lyapunov and fractional schemes",
+        )
+        group.add_argument("--moment", type=Optional[float], default=None, help="moment s in (0, 2] (fractional)")
+        group.add_argument(
+            "--negative_slope", type=Optional[float], default=None,
+            help="slope in [0, 1] for every layer instead of the detected ones",
+        )
+
+    def instantiate_classes(self) -> None:
+        from lightning_lyapunov.surgery import plan_init
+
+        try:
+            instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # < 4.49
+            self.config_init = instantiate(self.config)
+            self.model = self.config_init.get("model")
+            callback = find_lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
+            settings = {key: getattr(callback, key) for key in _PLAN_KEYS} if callback else {}
+            settings.update({k: self.config[k] for k in _PLAN_KEYS if self.config.get(k) is not None})
+            self.plan = plan_init(self.model, **settings)
+        except ValueError as error:
+            self.parser.error(_config_error(error))
+
+
+def _callbacks(trainer_config: Mapping[str, Any]) -> list[Any]:
+    """``trainer.callbacks`` of an instantiated config as a list."""
+    callbacks = trainer_config.get("callbacks") or []
+    return callbacks if isinstance(callbacks, list) else [callbacks]
+
+
+def _config_error(error: BaseException) -> str:
+    """The message of the innermost ValueError in ``error``'s chain: jsonargparse wraps a
+    constructor's ValueError in "Does not validate against any of the Union subtypes ..."."""
+    innermost = error
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        if isinstance(cause, ValueError):
+            innermost = cause
+        cause = cause.__cause__ or cause.__context__
+    return f"invalid configuration: {innermost}"
+
+
+def find_lyapunov_init(callbacks: Sequence[Any]) -> LyapunovInit | None:
+    """The :class:`~lightning_lyapunov.LyapunovInit` in ``callbacks``, or None.
+
+    Raises ValueError when there are several: each would re-initialize the model, and the last
+    one would win silently.
+
+    Example::
+
+        find_lyapunov_init([LyapunovInit(scheme="he")]).scheme   # "he"
+    """
+    found = [c for c in callbacks if isinstance(c, LyapunovInit)]
+    if len(found) > 1:
+        schemes = ", ".join(repr(c.scheme) for c in found)
+        raise ValueError(
+            f"trainer.callbacks has {len(found)} LyapunovInit callbacks (schemes {schemes}); keep one: "
+            "tune the config's callback with --trainer.callbacks.scheme=... instead of adding another "
+            "with --trainer.callbacks+=LyapunovInit"
+        )
+    return found[0] if found else None
