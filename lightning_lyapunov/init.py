@@ -16,9 +16,9 @@ Example::
 
 The named schemes (``SCHEMES``) are resolved per layer by :func:`resolve_init` into a
 :class:`LayerInit` (what is drawn, at which scale, and what the theory predicts), which
-:func:`init_weight_` then draws. Sampled Lyapunov init works on a whole model and a probe batch:
-``init.sample_lyapunov_`` is :func:`lightning_lyapunov.sampling.sample_lyapunov_` (it needs the
-surgery's plan, so it lives there and is loaded on first use).
+:func:`init_weight_` then draws. Sampled Lyapunov init works on a whole model and a probe batch,
+so it is not a per-tensor initializer: use ``lightning_lyapunov.sample_lyapunov_`` (it builds on
+the surgery's plan, which builds on this module; ``init.sample_lyapunov_`` is no longer an alias).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ __all__ = [
     "lyapunov_orthogonal_",
     "orthogonal_",
     "resolve_init",
-    "sample_lyapunov_",
     "stiefel_orthogonal_",
     "validate_scheme",
     "zero_",
@@ -383,8 +382,9 @@ def init_weight_(
 
 
 def __getattr__(name: str):
-    if name == "sample_lyapunov_":  # sampling imports surgery, which imports this module
-        from lightning_lyapunov.sampling import sample_lyapunov_
-
-        return sample_lyapunov_
+    if name == "sample_lyapunov_":  # it builds on surgery's plan: importing it here made an import circle
+        raise AttributeError(
+            "lightning_lyapunov.init.sample_lyapunov_ moved: it initializes a whole model, not a tensor; "
+            "use `from lightning_lyapunov import sample_lyapunov_`"
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,10 @@ and ``output`` what ``forward(model, probe)`` returns.
   full forward passes.
 
 ``K`` defaults to ``ceil(2 sqrt(L))``. Probing runs in eval mode under ``torch.no_grad()`` (no
-dropout, no BatchNorm statistics updated) and restores every module's training flag.
+dropout, no BatchNorm statistics updated) and restores every module's training flag. Candidates are
+drawn and written through the plan (:meth:`InitPlan.draw`, :meth:`InitPlan.write`) inside
+:meth:`InitPlan.restoring`: an error in a probe pass (a probe of the wrong shape, a ``forward``
+that raises, an interrupt) leaves every weight, bias and the generator as they were.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .surgery import InitPlan, check_generator, draw_layer, draw_weights, plan_init, write_layer, write_weights
+from .surgery import InitPlan, LayerPlan, check_generator, plan_init
 
 __all__ = ["SamplingReport", "sample_lyapunov_", "log_gain"]
 
@@ -179,14 +182,12 @@ def sample_lyapunov_(
     count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"candidates={candidates!r} must be an integer >= 1 (default: ceil(2 sqrt(layers)))")
-    batch = _default_probe(plan, generator) if probe is None else probe
-    runner = _Probe(model, plan, batch, forward or (lambda m, b: m(b)))
-    with _probing(model):
+    with plan.restoring(generator), _probing(model):
+        batch = _default_probe(plan, generator) if probe is None else probe
+        runner = _Probe(model, plan, batch, forward or (lambda m, b: m(b)))
         if layerwise:
             return _layerwise(plan, runner, count, generator)
-        scores = _keep_best(
-            count, lambda: draw_weights(plan, generator), lambda w: write_weights(plan, w), lambda: _score(runner.gain())
-        )
+        scores = _keep_best(count, lambda: plan.draw(generator), plan.write, lambda: _score(runner.gain()))
     chosen = _argmin(scores)
     return SamplingReport(scores, chosen, scores[chosen], statistics.median(scores), False, plan)
 
@@ -210,17 +211,16 @@ def _argmin(scores: list[float]) -> int:
     return min(range(len(scores)), key=scores.__getitem__)
 
 
+def _drawer(layer: LayerPlan, generator: torch.Generator | None) -> Callable[[], torch.Tensor]:
+    return lambda: layer.draw(generator)
+
+
 def _layerwise(plan: InitPlan, runner: _Probe, count: int, generator: torch.Generator | None) -> SamplingReport:
-    write_weights(plan, draw_weights(plan, generator))  # later layers need weights for the final check
+    plan.write(plan.draw(generator))  # later layers need weights for the final check
     layer_scores, layer_chosen = [], []
-    following = [layer.module for layer in plan.layers[1:]] + [None]
+    following: list[nn.Module | None] = [layer.module for layer in plan.layers[1:]] + [None]
     for layer, stop_before in zip(plan.layers, following):
-        scores = _keep_best(
-            count,
-            lambda: draw_layer(layer, generator),
-            lambda w: write_layer(layer, w),
-            lambda: _score(runner.gain(stop_before)),
-        )
+        scores = _keep_best(count, _drawer(layer, generator), layer.write, lambda: _score(runner.gain(stop_before)))
         layer_scores.append(scores)
         layer_chosen.append(_argmin(scores))
     scores = layer_scores[-1]

@@ -27,6 +27,7 @@ layer is set to 0 (a frozen bias is left alone, with a warning).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -34,7 +35,7 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -52,7 +53,11 @@ _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 @dataclass
 class LayerPlan:
-    """What ``apply_init`` does to one weight layer (``module`` is the layer itself)."""
+    """What ``apply_init`` does to one weight layer (``module`` is the layer itself).
+
+    ``shared_with``: the other layers whose weight is this very Parameter (tied weights): it is
+    drawn once, here, and their biases are zeroed too.
+    """
 
     name: str
     kind: str
@@ -65,14 +70,55 @@ class LayerPlan:
     init: _init.LayerInit
     zero_bias: bool
     transposed: bool = False
+    shared_with: tuple[str, ...] = ()
     module: nn.Module | None = field(default=None, repr=False, compare=False)
+    sharers: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (no module) for logging."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("module", "init")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("module", "sharers", "init")}
         out["shape"] = list(self.shape)
+        out["shared_with"] = list(self.shared_with)
         out["init"] = asdict(self.init)
         return out
+
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A new weight for this layer, drawn on the CPU in float32 (whatever the layer's dtype, so
+        the same generator gives the same weights, up to rounding, in every precision and on every
+        device); nothing is written.
+
+        Each group is drawn separately in conv layout; a transposed conv's group is drawn as
+        ``(C_out/groups, C_in/groups, *kernel)`` and stored transposed.
+        """
+        check_generator(generator)
+        dtype = torch.float32
+        with torch.no_grad():
+            out = torch.empty(self.shape, dtype=dtype)
+            rows = self.shape[0] // self.groups
+            for g in range(self.groups):
+                block = out[g * rows:(g + 1) * rows]
+                piece = torch.empty(block.transpose(0, 1).shape, dtype=dtype) if self.transposed else block
+                _init.init_weight_(piece, self.init, generator=generator)  # the scale already holds the fans
+                if self.transposed:
+                    block.copy_(piece.transpose(0, 1))
+        return out
+
+    def targets(self) -> list[torch.Tensor]:
+        """The tensors :meth:`write` writes over: the weight and every bias it zeroes."""
+        biases = [m.bias for m in (self.module, *self.sharers) if _zeroable_bias(m)] if self.zero_bias else []
+        return [self.module.weight, *biases]
+
+    def write(self, weight: torch.Tensor) -> None:
+        """Copy a drawn weight into the layer (to its device and dtype) and zero the biases.
+
+        Not all-or-nothing on its own: call it inside :meth:`InitPlan.restoring` (as
+        :meth:`InitPlan.write` does) so that an error restores what was written before it.
+        """
+        weight_tensor, *biases = self.targets()
+        with torch.no_grad():
+            weight_tensor.copy_(weight)
+            for bias in biases:
+                bias.zero_()
 
 
 @dataclass
@@ -105,6 +151,52 @@ class InitPlan:
         variances = [layer.init.variance for layer in self.layers]
         return None if any(v is None for v in variances) else math.sqrt(sum(variances))
 
+    def draw(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """New weights for every planned layer, drawn in plan order from one CPU generator (or
+        torch's default CPU generator); nothing is written. See :meth:`LayerPlan.draw`."""
+        check_generator(generator)
+        return [layer.draw(generator) for layer in self.layers]
+
+    def write(self, weights: Sequence[torch.Tensor]) -> None:
+        """Write drawn weights into every planned layer and zero their biases, all or nothing: on
+        any exception (``KeyboardInterrupt`` included) every weight and bias is restored."""
+        if len(weights) != len(self.layers):
+            raise ValueError(f"weights has {len(weights)} tensors for {len(self.layers)} planned layers")
+        with self.restoring():
+            for layer, weight in zip(self.layers, weights):
+                layer.write(weight)
+
+    @contextlib.contextmanager
+    def restoring(self, generator: torch.Generator | None = None) -> Iterator[None]:
+        """Context: on any exception inside it (``KeyboardInterrupt`` included), put back every tensor
+        the plan writes (weights and zeroed biases, copied on entry) and the state of ``generator``
+        (torch's default CPU generator when None), then re-raise. Nested uses copy only once.
+
+        Example::
+
+            with plan.restoring(generator):
+                plan.write(plan.draw(generator))
+                check(model)   # raising here leaves the model and the generator as they were
+        """
+        check_generator(generator)
+        if getattr(self, "_restoring", False):
+            yield
+            return
+        rng = generator if generator is not None else torch.default_generator
+        rng_state = rng.get_state()
+        targets = list({id(t): t for layer in self.layers for t in layer.targets()}.values())
+        with torch.no_grad():
+            saved = [t.detach().clone() for t in targets]
+        self._restoring = True
+        try:
+            yield
+        except BaseException:
+            _restore(targets, saved)
+            rng.set_state(rng_state)
+            raise
+        finally:
+            self._restoring = False
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values for logging (JSON/YAML serializable)."""
         return {
@@ -120,7 +212,7 @@ class InitPlan:
 
     def __str__(self) -> str:
         header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "draw", "scale",
-                  "exponent", "variance")
+                  "exponent", "variance", "shared with")
         rows = [header] + [_row(i, layer) for i, layer in enumerate(self.layers)]
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         lines = [
@@ -155,7 +247,23 @@ def _row(index: int, layer: LayerPlan) -> tuple[str, ...]:
     groups = f" g={layer.groups}" if layer.groups > 1 else ""
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
             str(layer.d_out), f"{layer.negative_slope:g}", layer.slope_source, layer.init.distribution,
-            _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance))
+            _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance),
+            ", ".join(layer.shared_with) or "-")
+
+
+def _restore(targets: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    """Copy saved values back; a tensor that cannot be written (the cause of the error) was not."""
+    with torch.no_grad():
+        for tensor, value in zip(targets, saved):
+            try:
+                tensor.copy_(value)
+            except Exception:  # noqa: BLE001 - unwritable, hence unchanged; the original error propagates
+                pass
+
+
+def _zeroable_bias(module: nn.Module) -> bool:
+    bias = getattr(module, "bias", None)
+    return isinstance(bias, torch.Tensor) and bias.requires_grad
 
 
 def _patterns(argument: str, value: Patterns) -> list[re.Pattern[str]]:
@@ -199,7 +307,17 @@ def _override(name: str, overrides: float | list[tuple[re.Pattern[str], float]] 
 
 
 def _unusable(module: nn.Module) -> str | None:
-    """Why a weight layer's parameters cannot be initialized now (lazy, meta, frozen), or None."""
+    """Why a weight layer's parameters cannot be initialized now (lazy, meta, frozen), or None.
+
+    A weight that is not a registered Parameter (parametrizations, legacy ``weight_norm``'s
+    ``weight_g``/``weight_v`` and ``spectral_norm``'s ``weight_orig``) is refused before it is read:
+    reading a parametrized weight runs the parametrization (a spectral norm's power iteration).
+    """
+    if parametrize.is_parametrized(module, "weight") or not isinstance(module._parameters.get("weight"), nn.Parameter):
+        return (
+            "parametrized weight (weight_norm, spectral_norm, ...): the stored tensor is not the weight, "
+            "an init written into it would be lost at the next forward"
+        )
     weight = module.weight
     if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
         return "lazy module with uninitialized parameters: run one forward pass before initializing"
@@ -209,8 +327,6 @@ def _unusable(module: nn.Module) -> str | None:
         return "meta parameter: materialize it first (model.to_empty(device=...))"
     if not weight.requires_grad:
         return "frozen weight (requires_grad=False): left alone"
-    if parametrize.is_parametrized(module, "weight") or hasattr(module, "weight_orig"):
-        return "parametrized weight (weight_norm, spectral_norm, ...): the stored tensor is not the weight"
     return None
 
 
@@ -255,7 +371,36 @@ def _discover(
         elif any(True for _ in module.parameters(recurse=False)) and not below_attention:
             kind = type(module).__name__
             skipped.append((name or "<root>", f"{kind}: not a Linear/Conv weight layer, left alone"))
-    return eligible, skipped, warnings_
+    eligible, tied_warnings = _tied(model, eligible, skipped)
+    return eligible, skipped, warnings_ + tied_warnings
+
+
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """id(parameter) -> the qualified names of the modules that hold it (tied weights: several)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        for parameter in module._parameters.values():
+            if parameter is not None:
+                owners.setdefault(id(parameter), []).append(name or "<root>")
+    return owners
+
+
+def _tied(model: nn.Module, eligible: list[str], skipped: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Identify parameters by identity: a weight layer whose weight is also held by a module that the
+    plan leaves alone (a tied embedding, an excluded layer) is left alone too (appended to
+    ``skipped``). Returns the layers kept and the warnings."""
+    owners, planned, kept, warnings_ = _owners(model), set(eligible), [], []
+    modules = dict(model.named_modules())
+    for name in eligible:
+        alone = [o for o in owners[id(modules[name].weight)] if o not in planned]
+        if alone:
+            reason = f"shared with {alone[0]!r} which is left alone"
+            skipped.append((name, reason))
+            warnings_.append(f"layer {name!r} skipped: its weight is {reason}")
+            planned.discard(name)
+        else:
+            kept.append(name)
+    return kept, warnings_
 
 
 def _no_layer_error(model: nn.Module, skipped: list[tuple[str, str]], include: Patterns, exclude: Patterns) -> None:
@@ -322,20 +467,38 @@ def plan_init(
     slopes, order, model_warnings = detect_slopes(model, eligible)
     warnings_ += model_warnings
     modules = dict(model.named_modules())
-    layers = []
+    layers: list[LayerPlan] = []
+    drawn: dict[int, LayerPlan] = {}  # id(weight) -> the layer that draws it (the first in forward order)
     for name in order:
         module = modules[name]
         forced = _override(name, overrides)
         info = SlopeInfo(forced, "override") if forced is not None else slopes[name]
         if info.warning:
             warnings_.append(info.warning)
-        layers.append(_layer_plan(name, module, info, scheme, distribution, moment))
         if module.bias is not None and not module.bias.requires_grad:
             warnings_.append(f"layer {name!r}: frozen bias left alone (the schemes assume a zero bias)")
+        first = drawn.get(id(module.weight))
+        if first is not None:
+            _share(first, name, module, info, warnings_)
+            continue
+        drawn[id(module.weight)] = _layer_plan(name, module, info, scheme, distribution, moment)
+        layers.append(drawn[id(module.weight)])
     plan = InitPlan(scheme, distribution, moment, layers, skipped, warnings_)
     for message in warnings_:
         warnings.warn(message, stacklevel=2)
     return plan
+
+
+def _share(first: LayerPlan, name: str, module: nn.Module, info: SlopeInfo, warnings_: list[str]) -> None:
+    """``module`` holds the same weight Parameter as ``first``: drawn once, by ``first``."""
+    first.shared_with += (name,)
+    first.sharers += (module,)
+    if abs(info.slope - first.negative_slope) > 1e-12:
+        warnings_.append(
+            f"layer {name!r} shares its weight with {first.name!r} but is followed by slope {info.slope:g}, "
+            f"not {first.negative_slope:g}: the weight is drawn once, for {first.name!r}'s slope; pass "
+            f"negative_slope={{{first.name!r}: ...}} to choose"
+        )
 
 
 def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, scheme: str, distribution: str,
@@ -349,27 +512,7 @@ def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, scheme: str, dist
     bias = module.bias
     return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), d_in, d_out, groups, info.slope,
                      info.source, layer_init, bias is not None and bias.requires_grad,
-                     isinstance(module, _TRANSPOSED), module)
-
-
-def draw_layer(layer: LayerPlan, generator: torch.Generator | None = None) -> torch.Tensor:
-    """New weight for one planned layer, drawn on the CPU in float32 (whatever the layer's dtype, so
-    the same generator gives the same weights, up to rounding, in every precision and on every device).
-
-    Each group is drawn separately in conv layout; a transposed conv's group is drawn as
-    ``(C_out/groups, C_in/groups, *kernel)`` and stored transposed.
-    """
-    weight = layer.module.weight
-    dtype = torch.float32
-    out = torch.empty(weight.shape, dtype=dtype)
-    rows = weight.shape[0] // layer.groups
-    for g in range(layer.groups):
-        block = out[g * rows:(g + 1) * rows]
-        piece = torch.empty(block.transpose(0, 1).shape, dtype=dtype) if layer.transposed else block
-        _init.init_weight_(piece, layer.init, generator=generator)  # the scale already holds the fans
-        if layer.transposed:
-            block.copy_(piece.transpose(0, 1))
-    return out
+                     isinstance(module, _TRANSPOSED), module=module)
 
 
 def check_generator(generator: torch.Generator | None) -> None:
@@ -379,27 +522,6 @@ def check_generator(generator: torch.Generator | None) -> None:
             f"generator on {generator.device} is not supported: weights are drawn on the CPU for reproducibility "
             "and copied to the parameters' device; pass a torch.Generator() (CPU)"
         )
-
-
-def draw_weights(plan: InitPlan, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """New weights for every planned layer, drawn in plan order from one CPU generator."""
-    check_generator(generator)
-    with torch.no_grad():
-        return [draw_layer(layer, generator) for layer in plan.layers]
-
-
-@torch.no_grad()
-def write_layer(layer: LayerPlan, weight: torch.Tensor) -> None:
-    """Copy a drawn weight into its layer (to the layer's device and dtype) and zero its bias."""
-    layer.module.weight.copy_(weight)
-    if layer.zero_bias:
-        layer.module.bias.zero_()
-
-
-def write_weights(plan: InitPlan, weights: Sequence[torch.Tensor]) -> None:
-    """Copy drawn weights into every planned layer (see :func:`write_layer`)."""
-    for layer, weight in zip(plan.layers, weights, strict=True):
-        write_layer(layer, weight)
 
 
 def apply_init(
@@ -415,9 +537,10 @@ def apply_init(
     """Initialize ``model`` in place by :func:`plan_init`'s plan and return that plan.
 
     All-or-nothing: the plan is validated and every new weight drawn (on the CPU, in plan order,
-    from ``generator``, or torch's default CPU generator) before any parameter is written, so on
-    any error no weight has changed. The same seed or generator state gives bit-identical weights
-    on every device. Biases of planned layers are set to 0.
+    from ``generator``, or torch's default CPU generator) before any parameter is written, and what
+    is written over is copied first: on any error (``KeyboardInterrupt`` included) every weight,
+    bias and the generator's state are as before. The same seed or generator state gives
+    bit-identical weights on every device. Biases of planned layers are set to 0.
 
     Example::
 
@@ -425,8 +548,10 @@ def apply_init(
         plan = apply_init(model, scheme="lyapunov", generator=torch.Generator().manual_seed(0))
         plan.predicted_drift  # ~0: the log-norm neither grows nor shrinks with depth
     """
+    check_generator(generator)
     plan = plan_init(model, scheme, distribution, moment, negative_slope, include, exclude)
-    write_weights(plan, draw_weights(plan, generator))
+    with plan.restoring(generator):
+        plan.write(plan.draw(generator))
     return plan
 
 

@@ -156,9 +156,9 @@ def test_one_dimensional_tensor_is_rejected():
         init.lyapunov_normal_(torch.empty(5))
 
 
-def test_sampled_lyapunov_is_reachable_from_init():
-    from lightning_lyapunov.sampling import sample_lyapunov_
-
-    assert init.sample_lyapunov_ is sample_lyapunov_
+def test_init_does_not_import_sampling_and_names_where_sample_lyapunov_went():
+    # init -> sampling -> surgery -> init was an import circle; the alias now says where to look
+    with pytest.raises(AttributeError, match="from lightning_lyapunov import sample_lyapunov_"):
+        init.sample_lyapunov_
     with pytest.raises(AttributeError, match="no attribute 'kaiming_'"):
         init.kaiming_

@@ -59,3 +59,159 @@ def test_transposed_conv_measured_gain_matches_plan(stride: int, scheme: str, di
 
     measured, exponent = conv_gain(make, draws=12, size=10, scheme=scheme, distribution=distribution)
     assert measured == pytest.approx(exponent, abs=0.1), (measured, exponent)
+
+
+# --------------------------------------------------------------------------- shared (tied) weights
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in model.state_dict(keep_vars=True).items() if not torch.equal(v.detach(), before[k])]
+
+
+class TiedLM(nn.Module):
+    """Embedding tied to the output Linear (the usual language-model weight tying)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(self.emb(tokens))))
+
+
+def test_weight_tied_to_an_embedding_is_left_alone_and_the_plan_says_why() -> None:
+    model = TiedLM()
+    before = snapshot(model)
+    with pytest.warns(UserWarning, match="'head' skipped: its weight is shared with 'emb' which is left alone"):
+        plan = apply_init(model, generator=gen(0))
+    assert plan.layer_names == ["body"]
+    assert ("head", "shared with 'emb' which is left alone") in plan.skipped
+    assert "shared with 'emb' which is left alone" in str(plan)
+    assert changed(model, before) == ["body.weight", "body.bias"]  # emb.weight (= head.weight) untouched
+
+
+def test_two_layers_sharing_a_weight_are_drawn_once() -> None:
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.LeakyReLU(0.1), second, nn.LeakyReLU(0.1))
+    plan = quiet(apply_init, model, distribution="gaussian", generator=gen(3))
+    assert plan.layer_names == ["0"] and plan.layers[0].shared_with == ("2",)
+    assert plan.to_dict()["layers"][0]["shared_with"] == ["2"]
+    header, _, row = str(plan).splitlines()[1:4]
+    assert "shared with" in header and row.rstrip().endswith(" 2")
+    once = plan.layers[0].draw(gen(3))  # one draw from a fresh generator: what apply_init wrote
+    assert torch.equal(model[0].weight, once) and model[2].weight is model[0].weight
+    assert not model[0].bias.any() and not model[2].bias.any()  # both biases zeroed
+
+
+def test_layers_sharing_a_weight_with_different_slopes_warn() -> None:
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.LeakyReLU(0.1), second, nn.ReLU())
+    with pytest.warns(UserWarning, match="'2' shares its weight with '0' but is followed by slope 0"):
+        plan_init(model)
+
+
+# --------------------------------------------------------------------------- weight_norm / spectral_norm
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm. is deprecated:FutureWarning")
+def test_legacy_weight_norm_is_skipped_and_left_unchanged() -> None:
+    model = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(4, 4)), nn.ReLU(), nn.Linear(4, 2))
+    before = snapshot(model)
+    with pytest.warns(UserWarning, match="'0' skipped: parametrized weight"):
+        plan = apply_init(model, generator=gen(0))
+    assert plan.layer_names == ["2"]
+    assert changed(model, before) == ["2.weight", "2.bias"]  # weight_g, weight_v and the bias of '0' kept
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_planning_a_spectral_norm_model_in_train_mode_changes_nothing(legacy: bool) -> None:
+    spectral = torch.nn.utils.spectral_norm if legacy else torch.nn.utils.parametrizations.spectral_norm
+    model = nn.Sequential(spectral(nn.Linear(6, 6)), nn.ReLU(), nn.Linear(6, 2)).train()
+    before = snapshot(model)
+    plan = quiet(plan_init, model)
+    assert changed(model, before) == []  # the power iteration's u/v buffers included, bitwise
+    assert plan.layer_names == ["2"]
+    assert any(name == "0" and "parametrized weight" in reason for name, reason in plan.skipped)
+
+
+# --------------------------------------------------------------------------- all-or-nothing writes
+
+
+def chain() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 2))
+
+
+def inference_second() -> nn.Sequential:
+    model = chain()
+    with torch.inference_mode():
+        model[2] = nn.Linear(4, 4)  # an inference tensor: writing it outside inference mode raises
+    return model
+
+
+def expanded_second() -> nn.Sequential:
+    model = chain()
+    model[2].weight = nn.Parameter(torch.randn(1, 4).expand(4, 4))  # 4 rows on one memory location
+    return model
+
+
+@pytest.mark.parametrize(
+    "make, match", [(inference_second, "inference tensor"), (expanded_second, "single memory location")]
+)
+def test_a_failed_write_restores_every_weight_and_the_generator(make, match: str) -> None:
+    model, generator = make(), gen(5)
+    before, state = snapshot(model), generator.get_state()
+    with pytest.raises(RuntimeError, match=match):
+        quiet(apply_init, model, generator=generator)
+    assert changed(model, before) == []
+    assert torch.equal(generator.get_state(), state)  # a failed apply_init does not advance it
+
+
+def test_a_failed_write_with_the_default_generator_restores_its_state() -> None:
+    model = expanded_second()
+    state = torch.get_rng_state()
+    with pytest.raises(RuntimeError):
+        quiet(apply_init, model)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_an_interrupt_between_writes_restores_every_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = chain()
+    before, target, real_zero = snapshot(model), model[2].bias, torch.Tensor.zero_
+
+    def interrupted(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor is target:  # layer 0 written, layer 2's weight written, its bias not yet
+            raise KeyboardInterrupt
+        return real_zero(tensor)
+
+    monkeypatch.setattr(torch.Tensor, "zero_", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        quiet(apply_init, model, generator=gen(0))
+    monkeypatch.undo()
+    assert changed(model, before) == []
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_sampling_with_a_bad_probe_or_a_raising_forward_changes_nothing(layerwise: bool) -> None:
+    from lightning_lyapunov.sampling import sample_lyapunov_
+
+    def boom(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        out = model(batch)
+        raise ZeroDivisionError("forward failed")
+
+    for probe, forward, error in [(torch.randn(8, 5), None, RuntimeError), (torch.randn(8, 4), boom, ZeroDivisionError)]:
+        model, generator = chain(), gen(1)
+        before, state = snapshot(model), generator.get_state()
+        with pytest.raises(error):
+            quiet(sample_lyapunov_, model, probe, forward=forward, candidates=2, layerwise=layerwise,
+                  generator=generator)
+        assert changed(model, before) == []
+        assert torch.equal(generator.get_state(), state)
