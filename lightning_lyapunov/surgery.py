@@ -211,12 +211,29 @@ class InitPlan:
         }
 
     def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, warnings: bool = True, fold: int = 3) -> str:
+        """The plan as a table; ``print(plan)`` shows ``describe()``.
+
+        The header names what is drawn (``distribution`` is the weights' law of every layer,
+        e.g. ``'gaussian'`` for He whatever ``distribution=`` was given; ``moment`` only for
+        ``fractional``). ``fold``: runs of at least this many consecutive layers identical but for
+        their names are shown as one row (``3-38  net.6 ... net.76 (x36)  Linear  2x2 ...``; 0
+        shows every layer). ``warnings=False`` leaves out the plan's warnings (already emitted as
+        Python warnings by :func:`plan_init`).
+        """
         header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "draw", "scale",
                   "exponent", "variance", "shared with")
-        rows = [header] + [_row(i, layer) for i, layer in enumerate(self.layers)]
+        body = [_row(i, layer) for i, layer in enumerate(self.layers)]
+        if all(row[-1] == "-" for row in body):  # no tied weights: no column for them
+            header, body = header[:-1], [row[:-1] for row in body]
+        rows = [header] + _fold_rows(body, fold)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        draws = sorted({layer.init.distribution for layer in self.layers})
+        moment = f", moment={self.moment!r}" if self.scheme == "fractional" else ""
         lines = [
-            f"InitPlan: scheme={self.scheme!r}, distribution={self.distribution!r}, moment={self.moment!r}; "
+            f"InitPlan: scheme={self.scheme!r}, distribution={'/'.join(draws)!r}{moment}; "
             f"{len(self.layers)} layers, biases of planned layers set to 0"
         ]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -233,8 +250,26 @@ class InitPlan:
         for reason, names in by_reason.items():
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             lines.append(f"skipped {shown}: {reason}")
-        lines += [f"warning: {message}" for message in self.warnings]
+        if warnings:
+            lines += [f"warning: {message}" for message in self.warnings]
         return "\n".join(lines)
+
+
+def _fold_rows(rows: list[tuple[str, ...]], fold: int) -> list[tuple[str, ...]]:
+    """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one."""
+    out: list[tuple[str, ...]] = []
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and rows[end][2:] == rows[start][2:]:
+            end += 1
+        if fold and end - start >= fold:
+            first, last = rows[start], rows[end - 1]
+            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {last[1]} (x{end - start})", *first[2:]))
+        else:
+            out += rows[start:end]
+        start = end
+    return out
 
 
 def _fmt(value: float | None) -> str:

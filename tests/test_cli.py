@@ -96,7 +96,7 @@ def test_validate_subcommand_runs(tmp_path):
 
 def test_plan_prints_the_table_of_the_config_callback(capsys):
     out = _plan(capsys, "-c", str(CONFIGS / "polynomial.yaml"))
-    assert "InitPlan: scheme='lyapunov', distribution='orthogonal', moment=None; 41 layers" in out
+    assert "InitPlan: scheme='lyapunov', distribution='orthogonal'; 41 layers" in out
     assert "model.net.80" in out  # the output layer of the depth-40 net
     scale = theory.critical_scale(2, 2, 0.1, "orthogonal")
     assert f"  {scale:.4f}  " in out
