@@ -30,6 +30,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_lyapunov._checks import check_bool, check_choice, check_int
 from lightning_lyapunov.diagnostics import SignalMonitor, SignalStats
 from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments
 
@@ -96,14 +97,14 @@ class LyapunovInit(Callback):
     ) -> None:
         super().__init__()
         check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude)
-        if sampled not in (False, True, "network", "layerwise"):
-            raise ValueError(f"sampled must be False, True, 'network' or 'layerwise', got {sampled!r}")
+        check_choice("sampled", sampled, (False, True, "network", "layerwise"))
         if sampled and scheme == "zero":
             raise ValueError("sampled needs a random scheme; 'zero' is deterministic: use sampled=False")
-        if log_every_n_steps is not None and (isinstance(log_every_n_steps, bool) or log_every_n_steps < 1):
-            raise ValueError(f"log_every_n_steps must be an integer >= 1 or None, got {log_every_n_steps!r}")
-        if seed is not None and not 0 <= int(seed) < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63) or None, got {seed!r}")
+        check_bool("diagnostics", diagnostics)
+        check_int("log_every_n_steps", log_every_n_steps, minimum=1, allow_none=True,
+                  allowed="an integer >= 1 or None (None: the Trainer's log_every_n_steps)")
+        check_int("seed", seed, minimum=0, maximum=2**63 - 1, allow_none=True,
+                  allowed="an integer in [0, 2**63) or None (None: drawn from torch's global generator)")
         self.scheme = scheme
         self.distribution = distribution
         self.moment = moment

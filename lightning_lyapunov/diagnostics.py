@@ -69,6 +69,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_lyapunov._checks import check_bool, check_int, check_module, invalid
+
 __all__ = ["STAT_KEYS", "COLLAPSE_THRESHOLD", "SignalMonitor", "SignalStats", "signal_stats"]
 
 #: Names of the per-layer statistics, in the order of the rows of ``SignalStats.values``.
@@ -279,12 +281,18 @@ class SignalMonitor:
         defer_below: int = 1 << 18,
         persistent: bool = True,
     ) -> None:
+        check_module("model", model)
         if isinstance(layer_names, str):
             raise ValueError(
                 f"layer_names must be a sequence of module names, got the string {layer_names!r}; "
                 f"wrap it in a list: [{layer_names!r}]"
             )
+        if not isinstance(layer_names, Iterable):
+            invalid("layer_names", layer_names, "a sequence of module names")
         names = tuple(layer_names)
+        bad = [name for name in names if not isinstance(name, str)]
+        if bad:
+            invalid("layer_names", names, "a sequence of module names (str)", "use names from model.named_modules()")
         if not names:
             raise ValueError("layer_names is empty; pass at least one name from model.named_modules()")
         if len(set(names)) != len(names):
@@ -298,9 +306,10 @@ class SignalMonitor:
                 "(unknown name: close matches); use names from model.named_modules()"
             )
         self.names = names
-        self.training_only = training_only
-        self.defer_below = int(defer_below)
-        self.persistent = bool(persistent)
+        self.training_only = check_bool("training_only", training_only)
+        self.defer_below = check_int("defer_below", defer_below, minimum=0,
+                                     allowed="an integer >= 0 (a number of elements)")
+        self.persistent = check_bool("persistent", persistent)
         self._active = False
         self._removed = False
         # deferred captures: per (batch size, device) key a buffer (B, columns) holding the layers'

@@ -31,6 +31,14 @@ from scipy.linalg import hadamard
 from torch import Tensor
 
 from lightning_lyapunov import theory
+from lightning_lyapunov._checks import (
+    check_choice,
+    check_fans,
+    check_float,
+    check_generator,
+    check_tensor,
+    invalid,
+)
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -58,19 +66,21 @@ Fans = tuple[int, int]
 # ----------------------------------------------------------------------------- helpers
 
 
+def _check_weight(tensor: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A floating, non-empty weight of 2+ dimensions and a generator on its device (errors name the fix)."""
+    check_tensor("tensor", tensor)
+    check_generator("generator", generator, device=tensor.device)
+    return tensor
+
+
 def _fans(tensor: Tensor, fans: Fans | None) -> Fans:
     """(d_in, d_out) of a weight: the override, or (numel / size(0), size(0))."""
     if fans is not None:
-        return int(fans[0]), int(fans[1])
-    if tensor.dim() < 2:
-        raise ValueError(
-            f"a weight needs at least 2 dimensions (Linear or ConvNd layout), got shape {tuple(tensor.shape)}"
-        )
+        return check_fans("fans", fans)
     return tensor.numel() // tensor.size(0), tensor.size(0)
 
 
 def _matrix_shape(tensor: Tensor) -> tuple[int, int]:
-    _fans(tensor, None)  # checks the dimension
     return tensor.size(0), tensor.numel() // tensor.size(0)
 
 
@@ -198,8 +208,13 @@ def orthogonal_(
 
     Unlike :func:`torch.nn.init.orthogonal_` this also fills non-contiguous views.
     """
+    _check_weight(tensor, generator)
     rows, cols = _matrix_shape(tensor)
-    gain = theory.orthogonal_gain(negative_slope) if gain is None else float(gain)
+    if gain is None:
+        gain = theory.orthogonal_gain(negative_slope)
+    else:
+        theory._check_slope(negative_slope)
+        gain = check_float("gain", gain)
     return _write(tensor, _haar(rows, cols, tensor, generator), gain)
 
 
@@ -219,7 +234,7 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
         >>> torch.allclose(w.sum(1), torch.full((3,), (5 / 3) ** 0.5), atol=1e-5)
         True
     """
-    m, n = _matrix_shape(tensor)
+    m, n = _matrix_shape(_check_weight(tensor, generator))
     k = min(m, n)
     dtype = _work_dtype(tensor)
 
@@ -241,7 +256,7 @@ def zero_(tensor: Tensor) -> Tensor:
     ``c I* H_k I*`` with the Hadamard matrix ``H_k`` of size ``2^k``, ``k = ceil(log2 m)``,
     ``c = 2^{-(k-1)/2}`` if ``m > n``.
     """
-    _fans(tensor, None)  # checks the dimension
+    _check_weight(tensor)
     m, n = tensor.size(0), tensor.size(1)
     if m <= n:
         matrix = torch.eye(m, n, dtype=_work_dtype(tensor))
@@ -277,17 +292,22 @@ class LayerInit:
 
 def validate_scheme(scheme: str, distribution: str = "orthogonal", moment: float | None = None) -> None:
     """Check a scheme's arguments alone (no layer needed): raise ValueError naming the fix."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
+    check_choice("scheme", scheme, SCHEMES)
     theory._check_distribution(distribution)
     if scheme == "fractional":
         if moment is None:
             raise ValueError("scheme 'fractional' needs moment=s with s in (0, 2] (s = 2 is He)")
         theory._check_moment(moment, allow_zero=False)
-    elif moment is not None and scheme == "lyapunov" and float(moment) != 0.0:
+    elif moment is not None and scheme == "lyapunov":
+        if theory._check_moment(moment) != 0.0:
+            raise ValueError(
+                f"scheme 'lyapunov' is the moment-0 scheme, got moment={moment!r}; "
+                "use scheme='fractional' for moments in (0, 2]"
+            )
+    elif moment is not None:
         raise ValueError(
-            f"scheme 'lyapunov' is the moment-0 scheme, got moment={moment!r}; "
-            "use scheme='fractional' for moments in (0, 2]"
+            f"moment={moment!r} is not used by scheme={scheme!r} (only 'fractional' takes a moment in (0, 2], "
+            "and 'lyapunov' is moment 0): drop moment=, or use scheme='fractional'"
         )
 
 
@@ -353,6 +373,7 @@ def _draw_scheme_(
     generator: torch.Generator | None,
 ) -> Tensor:
     """The per-tensor initializers: resolve ``scheme`` for the tensor's fans, then draw it."""
+    _check_weight(tensor, generator)
     d_in, d_out = _fans(tensor, fans)
     layer_init = resolve_init(scheme, d_in, d_out, negative_slope, distribution, moment)
     return init_weight_(tensor, layer_init, generator=generator)
@@ -369,6 +390,9 @@ def init_weight_(
 
     The scale already accounts for the layer's fans (see :func:`resolve_init`).
     """
+    _check_weight(tensor, generator)
+    if not isinstance(layer_init, LayerInit):
+        invalid("layer_init", layer_init, "a LayerInit (from init.resolve_init(...))")
     kind = layer_init.distribution
     if kind == "gaussian":
         return tensor.normal_(0.0, layer_init.scale, generator=generator)

@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_lyapunov._checks import check_choice, check_float, check_int
+
 __all__ = [
     "ACTIVATIONS",
     "OPTIMIZERS",
@@ -60,18 +62,13 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 
 
 def require_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming ``name``.
+    """Return ``value`` if it is an int >= ``minimum``, else raise an error naming ``name``.
 
     Example::
 
         depth = require_int("depth", depth, 1)
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"{name}={value!r} is invalid: it must be an integer >= {minimum}; "
-            f"pass {name}={max(minimum, 1)} or more."
-        )
-    return value
+    return check_int(name, value, minimum=minimum)
 
 
 def require_positive_ints(**values: Any) -> None:
@@ -88,22 +85,13 @@ def require_positive_ints(**values: Any) -> None:
 def require_float(
     name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False
 ) -> float:
-    """Return ``float(value)`` if it lies in [low, high] (or (low, high] with ``open_low``).
+    """Return ``float(value)`` if it is a finite number in [low, high] (or (low, high] with ``open_low``).
 
     Example::
 
         lr = require_float("lr", lr, 0.0, open_low=True)
     """
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if open_low else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if open_low else "["
-        raise ValueError(
-            f"{name}={value!r} is invalid: it must be a finite number in {bracket}{low}, {high}]; "
-            f"pass a value in that range."
-        )
-    return float(value)
+    return check_float(name, value, minimum=low, maximum=None if high == math.inf else high, low_open=open_low)
 
 
 def require_choice(name: str, value: Any, choices: Sequence[str]) -> str:
@@ -113,9 +101,7 @@ def require_choice(name: str, value: Any, choices: Sequence[str]) -> str:
 
         optimizer = require_choice("optimizer", "adam", OPTIMIZERS)
     """
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid: it must be one of {', '.join(map(repr, choices))}.")
-    return value
+    return check_choice(name, value, choices)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ._checks import check_bool, check_int, check_module, invalid
 from .surgery import InitPlan, LayerPlan, check_generator, plan_init
 
 __all__ = ["SamplingReport", "sample_lyapunov_", "log_gain"]
@@ -177,11 +178,15 @@ def sample_lyapunov_(
         report.chosen_score <= report.median_score   # True
     """
     plan_kwargs.setdefault("scheme", "lyapunov")
+    check_module("model", model)
+    check_int("candidates", candidates, minimum=1, allow_none=True,
+              allowed="an integer >= 1 or None (None: ceil(2 sqrt(layers)))")
+    check_bool("layerwise", layerwise)
+    if forward is not None and not callable(forward):
+        invalid("forward", forward, "None or a callable forward(model, probe) -> tensor")
     check_generator(generator)
     plan = plan_init(model, **plan_kwargs)
     count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"candidates={candidates!r} must be an integer >= 1 (default: ceil(2 sqrt(layers)))")
     with plan.restoring(generator), _probing(model):
         batch = _default_probe(plan, generator) if probe is None else probe
         runner = _Probe(model, plan, batch, forward or (lambda m, b: m(b)))

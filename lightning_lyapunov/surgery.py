@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import numbers
 import re
 import warnings
 from collections import Counter
@@ -41,7 +40,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import _checks
 from . import init as _init
+from ._checks import check_module, check_slope, invalid
 from .activations import WEIGHT_LAYERS, SlopeInfo, detect_slopes
 
 __all__ = ["InitPlan", "LayerPlan", "plan_init", "apply_init", "swap_activations"]
@@ -314,15 +315,6 @@ def _patterns(argument: str, value: Patterns) -> list[re.Pattern[str]]:
         ) from None
 
 
-def _check_slope(argument: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(
-            f"{argument}={value!r} is out of range: the Leaky ReLU slope must be a number in [0, 1] "
-            "(0 = ReLU, 1 = linear); for a negative slope a pass |a| (the theory depends on a**2 only)"
-        )
-    return float(value)
-
-
 def _slope_overrides(negative_slope: SlopeOverride) -> float | list[tuple[re.Pattern[str], float]] | None:
     if negative_slope is None:
         return None
@@ -330,9 +322,9 @@ def _slope_overrides(negative_slope: SlopeOverride) -> float | list[tuple[re.Pat
         pairs = []
         for pattern, slope in negative_slope.items():
             compiled = _patterns("negative_slope key", pattern)[0]
-            pairs.append((compiled, _check_slope(f"negative_slope[{pattern!r}]", slope)))
+            pairs.append((compiled, check_slope(f"negative_slope[{pattern!r}]", slope)))
         return pairs
-    return _check_slope("negative_slope", negative_slope)
+    return check_slope("negative_slope", negative_slope)
 
 
 def _override(name: str, overrides: float | list[tuple[re.Pattern[str], float]] | None) -> float | None:
@@ -386,12 +378,16 @@ def _drawn_in(module: nn.Module) -> int | None:
 def _discover(
     model: nn.Module, include: list[re.Pattern[str]], exclude: list[re.Pattern[str]]
 ) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """Eligible weight layers (registration order), skipped (name, reason), and warnings."""
-    eligible, skipped, warnings_ = [], [], []
+    """Eligible weight layers (registration order), skipped (name, reason), and warnings.
+
+    Raises ValueError for an ``include``/``exclude`` pattern that matches no weight layer.
+    """
+    eligible, skipped, warnings_, layers = [], [], [], []
     attention = [name for name, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
     for name, module in model.named_modules():
         below_attention = any(a == "" or name.startswith(a + ".") for a in attention)
         if isinstance(module, WEIGHT_LAYERS) and not below_attention:
+            layers.append(name)
             if exclude and any(p.search(name) for p in exclude):
                 skipped.append((name, "excluded by exclude="))
             elif include and not any(p.search(name) for p in include):
@@ -406,6 +402,8 @@ def _discover(
         elif any(True for _ in module.parameters(recurse=False)) and not below_attention:
             kind = type(module).__name__
             skipped.append((name or "<root>", f"{kind}: not a Linear/Conv weight layer, left alone"))
+    _check_patterns_match("include", include, layers, "weight layer")
+    _check_patterns_match("exclude", exclude, layers, "weight layer")
     eligible, tied_warnings = _tied(model, eligible, skipped)
     return eligible, skipped, warnings_ + tied_warnings
 
@@ -436,6 +434,17 @@ def _tied(model: nn.Module, eligible: list[str], skipped: list[tuple[str, str]])
         else:
             kept.append(name)
     return kept, warnings_
+
+
+def _check_patterns_match(argument: str, patterns: Sequence[re.Pattern[str]], names: list[str], what: str) -> None:
+    """A pattern that matches none of ``names`` is a typo: raise ValueError listing the candidates."""
+    for pattern in patterns:
+        if not any(pattern.search(name) for name in names):
+            shown = ", ".join(repr(name) for name in names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+            raise ValueError(
+                f"{argument} pattern {pattern.pattern!r} matches no {what} (re.search on qualified module names); "
+                f"the {what}s are: {shown or 'none'}"
+            )
 
 
 def _no_layer_error(model: nn.Module, skipped: list[tuple[str, str]], include: Patterns, exclude: Patterns) -> None:
@@ -493,12 +502,15 @@ def plan_init(
         model = nn.Sequential(nn.Linear(8, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
         print(plan_init(model, scheme="lyapunov"))   # a table; model unchanged
     """
+    check_module("model", model)
     overrides, include_patterns, exclude_patterns = check_plan_arguments(
         scheme, distribution, moment, negative_slope, include, exclude
     )
     eligible, skipped, warnings_ = _discover(model, include_patterns, exclude_patterns)
     if not eligible:
         _no_layer_error(model, skipped, include, exclude)
+    if isinstance(overrides, list):
+        _check_patterns_match("negative_slope", [pattern for pattern, _ in overrides], eligible, "planned layer")
     slopes, order, model_warnings = detect_slopes(model, eligible)
     warnings_ += model_warnings
     modules = dict(model.named_modules())
@@ -552,6 +564,7 @@ def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, scheme: str, dist
 
 def check_generator(generator: torch.Generator | None) -> None:
     """Weights are drawn on the CPU: refuse a generator on another device, naming the fix."""
+    _checks.check_generator("generator", generator)
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(
             f"generator on {generator.device} is not supported: weights are drawn on the CPU for reproducibility "
@@ -608,23 +621,52 @@ def swap_activations(
         model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
         swap_activations(model, nn.ReLU, lambda m: nn.LeakyReLU(0.1))   # -> ['1']
     """
-    if new is None:
-        def new(module: nn.Module) -> nn.Module:
-            return nn.LeakyReLU(0.1, inplace=getattr(module, "inplace", False))
-    elif isinstance(new, nn.Module):
-        template = new
-
-        def new(module: nn.Module) -> nn.Module:  # noqa: ARG001 - same signature as a factory
-            return copy.deepcopy(template)
+    check_module("model", model)
+    old = _check_activation_types(old)
+    factory = _activation_factory(new)
     if isinstance(model, old):
         raise ValueError(f"model itself is a {type(model).__name__}: wrap it in a container before swapping")
-    replaced, made = [], {}
-    for name, module in list(model.named_modules(remove_duplicate=False)):
-        if not isinstance(module, old) or not name:
-            continue
-        parent_name, _, child = name.rpartition(".")
+    targets = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
+               if name and isinstance(module, old)]
+    made: dict[int, nn.Module] = {}
+    for _, module in targets:  # build every replacement first: a bad factory changes nothing
         if id(module) not in made:
-            made[id(module)] = new(module)
+            made[id(module)] = replacement = factory(module)
+            if not isinstance(replacement, nn.Module):
+                invalid(f"new({type(module).__name__})", replacement, "an nn.Module (new must return one)")
+    replaced = []
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, made[id(module)])
         replaced.append(name)
     return replaced
+
+
+def _check_activation_types(old: Any) -> tuple[type[nn.Module], ...]:
+    """``old`` as a tuple of nn.Module classes; a string, an instance or anything else is refused."""
+    items = old if isinstance(old, tuple) else (old,)
+    if not items:
+        raise ValueError("old=() names no activation class; pass e.g. old=nn.ReLU")
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, nn.Module)):
+            hint = ""
+            if isinstance(item, str) and isinstance(getattr(nn, item, None), type):
+                hint = f"pass the class: old=nn.{item}"
+            elif isinstance(item, nn.Module):
+                hint = f"pass the class: old=nn.{type(item).__name__}"
+            invalid("old", old, "an nn.Module class or a tuple of them (e.g. nn.ReLU or (nn.ReLU, nn.GELU))", hint)
+    return items
+
+
+def _activation_factory(new: Any) -> Callable[[nn.Module], nn.Module]:
+    """``new`` as a factory ``old module -> new module`` (see :func:`swap_activations`)."""
+    if new is None:
+        return lambda module: nn.LeakyReLU(0.1, inplace=getattr(module, "inplace", False))
+    if isinstance(new, nn.Module):
+        return lambda module: copy.deepcopy(new)
+    if isinstance(new, type):
+        invalid("new", new, "an nn.Module instance or a factory, not a class",
+                f"pass new=nn.{new.__name__}(...) or new=lambda old: nn.{new.__name__}(...)")
+    if not callable(new):
+        invalid("new", new, "an nn.Module, a factory old_module -> nn.Module, or None (LeakyReLU(0.1))")
+    return new

@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 from scipy import special
+
+from lightning_lyapunov._checks import check_choice, check_float, check_int, check_slope, invalid
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -58,54 +61,31 @@ DISTRIBUTIONS = ("gaussian", "orthogonal")
 
 _STEP = 0.05  # trapezoid step in u = log t; the error is below 1e-12 (tests check closed forms)
 _EULER_GAMMA = float(np.euler_gamma)
-_MIN_SLOPE = 1e-100  # below this (but above 0) a^2 underflows the quadrature: use 0 (ReLU)
 
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _check_width(name: str, d: int) -> int:
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
-        raise ValueError(f"{name} must be an integer >= 1 (a layer width), got {d!r}")
-    return int(d)
+    return check_int(name, d, minimum=1, allowed="an integer >= 1 (a layer width)")
 
 
-def _check_slope(negative_slope: float) -> float:
-    a = float(negative_slope)
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(
-            f"negative_slope must lie in [0, 1] (0 = ReLU, 1 = no activation), got {negative_slope!r}"
-        )
-    if 0.0 < a < _MIN_SLOPE:
-        raise ValueError(
-            f"negative_slope {negative_slope!r} is too small to compute with; use 0 (ReLU) or a "
-            f"slope of at least {_MIN_SLOPE:g}"
-        )
-    return a
+def _check_slope(negative_slope: float, name: str = "negative_slope") -> float:
+    return check_slope(name, negative_slope)
 
 
 def _check_moment(moment: float, *, allow_zero: bool = True) -> float:
-    s = float(moment)
-    low_ok = s >= 0.0 if allow_zero else s > 0.0
-    if not (low_ok and s <= 2.0):
-        interval = "[0, 2] (0 = Lyapunov, 2 = He)" if allow_zero else "(0, 2]"
-        raise ValueError(f"moment must lie in {interval}, got {moment!r}")
-    return s
+    interval = "[0, 2] (0 = Lyapunov, 2 = He)" if allow_zero else "(0, 2] (2 = He)"
+    return check_float("moment", moment, minimum=0.0, maximum=2.0, low_open=not allow_zero,
+                       allowed=f"a number in {interval}")
 
 
 def _check_distribution(distribution: str) -> str:
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(
-            f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}"
-        )
-    return distribution
+    return check_choice("distribution", distribution, DISTRIBUTIONS)
 
 
 def _check_scale(scale: float) -> float:
-    value = float(scale)
-    if not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return value
+    return check_float("scale", scale, minimum=0.0, low_open=True, allowed="a positive finite number")
 
 
 # ----------------------------------------------------------------------------- quadrature
@@ -408,13 +388,10 @@ def kurtosis_by_depth(
         [3.0, 4.5, 6.75]
     """
     a = _check_slope(negative_slope)
-    if isinstance(widths, (int, np.integer)):
-        if depth is None or depth < 1:
-            raise ValueError(f"depth must be an integer >= 1 when widths is an int, got {depth!r}")
-        widths = [int(widths)] * (depth - 1)
-    widths = [_check_width("widths", w) for w in widths]
-    if weight_kurtosis < 1.0:
-        raise ValueError(f"weight_kurtosis must be >= 1 (a kurtosis), got {weight_kurtosis!r}")
+    widths = _check_widths(widths, depth)
+    weight_kurtosis = check_float("weight_kurtosis", weight_kurtosis, minimum=1.0, allowed="a number >= 1 (a kurtosis)")
+    initial_kurtosis = check_float("initial_kurtosis", initial_kurtosis, minimum=1.0,
+                                   allowed="a number >= 1 (a kurtosis)")
     fourth = 2.0 * (1.0 + a**4) / (1.0 + a * a) ** 2  # E h^4 / (E h^2)^2 per unit of kappa
     kappa, cov = float(initial_kurtosis), 0.0
     out = [kappa]
@@ -427,7 +404,27 @@ def kurtosis_by_depth(
     return np.asarray(out)
 
 
+def _check_widths(widths: Sequence[int] | int, depth: int | None) -> list[int]:
+    """The hidden widths ``w_1..w_{L-1}``: a sequence of widths, or an int repeated ``depth - 1`` times."""
+    if isinstance(widths, numbers.Integral) and not isinstance(widths, bool):
+        depth = check_int("depth", depth, minimum=1, allowed="an integer >= 1 when widths is an int")
+        return [_check_width("widths", widths)] * (depth - 1)
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        invalid("widths", widths, "an integer width or a sequence of them")
+    if depth is not None:
+        raise ValueError(
+            f"depth={depth!r} is only used when widths is an int; with a list of widths the depth is len(widths) + 1"
+        )
+    return [_check_width(f"widths[{i}]", w) for i, w in enumerate(widths)]
+
+
 # ----------------------------------------------------------------------------- table
+
+
+def _sequence(name: str, value: Sequence) -> Sequence:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        invalid(name, value, "a sequence (list or tuple)")
+    return value
 
 
 def theory_table(
@@ -448,6 +445,9 @@ def theory_table(
         "| eta Lyap | s^2 gauss | He drift over depth |\n"
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
+    widths = [_check_width(f"widths[{i}]", d) for i, d in enumerate(_sequence("widths", widths))]
+    slopes = [_check_slope(a, f"slopes[{i}]") for i, a in enumerate(_sequence("slopes", slopes))]
+    depth = check_int("depth", depth, minimum=1)
     rows = [header]
     for d in widths:
         for a in slopes:

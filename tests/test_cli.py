@@ -158,7 +158,7 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
         ("fit", "--trainer.callbacks.init_args.scheme=kaiming", "Got value: kaiming"),
         ("fit", "--model.init_args.lr=-1", "invalid configuration: lr=-1.0 is invalid"),
         ("fit", "--trainer.callbacks+=LyapunovInit", "trainer.callbacks has 2 LyapunovInit callbacks"),
-        ("fit", "--trainer.callbacks.moment=5", "got moment=5.0"),
+        ("fit", "--trainer.callbacks.moment=5", "moment=5.0 is invalid"),
         ("plan", "--scheme=kaiming", 'Parser key "scheme"'),
         ("fit", "--trainer.callbacks.distributon=gaussian",
          "error: unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?"),
