@@ -31,19 +31,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_lyapunov._checks import check_bool, check_choice, check_int
+from lightning_lyapunov._lifecycle import check_single, check_strategy, checkpoint_to_restore
 from lightning_lyapunov.diagnostics import SignalMonitor, SignalStats
 from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments
 
 __all__ = ["LyapunovInit"]
 
-_REFUSED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
-
 
 class LyapunovInit(Callback):
     r"""Initialize every weight layer by theory at the start of ``fit`` and log the signal live.
 
-    At ``setup(stage="fit")``, once (never on resume, on a second ``fit``, or in
-    validate/test/predict), the callback plans the scheme per layer
+    At ``setup(stage="fit")``, once (never when ``fit(ckpt_path=...)`` restores a checkpoint, on a
+    second ``fit``, or in validate/test/predict), the callback plans the scheme per layer
     (:func:`~lightning_lyapunov.plan_init`), prints the plan and writes the weights. The Lyapunov
     scheme sets each layer's scale so that the log-norm of the signal has zero drift:
     ``E log r(x_{l+1}) = log r(x_l)`` with ``r(x) = ||x|| / sqrt(d)``. While training, forward hooks
@@ -141,19 +140,20 @@ class LyapunovInit(Callback):
     # ------------------------------------------------------------------ setup
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        check_single(trainer.callbacks, LyapunovInit, lambda cb: f"scheme={cb.scheme!r}")
         if stage != "fit":
             return
-        strategy = type(trainer.strategy).__name__
-        if strategy in _REFUSED_STRATEGIES:
-            raise RuntimeError(
-                f"LyapunovInit does not support {strategy}: its parameters are sharded in setup, so a "
-                "per-layer init cannot see whole weights. Use the DDP strategy, or initialize the model "
-                "before wrapping it with lightning_lyapunov.apply_init(model, ...)."
-            )
+        check_strategy(trainer.strategy, "LyapunovInit")
         plan_kwargs = dict(
             scheme=self.scheme, distribution=self.distribution, moment=self.moment,
             negative_slope=self.negative_slope, include=self.include, exclude=self.exclude,
         )
+        checkpoint = None if self.initialized else checkpoint_to_restore(trainer)
+        if checkpoint is not None:
+            # the checkpoint's weights overwrite the model right after setup: draw nothing (the
+            # global generator stays untouched) and never initialize this model later
+            rank_zero_info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
+            self.initialized = True
         if not self.initialized:
             generator = torch.Generator().manual_seed(self._seed())
             if self.sampled:

@@ -185,17 +185,6 @@ def test_bad_arguments_are_rejected_in_init(kwargs, match):
         LyapunovInit(**kwargs)
 
 
-def test_sharded_strategies_are_refused(deep_narrow):
-    class FSDPStrategy:  # stands in for lightning's class of the same name
-        pass
-
-    class FakeTrainer:
-        strategy = FSDPStrategy()
-
-    with pytest.raises(RuntimeError, match="FSDPStrategy.*DDP"):
-        LyapunovInit().setup(FakeTrainer(), deep_narrow, "fit")
-
-
 def test_state_dict_is_plain_python(deep_narrow, tmp_path):
     callback = LyapunovInit(seed=0)
     fit(deep_narrow, tmp_path, [callback], logger=False)

@@ -1,0 +1,77 @@
+"""What :class:`~lightning_lyapunov.LyapunovInit` needs to know about the Trainer in ``setup``.
+
+* :func:`checkpoint_to_restore`: the checkpoint ``fit`` is about to restore, if any. Lightning 2.x
+  runs the callbacks' ``setup`` *before* it restores ``fit(ckpt_path=...)`` (``Trainer._run``:
+  ``_call_setup_hook``, then ``_restore_modules_and_callbacks``), and the path reaches
+  ``trainer.ckpt_path`` only in ``_checkpoint_connector.resume_start``, after ``setup``; until then
+  ``trainer.ckpt_path`` is the previous run's. The only place that holds the selected path during
+  ``setup`` is the ``ckpt_path`` argument of the running ``Trainer._run`` (already resolved from
+  ``"last"``/``"best"``/``"hpc"`` and from a user-managed ``trainer.ckpt_path = ...``), which is
+  read from its frame. Should a future Lightning not run ``setup`` inside ``Trainer._run``, a
+  user-managed ``trainer.ckpt_path`` is still honoured.
+* :func:`check_strategy`: refuse sharded strategies (and their subclasses) by ``isinstance``.
+* :func:`check_single`: refuse two instances of one callback class in a Trainer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+__all__ = ["checkpoint_to_restore", "check_single", "check_strategy", "sharded_strategies"]
+
+_SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def checkpoint_to_restore(trainer: Any) -> Any:
+    """The checkpoint path the running ``trainer.fit``/``validate``/... will restore after ``setup``, or None."""
+    from lightning.pytorch.trainer.trainer import Trainer
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is Trainer._run.__code__ and frame.f_locals.get("self") is trainer:
+            return frame.f_locals.get("ckpt_path") or None
+        frame = frame.f_back
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    if connector is not None and getattr(connector, "_user_managed", False):
+        return trainer.ckpt_path or None
+    return None
+
+
+def sharded_strategies() -> tuple[type, ...]:
+    """The Lightning strategy classes that shard parameters in ``setup`` (those importable here)."""
+    found = []
+    try:
+        strategies = importlib.import_module("lightning.pytorch.strategies")
+    except ImportError:  # pragma: no cover - lightning is a dependency
+        return ()
+    for name in _SHARDED:
+        cls = getattr(strategies, name, None)
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
+def check_strategy(strategy: Any, who: str) -> None:
+    """RuntimeError if ``strategy`` is (a subclass of) a sharded strategy: whole weights are not visible."""
+    for base in sharded_strategies():
+        if isinstance(strategy, base):
+            kind = type(strategy).__name__
+            what = kind if kind == base.__name__ else f"{kind} (a {base.__name__})"
+            raise RuntimeError(
+                f"{who} does not support {what}: its parameters are sharded in setup, so a per-layer init "
+                "cannot see whole weights. Use the DDP strategy, or initialize the model before wrapping it "
+                "with lightning_lyapunov.apply_init(model, ...)."
+            )
+
+
+def check_single(callbacks: Any, cls: type, describe: Any = repr) -> None:
+    """ValueError if ``callbacks`` holds more than one instance of ``cls`` (listed with ``describe``)."""
+    mine = [callback for callback in callbacks if isinstance(callback, cls)]
+    if len(mine) > 1:
+        listed = ", ".join(describe(callback) for callback in mine)
+        raise ValueError(
+            f"the Trainer has {len(mine)} {cls.__name__} callbacks ({listed}): a model is initialized once, by one "
+            f"scheme; keep a single {cls.__name__} in Trainer(callbacks=[...]) (and in configure_callbacks)"
+        )
