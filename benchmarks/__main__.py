@@ -16,6 +16,7 @@ BENCHMARKS = (
     "empirical_variance",
     "fractional",
     "stiefel_depth",
+    "conv_delta",
     "cifar",
     "overhead",
 )

@@ -48,8 +48,8 @@ class Report:
 class Scheme:
     """One initialization as the benchmarks name it.
 
-    ``scheme``/``distribution``/``moment`` go to ``apply_init`` (``distribution`` matters only for
-    ``lyapunov`` and ``fractional``); ``sampled``: None, ``"network"`` (``sample_lyapunov_``, best of K
+    ``scheme``/``distribution``/``moment`` (and ``conv`` when given) go to ``apply_init``
+    (``distribution`` matters only for ``lyapunov`` and ``fractional``); ``sampled``: None, ``"network"`` (``sample_lyapunov_``, best of K
     whole networks) or ``"layerwise"`` (``layerwise=True``).
     """
 
@@ -58,6 +58,7 @@ class Scheme:
     distribution: str = "orthogonal"
     moment: float | None = None
     sampled: str | None = None
+    conv: str | None = None
 
     def apply(self, model: nn.Module, seed: int, probe: torch.Tensor | None = None) -> None:
         """Initialize ``model`` in place with the project's surgery, drawing from ``seed``; sampled
@@ -65,6 +66,8 @@ class Scheme:
         are expected here and silenced."""
         generator = torch.Generator().manual_seed(seed)
         kwargs = {"scheme": self.scheme, "distribution": self.distribution, "moment": self.moment}
+        if self.conv is not None:
+            kwargs["conv"] = self.conv
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self.sampled is None:

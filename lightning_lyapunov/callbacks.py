@@ -63,6 +63,8 @@ class LyapunovInit(Callback):
         log_every_n_steps: measuring cadence; ``None`` uses the Trainer's ``log_every_n_steps``.
         seed: seed of the weights' generator; ``None`` draws one from torch's global generator
             (so ``seed_everything`` makes runs reproducible).
+        conv: how convolutions are drawn: ``"full"`` kernel or ``"delta"`` (a matrix at the centre
+            tap); ``None``: ``"delta"`` for Stiefel, ``"full"`` otherwise (see ``plan_init``).
 
     Attributes:
         plan: the :class:`~lightning_lyapunov.InitPlan` applied (or, after a resume, planned).
@@ -93,9 +95,10 @@ class LyapunovInit(Callback):
         diagnostics: bool = True,
         log_every_n_steps: int | None = None,
         seed: int | None = None,
+        conv: Literal["full", "delta"] | None = None,
     ) -> None:
         super().__init__()
-        check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude)
+        check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude, conv)
         check_choice("sampled", sampled, (False, True, "network", "layerwise"))
         if sampled and scheme == "zero":
             raise ValueError("sampled needs a random scheme; 'zero' is deterministic: use sampled=False")
@@ -114,6 +117,7 @@ class LyapunovInit(Callback):
         self.diagnostics = diagnostics
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
+        self.conv = conv
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
@@ -146,7 +150,7 @@ class LyapunovInit(Callback):
         check_strategy(trainer.strategy, "LyapunovInit")
         plan_kwargs = dict(
             scheme=self.scheme, distribution=self.distribution, moment=self.moment,
-            negative_slope=self.negative_slope, include=self.include, exclude=self.exclude,
+            negative_slope=self.negative_slope, include=self.include, exclude=self.exclude, conv=self.conv,
         )
         checkpoint = None if self.initialized else checkpoint_to_restore(trainer)
         if checkpoint is not None:
