@@ -137,6 +137,9 @@ class LayerPlan:
         Not all-or-nothing on its own: call it inside :meth:`InitPlan.restoring` (as
         :meth:`InitPlan.write` does) so that an error restores what was written before it.
         """
+        if tuple(weight.shape) != self.shape:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} for layer {self.name!r} of shape {self.shape}: "
+                             "pass what LayerPlan.draw returns")
         weight_tensor, *biases = self.targets()
         with torch.no_grad():
             weight_tensor.copy_(weight)

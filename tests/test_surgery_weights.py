@@ -306,3 +306,16 @@ def test_conv_argument_is_validated() -> None:
         LyapunovInit(conv=1)
     linear = quiet(plan_init, nn.Sequential(nn.Linear(3, 3), nn.ReLU()), conv="delta")
     assert linear.layers[0].taps is None and (linear.layers[0].d_in, linear.layers[0].d_out) == (3, 3)
+
+
+def test_plan_write_refuses_wrong_shapes_and_counts_before_writing() -> None:
+    model = chain()
+    plan = quiet(plan_init, model)
+    before, weights = snapshot(model), plan.draw(gen(0))
+    with pytest.raises(ValueError, match="3 planned layers"):
+        plan.write(weights[:2])
+    with pytest.raises(ValueError, match=r"shape \(4, 1\) for layer '2'"):
+        plan.write([weights[0], torch.zeros(4, 1), weights[2]])  # would broadcast silently
+    assert changed(model, before) == []
+    plan.write(weights)
+    assert all(torch.equal(layer.module.weight, w) for layer, w in zip(plan.layers, weights))
