@@ -38,14 +38,18 @@ Functional activations (``F.relu`` in ``forward``) are invisible to the fallback
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["SlopeInfo", "detect_slopes", "module_slope", "WEIGHT_LAYERS", "ACTIVATION_MODULES"]
+__all__ = [
+    "SlopeInfo", "detect_slopes", "module_slope", "classify_call", "merge_findings", "complete_slopes",
+    "WEIGHT_LAYERS", "ACTIVATION_MODULES",
+]
 
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -114,35 +118,73 @@ _LINEAR_LIKE_FUNCTIONS = {
     F.hardsigmoid: "Hardsigmoid",
 }
 _OUTPUT_FUNCTIONS = {F.softmax: "Softmax", F.log_softmax: "LogSoftmax", torch.softmax: "Softmax",
-                     torch.log_softmax: "LogSoftmax", F.softmin: "Softmin"}
+                     torch.log_softmax: "LogSoftmax", F.softmin: "Softmin", F.cross_entropy: "cross_entropy",
+                     F.mse_loss: "mse_loss", F.l1_loss: "l1_loss", F.nll_loss: "nll_loss",
+                     F.smooth_l1_loss: "smooth_l1_loss", F.huber_loss: "huber_loss",
+                     F.binary_cross_entropy_with_logits: "binary_cross_entropy_with_logits"}
+# the next operation is a linear map of the layer's output: no activation in between (slope 1)
+_LINEAR_MAP_FUNCTIONS = {
+    F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+    F.conv_transpose3d, torch.matmul, torch.mm, torch.bmm, torch.einsum, F.scaled_dot_product_attention,
+    F.multi_head_attention_forward,
+}
 _PASS_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
     torch.cat, torch.concat, torch.stack, operator.getitem, F.dropout, F.dropout1d, F.dropout2d,
-    F.dropout3d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm,
+    F.dropout3d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, F.rms_norm,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.pad, F.interpolate, F.pixel_shuffle,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.pad, F.interpolate, F.pixel_shuffle, F.pixel_unshuffle,
+    torch.chunk, torch.split, torch.narrow, torch.select, torch.unbind, torch.movedim, torch.flip,
+    torch.roll, torch.clone,
+} | {  # what F.max_pool2d(..., return_indices=...) and friends dispatch to
+    getattr(F, f"{prefix}max_pool{n}d{suffix}")
+    for prefix in ("", "adaptive_") for n in (1, 2, 3) for suffix in ("_with_indices",)
+    if hasattr(F, f"{prefix}max_pool{n}d{suffix}")
+} | {
+    getattr(F, f"_{prefix}max_pool{n}d") for prefix in ("", "adaptive_") for n in (1, 2, 3)
+    if hasattr(F, f"_{prefix}max_pool{n}d")
 }
-_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub}
+_SCALE_FUNCTIONS = {operator.mul, operator.truediv, operator.imul, operator.itruediv, torch.mul, torch.div}
 _RELU_METHODS = {"relu", "relu_"}
 _LINEAR_LIKE_METHODS = {"tanh": "Tanh", "tanh_": "Tanh", "sigmoid": "Sigmoid", "sigmoid_": "Sigmoid"}
 _OUTPUT_METHODS = {"softmax": "Softmax", "log_softmax": "LogSoftmax"}
+_LINEAR_MAP_METHODS = {"matmul", "__matmul__", "__rmatmul__", "mm", "bmm"}
 _PASS_METHODS = {
     "view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "contiguous",
     "to", "float", "double", "half", "bfloat16", "type", "type_as", "clone", "view_as", "reshape_as",
+    "detach", "copy_", "expand", "expand_as", "repeat", "chunk", "split", "narrow", "select", "unbind", "unflatten",
+    "movedim", "flip", "roll", "__getitem__", "T", "mT", "data", "transpose_", "squeeze_", "unsqueeze_",
+    "cpu", "cuda", "mean", "sum", "amax", "amin", "max", "min",  # pooling over positions; whole-batch reductions are ignored
 }
-_ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
-_IGNORED_METHODS = {"size", "dim", "numel", "shape", "__len__"}
+_ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__", "__rsub__"}
+_SCALE_METHODS = {"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__", "__itruediv__"}
+_IGNORED_METHODS = {
+    "size", "dim", "numel", "shape", "__len__", "dtype", "device", "is_cuda", "ndim", "stride", "data_ptr",
+    "is_contiguous", "is_floating_point", "item", "tolist", "__bool__", "__format__", "__repr__", "requires_grad",
+    "grad", "grad_fn", "is_nested", "is_sparse", "layout", "names", "storage_offset", "element_size",
+    "eq", "ne", "gt", "lt", "ge", "le", "__eq__", "__ne__", "__gt__", "__lt__", "__ge__", "__le__",
+    "any", "all", "isfinite", "isnan", "isinf", "argmax", "argmin", "new_zeros", "new_ones", "new_empty",
+    "new_full", "new_tensor", "numpy", "__hash__", "__setitem__",
+}
 
 
 @dataclass(frozen=True)
 class SlopeInfo:
-    """The activation slope found for one weight layer, where it came from, and any warning."""
+    """The activation slope found for one weight layer, where it came from, and any warning.
+
+    ``source`` says what was found (``"fx"``, ``"observed"``, ``"policy:GELU (observed)"``,
+    ``"no activation"``, ...), ``found_by`` how: ``"observed"`` (one real forward pass), ``"fx"``,
+    ``"module order"`` or ``"override"``; ``calls`` is how often the layer ran in the observed pass.
+    """
 
     slope: float
     source: str
     warning: str | None = None
     residual: bool = False
+    found_by: str = "fx"
+    calls: int | None = None
 
 
 def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
@@ -191,11 +233,65 @@ def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None
     return None
 
 
-def _leaky_slope(node: fx.Node, layer: str) -> SlopeInfo:
-    slope: Any = node.kwargs.get("negative_slope", node.args[1] if len(node.args) > 1 else 0.01)
+def is_pass_module(module: nn.Module) -> bool:
+    """Whether ``module`` leaves the activation acting on its input's units unchanged (norms, pooling, ...)."""
+    return isinstance(module, _PASS_MODULES)
+
+
+def _leaky_slope(args: Sequence[Any], kwargs: Mapping[str, Any], layer: str, source: str) -> SlopeInfo:
+    slope: Any = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
     if not isinstance(slope, (int, float)):
-        return _policy("leaky_relu with a traced slope", 0.0, layer, "fx")
-    return _exact(slope, "fx", "leaky_relu", layer)
+        return _policy("leaky_relu with a traced slope", 0.0, layer, source)
+    return _exact(slope, source, "leaky_relu", layer)
+
+
+def classify_call(
+    target: Callable[..., Any] | str, args: Sequence[Any], kwargs: Mapping[str, Any], layer: str, source: str
+) -> tuple[str, SlopeInfo | None]:
+    """What a call on (a tensor derived from) ``layer``'s output means for that layer's slope.
+
+    ``target`` is a function, or a ``Tensor`` method or attribute name. Returns one of
+    ``("act", info)`` (an activation), ``("stop", info)`` (an output head, a loss or a linear map: no
+    activation, slope 1), ``("pass", None)``, ``("add", None)`` (a sum: walked through), ``("scale",
+    None)`` (multiplication or division: walked through when the other operand is a constant),
+    ``("ignore", None)`` (shape queries, comparisons) or ``("unknown", info)`` (treated as linear,
+    with a warning). Shared by the fx walk and the observed forward pass, so that an activation kind
+    gets one slope whichever way it was found.
+    """
+    linear = SlopeInfo(1.0, "no activation" + ("" if source == "fx" else f" ({source})"))
+    if isinstance(target, str):
+        if target in _RELU_METHODS:
+            return "act", SlopeInfo(0.0, source)
+        if target in _LINEAR_LIKE_METHODS:
+            return "act", _policy(_LINEAR_LIKE_METHODS[target], 1.0, layer, source)
+        if target in _OUTPUT_METHODS:
+            return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_METHODS[target]})")
+        if target in _LINEAR_MAP_METHODS:
+            return "stop", linear
+        for table, verdict in ((_PASS_METHODS, "pass"), (_ADD_METHODS, "add"), (_SCALE_METHODS, "scale"),
+                               (_IGNORED_METHODS, "ignore")):
+            if target in table:
+                return verdict, None
+        kind = target if target.startswith("<") else f"Tensor.{target}"
+    else:
+        if target in _RELU_FUNCTIONS:
+            return "act", SlopeInfo(0.0, source)
+        if target in _LEAKY_FUNCTIONS:
+            return "act", _leaky_slope(args, kwargs, layer, source)
+        for table, slope in ((_RELU_LIKE_FUNCTIONS, 0.0), (_LINEAR_LIKE_FUNCTIONS, 1.0)):
+            if target in table:
+                return "act", _policy(table[target], slope, layer, source)
+        if target in _OUTPUT_FUNCTIONS:
+            return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_FUNCTIONS[target]})")
+        if target in _LINEAR_MAP_FUNCTIONS:
+            return "stop", linear
+        for table, verdict in ((_PASS_FUNCTIONS, "pass"), (_ADD_FUNCTIONS, "add"), (_SCALE_FUNCTIONS, "scale")):
+            if target in table:
+                return verdict, None
+        kind = getattr(target, "__name__", str(target))
+    message = (f"layer {layer!r} is followed by {kind}, not a known activation: treated as linear (slope 1); "
+               f"pass negative_slope={{{layer!r}: ...}} to override")
+    return "unknown", SlopeInfo(1.0, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message)
 
 
 def _classify(node: fx.Node, modules: dict[str, nn.Module], layer: str) -> tuple[str, SlopeInfo | None]:
@@ -213,46 +309,41 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module], layer: str) -> tuple
         if isinstance(module, _PASS_MODULES):
             return "pass", None
         kind = type(module).__name__
-    elif node.op == "call_function":
-        target = node.target
-        if target in _RELU_FUNCTIONS:
-            return "act", SlopeInfo(0.0, "fx")
-        if target in _LEAKY_FUNCTIONS:
-            return "act", _leaky_slope(node, layer)
-        for table, slope in ((_RELU_LIKE_FUNCTIONS, 0.0), (_LINEAR_LIKE_FUNCTIONS, 1.0)):
-            if target in table:
-                return "act", _policy(table[target], slope, layer, "fx")
-        if target in _OUTPUT_FUNCTIONS:
-            return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_FUNCTIONS[target]})")
-        if target in _PASS_FUNCTIONS or (target in (operator.mul, operator.truediv) and _has_constant(node)):
-            return "pass", None
-        if target in _ADD_FUNCTIONS:
-            return "add", None
-        kind = getattr(target, "__name__", str(target))
-    elif node.op == "call_method":
-        name = str(node.target)
-        if name in _RELU_METHODS:
-            return "act", SlopeInfo(0.0, "fx")
-        if name in _LINEAR_LIKE_METHODS:
-            return "act", _policy(_LINEAR_LIKE_METHODS[name], 1.0, layer, "fx")
-        if name in _OUTPUT_METHODS:
-            return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_METHODS[name]})")
-        if name in _PASS_METHODS:
-            return "pass", None
-        if name in _ADD_METHODS:
-            return "add", None
-        if name in _IGNORED_METHODS:
-            return "ignore", None
-        kind = f"Tensor.{name}"
-    else:
+        message = (f"layer {layer!r} is followed by {kind}, not a known activation: treated as linear (slope 1); "
+                   f"pass negative_slope={{{layer!r}: ...}} to override")
+        return "stop", SlopeInfo(1.0, f"policy:{kind}", message)
+    if node.op not in ("call_function", "call_method"):
         return "ignore", None
-    message = (f"layer {layer!r} is followed by {kind}, not a known activation: treated as linear (slope 1); "
-               f"pass negative_slope={{{layer!r}: ...}} to override")
-    return "stop", SlopeInfo(1.0, f"policy:{kind}", message)
+    target = str(node.target) if node.op == "call_method" else node.target
+    verdict, info = classify_call(target, node.args, node.kwargs, layer, "fx")
+    if verdict == "scale":
+        if _has_constant(node):
+            return "pass", None
+        verdict, info = classify_call("<product of two tensors>", (), {}, layer, "fx")
+    return ("stop" if verdict == "unknown" else verdict), info
 
 
 def _has_constant(node: fx.Node) -> bool:
     return any(isinstance(arg, (int, float)) for arg in node.args)
+
+
+def merge_findings(layer: str, found: list[SlopeInfo], residual: bool = False, what: str = "feeds") -> SlopeInfo:
+    """One slope from every activation found after ``layer`` (first one wins; different slopes warn).
+
+    The warning names the layer, the slopes seen and the fix (``negative_slope={regex: slope}``).
+    """
+    if not found:
+        return SlopeInfo(1.0, "no activation", residual=residual)
+    first = found[0]
+    distinct = sorted({(f.slope, f.source) for f in found})
+    warning = first.warning
+    if len({f.slope for f in found}) > 1:
+        listed = ", ".join(f"{s:g} ({src})" for s, src in distinct)
+        warning = (
+            f"layer {layer!r} {what} several activations with different slopes [{listed}]: using the first, "
+            f"{first.slope:g}; one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
+        )
+    return SlopeInfo(first.slope, first.source, warning, residual)
 
 
 def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeInfo:
@@ -269,15 +360,7 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeI
             frontier.extend(node.users)
         elif info is not None:
             found.append(info)
-    if not found:
-        return SlopeInfo(1.0, "no activation", residual=residual)
-    first = found[0]
-    distinct = sorted({(f.slope, f.source) for f in found})
-    warning = first.warning
-    if len(distinct) > 1:
-        listed = ", ".join(f"{s:g} ({src})" for s, src in distinct)
-        warning = f"layer {layer!r} feeds several activations with different slopes [{listed}]: using {first.slope:g}"
-    return SlopeInfo(first.slope, first.source, warning, residual)
+    return merge_findings(layer, found, residual)
 
 
 def _trace_slopes(model: nn.Module, names: Iterable[str]) -> tuple[dict[str, SlopeInfo], list[str]]:
@@ -301,51 +384,36 @@ def _module_order_slopes(model: nn.Module, names: list[str]) -> dict[str, SlopeI
         if isinstance(module, WEIGHT_LAYERS):
             current = name if name in wanted else None
             if current is not None:
-                slopes[current] = SlopeInfo(1.0, "module order (no activation)")
+                slopes[current] = SlopeInfo(1.0, "module order (no activation)", found_by="module order")
             continue
         if current is not None:
             info = module_slope(module, current, "module order")
             if info is not None:
-                slopes[current] = info
+                slopes[current] = replace(info, found_by="module order")
                 current = None
     return slopes
 
 
-def detect_slopes(
-    model: nn.Module, names: list[str], *, tracer: Callable[..., Any] | None = None
+def complete_slopes(
+    model: nn.Module, names: list[str], slopes: dict[str, SlopeInfo], order: list[str], reason: str
 ) -> tuple[dict[str, SlopeInfo], list[str], list[str]]:
-    """Slope of the activation after each named weight layer.
+    """Fill the layers without a slope from module registration order; the model-level warnings.
 
-    Returns ``(slopes, order, warnings)``: a :class:`SlopeInfo` per name (with its own per-layer
-    warning, if any), the names in forward order (fx graph order; registration order when tracing
-    fails, and layers the graph never calls go last, planned by registration order), and the
-    model-level warnings (tracing failure, uncalled layers, residual additions).
-
-    Example::
-
-        slopes, order, warnings = detect_slopes(model, ["0", "2"])
-        slopes["0"].slope  # 0.1 for nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
+    One warning names every layer guessed from registration order, why (``reason``), and the fix
+    (``example_input=``); another names the layers whose output is summed with another path.
     """
     warnings_: list[str] = []
-    try:
-        slopes, order = _trace_slopes(model, names)
-    except Exception as error:  # noqa: BLE001 - any tracing failure means: use the fallback
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
-        warnings_.append(
-            f"torch.fx could not trace {type(model).__name__} ({type(error).__name__}: {first_line}); "
-            "activations were read from module registration order, functional activations in forward() "
-            "are invisible there: check the plan or pass negative_slope="
-        )
-        slopes, order = {}, []
     missing = [name for name in names if name not in slopes]
     if missing:
         fallback = _module_order_slopes(model, names)
-        if order:
-            warnings_.append(
-                f"layers {missing} are never called in the traced forward(); planned by module registration order"
-            )
-        for name in missing:
-            slopes[name] = fallback[name]
+        shown = ", ".join(repr(n) for n in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        warnings_.append(
+            f"slopes of {len(missing)} layer{'s' if len(missing) > 1 else ''} ({shown}) guessed from module "
+            f"registration order: {reason}. Functional activations (F.relu in forward) are invisible there: pass "
+            "example_input= (a batch the model's forward takes) so that one forward pass is observed, or "
+            "negative_slope={regex: slope}"
+        )
+        slopes = {**slopes, **{name: fallback[name] for name in missing}}
         order = order + missing
     residual = [name for name in order if slopes[name].residual]
     if residual:
@@ -354,3 +422,29 @@ def detect_slopes(
             "sum; the predicted drift and spread assume a plain chain and do not describe residual paths"
         )
     return slopes, order, warnings_
+
+
+def detect_slopes(
+    model: nn.Module, names: list[str], *, tracer: Callable[..., Any] | None = None
+) -> tuple[dict[str, SlopeInfo], list[str], list[str]]:
+    """Slope of the activation after each named weight layer, by torch.fx tracing (no example input).
+
+    Returns ``(slopes, order, warnings)``: a :class:`SlopeInfo` per name (with its own per-layer
+    warning, if any), the names in forward order (fx graph order; registration order when tracing
+    fails, and layers the graph never calls go last, planned by registration order), and the
+    model-level warnings (tracing failure, uncalled layers, residual additions). With an example
+    input, :func:`lightning_lyapunov.observe.find_slopes` observes a real forward pass instead.
+
+    Example::
+
+        slopes, order, warnings = detect_slopes(model, ["0", "2"])
+        slopes["0"].slope  # 0.1 for nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
+    """
+    try:
+        slopes, order = _trace_slopes(model, names)
+        reason = "they are never called in the traced forward()"
+    except Exception as error:  # noqa: BLE001 - any tracing failure means: use the fallback
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        reason = f"torch.fx could not trace {type(model).__name__} ({type(error).__name__}: {first_line})"
+        slopes, order = {}, []
+    return complete_slopes(model, names, slopes, order, reason)

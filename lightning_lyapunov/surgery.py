@@ -55,7 +55,8 @@ from torch.nn.utils import parametrize
 from . import _checks
 from . import init as _init
 from ._checks import check_module, check_slope, invalid
-from .activations import WEIGHT_LAYERS, SlopeInfo, detect_slopes
+from .activations import WEIGHT_LAYERS, SlopeInfo
+from .observe import Forward, find_slopes
 
 __all__ = ["InitPlan", "LayerPlan", "plan_init", "apply_init", "swap_activations"]
 
@@ -89,6 +90,8 @@ class LayerPlan:
     taps: tuple[tuple[int, ...], ...] | None = None
     module: nn.Module | None = field(default=None, repr=False, compare=False)
     sharers: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
+    slope_from: str = "fx"
+    calls: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (no module) for logging."""
@@ -251,11 +254,13 @@ class InitPlan:
         shows every layer). ``warnings=False`` leaves out the plan's warnings (already emitted as
         Python warnings by :func:`plan_init`).
         """
-        header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "draw", "scale",
+        header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "calls", "draw", "scale",
                   "exponent", "variance", "shared with")
         body = [_row(i, layer) for i, layer in enumerate(self.layers)]
         if all(row[-1] == "-" for row in body):  # no tied weights: no column for them
             header, body = header[:-1], [row[:-1] for row in body]
+        if all(row[8] in ("-", "1") for row in body):  # no layer called twice: no column for the calls
+            header, body = _drop(header, 8), [_drop(row, 8) for row in body]
         rows = [header] + _fold_rows(body, fold)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
@@ -284,6 +289,10 @@ class InitPlan:
         return "\n".join(lines)
 
 
+def _drop(row: tuple[str, ...], column: int) -> tuple[str, ...]:
+    return row[:column] + row[column + 1:]
+
+
 def _fold_rows(rows: list[tuple[str, ...]], fold: int) -> list[tuple[str, ...]]:
     """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one."""
     out: list[tuple[str, ...]] = []
@@ -309,8 +318,9 @@ def _fmt(value: float | None) -> str:
 
 def _row(index: int, layer: LayerPlan) -> tuple[str, ...]:
     groups = f" g={layer.groups}" if layer.groups > 1 else ""
+    found = layer.slope_source if layer.slope_from in layer.slope_source else f"{layer.slope_from}: {layer.slope_source}"
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
-            str(layer.d_out), f"{layer.negative_slope:g}", layer.slope_source,
+            str(layer.d_out), f"{layer.negative_slope:g}", found, "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),
             _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance),
             ", ".join(layer.shared_with) or "-")
@@ -547,6 +557,8 @@ def plan_init(
     include: Patterns = None,
     exclude: Patterns = None,
     conv: str | None = None,
+    example_input: Any = None,
+    forward: Forward | None = None,
 ) -> InitPlan:
     """Plan an initialization scheme on every eligible weight layer of ``model``; touch no weight.
 
@@ -561,13 +573,22 @@ def plan_init(
     tap, module docstring); None: ``"delta"`` for ``scheme="stiefel"``, ``"full"`` otherwise
     (``scheme="zero"`` is always centre-tap).
 
+    How the slopes are found (the plan's "slope from" column): with ``example_input`` (what the
+    forward takes: a tensor, a tuple of arguments or a dict of keyword arguments; or whatever
+    ``forward(model, example_input)`` takes), one forward pass is observed under ``torch.no_grad()``
+    and each layer's output is followed to the activation that consumes it ("observed"; the
+    model's buffers, training flags and RNG states are restored afterwards). Without it, torch.fx
+    tracing ("fx"); layers neither can see, by module registration order ("module order", with
+    one warning naming them). ``negative_slope`` overrides ("override"). "calls" is how often the
+    layer ran in the observed pass.
+
     Raises ValueError (naming the argument, the value and the fix) for an unknown scheme or
     distribution, a slope outside [0, 1], a moment outside its range, or no eligible layer.
 
     Example::
 
         model = nn.Sequential(nn.Linear(8, 4), nn.LeakyReLU(0.1), nn.Linear(4, 1))
-        print(plan_init(model, scheme="lyapunov"))   # a table; model unchanged
+        print(plan_init(model, scheme="lyapunov", example_input=torch.randn(16, 8)))  # a table; model unchanged
     """
     check_module("model", model)
     overrides, include_patterns, exclude_patterns = check_plan_arguments(
@@ -579,7 +600,7 @@ def plan_init(
         _no_layer_error(model, skipped, include, exclude)
     if isinstance(overrides, list):
         _check_patterns_match("negative_slope", [pattern for pattern, _ in overrides], eligible, "planned layer")
-    slopes, order, model_warnings = detect_slopes(model, eligible)
+    slopes, order, model_warnings = find_slopes(model, eligible, example_input, forward)
     warnings_ += model_warnings
     modules = dict(model.named_modules())
     layers: list[LayerPlan] = []
@@ -587,7 +608,7 @@ def plan_init(
     for name in order:
         module = modules[name]
         forced = _override(name, overrides)
-        info = SlopeInfo(forced, "override") if forced is not None else slopes[name]
+        info = SlopeInfo(forced, "override", found_by="override") if forced is not None else slopes[name]
         if info.warning:
             warnings_.append(info.warning)
         if module.bias is not None and not module.bias.requires_grad:
@@ -628,7 +649,8 @@ def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, scheme: str, dist
     bias = module.bias
     return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), d_in, d_out, groups, info.slope,
                      info.source, layer_init, bias is not None and bias.requires_grad,
-                     isinstance(module, _TRANSPOSED), taps=_delta_taps(module) if delta else None, module=module)
+                     isinstance(module, _TRANSPOSED), taps=_delta_taps(module) if delta else None, module=module,
+                     slope_from=info.found_by, calls=info.calls)
 
 
 def check_generator(generator: torch.Generator | None) -> None:
@@ -651,6 +673,8 @@ def apply_init(
     exclude: Patterns = None,
     generator: torch.Generator | None = None,
     conv: str | None = None,
+    example_input: Any = None,
+    forward: Forward | None = None,
 ) -> InitPlan:
     """Initialize ``model`` in place by :func:`plan_init`'s plan and return that plan.
 
@@ -659,6 +683,8 @@ def apply_init(
     is written over is copied first: on any error (``KeyboardInterrupt`` included) every weight,
     bias and the generator's state are as before. The same seed or generator state gives
     bit-identical weights on every device. Biases of planned layers are set to 0.
+    ``example_input`` / ``forward``: observe one forward pass to find each layer's activation (see
+    :func:`plan_init`).
 
     Example::
 
@@ -667,7 +693,8 @@ def apply_init(
         plan.predicted_drift  # ~0: the log-norm neither grows nor shrinks with depth
     """
     check_generator(generator)
-    plan = plan_init(model, scheme, distribution, moment, negative_slope, include, exclude, conv)
+    plan = plan_init(model, scheme, distribution, moment, negative_slope, include, exclude, conv, example_input,
+                     forward)
     with plan.restoring(generator):
         plan.write(plan.draw(generator))
     return plan
