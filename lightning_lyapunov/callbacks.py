@@ -21,7 +21,6 @@ needs matplotlib).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -126,6 +125,7 @@ class LyapunovInit(Callback):
         self.first_stats: SignalStats | None = None
         self.last_stats: SignalStats | None = None
         self._warned: set[tuple[str, str]] = set()
+        self._no_observation: str | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -158,14 +158,18 @@ class LyapunovInit(Callback):
             # global generator stays untouched) and never initialize this model later
             rank_zero_info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
             self.initialized = True
+        if not self.initialized or self.plan is None:
+            plan_kwargs.update(self._observation(trainer, pl_module))
         if not self.initialized:
             generator = torch.Generator().manual_seed(self._seed())
             if self.sampled:
                 from lightning_lyapunov.sampling import sample_lyapunov_
+                from lightning_lyapunov.training_batch import network_output
 
+                batch, call = plan_kwargs.pop("example_input", None), plan_kwargs.pop("forward", None)
                 report = sample_lyapunov_(
-                    pl_module, _probe_batch(trainer, pl_module), layerwise=self.sampled == "layerwise",
-                    generator=generator, **plan_kwargs,
+                    pl_module, batch, forward=None if call is None else network_output(call),
+                    layerwise=self.sampled == "layerwise", generator=generator, **plan_kwargs,
                 )
                 self.plan = report.plan
                 rank_zero_info(f"LyapunovInit sampled ({self.sampled}): {report}")
@@ -176,10 +180,29 @@ class LyapunovInit(Callback):
             from lightning_lyapunov.surgery import plan_init
 
             self.plan = plan_init(pl_module, **plan_kwargs)  # for the diagnostics' predictions only
+        if self._no_observation is not None:
+            self.plan.warnings.append(self._no_observation)
+            self._no_observation = None
         if self.diagnostics and self.monitor is None:
             # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
             # registered once and gated, since attaching hooks would change the compiled graph
             self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
+
+    def _observation(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """``example_input``/``forward`` for planning: the first training batch, run the way the
+        module takes it (``forward``, else ``training_step``); ``{}`` (torch.fx) with a warning if none."""
+        from lightning_lyapunov.training_batch import training_batch, training_call
+
+        self._no_observation = None
+        batch, why = training_batch(trainer, pl_module)
+        call = None
+        if batch is not None:
+            call, why = training_call(pl_module, batch)
+        if call is None:
+            self._no_observation = f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing"
+            rank_zero_warn(self._no_observation)
+            return {}
+        return {"example_input": batch, "forward": call}
 
     def _seed(self) -> int:
         if self.seed is not None:
@@ -352,24 +375,6 @@ def _predicted_scalars(plan: InitPlan) -> dict[str, float]:
 def _markdown(text: str) -> str:
     """Monospace block for TensorBoard's markdown text plugin."""
     return "\n".join("    " + line for line in text.splitlines())
-
-
-def _probe_batch(trainer: Trainer, pl_module: LightningModule) -> torch.Tensor | None:
-    """The input tensor of the first training batch, on the module's device, or None."""
-    try:
-        loader = trainer.fit_loop._data_source.dataloader()
-        batch = next(iter(loader))
-    except Exception as error:  # no data yet, or a loader that cannot be iterated here
-        rank_zero_warn(f"LyapunovInit: no training batch for the sampled scheme ({error}); using N(0, 1) inputs")
-        return None
-    while isinstance(batch, (list, tuple)) and batch:
-        batch = batch[0]
-    if isinstance(batch, Mapping):
-        batch = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
-    if not isinstance(batch, torch.Tensor):
-        rank_zero_warn("LyapunovInit: could not find an input tensor in the training batch; using N(0, 1) inputs")
-        return None
-    return batch.to(pl_module.device)
 
 
 def _depth_figure(stats: SignalStats, plan: InitPlan | None):

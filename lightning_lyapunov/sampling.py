@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ._checks import check_bool, check_int, check_module, invalid
+from .observe import call_forward
 from .surgery import InitPlan, LayerPlan, check_generator, plan_init
 
 __all__ = ["SamplingReport", "sample_lyapunov_", "log_gain"]
@@ -165,8 +166,10 @@ def sample_lyapunov_(
 ) -> SamplingReport:
     """Initialize ``model`` in place with the best of ``K`` draws on a probe batch (module docstring).
 
-    ``probe``: a batch for ``forward(model, probe)`` (default ``model(probe)``), or None for 64
-    standard normal inputs when the first planned layer is Linear. ``candidates``: ``K``, default
+    ``probe``: a batch for ``forward(model, probe)`` (default ``model(probe)``; a tuple or dict is
+    unpacked when the forward's signature takes it), or None for 64 standard normal inputs when the
+    first planned layer is Linear. A probe is also observed to find each layer's activation
+    (``plan_init(example_input=probe)``). ``candidates``: ``K``, default
     ``ceil(2 sqrt(L))`` for ``L`` planned layers. ``plan_kwargs`` go to :func:`plan_init`
     (``scheme`` defaults to ``"lyapunov"``). Draws come from ``generator`` (CPU), else from torch's
     default generator: the same seed gives the same choice.
@@ -185,11 +188,15 @@ def sample_lyapunov_(
     if forward is not None and not callable(forward):
         invalid("forward", forward, "None or a callable forward(model, probe) -> tensor")
     check_generator(generator)
+    forward = forward or call_forward
+    if probe is not None:  # a real batch: observe it to find each layer's activation
+        plan_kwargs.setdefault("example_input", probe)
+        plan_kwargs.setdefault("forward", forward)
     plan = plan_init(model, **plan_kwargs)
     count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
     with plan.restoring(generator), _probing(model):
         batch = _default_probe(plan, generator) if probe is None else probe
-        runner = _Probe(model, plan, batch, forward or (lambda m, b: m(b)))
+        runner = _Probe(model, plan, batch, forward)
         if layerwise:
             return _layerwise(plan, runner, count, generator)
         scores = _keep_best(count, lambda: plan.draw(generator), plan.write, lambda: _score(runner.gain()))
