@@ -14,9 +14,11 @@ Every pass runs inside :func:`lightning_lyapunov.observe.preserved`: training fl
 
 from __future__ import annotations
 
+import random
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
@@ -29,12 +31,21 @@ __all__ = ["training_batch", "training_call", "network_output"]
 
 
 def training_batch(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, str | None]:
-    """The first training batch on the module's device, or ``(None, why not)``."""
+    """The first training batch on the module's device, or ``(None, why not)``.
+
+    Reading it leaves torch's, Python's and NumPy's global generators as they were (a shuffling
+    sampler draws its seed from torch's): the training run sees the same data order as without it.
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        loader = trainer.fit_loop._data_source.dataloader()
-        batch = next(iter(loader))
+        with torch.random.fork_rng(devices=[]):
+            loader = trainer.fit_loop._data_source.dataloader()
+            batch = next(iter(loader))
     except Exception as error:  # noqa: BLE001 - no data yet, or a loader that cannot be iterated here
         return None, f"no training batch ({type(error).__name__}: {error})"
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
     return move_data_to_device(batch, pl_module.device), None
 
 

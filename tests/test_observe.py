@@ -451,3 +451,26 @@ def test_callback_sampled_with_a_dict_batch(tmp_path, sampled) -> None:
     assert [l.negative_slope for l in callback.plan.layers] == [0.1] * 4 + [1.0]
     assert {l.slope_from for l in callback.plan.layers} == {"observed"}
     assert probe.logged == []
+
+
+def test_callback_reading_the_batch_leaves_the_global_generator_alone(tmp_path) -> None:
+    from lightning_lyapunov import LyapunovInit
+
+    class Draw(__import__("lightning.pytorch", fromlist=["Callback"]).Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.state = torch.get_rng_state()
+
+    states = []
+    for callbacks in ([], [LyapunovInit(diagnostics=False, seed=0)]):
+        import lightning.pytorch as pl
+        from torch.utils.data import DataLoader
+
+        from conftest import trainer_kwargs
+
+        torch.manual_seed(5)
+        draw = Draw()
+        trainer = pl.Trainer(callbacks=[*callbacks, draw], **trainer_kwargs(tmp_path, max_steps=1, logger=False))
+        data = list(zip(torch.randn(32, 4, generator=gen(0)), torch.randn(32, 1, generator=gen(1))))
+        trainer.fit(NoForward(), DataLoader(data, batch_size=16, shuffle=True))
+        states.append(draw.state)
+    assert torch.equal(states[0], states[1])
