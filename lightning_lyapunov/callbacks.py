@@ -7,6 +7,8 @@ Logged keys (every logger, as scalars):
   ``kurtosis_median``, ``kurtosis_pooled``, ``dead_fraction``, ``nonfinite``), measured on the
   outputs (pre-activations) of the planned layers;
 - ``lyapunov/exponent_estimate``: the slope of the mean log-norm over depth;
+- a statistic that a measurement cannot define (a batch of one sample, a one-layer model, a layer
+  not called) is not logged rather than logged as NaN, and one warning says why;
 - at step 0: ``lyapunov/predicted/exponent`` (mean per-layer exponent of the plan),
   ``lyapunov/predicted/drift`` and ``lyapunov/predicted/spread`` (whole network), and
   ``lyapunov/predicted/log_norm/<layer>`` (cumulative predicted drift up to the layer).
@@ -264,7 +266,8 @@ class LyapunovInit(Callback):
         self.last_stats = stats
         step = self._last_step or 0
         self._warn_about(stats, step, check_exponent=first)
-        scalars = stats.to_scalars()
+        self._warn_undefined(stats)
+        scalars = stats.to_scalars(defined_only=True)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
         if first:
@@ -316,6 +319,17 @@ class LyapunovInit(Callback):
                 f"measured Lyapunov exponent {measured:+.3f} per layer at step {step} is far from the "
                 f"predicted {predicted:+.3f} (tolerance {tolerance:.3f}): check the detected slopes in the plan",
             )
+
+    def _warn_undefined(self, stats: SignalStats) -> None:
+        """One warning for the reasons not yet given why some statistics are not logged."""
+        by_reason: dict[str, set[str]] = {}
+        for key, reason in stats.undefined().items():
+            by_reason.setdefault(reason, set()).add(key.split("/")[0])
+        new = {reason: keys for reason, keys in by_reason.items() if ("undefined", reason) not in self._warned}
+        if new:
+            self._warned.update(("undefined", reason) for reason in new)
+            listed = "; ".join(f"{', '.join(sorted(keys))} ({reason})" for reason, keys in new.items())
+            rank_zero_warn(f"LyapunovInit: not logging statistics that are undefined here, rather than NaN: {listed}")
 
     def _warn_once(self, key: tuple[str, str], message: str) -> None:
         if key not in self._warned:

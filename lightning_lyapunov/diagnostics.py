@@ -36,7 +36,8 @@ For a hooked output ``h`` of shape ``(B, ...)`` the features of each sample are 
 Non-finite values never raise: they are counted in ``nonfinite`` and propagate (every statistic
 that depends on a non-finite entry is NaN or infinite; units with a non-finite variance are left
 out of the kurtosis median and are not dead). With ``B = 1`` the statistics over the batch that
-need two samples (``emp_var_*``, ``kurtosis_*``) are NaN. A sample whose output is exactly zero
+need two samples (``emp_var_*``, ``kurtosis_*``) are NaN; :meth:`SignalStats.undefined` lists such
+statistics (and why), and ``to_scalars(defined_only=True)`` leaves them out. A sample whose output is exactly zero
 has ``log r = -inf``. If a module is called several times in one forward (weight sharing), the
 last call is kept.
 
@@ -71,7 +72,7 @@ from torch import nn
 
 from lightning_lyapunov._checks import check_bool, check_int, check_module, invalid
 
-__all__ = ["STAT_KEYS", "COLLAPSE_THRESHOLD", "SignalMonitor", "SignalStats", "signal_stats"]
+__all__ = ["STAT_KEYS", "BATCH_STATS", "COLLAPSE_THRESHOLD", "SignalMonitor", "SignalStats", "signal_stats"]
 
 #: Names of the per-layer statistics, in the order of the rows of ``SignalStats.values``.
 STAT_KEYS: tuple[str, ...] = (
@@ -84,6 +85,14 @@ STAT_KEYS: tuple[str, ...] = (
     "dead_fraction",
     "nonfinite",
 )
+#: The statistics over the batch that need at least two samples (undefined for a batch of one).
+BATCH_STATS: tuple[str, ...] = ("log_norm_std", "emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled")
+#: Why a statistic is undefined (:meth:`SignalStats.undefined`).
+NOT_CALLED = "layer not called in the measured step"
+SINGLE_SAMPLE = "batch of 1 sample: statistics over the batch need 2 or more"
+DEGENERATE = "0/0 from finite activations: units constant over the batch, or an all-zero output"
+FEW_LAYERS = "fewer than 2 measured layers: the slope over depth needs 2 or more"
+ZERO_OUTPUT = "a measured layer's output is exactly zero (log 0)"
 #: A unit's variance is collapsed below this fraction of the layer's mean second moment.
 COLLAPSE_THRESHOLD = 1e-3
 # A unit counts as constant for the kurtosis when std <= _CONSTANT_RTOL * |mean| (fp32 rounding).
@@ -228,10 +237,39 @@ class SignalStats:
         x = index - index.mean()
         return float(np.dot(x, y[index] - y[index].mean()) / np.dot(x, x))
 
-    def to_scalars(self, prefix: str = "lyapunov") -> dict[str, float]:
+    def undefined(self) -> dict[str, str]:
+        """``{"<stat>/<layer>" or "exponent_estimate": why}`` for the statistics that this measurement
+        cannot define (NaN, or 0 for ``log_norm_std`` of one sample, by construction rather than by
+        the signal): a layer not called, a batch of one sample (:data:`BATCH_STATS` need two), 0/0
+        from finite activations (constant units, an all-zero output), and for ``exponent_estimate``
+        fewer than 2 measured layers or an all-zero layer output. A NaN of a layer with NaN/Inf
+        activations (``nonfinite > 0``) is not listed: it is what the network computed.
+
+        Example::
+
+            SignalStats(("0",), np.zeros((1, len(STAT_KEYS))), {"0": np.zeros(1)}).undefined()
+            # {"log_norm_std/0": SINGLE_SAMPLE, ..., "exponent_estimate": FEW_LAYERS}
+        """
+        samples = np.array([self.log_norms[name].size for name in self.names])
+        clean = self.values[:, STAT_KEYS.index("nonfinite")] == 0
+        single = (samples == 1)[:, None] & np.isin(STAT_KEYS, BATCH_STATS)[None, :]
+        degenerate = np.isnan(self.values) & clean[:, None]
+        reasons: dict[str, str] = {}
+        for i, k in zip(*np.nonzero((samples == 0)[:, None] | single | degenerate)):
+            why = NOT_CALLED if samples[i] == 0 else SINGLE_SAMPLE if single[i, k] else DEGENERATE
+            reasons[f"{STAT_KEYS[k]}/{self.names[i]}"] = why
+        means = self.values[samples > 0, STAT_KEYS.index("log_norm_mean")]
+        if means.size < 2:
+            reasons["exponent_estimate"] = FEW_LAYERS
+        elif np.any(np.isneginf(means) & clean[samples > 0]):
+            reasons["exponent_estimate"] = ZERO_OUTPUT
+        return reasons
+
+    def to_scalars(self, prefix: str = "lyapunov", *, defined_only: bool = False) -> dict[str, float]:
         """Flat ``{"<prefix>/<stat>/<layer>": value}`` plus ``"<prefix>/exponent_estimate"``.
 
-        These are the documented logger keys; layer names keep their dots.
+        These are the documented logger keys; layer names keep their dots. ``defined_only`` leaves
+        out the statistics listed by :meth:`undefined` (log nothing rather than NaN).
         """
         table = self.values.T.tolist()
         scalars = {
@@ -240,6 +278,9 @@ class SignalStats:
             for name, value in zip(self.names, row)
         }
         scalars[f"{prefix}/exponent_estimate"] = self.exponent_estimate
+        if defined_only:
+            for key in self.undefined():
+                del scalars[f"{prefix}/{key}"]
         return scalars
 
 

@@ -1,0 +1,100 @@
+"""Batch size 1 and one-layer models: statistics that are undefined are not logged (no NaN), and
+one warning says why."""
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+from conftest import DeepNarrow, loader, trainer_kwargs
+from lightning_lyapunov import LyapunovInit, SignalMonitor
+from lightning_lyapunov.diagnostics import BATCH_STATS, STAT_KEYS
+
+
+def run(tmp_path, depth, batch_size, max_steps=4):
+    torch.manual_seed(0)
+    logger = CSVLogger(tmp_path, name="small")
+    trainer = pl.Trainer(callbacks=[LyapunovInit(seed=0, log_every_n_steps=1)],
+                         **trainer_kwargs(tmp_path, logger=logger, max_steps=max_steps))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DeepNarrow(depth=depth), loader(batch_size=batch_size))
+    with open(Path(logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    logged = {key: [float(row[key]) for row in rows if row[key] != ""] for key in rows[0] if key.startswith("lyapunov/")}
+    undefined = [str(w.message) for w in caught if "undefined here" in str(w.message)]
+    return {key: values for key, values in logged.items() if values}, undefined
+
+
+def test_batch_of_one_logs_no_nan_and_warns_once(tmp_path):
+    logged, undefined = run(tmp_path, depth=4, batch_size=1)
+    assert len(logged["lyapunov/log_norm_mean/net.0"]) == 4  # measured every step
+    assert all(math.isfinite(v) for values in logged.values() for v in values)
+    for stat in BATCH_STATS:
+        assert not any(key.startswith(f"lyapunov/{stat}/") for key in logged), stat
+    assert "lyapunov/exponent_estimate" in logged
+    assert len(undefined) == 1 and "batch of 1 sample" in undefined[0] and "kurtosis_median" in undefined[0]
+
+
+def test_one_layer_model_logs_no_exponent_and_says_why_once(tmp_path):
+    logged, undefined = run(tmp_path, depth=1, batch_size=16)
+    assert "lyapunov/exponent_estimate" not in logged
+    assert "lyapunov/kurtosis_median/net.0" in logged
+    assert all(math.isfinite(v) for values in logged.values() for v in values)
+    assert len(undefined) == 1 and "fewer than 2 measured layers" in undefined[0]
+
+
+def test_both_reasons_in_one_warning(tmp_path):
+    logged, undefined = run(tmp_path, depth=1, batch_size=1, max_steps=3)
+    measured = {key for key in logged if not key.startswith("lyapunov/predicted/")}
+    assert measured == {f"lyapunov/{k}/net.0" for k in ("log_norm_mean", "dead_fraction", "nonfinite")}
+    assert len(undefined) == 1 and "batch of 1 sample" in undefined[0] and "fewer than 2" in undefined[0]
+
+
+class FirstOnly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x)
+
+
+def measure(model, x, names):
+    monitor = SignalMonitor(model, names)
+    monitor.active = True
+    model(x)
+    return monitor.compute()
+
+
+def test_undefined_lists_each_case_and_keeps_real_nan():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 4))
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.fill_(1.0)  # constant units: kurtosis 0/0
+    stats = measure(model[:3], torch.randn(8, 4), ["0", "2"])
+    assert stats.undefined() == {"kurtosis_median/2": "0/0 from finite activations: units constant over the batch, "
+                                 "or an all-zero output", "kurtosis_pooled/2": stats.undefined()["kurtosis_pooled/2"]}
+    not_called = measure(FirstOnly(), torch.randn(8, 4), ["a", "b"])  # layer b never runs
+    assert {k for k in not_called.undefined() if k.endswith("/b")} == {f"{k}/b" for k in STAT_KEYS}
+    assert not_called.undefined()["exponent_estimate"].startswith("fewer than 2")
+    diverged = measure(model[:1], torch.full((8, 4), math.nan), ["0"])  # NaN activations: a real NaN
+    assert math.isnan(diverged.to_scalars(defined_only=True)["lyapunov/kurtosis_median/0"])
+    assert "kurtosis_median/0" not in diverged.undefined()
+
+
+def test_defined_only_drops_exactly_the_undefined_keys():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    stats = measure(model, torch.randn(1, 4), ["0", "2"])
+    full, defined = stats.to_scalars(), stats.to_scalars(defined_only=True)
+    assert set(full) - set(defined) == {f"lyapunov/{k}" for k in stats.undefined()}
+    assert len(full) - len(defined) == 2 * len(BATCH_STATS)
+    assert all(np.isfinite(v) for v in defined.values())
