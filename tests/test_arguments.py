@@ -128,6 +128,8 @@ CASES = [
     ("apply-moment-ignored", lambda: apply_init(mlp(), scheme="stiefel", moment=1.0), V, "moment=1.0 is not used"),
     ("apply-moment-bool", lambda: apply_init(mlp(), moment=True), T, "moment=True is invalid"),
     ("apply-scheme-case", lambda: apply_init(mlp(), scheme="HE"), V, "did you mean 'he'"),
+    ("apply-conv", lambda: apply_init(mlp(), conv="Delta"), V, "conv='Delta'"),
+    ("cb-conv", lambda: LyapunovInit(conv=5), V, "conv=5"),
     # ------------------------------------------------------------------ swap_activations
     ("swap-old-str", lambda: swap_activations(mlp(), old="ReLU"), T, "old='ReLU' is invalid"),
     ("swap-old-instance", lambda: swap_activations(mlp(), old=nn.ReLU()), T, "old=ReLU() is invalid"),
