@@ -468,7 +468,7 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
     for name, module in model.named_modules():
         for parameter in module._parameters.values():
             if parameter is not None:
-                owners.setdefault(id(parameter), []).append(name or "<root>")
+                owners.setdefault(id(parameter), []).append(name)
     return owners
 
 
@@ -481,7 +481,7 @@ def _tied(model: nn.Module, eligible: list[str], skipped: list[tuple[str, str]])
     for name in eligible:
         alone = [o for o in owners[id(modules[name].weight)] if o not in planned]
         if alone:
-            reason = f"shared with {alone[0]!r} which is left alone"
+            reason = f"shared with {alone[0] or '<root>'!r} which is left alone"
             skipped.append((name, reason))
             warnings_.append(f"layer {name!r} skipped: its weight is {reason}")
             planned.discard(name)

@@ -319,3 +319,11 @@ def test_plan_write_refuses_wrong_shapes_and_counts_before_writing() -> None:
     assert changed(model, before) == []
     plan.write(weights)
     assert all(torch.equal(layer.module.weight, w) for layer, w in zip(plan.layers, weights))
+
+
+def test_a_bare_layer_is_not_mistaken_for_a_tied_one() -> None:
+    layer = nn.Linear(4, 4)  # the model itself: its qualified name is ''
+    assert quiet(plan_init, layer).layer_names == [""]
+    tied = TiedLM()
+    tied.emb, tied.head.weight = nn.Linear(10, 4), nn.Parameter(torch.randn(10, 4))  # untied: both planned
+    assert sorted(quiet(plan_init, tied).layer_names) == ["body", "emb", "head"]
