@@ -161,6 +161,8 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
         >>> check_choice("distribution", "gaussian", ("gaussian", "orthogonal"))
         'gaussian'
     """
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        value = bool(value)
     for choice in choices:
         if isinstance(choice, bool) or isinstance(value, bool):
             if value is choice:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_lyapunov._checks import check_choice, check_float, check_int
+from lightning_lyapunov._checks import check_bool, check_choice, check_float, check_int, invalid
 
 __all__ = [
     "ACTIVATIONS",
@@ -164,6 +164,7 @@ class DeepMLP(nn.Module):
     ) -> None:
         super().__init__()
         require_positive_ints(in_features=in_features, out_features=out_features, width=width, depth=depth)
+        check_bool("bias", bias)
         layers: list[nn.Module] = []
         d_in = in_features
         for _ in range(depth):
@@ -224,6 +225,7 @@ class PlainCNN(nn.Module):
     ) -> None:
         super().__init__()
         require_positive_ints(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth)
+        check_bool("batch_norm", batch_norm), check_bool("bias", bias)
         layers: list[nn.Module] = []
         c_in = in_channels
         for _ in range(depth):
@@ -261,6 +263,8 @@ class BasicBlock(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
+        require_positive_ints(in_channels=in_channels, out_channels=out_channels, stride=stride)
+        check_bool("batch_norm", batch_norm)
         self.conv1 = _conv3x3(in_channels, out_channels, stride, bias=not batch_norm)
         self.bn1 = _norm2d(out_channels, batch_norm)
         self.act1 = make_activation(activation, negative_slope)
@@ -308,6 +312,9 @@ class SmallResNet(nn.Module):
     ) -> None:
         super().__init__()
         require_positive_ints(in_channels=in_channels, num_classes=num_classes, width=width)
+        check_bool("batch_norm", batch_norm)
+        if isinstance(blocks_per_stage, (str, bytes)) or not isinstance(blocks_per_stage, Sequence):
+            invalid("blocks_per_stage", blocks_per_stage, "a sequence of block counts, e.g. [2, 2, 2]")
         if len(blocks_per_stage) < 1:
             raise ValueError("blocks_per_stage=[] is invalid: give at least one stage, e.g. [2, 2, 2].")
         for i, n in enumerate(blocks_per_stage):

@@ -225,6 +225,11 @@ def _log_chi2(d: int) -> float:
     return math.log(2.0) + float(special.digamma(d / 2.0))
 
 
+def _check_drawn_in(drawn_in: int | None) -> None:
+    if drawn_in is not None:
+        _check_width("drawn_in", drawn_in)
+
+
 def _drawn_width(d_in: int, d_out: int, drawn_in: int | None) -> int:
     """``max(D_in, d_out)``: the larger side of the drawn orthogonal matrix (``D_in = drawn_in or d_in``)."""
     return max(d_in if drawn_in is None else _check_width("drawn_in", drawn_in), d_out)
@@ -271,6 +276,7 @@ def lyapunov_exponent(
     a = _check_slope(negative_slope)
     sigma = _check_scale(scale)
     _check_distribution(distribution)
+    _check_drawn_in(drawn_in)
     exponent = math.log(sigma) + 0.5 * expected_log_q(d_out, a) + 0.5 * math.log(d_in / d_out)
     if distribution == "orthogonal":
         exponent += 0.5 * _orthogonal_offset(d_in, d_out, drawn_in)
@@ -312,6 +318,7 @@ def critical_scale(
     d_out = _check_width("d_out", d_out)
     a = _check_slope(negative_slope)
     _check_distribution(distribution)
+    _check_drawn_in(drawn_in)
     s = _check_moment(moment)
     ratio = 0.5 * math.log(d_out / d_in)
     big = _drawn_width(d_in, d_out, drawn_in)
@@ -351,6 +358,7 @@ def log_norm_variance(
     d_out = _check_width("d_out", d_out)
     a = _check_slope(negative_slope)
     _check_distribution(distribution)
+    _check_drawn_in(drawn_in)
     variance = log_q_variance(d_out, a)
     if distribution == "orthogonal":
         variance -= float(special.polygamma(1, _drawn_width(d_in, d_out, drawn_in) / 2.0))
@@ -409,7 +417,7 @@ def _check_widths(widths: Sequence[int] | int, depth: int | None) -> list[int]:
     if isinstance(widths, numbers.Integral) and not isinstance(widths, bool):
         depth = check_int("depth", depth, minimum=1, allowed="an integer >= 1 when widths is an int")
         return [_check_width("widths", widths)] * (depth - 1)
-    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, (Sequence, np.ndarray)):
         invalid("widths", widths, "an integer width or a sequence of them")
     if depth is not None:
         raise ValueError(
@@ -422,8 +430,8 @@ def _check_widths(widths: Sequence[int] | int, depth: int | None) -> list[int]:
 
 
 def _sequence(name: str, value: Sequence) -> Sequence:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        invalid(name, value, "a sequence (list or tuple)")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        invalid(name, value, "a sequence (list, tuple or array)")
     return value
 
 

@@ -13,7 +13,7 @@ from lightning_lyapunov import LyapunovInit, SignalMonitor, apply_init, init, pl
 from lightning_lyapunov import swap_activations, theory
 from lightning_lyapunov._checks import ArgumentTypeError, check_bool, check_choice, check_float, check_int
 from lightning_lyapunov.data import PolynomialRegression
-from lightning_lyapunov.models import DeepMLP, RegressionModule
+from lightning_lyapunov.models import DeepMLP, PlainCNN, RegressionModule, SmallResNet
 
 NAN, INF = math.nan, math.inf
 T, V = TypeError, ValueError
@@ -161,6 +161,11 @@ CASES = [
     ("mlp-depth-float", lambda: DeepMLP(1, 1, depth=1.5), T, "depth=1.5 is invalid"),
     ("module-lr-nan", lambda: RegressionModule(DeepMLP(1, 1), lr=NAN), V, "lr=nan is invalid"),
     ("module-optimizer-case", lambda: RegressionModule(DeepMLP(1, 1), optimizer="Adam"), V, "did you mean 'adam'"),
+    ("mlp-bias-str", lambda: DeepMLP(1, 1, bias="no"), T, "bias='no' is invalid"),
+    ("cnn-batch-norm-str", lambda: PlainCNN(batch_norm="yes"), T, "batch_norm='yes' is invalid"),
+    ("resnet-blocks-int", lambda: SmallResNet(blocks_per_stage=2), T, "blocks_per_stage=2 is invalid"),
+    ("theory-drawn-in", lambda: theory.lyapunov_exponent(4, 4, 0.1, 1.0, drawn_in=2.5), T, "drawn_in=2.5"),
+    ("theory-drawn-in-zero", lambda: theory.critical_scale(4, 4, 0.1, drawn_in=0), V, "drawn_in=0 is invalid"),
     ("data-batch-size", lambda: PolynomialRegression(batch_size=0), V, "batch_size=0 is invalid"),
 ]
 
@@ -230,3 +235,6 @@ def test_valid_edge_values_are_accepted():
     assert check_float("x", np.float32(0.5)) == 0.5
     assert check_bool("x", True) is True
     assert check_choice("x", "a", ("a", "b")) == "a"
+    assert check_choice("sampled", np.bool_(True), (False, True, "network")) is True
+    assert theory.kurtosis_by_depth(np.array([4, 4]), 0.1).shape == (3,)
+    assert "| 4 |" in theory.theory_table(widths=np.array([4]), slopes=np.array([0.1]), depth=2)
