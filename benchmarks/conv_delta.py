@@ -115,6 +115,18 @@ median [q25, q75] over seeds. Float32, one torch thread.
     return report
 
 
+def _verdict(test: dict[str, float]) -> str:
+    pairs = [(k, k.replace("full", "delta")) for k in test if "full" in k and k.replace("full", "delta") in test]
+    wins = [full for full, delta in pairs if test[delta] > test[full]]
+    gaps = ", ".join(f"{delta} {100 * (test[delta] - test[full]):+.1f} points" for full, delta in pairs)
+    if len(wins) == len(pairs):
+        return f"- Delta draws train better than full ones here ({gaps} against the full draw)."
+    return (f"- **Delta draws do not win this short training** ({gaps} against the full draw of the same "
+            "scheme): the log-gain at init is as good, but a delta kernel starts as a 1x1 convolution and "
+            "has to grow its spatial taps by training. Keep `conv=\"full\"` (the default) unless depth "
+            "makes the full draw's spread a problem.")
+
+
 def _findings(gains: dict[str, list[float]], trained: dict[str, list], steps: int) -> str:
     med = {k: spread(v)[0] for k, v in gains.items()}
     width = {k: spread(v)[2] - spread(v)[1] for k, v in gains.items()}
@@ -127,5 +139,6 @@ def _findings(gains: dict[str, list[float]], trained: dict[str, list], steps: in
         "on this 20-layer CNN that measured +19.35 log-gain at init (5 seeds, before the delta construction).",
         f"- Test accuracy after {steps} steps (median): "
         + "; ".join(f"{k} {100 * test[k]:.1f}%" for k in test) + f". Best: {best}.",
+        _verdict(test),
     ]
     return "\n".join(lines)
