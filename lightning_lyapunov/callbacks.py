@@ -201,7 +201,10 @@ class LyapunovInit(Callback):
         if batch is not None:
             call, why = training_call(pl_module, batch)
         if call is None:
-            self._no_observation = f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing"
+            self._no_observation = (
+                f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing, or module "
+                "registration order where tracing fails"
+            )
             rank_zero_warn(self._no_observation)
             return {}
         return {"example_input": batch, "forward": call}

@@ -139,7 +139,8 @@ class _Observer(TorchFunctionMode):
         self.calls: dict[str, int] = {}
         self.depth = 0  # > 0 inside a module consumed as a whole: its inner calls are not followed
         self.handles: list[Any] = []
-        for module in model.modules():
+        self.modules = list(model.modules())
+        for module in self.modules:
             if id(module) in self.planned or isinstance(module, _LINEAR_MODULES) or is_pass_module(module) or (
                 module_slope(module, "", "observed") is not None
             ):
@@ -239,6 +240,8 @@ class _Observer(TorchFunctionMode):
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        for module in self.modules:  # left behind by a forward pass that failed half-way
+            module.__dict__.pop("_lyapunov_observed_tags", None)
 
     def slopes(self, names: list[str]) -> tuple[dict[str, SlopeInfo], list[str]]:
         """A SlopeInfo per layer that ran (first-call order), from its definite findings first."""

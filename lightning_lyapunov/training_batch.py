@@ -42,7 +42,7 @@ def training_batch(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, s
             loader = trainer.fit_loop._data_source.dataloader()
             batch = next(iter(loader))
     except Exception as error:  # noqa: BLE001 - no data yet, or a loader that cannot be iterated here
-        return None, f"no training batch ({type(error).__name__}: {error})"
+        return None, f"no training batch ({type(error).__name__}{': ' + str(error) if str(error) else ''})"
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)

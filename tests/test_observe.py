@@ -474,3 +474,32 @@ def test_callback_reading_the_batch_leaves_the_global_generator_alone(tmp_path) 
         trainer.fit(NoForward(), DataLoader(data, batch_size=16, shuffle=True))
         states.append(draw.state)
     assert torch.equal(states[0], states[1])
+
+
+def test_callback_without_a_batch_falls_back_to_fx_and_the_plan_says_so(tmp_path) -> None:
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from conftest import trainer_kwargs
+    from lightning_lyapunov import LyapunovInit
+
+    callback = LyapunovInit(diagnostics=False, seed=0)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_steps=1, logger=False))
+    with pytest.warns(UserWarning, match=r"observed no training pass \(no training batch \(StopIteration\)\)"):
+        trainer.fit(NoForward(), DataLoader([], batch_size=4))
+    assert any("observed no training pass" in w for w in callback.plan.warnings)
+    assert {l.slope_from for l in callback.plan.layers} == {"module order"}
+
+
+def test_callback_with_forward_and_tuple_batch_observes(tmp_path) -> None:
+    import lightning.pytorch as pl
+
+    from conftest import DeepNarrow, loader, trainer_kwargs
+    from lightning_lyapunov import LyapunovInit
+
+    callback = LyapunovInit(diagnostics=False, seed=0)
+    module = DeepNarrow(depth=4)  # forward(x), batches (x, y): runs through training_step
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_steps=1, logger=False))
+    trainer.fit(module, loader())
+    assert [(l.negative_slope, l.slope_from) for l in callback.plan.layers] == [(0.1, "observed")] * 3 + [
+        (1.0, "observed")]
