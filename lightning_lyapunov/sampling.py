@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_int, check_module, invalid
+from ._checks import check_bool, check_int, check_module, describe, invalid
 from .observe import call_forward
 from .surgery import InitPlan, LayerPlan, check_generator, plan_init
 
@@ -130,6 +130,10 @@ class _Probe:
             output = self.forward(self.model, self.batch)
         except _Stop:
             output = captured[0]
+        except Exception as error:
+            error.add_note(f"while sample_lyapunov_ ran forward(model, probe) with probe={describe(self.batch)}: pass "
+                           "probe= a batch the model takes (and forward= if model(probe) is not the call)")
+            raise
         finally:
             for handle in handles:
                 handle.remove()

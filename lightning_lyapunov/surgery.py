@@ -345,6 +345,8 @@ def _patterns(argument: str, value: Patterns) -> list[re.Pattern[str]]:
     if value is None:
         return []
     items = [value] if isinstance(value, str) else value
+    if isinstance(value, Mapping):
+        invalid(argument, value, "a regular expression or a list of them (re.search on qualified module names)")
     try:
         return [re.compile(item) for item in items]
     except (TypeError, re.error) as error:
@@ -594,6 +596,10 @@ def plan_init(
     overrides, include_patterns, exclude_patterns = check_plan_arguments(
         scheme, distribution, moment, negative_slope, include, exclude, conv
     )
+    if forward is not None and not callable(forward):
+        invalid("forward", forward, "None or a callable forward(model, example_input)")
+    if forward is not None and example_input is None:
+        raise ValueError("forward= is only used to observe example_input=: pass example_input= too, or drop forward=")
     conv_draw = _conv_draw(scheme, conv)
     eligible, skipped, warnings_ = _discover(model, include_patterns, exclude_patterns)
     if not eligible:

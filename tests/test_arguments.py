@@ -130,6 +130,9 @@ CASES = [
     ("apply-scheme-case", lambda: apply_init(mlp(), scheme="HE"), V, "did you mean 'he'"),
     ("apply-conv", lambda: apply_init(mlp(), conv="Delta"), V, "conv='Delta'"),
     ("cb-conv", lambda: LyapunovInit(conv=5), V, "conv=5"),
+    ("apply-include-dict", lambda: apply_init(mlp(), include={"0": 1}), T, "include={'0': 1} is invalid"),
+    ("plan-forward-int", lambda: plan_init(mlp(), example_input=torch.randn(2, 4), forward=5), T, "forward=5"),
+    ("plan-forward-alone", lambda: plan_init(mlp(), forward=lambda m, x: m(x)), V, "forward= is only used"),
     # ------------------------------------------------------------------ swap_activations
     ("swap-old-str", lambda: swap_activations(mlp(), old="ReLU"), T, "old='ReLU' is invalid"),
     ("swap-old-instance", lambda: swap_activations(mlp(), old=nn.ReLU()), T, "old=ReLU() is invalid"),
@@ -238,3 +241,9 @@ def test_valid_edge_values_are_accepted():
     assert check_choice("sampled", np.bool_(True), (False, True, "network")) is True
     assert theory.kurtosis_by_depth(np.array([4, 4]), 0.1).shape == (3,)
     assert "| 4 |" in theory.theory_table(widths=np.array([4]), slopes=np.array([0.1]), depth=2)
+
+
+def test_a_probe_the_model_cannot_take_is_named_in_the_error():
+    with pytest.raises(TypeError) as info:
+        sample_lyapunov_(mlp(), probe="abc", candidates=2)
+    assert "probe='abc' (str)" in "".join(getattr(info.value, "__notes__", []))
