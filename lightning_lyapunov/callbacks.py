@@ -33,8 +33,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_lyapunov._checks import check_bool, check_choice, check_int
 from lightning_lyapunov._lifecycle import check_single, check_strategy, checkpoint_to_restore
+from lightning_lyapunov.calibration import calibrate_, check_calibrate
 from lightning_lyapunov.diagnostics import SignalMonitor, SignalStats
-from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments
+from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments, record_calibration
 
 __all__ = ["LyapunovInit"]
 
@@ -66,6 +67,13 @@ class LyapunovInit(Callback):
             (so ``seed_everything`` makes runs reproducible).
         conv: how convolutions are drawn: ``"full"`` kernel or ``"delta"`` (a matrix at the centre
             tap); ``None``: ``"delta"`` for Stiefel, ``"full"`` otherwise (see ``plan_init``).
+        calibrate: after the draw, rescale the planned layers on the first training batch:
+            ``"layers"`` (each layer's output to root-mean-square 1, the last to
+            ``calibrate_target``), ``"output"`` (one factor spread over all layers so the output's
+            root-mean-square is ``calibrate_target``) or ``None`` (theory's draw only). Skipped,
+            with a warning, when no training batch is available. Under DDP every rank calibrates
+            in ``setup`` and DDP then copies rank 0's weights to all ranks.
+        calibrate_target: the output's root-mean-square after calibration.
 
     Attributes:
         plan: the :class:`~lightning_lyapunov.InitPlan` applied (or, after a resume, planned).
@@ -97,10 +105,13 @@ class LyapunovInit(Callback):
         log_every_n_steps: int | None = None,
         seed: int | None = None,
         conv: Literal["full", "delta"] | None = None,
+        calibrate: Literal["layers", "output"] | None = None,
+        calibrate_target: float = 1.0,
     ) -> None:
         super().__init__()
         check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude, conv)
         check_choice("sampled", sampled, (False, True, "network", "layerwise"))
+        check_calibrate(calibrate, calibrate_target)
         if sampled and scheme == "zero":
             raise ValueError("sampled needs a random scheme; 'zero' is deterministic: use sampled=False")
         check_bool("diagnostics", diagnostics)
@@ -119,6 +130,8 @@ class LyapunovInit(Callback):
         self.log_every_n_steps = log_every_n_steps
         self.seed = seed
         self.conv = conv
+        self.calibrate = calibrate
+        self.calibrate_target = calibrate_target
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
@@ -164,17 +177,13 @@ class LyapunovInit(Callback):
             plan_kwargs.update(self._observation(trainer, pl_module))
         if not self.initialized:
             generator = torch.Generator().manual_seed(self._seed())
+            if self.calibrate and "example_input" not in plan_kwargs:
+                rank_zero_warn(f"LyapunovInit: no training batch, so calibrate={self.calibrate!r} is skipped")
             if self.sampled:
-                from lightning_lyapunov.sampling import sample_lyapunov_
-                from lightning_lyapunov.training_batch import network_output
-
-                batch, call = plan_kwargs.pop("example_input", None), plan_kwargs.pop("forward", None)
-                report = sample_lyapunov_(
-                    pl_module, batch, forward=None if call is None else network_output(call),
-                    layerwise=self.sampled == "layerwise", generator=generator, **plan_kwargs,
-                )
-                self.plan = report.plan
-                rank_zero_info(f"LyapunovInit sampled ({self.sampled}): {report}")
+                self.plan = self._sample(pl_module, generator, plan_kwargs)
+            elif self.calibrate and "example_input" in plan_kwargs:
+                self.plan = apply_init(pl_module, generator=generator, calibrate=self.calibrate,
+                                       calibrate_target=self.calibrate_target, **plan_kwargs)
             else:
                 self.plan = apply_init(pl_module, generator=generator, **plan_kwargs)
             self.initialized = True
@@ -208,6 +217,30 @@ class LyapunovInit(Callback):
             rank_zero_warn(self._no_observation)
             return {}
         return {"example_input": batch, "forward": call}
+
+    def _sample(self, pl_module: LightningModule, generator: torch.Generator, plan_kwargs: dict[str, Any]) -> InitPlan:
+        """The sampled scheme on the observed batch, then the calibration; on any error every
+        parameter is restored."""
+        from lightning_lyapunov.sampling import sample_lyapunov_
+        from lightning_lyapunov.training_batch import network_output
+
+        batch, call = plan_kwargs.pop("example_input", None), plan_kwargs.pop("forward", None)
+        saved = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+        try:
+            report = sample_lyapunov_(
+                pl_module, batch, forward=None if call is None else network_output(call),
+                layerwise=self.sampled == "layerwise", generator=generator, **plan_kwargs,
+            )
+            rank_zero_info(f"LyapunovInit sampled ({self.sampled}): {report}")
+            if self.calibrate and batch is not None:
+                record_calibration(report.plan, calibrate_(pl_module, report.plan.layers, batch, self.calibrate,
+                                                           self.calibrate_target, call))
+        except BaseException:
+            with torch.no_grad():
+                for name, p in pl_module.named_parameters():
+                    p.copy_(saved[name])
+            raise
+        return report.plan
 
     def _seed(self) -> int:
         if self.seed is not None:

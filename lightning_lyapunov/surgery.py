@@ -92,6 +92,8 @@ class LayerPlan:
     sharers: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
     slope_from: str = "fx"
     calls: int | None = None
+    calibration: float | None = None
+    measured_log_gain: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (no module) for logging."""
@@ -166,6 +168,7 @@ class InitPlan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     conv: str = "full"
+    calibration: str | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -239,6 +242,7 @@ class InitPlan:
             "warnings": list(self.warnings),
             "predicted_drift": self.predicted_drift,
             "predicted_spread": self.predicted_spread,
+            "calibration": self.calibration,
         }
 
     def __str__(self) -> str:
@@ -261,6 +265,10 @@ class InitPlan:
             header, body = header[:-1], [row[:-1] for row in body]
         if all(row[8] in ("-", "1") for row in body):  # no layer called twice: no column for the calls
             header, body = _drop(header, 8), [_drop(row, 8) for row in body]
+        if self.calibration:
+            header += ("calibration", "log-gain")
+            body = [row + (_fmt(layer.calibration), _fmt(layer.measured_log_gain))
+                    for row, layer in zip(body, self.layers)]
         rows = [header] + _fold_rows(body, fold)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
@@ -273,6 +281,11 @@ class InitPlan:
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(2, "  ".join("-" * w for w in widths))
         drift, spread = self.predicted_drift, self.predicted_spread
+        if self.calibration:
+            gains = [layer.measured_log_gain for layer in self.layers]
+            measured = sum(gains) if all(g is not None and math.isfinite(g) for g in gains) else math.nan
+            lines.append(f"calibrated ({self.calibration!r}) on the example input: weights times the "
+                         f"'calibration' factor; measured sum of layer log-gains {measured:+.3f}")
         lines.append(
             "predicted log-norm drift input -> output: "
             + ("n/a (theory does not apply to every layer)" if drift is None or spread is None
@@ -681,6 +694,8 @@ def apply_init(
     conv: str | None = None,
     example_input: Any = None,
     forward: Forward | None = None,
+    calibrate: str | None = None,
+    calibrate_target: float = 1.0,
 ) -> InitPlan:
     """Initialize ``model`` in place by :func:`plan_init`'s plan and return that plan.
 
@@ -692,18 +707,43 @@ def apply_init(
     ``example_input`` / ``forward``: observe one forward pass to find each layer's activation (see
     :func:`plan_init`).
 
+    ``calibrate="layers"`` or ``"output"`` then rescales the drawn weights on ``example_input`` (a
+    real batch, what the forward takes; ``forward(model, example_input)`` if given):
+    ``"layers"``: each layer's output to root-mean-square 1 in forward order (the last to
+    ``calibrate_target``); ``"output"``: one factor ``c^{1/L}`` on every layer so that the output's
+    root-mean-square is ``calibrate_target`` (:mod:`lightning_lyapunov.calibration`). Each layer's
+    factor is ``plan.layers[l].calibration``, its measured log-gain after calibration
+    ``plan.layers[l].measured_log_gain``. On any error during calibration, every weight and bias is
+    restored.
+
     Example::
 
         model = nn.Sequential(*[m for _ in range(50) for m in (nn.Linear(4, 4), nn.LeakyReLU(0.1))])
         plan = apply_init(model, scheme="lyapunov", generator=torch.Generator().manual_seed(0))
         plan.predicted_drift  # ~0: the log-norm neither grows nor shrinks with depth
     """
+    from .calibration import calibrate_, check_calibrate
+
     check_generator(generator)
+    check_calibrate(calibrate, calibrate_target)
+    if calibrate is not None and example_input is None:
+        raise ValueError(f"calibrate={calibrate!r} needs example_input= (a batch of real inputs); "
+                         "pass one, or calibrate=None")
     plan = plan_init(model, scheme, distribution, moment, negative_slope, include, exclude, conv, example_input,
                      forward)
     with plan.restoring(generator):
         plan.write(plan.draw(generator))
+        if calibrate is not None:
+            record_calibration(plan, calibrate_(model, plan.layers, example_input, calibrate, calibrate_target,
+                                                forward))
     return plan
+
+
+def record_calibration(plan: InitPlan, result: Any) -> None:
+    """Store a :class:`~lightning_lyapunov.calibration.CalibrationResult` in the plan's rows."""
+    plan.calibration = result.method
+    for layer, factor, gain in zip(plan.layers, result.factors, result.log_gains, strict=True):
+        layer.calibration, layer.measured_log_gain = factor, gain
 
 
 def swap_activations(

@@ -192,10 +192,12 @@ def test_state_dict_is_plain_python(deep_narrow, tmp_path):
     assert state == {"initialized": True, "scheme": "lyapunov"}
 
 
-def test_ddp_two_cpu_processes_have_identical_weights(tmp_path):
+@pytest.mark.parametrize("calibrate", [[], pytest.param(["layers"], marks=pytest.mark.slow)])
+def test_ddp_two_cpu_processes_have_identical_weights(tmp_path, calibrate):
     script = Path(__file__).parent / "scripts" / "ddp_weights.py"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
-    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+    here = Path(__file__).parent  # the tests (conftest) and this checkout's package, not an installed one
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))
+    result = subprocess.run([sys.executable, str(script), str(tmp_path), *calibrate], capture_output=True, text=True,
                             timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     sums = sorted(glob.glob(str(tmp_path / "rank*.pt")))

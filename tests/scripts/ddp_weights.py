@@ -1,6 +1,7 @@
 """Run by tests/test_callbacks.py: DDP with 2 CPU processes (gloo); each rank saves its weights
 at the start of training. No seed is given, so the ranks draw different weights in setup and
-only DDP's broadcast of rank 0's weights makes them equal, as DESIGN section 7 says."""
+only DDP's broadcast of rank 0's weights makes them equal, as DESIGN section 7 says. An optional
+second argument is LyapunovInit's ``calibrate=`` (each rank calibrates on its own batch)."""
 
 import sys
 from pathlib import Path
@@ -26,5 +27,6 @@ if __name__ == "__main__":
     torch.manual_seed(1234 + int(__import__("os").environ.get("LOCAL_RANK", 0)))  # ranks differ
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         callbacks=[LyapunovInit(), SaveWeights(out)])
+                         callbacks=[LyapunovInit(calibrate=sys.argv[2] if len(sys.argv) > 2 else None),
+                                    SaveWeights(out)])
     trainer.fit(DeepNarrow(), loader())

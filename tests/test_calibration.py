@@ -1,0 +1,198 @@
+"""Data calibration after the draw (``apply_init(..., calibrate=...)``, lightning_lyapunov.calibration)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_lyapunov import apply_init
+from lightning_lyapunov.sampling import log_gain
+
+
+def chain(depth: int = 12, width: int = 3, d_in: int = 2, d_out: int = 2, slope: float = 0.1) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(d_in, width), nn.LeakyReLU(slope)]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.LeakyReLU(slope)]
+    return nn.Sequential(*layers, nn.Linear(width, d_out))
+
+
+def init(model: nn.Module, seed: int = 0, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return apply_init(model, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def weights(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+X = torch.randn(128, 2, generator=torch.Generator().manual_seed(1))
+
+
+def test_layers_gives_unit_rms_pre_activations_and_target_output() -> None:
+    model = chain()
+    plain = chain()
+    init(plain)
+    plan = init(model, example_input=X, calibrate="layers", calibrate_target=2.5)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    h = X
+    for i, (layer, plain_layer, row) in enumerate(zip(linears, [m for m in plain if isinstance(m, nn.Linear)], plan.layers)):
+        pre = layer(h)
+        goal = 2.5 if i == len(linears) - 1 else 1.0
+        assert float(pre.pow(2).mean().sqrt()) == pytest.approx(goal, rel=1e-4)
+        # the factor multiplied theory's draw (same seed) and nothing else
+        torch.testing.assert_close(layer.weight, row.calibration * plain_layer.weight)
+        h = F.leaky_relu(pre, 0.1)
+    assert plan.calibration == "layers"
+
+
+def test_output_spreads_one_factor_and_scales_the_function_by_its_product() -> None:
+    model, plain = chain(depth=20), chain(depth=20)
+    init(plain)
+    plan = init(model, example_input=X, calibrate="output", calibrate_target=0.5)
+    factors = [layer.calibration for layer in plan.layers]
+    assert max(factors) == pytest.approx(min(factors))
+    with torch.no_grad():
+        out = model(X)
+        assert float(out.pow(2).mean().sqrt()) == pytest.approx(0.5, rel=1e-4)
+        # zero biases, Leaky ReLU: positively homogeneous, so f = prod(factors) * f_plain exactly
+        torch.testing.assert_close(out, math.prod(factors) * plain(X), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["layers", "output"])
+def test_measured_log_gains_add_up_to_the_network_log_gain(method: str) -> None:
+    model = chain()
+    plan = init(model, example_input=X, calibrate=method)
+    with torch.no_grad():
+        total = log_gain(X, model(X))
+    gains = [layer.measured_log_gain for layer in plan.layers]
+    assert sum(gains) == pytest.approx(total, abs=1e-4)
+    assert "calibration" in str(plan) and "log-gain" in str(plan)
+    assert plan.to_dict()["layers"][0]["calibration"] == plan.layers[0].calibration
+
+
+def test_same_seed_same_weights_and_train_mode_and_buffers_restored() -> None:
+    def make() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.LeakyReLU(0.1), nn.Dropout(0.5), nn.Linear(4, 1))
+
+    first, second = make(), make()
+    init(first, seed=3, example_input=X, calibrate="layers")
+    init(second, seed=3, example_input=X, calibrate="layers")
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    assert first.training and first[1].training
+    assert torch.equal(first[1].running_mean, torch.zeros(4)) and int(first[1].num_batches_tracked) == 0
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(2, 3), nn.Linear(1, 3), nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.head(F.leaky_relu(self.a(x) + self.b(z), 0.1))
+
+
+@pytest.mark.parametrize("batch", [
+    (X, X[:, :1]),
+    {"x": X, "z": X[:, :1]},
+])
+def test_tuple_and_dict_batches(batch) -> None:
+    model = TwoInputs()
+    init(model, example_input=batch, calibrate="output")
+    with torch.no_grad():
+        out = model(*batch) if isinstance(batch, tuple) else model(**batch)
+    assert float(out.pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_forward_argument_picks_the_output() -> None:
+    model = chain()
+    init(model, example_input={"inputs": X}, calibrate="output", forward=lambda m, batch: {"y": m(batch["inputs"])})
+    with torch.no_grad():
+        assert float(model(X).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["layers", "output"])
+def test_failure_restores_every_weight_and_bias(method: str) -> None:
+    model = chain()
+    for p in model.parameters():
+        nn.init.uniform_(p, 0.5, 1.0)  # non-zero biases: apply_init would zero them
+    before = weights(model)
+    calls = []
+
+    def flaky(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return m(batch)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        init(model, example_input=X, calibrate=method, forward=flaky)
+    for a, b in zip(before, weights(model)):
+        assert torch.equal(a, b)
+
+
+def test_dead_output_is_a_clear_error_and_changes_nothing() -> None:
+    model = chain()
+    before = weights(model)
+    with pytest.raises(ValueError, match="root-mean-square"):
+        init(model, example_input=torch.zeros(8, 2), calibrate="layers")
+    for a, b in zip(before, weights(model)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"calibrate": "lsuv", "example_input": X}, "calibrate='lsuv' is invalid.*'layers', 'output'"),
+    ({"calibrate": "layers"}, "needs example_input"),
+    ({"calibrate": "output", "example_input": X, "calibrate_target": 0.0}, "calibrate_target"),
+])
+def test_bad_arguments_name_the_argument(kwargs: dict, match: str) -> None:
+    model = chain()
+    before = weights(model)
+    with pytest.raises(ValueError, match=match):
+        init(model, **kwargs)
+    for a, b in zip(before, weights(model)):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------- callback
+
+
+def test_callback_calibrates_on_the_first_training_batch(tmp_path) -> None:
+    import lightning.pytorch as pl
+    from conftest import DeepNarrow, loader, trainer_kwargs
+
+    from lightning_lyapunov import LyapunovInit
+
+    torch.manual_seed(0)
+    module = DeepNarrow()
+    callback = LyapunovInit(seed=0, calibrate="output", calibrate_target=0.5, diagnostics=False)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=0))
+    trainer.fit(module, loader())
+    x, _ = next(iter(loader()))
+    with torch.no_grad():
+        assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(0.5, rel=1e-3)
+    assert callback.plan.calibration == "output"
+    assert all(layer.measured_log_gain is not None for layer in callback.plan.layers)
+
+
+def test_callback_sampled_then_calibrated_and_bad_argument() -> None:
+    from conftest import DeepNarrow, loader
+
+    from lightning_lyapunov import LyapunovInit
+
+    with pytest.raises(ValueError, match="calibrate='yes' is invalid"):
+        LyapunovInit(calibrate="yes")
+    module = DeepNarrow()
+    callback = LyapunovInit(seed=0, sampled=True, calibrate="layers", diagnostics=False)
+    x, _ = next(iter(loader()))
+    plan = callback._sample(module, torch.Generator().manual_seed(0), {"scheme": "lyapunov", "example_input": x})
+    assert plan.calibration == "layers"
+    with torch.no_grad():
+        assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
