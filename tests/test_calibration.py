@@ -196,3 +196,15 @@ def test_callback_sampled_then_calibrated_and_bad_argument() -> None:
     assert plan.calibration == "layers"
     with torch.no_grad():
         assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_cli_config_sets_calibrate() -> None:
+    from pathlib import Path
+
+    from lightning_lyapunov.cli import LyapunovCLI, find_lyapunov_init
+
+    config = Path(__file__).parent.parent / "configs" / "polynomial.yaml"
+    cli = LyapunovCLI(args=["-c", str(config), "--trainer.callbacks.calibrate=output",
+                            "--trainer.callbacks.calibrate_target=2.0", "--trainer.logger=false"], run=False)
+    callback = find_lyapunov_init(cli.trainer.callbacks)
+    assert (callback.calibrate, callback.calibrate_target) == ("output", 2.0)

@@ -148,7 +148,8 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--trainer.callbacks.scheme {lyapunov,fractional,stiefel,he,glorot,orthogonal,zero}" in out
-    for argument in ("distribution", "moment", "sampled", "negative_slope", "include", "exclude", "seed"):
+    for argument in ("distribution", "moment", "sampled", "negative_slope", "include", "exclude", "seed", "calibrate",
+                     "calibrate_target"):
         assert f"--trainer.callbacks.{argument}" in out
 
 
