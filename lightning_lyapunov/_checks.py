@@ -58,8 +58,12 @@ def describe(value: Any) -> str:
 
 def invalid(name: str, value: Any, allowed: str, hint: str = "", error: type[Exception] = ArgumentTypeError) -> NoReturn:
     """Raise ``error("name=value is invalid: it must be <allowed>[, not a <type>][; hint]")``."""
-    kind = f", not a {type(value).__name__}" if error is ArgumentTypeError else ""
+    kind = f", not {_a(type(value).__name__)}" if error is ArgumentTypeError else ""
     raise error(f"{name}={short_repr(value)} is invalid: it must be {allowed}{kind}" + (f"; {hint}" if hint else ""))
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def _interval(minimum: float | None, maximum: float | None, low_open: bool, high_open: bool) -> str:
@@ -177,7 +181,7 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
         if close:
             hint = f"did you mean {strings[close[0]]!r}?"
     error = ValueError if isinstance(value, (str, bool)) else ArgumentTypeError
-    kind = "" if error is ValueError else f", not a {type(value).__name__}"
+    kind = "" if error is ValueError else f", not {_a(type(value).__name__)}"
     raise error(f"{name}={short_repr(value)} is invalid (unknown {name}): it must be one of {listed}{kind}"
                 + (f"; {hint}" if hint else ""))
 

@@ -54,7 +54,7 @@ from torch.nn.utils import parametrize
 
 from . import _checks
 from . import init as _init
-from ._checks import check_module, check_slope, invalid
+from ._checks import check_bool, check_int, check_module, check_slope, check_tensor, invalid
 from .activations import WEIGHT_LAYERS, SlopeInfo
 from .observe import Forward, find_slopes
 
@@ -142,6 +142,7 @@ class LayerPlan:
         Not all-or-nothing on its own: call it inside :meth:`InitPlan.restoring` (as
         :meth:`InitPlan.write` does) so that an error restores what was written before it.
         """
+        check_tensor("weight", weight, min_dim=1)
         if tuple(weight.shape) != self.shape:
             raise ValueError(f"weight of shape {tuple(weight.shape)} for layer {self.name!r} of shape {self.shape}: "
                              "pass what LayerPlan.draw returns")
@@ -193,6 +194,8 @@ class InitPlan:
     def write(self, weights: Sequence[torch.Tensor]) -> None:
         """Write drawn weights into every planned layer and zero their biases, all or nothing: on
         any exception (``KeyboardInterrupt`` included) every weight and bias is restored."""
+        if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence):
+            invalid("weights", weights, "a list of tensors, one per planned layer (what InitPlan.draw returns)")
         if len(weights) != len(self.layers):
             raise ValueError(f"weights has {len(weights)} tensors for {len(self.layers)} planned layers")
         with self.restoring():
@@ -258,6 +261,8 @@ class InitPlan:
         shows every layer). ``warnings=False`` leaves out the plan's warnings (already emitted as
         Python warnings by :func:`plan_init`).
         """
+        check_bool("warnings", warnings)
+        check_int("fold", fold, minimum=0, allowed="an integer >= 0 (0 shows every layer)")
         header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "calls", "draw", "scale",
                   "exponent", "variance", "shared with")
         body = [_row(i, layer) for i, layer in enumerate(self.layers)]

@@ -133,6 +133,12 @@ CASES = [
     ("apply-include-dict", lambda: apply_init(mlp(), include={"0": 1}), T, "include={'0': 1} is invalid"),
     ("plan-forward-int", lambda: plan_init(mlp(), example_input=torch.randn(2, 4), forward=5), T, "forward=5"),
     ("plan-forward-alone", lambda: plan_init(mlp(), forward=lambda m, x: m(x)), V, "forward= is only used"),
+    ("plan-write-none", lambda: plan_init(mlp()).write(None), T, "weights=None is invalid"),
+    ("plan-write-tensor", lambda: plan_init(mlp()).write(torch.zeros(4, 4)), T, "weights=tensor("),
+    ("layer-write-list", lambda: plan_init(mlp()).layers[0].write([[0.0]]), T, "weight=[[0.0]] is invalid"),
+    ("plan-draw-int", lambda: plan_init(mlp()).draw(42), T, "generator=42 is invalid"),
+    ("plan-describe-warnings", lambda: plan_init(mlp()).describe(warnings="no"), T, "warnings='no' is invalid"),
+    ("plan-describe-fold", lambda: plan_init(mlp()).describe(fold=-1), V, "fold=-1 is invalid"),
     # ------------------------------------------------------------------ swap_activations
     ("swap-old-str", lambda: swap_activations(mlp(), old="ReLU"), T, "old='ReLU' is invalid"),
     ("swap-old-instance", lambda: swap_activations(mlp(), old=nn.ReLU()), T, "old=ReLU() is invalid"),
