@@ -73,8 +73,13 @@ def check_calibrate(calibrate: Any, target: Any = 1.0) -> None:
     """Validate ``calibrate=`` and ``calibrate_target=`` (ValueError naming the value and the fix)."""
     if calibrate is not None:
         check_choice("calibrate", calibrate, (*CALIBRATIONS, None))
-    check_float("calibrate_target", target, minimum=0.0, low_open=True,
-                allowed="a positive finite number (the output's root-mean-square after calibration)")
+    target = check_float("calibrate_target", target, minimum=0.0, low_open=True,
+                         allowed="a positive finite number (the output's root-mean-square after calibration)")
+    if calibrate is None and target != 1.0:
+        raise ValueError(
+            f"calibrate_target={target!r} is only used with calibrate='layers' or 'output': pass calibrate= too, "
+            "or drop calibrate_target="
+        )
 
 
 def _call(model: nn.Module, example_input: Any, forward: Forward | None) -> Any:

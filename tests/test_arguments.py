@@ -139,6 +139,12 @@ CASES = [
     ("plan-draw-int", lambda: plan_init(mlp()).draw(42), T, "generator=42 is invalid"),
     ("plan-describe-warnings", lambda: plan_init(mlp()).describe(warnings="no"), T, "warnings='no' is invalid"),
     ("plan-describe-fold", lambda: plan_init(mlp()).describe(fold=-1), V, "fold=-1 is invalid"),
+    ("apply-calibrate-case", lambda: apply_init(mlp(), calibrate="Layers"), V, "did you mean 'layers'"),
+    ("apply-calibrate-target-nan", lambda: apply_init(mlp(), calibrate="layers", calibrate_target=NAN), V,
+     "calibrate_target=nan is invalid"),
+    ("apply-calibrate-target-alone", lambda: apply_init(mlp(), calibrate_target=2.0), V,
+     "calibrate_target=2.0 is only used"),
+    ("cb-calibrate-target-alone", lambda: LyapunovInit(calibrate_target=2.0), V, "calibrate_target=2.0 is only used"),
     # ------------------------------------------------------------------ swap_activations
     ("swap-old-str", lambda: swap_activations(mlp(), old="ReLU"), T, "old='ReLU' is invalid"),
     ("swap-old-instance", lambda: swap_activations(mlp(), old=nn.ReLU()), T, "old=ReLU() is invalid"),
