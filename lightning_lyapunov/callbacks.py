@@ -1,43 +1,66 @@
 """The :class:`LyapunovInit` Lightning callback: initialize by theory, then watch the signal.
 
-Logged keys (every logger, as scalars):
-
-- ``lyapunov/<stat>/<layer>`` for ``stat`` in :data:`~lightning_lyapunov.diagnostics.STAT_KEYS`
-  (``log_norm_mean``, ``log_norm_std``, ``emp_var_mean``, ``emp_var_collapsed``,
-  ``kurtosis_median``, ``kurtosis_pooled``, ``dead_fraction``, ``nonfinite``), measured on the
-  outputs (pre-activations) of the planned layers;
-- ``lyapunov/exponent_estimate``: the slope of the mean log-norm over depth;
-- a statistic that a measurement cannot define (a batch of one sample, a one-layer model, a layer
-  not called) is not logged rather than logged as NaN, and one warning says why;
-- at step 0: ``lyapunov/predicted/exponent`` (mean per-layer exponent of the plan),
-  ``lyapunov/predicted/drift`` and ``lyapunov/predicted/spread`` (whole network), and
-  ``lyapunov/predicted/log_norm/<layer>`` (cumulative predicted drift up to the layer).
-
-With a :class:`~lightning.pytorch.loggers.TensorBoardLogger` the plan is logged as text
-(``lyapunov/plan``), and at the first measured step and at the end of every training epoch the
-per-sample log-norms as histograms (``lyapunov/log_norm_hist/<layer>``) and a figure of the
-log-norm against depth with the theory line and its +-2 sqrt(l) s band (``lyapunov/log_norm_vs_depth``,
-needs matplotlib).
+What it logs (a summary, a few layers, a custom-scalars layout, histograms and a depth-profile
+figure) is described in :mod:`lightning_lyapunov.dashboard`. On the console it prints the plan once
+(compact), one warning per measured step that finds something new, and a closing summary at the
+end of ``fit``. Its warnings have the category :class:`LyapunovWarning` and are printed without a
+``file:line:`` prefix. A logger or writer that fails (a full disk, a logger that rejects the
+``lyapunov/...`` keys) never stops training: the callback warns once and stops writing that output
+to that logger. A statistic that a measurement cannot define (a batch of one sample, a
+one-layer model, a layer not called) is not logged rather than logged as NaN, and one warning
+says why.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from lightning_lyapunov import dashboard
 from lightning_lyapunov._checks import check_bool, check_choice, check_int
 from lightning_lyapunov._lifecycle import check_single, check_strategy, checkpoint_to_restore
 from lightning_lyapunov.calibration import calibrate_, check_calibrate
-from lightning_lyapunov.diagnostics import SignalMonitor, SignalStats
+from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats
 from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments, record_calibration
 
-__all__ = ["LyapunovInit"]
+__all__ = ["LyapunovInit", "LyapunovWarning"]
+
+
+class LyapunovWarning(UserWarning):
+    """Category of :class:`LyapunovInit`'s warnings, printed as the bare message (no ``file:line:``).
+
+    Silence them with ``warnings.filterwarnings("ignore", category=LyapunovWarning)``.
+    """
+
+
+_format_other_warnings = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' signature
+    if isinstance(category, type) and issubclass(category, LyapunovWarning):
+        return f"{message}\n"
+    return _format_other_warnings(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
+
+#: The plan and the closing summary go to this logger (INFO, rank zero; a child of Lightning's, so
+#: they print where Lightning's messages do). Quiet it with ``log.setLevel(logging.WARNING)``.
+log = logging.getLogger("lightning.pytorch.callbacks.lyapunov")
+
+
+@rank_zero_only
+def _info(message: str) -> None:
+    log.info(message)
 
 
 class LyapunovInit(Callback):
@@ -62,6 +85,8 @@ class LyapunovInit(Callback):
         include: regex or list of regexes: only these layers (qualified names, ``re.search``).
         exclude: regex or list of regexes: leave these layers alone.
         diagnostics: measure and log the signal statistics.
+        all_layers: log every layer's statistics as scalars and histograms; by default only the
+            first, middle and last planned layer's (the summary and the depth figure cover all).
         log_every_n_steps: measuring cadence; ``None`` uses the Trainer's ``log_every_n_steps``.
         seed: seed of the weights' generator; ``None`` draws one from torch's global generator
             (so ``seed_everything`` makes runs reproducible).
@@ -107,6 +132,7 @@ class LyapunovInit(Callback):
         conv: Literal["full", "delta"] | None = None,
         calibrate: Literal["layers", "output"] | None = None,
         calibrate_target: float = 1.0,
+        all_layers: bool = False,
     ) -> None:
         super().__init__()
         check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude, conv)
@@ -128,10 +154,12 @@ class LyapunovInit(Callback):
         self.exclude = exclude
         self.diagnostics = diagnostics
         self.log_every_n_steps = log_every_n_steps
+        check_bool("all_layers", all_layers)
         self.seed = seed
         self.conv = conv
         self.calibrate = calibrate
         self.calibrate_target = calibrate_target
+        self.all_layers = all_layers
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
@@ -141,6 +169,14 @@ class LyapunovInit(Callback):
         self.last_stats: SignalStats | None = None
         self._warned: set[tuple[str, str]] = set()
         self._no_observation: str | None = None
+        self._off: set[tuple[int, str]] = set()  # (id(logger), output) switched off after a failure
+        self._distribution_steps: set[int] = set()
+        self._collapsed: dict[str, int] = {}  # layer -> first step its empirical variance collapsed
+        self._input_log_norm: torch.Tensor | None = None
+        self._input_hook: Any = None
+        self._used_seed: int | None = None
+        self._sampling: str = ""
+        self._initialized_here = False
 
     # ------------------------------------------------------------------ state
 
@@ -171,14 +207,15 @@ class LyapunovInit(Callback):
         if checkpoint is not None:
             # the checkpoint's weights overwrite the model right after setup: draw nothing (the
             # global generator stays untouched) and never initialize this model later
-            rank_zero_info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
+            _info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
             self.initialized = True
         if not self.initialized or self.plan is None:
             plan_kwargs.update(self._observation(trainer, pl_module))
         if not self.initialized:
-            generator = torch.Generator().manual_seed(self._seed())
+            self._used_seed = self._seed()
+            generator = torch.Generator().manual_seed(self._used_seed)
             if self.calibrate and "example_input" not in plan_kwargs:
-                rank_zero_warn(f"LyapunovInit: no training batch, so calibrate={self.calibrate!r} is skipped")
+                self._warn(f"no training batch, so calibrate={self.calibrate!r} is skipped")
             if self.sampled:
                 self.plan = self._sample(pl_module, generator, plan_kwargs)
             elif self.calibrate and "example_input" in plan_kwargs:
@@ -186,7 +223,7 @@ class LyapunovInit(Callback):
                                        calibrate_target=self.calibrate_target, **plan_kwargs)
             else:
                 self.plan = apply_init(pl_module, generator=generator, **plan_kwargs)
-            self.initialized = True
+            self.initialized = self._initialized_here = True
         elif self.plan is None:
             from lightning_lyapunov.surgery import plan_init
 
@@ -214,7 +251,7 @@ class LyapunovInit(Callback):
                 f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing, or module "
                 "registration order where tracing fails"
             )
-            rank_zero_warn(self._no_observation)
+            rank_zero_warn(self._no_observation, category=LyapunovWarning)
             return {}
         return {"example_input": batch, "forward": call}
 
@@ -231,7 +268,7 @@ class LyapunovInit(Callback):
                 pl_module, batch, forward=None if call is None else network_output(call),
                 layerwise=self.sampled == "layerwise", generator=generator, **plan_kwargs,
             )
-            rank_zero_info(f"LyapunovInit sampled ({self.sampled}): {report}")
+            self._sampling = _describe_sampling(report, self.sampled)
             if self.calibrate and batch is not None:
                 record_calibration(report.plan, calibrate_(pl_module, report.plan.layers, batch, self.calibrate,
                                                            self.calibrate_target, call))
@@ -249,23 +286,45 @@ class LyapunovInit(Callback):
 
     # ------------------------------------------------------------------ logging
 
+    def _layers(self) -> list[str]:
+        """The layers whose statistics are logged one by one (scalars, histograms)."""
+        names = self.plan.layer_names if self.plan is not None else []
+        return list(names) if self.all_layers else dashboard.featured_layers(names)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._announced or self.plan is None:
             return
         self._announced = True
-        rank_zero_info(f"LyapunovInit plan:\n{self.plan}")
+        plan_text = self.plan.describe(warnings=False)  # plan_init has emitted its warnings already
+        _info(f"LyapunovInit plan:\n{plan_text}" + (f"\n{self._sampling}" if self._sampling else ""))
         if not trainer.loggers:
-            rank_zero_warn("LyapunovInit: no logger, so the signal diagnostics are measured but not logged")
+            self._warn("no logger, so the signal diagnostics are measured but not logged")
             return
-        predicted = _predicted_scalars(self.plan)
-        for logger in trainer.loggers:
-            logger.log_metrics(predicted, step=0)
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("lyapunov/plan", _markdown(str(self.plan)), 0)
-        if self.diagnostics and not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-            rank_zero_warn(
-                "LyapunovInit: the plan text, the log-norm histograms and the depth figure need a "
-                "TensorBoardLogger; the other loggers get the scalars only"
+        boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        for logger in boards:
+            self._emit(logger, "plan text", lambda w: w.add_text("lyapunov/plan", _markdown(plan_text), 0))
+            if self.diagnostics:
+                layout = dashboard.layout(self._layers())
+                self._emit(logger, "custom-scalars layout", lambda w: w.add_custom_scalars(layout))
+        if self.diagnostics and not boards:
+            self._warn(
+                "the plan text, the log-norm histograms and the depth figure need a TensorBoardLogger; "
+                "the other loggers get the scalars only"
+            )
+
+    def _emit(self, logger: Any, output: str, write: Callable[[Any], None]) -> None:
+        """``write(logger.experiment)`` (``write(logger)`` for scalars); a failure warns once and
+        switches this output off for this logger: observability never stops training."""
+        key = (id(logger), output)
+        if key in self._off:
+            return
+        try:
+            write(logger if output == "scalars" else logger.experiment)
+        except Exception as error:  # noqa: BLE001 - any logger failure (full disk, rejected keys, ...)
+            self._off.add(key)
+            self._warn(
+                f"{type(logger).__name__} failed to write the {output} ({type(error).__name__}: {error}); "
+                f"LyapunovInit stops writing its {output} to this logger, training continues"
             )
 
     def _should_measure(self, trainer: Trainer) -> bool:
@@ -284,6 +343,19 @@ class LyapunovInit(Callback):
             self.monitor.active = self._should_measure(trainer)
             if self.monitor.active:
                 self._last_step = trainer.global_step
+                if self.first_stats is None and self._input_hook is None and self.plan and self.plan.layers:
+                    module = self.plan.layers[0].module
+                    if module is not None:
+                        self._input_hook = module.register_forward_pre_hook(self._capture_input)
+
+    def _capture_input(self, module: torch.nn.Module, args: tuple) -> None:
+        """Mean over the batch of ``log(||x_b|| / sqrt(d))`` of the first planned layer's input, once."""
+        self._input_hook.remove()
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if x is not None and x.dim() > 0 and x.numel() > 0:
+            with torch.no_grad():
+                flat = x.detach().float().reshape(x.shape[0], -1)
+                self._input_log_norm = (torch.linalg.vector_norm(flat, dim=1) / math.sqrt(flat.shape[1])).log().mean()
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -294,67 +366,111 @@ class LyapunovInit(Callback):
         monitor.active = False
         if not monitor.captured:
             return
-        stats = monitor.compute()
+        try:
+            stats = monitor.compute()
+        except Exception as error:  # noqa: BLE001 - diagnostics must never stop training
+            self._warn(f"the signal statistics failed ({type(error).__name__}: {error}); diagnostics switched "
+                       "off for the rest of the run, training continues")
+            self._remove_hooks()
+            return
         monitor.reset()
         first = self.first_stats is None
         if first:
             self.first_stats = stats
         self.last_stats = stats
         step = self._last_step or 0
-        self._warn_about(stats, step, check_exponent=first)
+        self._warn_about(stats, step, first=first)
         self._warn_undefined(stats)
-        scalars = stats.to_scalars(defined_only=True)
+        scalars = dashboard.summary_scalars(stats, self.plan)
+        scalars.update(dashboard.layer_scalars(stats, self.plan, self._layers()))
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+            self._emit(logger, "scalars", lambda lg: lg.log_metrics(scalars, step=step))
         if first:
             self._log_distributions(trainer, stats, step)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.last_stats is not None and self._last_step:
-            self._log_distributions(trainer, self.last_stats, self._last_step)
+        if self.last_stats is not None and dashboard.figure_due(trainer.current_epoch):
+            self._log_distributions(trainer, self.last_stats, self._last_step or 0)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.last_stats is not None:
+            self._log_distributions(trainer, self.last_stats, self._last_step or 0)
+        if self.plan is not None and trainer.is_global_zero:
+            _info(self.summary())
 
     def _log_distributions(self, trainer: Trainer, stats: SignalStats, step: int) -> None:
-        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-        if not writers:
+        """Histograms of the logged layers and the depth figure, once per step."""
+        boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not boards or step in self._distribution_steps:
             return
-        figure = _depth_figure(stats, self.plan)
-        for writer in writers:
-            for name, values in stats.log_norms.items():
+        self._distribution_steps.add(step)
+        layers = self._layers()
+
+        def histograms(writer: Any) -> None:
+            for name in layers:
+                values = stats.log_norms.get(name, np.zeros(0))
                 finite = values[np.isfinite(values)]
                 if finite.size:
                     writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
+
+        figure = None
+        if (-1, "depth figure") not in self._off:
+            try:
+                figure = dashboard.depth_figure(stats, self.plan, f"{_run_name(boards[0])}, scheme={self.plan.scheme!r}: step {step}")
+            except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
+                self._off.add((-1, "depth figure"))
+                self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
+        for logger in boards:
+            self._emit(logger, "histograms", histograms)
             if figure is not None:
-                writer.add_figure("lyapunov/log_norm_vs_depth", figure, step, close=False)
+                self._emit(logger, "depth figure",
+                           lambda w: w.add_figure("lyapunov/depth_profile", figure, step, close=False))
         if figure is not None:
             import matplotlib.pyplot as plt
 
             plt.close(figure)
 
-    def _warn_about(self, stats: SignalStats, step: int, check_exponent: bool) -> None:
+    # ------------------------------------------------------------------ console
+
+    def _warn(self, message: str) -> None:
+        rank_zero_warn(f"LyapunovInit: {message}", category=LyapunovWarning)
+
+    def _warn_about(self, stats: SignalStats, step: int, first: bool) -> None:
+        """One warning per measured step that finds something new: NaN/Inf (each layer once per
+        run) and, at the first measured step, collapsed empirical variance, an exponent far from
+        the plan and an output scale far from the input's. Later collapses go to :meth:`summary`."""
         table = stats.as_dict()
-        nonfinite = [n for n, v in table["nonfinite"].items() if v > 0]
-        collapsed = [n for n, v in table["emp_var_collapsed"].items() if v >= 0.5]
-        self._warn_layers(
-            "nonfinite", nonfinite, f"NaN/Inf activations at step {step} in {{layers}}: lower the learning "
-            "rate or check the inputs",
-        )
-        self._warn_layers(
-            "collapse", collapsed, f"at step {step} the empirical variance of at least half of the units "
-            "collapsed (below 1e-3 of the layer's mean second moment) in {layers}",
-        )
+        problems = []
+        nonfinite = [n for n, v in table["nonfinite"].items() if v > 0 and (n, "nonfinite") not in self._warned]
+        self._warned.update((n, "nonfinite") for n in nonfinite)
+        if nonfinite:
+            problems.append(f"NaN/Inf activations in {_layer_list(nonfinite)}: lower the learning rate or check "
+                            "the inputs")
+        collapsed = [n for n, v in table["emp_var_collapsed"].items() if v >= 0.5 and n not in self._collapsed]
+        self._collapsed.update((n, step) for n in collapsed)
+        if first and collapsed:
+            problems.append(
+                "the empirical variance of at least half of the units collapsed (below 1e-3 of the layer's mean "
+                f"second moment) in {_layer_list(collapsed)}"
+            )
+        if first:
+            problems += [p for p in (self._exponent_problem(stats), self._scale_problem(stats)) if p]
+        if problems:
+            body = f" {problems[0]}" if len(problems) == 1 else "".join(f"\n  - {p}" for p in problems)
+            self._warn(f"at step {step}:{body}")
+
+    def _exponent_problem(self, stats: SignalStats) -> str | None:
         plan = self.plan
-        if not check_exponent or plan is None or plan.predicted_drift is None or len(plan.layers) < 4:
-            return
+        if plan is None or plan.predicted_drift is None or len(plan.layers) < 4:
+            return None
         depth = len(plan.layers)
         measured, predicted = stats.exponent_estimate, plan.predicted_drift / depth
         # the least-squares slope of a random walk over L steps has variance ~ 1.2 s^2 / L
         tolerance = max(0.05, 4.0 * math.sqrt(1.2 * plan.predicted_spread**2 / depth**2))
         if math.isfinite(measured) and abs(measured - predicted) > tolerance:
-            self._warn_once(
-                ("network", "exponent"),
-                f"measured Lyapunov exponent {measured:+.3f} per layer at step {step} is far from the "
-                f"predicted {predicted:+.3f} (tolerance {tolerance:.3f}): check the detected slopes in the plan",
-            )
+            return (f"measured Lyapunov exponent {measured:+.3f} per layer is far from the predicted "
+                    f"{predicted:+.3f} (tolerance {tolerance:.3f}): check the detected slopes in the plan")
+        return None
 
     def _warn_undefined(self, stats: SignalStats) -> None:
         """One warning for the reasons not yet given why some statistics are not logged."""
@@ -365,21 +481,70 @@ class LyapunovInit(Callback):
         if new:
             self._warned.update(("undefined", reason) for reason in new)
             listed = "; ".join(f"{', '.join(sorted(keys))} ({reason})" for reason, keys in new.items())
-            rank_zero_warn(f"LyapunovInit: not logging statistics that are undefined here, rather than NaN: {listed}")
+            self._warn(f"not logging statistics that are undefined here, rather than NaN: {listed}")
 
-    def _warn_once(self, key: tuple[str, str], message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(f"LyapunovInit: {message}")
+    def _scale_problem(self, stats: SignalStats) -> str | None:
+        """The output's scale against the input's at step 0, with what the plan predicts about it."""
+        gap = self._start_gap(stats)
+        if gap is None or abs(gap) <= math.log(10.0):
+            return None
+        plan, depth = self.plan, len(self.plan.layers)
+        message = (f"the output's scale is {math.exp(gap):.3g} times the input's (mean log-norm "
+                   f"{gap:+.1f} from the first layer's input to the last layer's output), so "
+                   f"{'the loss and its gradients start large' if gap > 0 else 'the output starts near 0'}. ")
+        drift, spread = plan.predicted_drift, plan.predicted_spread
+        if drift is not None and abs(drift) > math.log(10.0):
+            return message + (f"The plan predicts this: scheme={plan.scheme!r} drifts by {drift:+.1f} over "
+                              f"{depth} layers; scheme='lyapunov' keeps the log-norm's drift at 0")
+        if spread is None or getattr(plan, "calibration", None):
+            return message.rstrip()
+        return message + (
+            "The median log-norm is preserved, not the scale of one draw: the plan predicts that the output's scale "
+            f"varies by a factor of e^(+-2 sqrt(L) s) = e^(+-{2 * spread:.1f}) ~ {math.exp(2 * spread):.0e} between "
+            f"random draws (L = {depth} layers). To start at the input's scale, use the calibrated mode "
+            "(LyapunovInit(calibrate=...)) or keep the best of several draws (sampled=True)"
+        )
 
-    def _warn_layers(self, kind: str, layers: list[str], message: str) -> None:
-        """One warning for the layers not yet warned about for ``kind`` (each layer once per run)."""
-        new = [name for name in layers if (name, kind) not in self._warned]
-        if not new:
-            return
-        self._warned.update((name, kind) for name in new)
-        shown = ", ".join(repr(name) for name in new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
-        rank_zero_warn(f"LyapunovInit: {message.format(layers='layer' + ('s ' if len(new) > 1 else ' ') + shown)}")
+    def _start_gap(self, stats: SignalStats | None) -> float | None:
+        if stats is None or self._input_log_norm is None or self.plan is None:
+            return None
+        last = stats.values[-1, STAT_KEYS.index("log_norm_mean")]
+        gap = float(last) - float(self._input_log_norm)
+        return gap if math.isfinite(gap) else None
+
+    def summary(self) -> str:
+        """The closing summary printed at the end of ``fit``: what was initialized, the measured
+        exponent against the plan's at the first and last measured step, the layers that collapsed."""
+        plan = self.plan
+        draws = "/".join(sorted({layer.init.distribution for layer in plan.layers}))
+        if self._initialized_here:
+            what = f"initialized {len(plan.layers)} layers: scheme={plan.scheme!r}, {draws} weights, seed {self._used_seed}"
+            what += f"; {self._sampling}" if self._sampling else ""
+            if getattr(plan, "calibration", None):
+                what += f"; calibrated ({plan.calibration!r}) on the first training batch"
+        else:
+            what = f"did not initialize (weights from a checkpoint or an earlier fit); plan: scheme={plan.scheme!r}"
+        lines = [f"LyapunovInit summary: {what}"]
+        exponents = [layer.init.exponent for layer in plan.layers]
+        if self.first_stats is not None:
+            predicted = _signed(sum(exponents) / len(exponents)) if None not in exponents else "n/a"
+            measured = f"{_signed(self.first_stats.exponent_estimate)} at the first measured step"
+            if self.last_stats is not self.first_stats:
+                measured += f", {_signed(self.last_stats.exponent_estimate)} at step {self._last_step}"
+            lines.append(f"  exponent per layer: plan {predicted}; measured {measured}")
+            gap = self._start_gap(self.first_stats)
+            if gap is not None:
+                lines.append(f"  output scale at the first measured step: {math.exp(gap):.3g} x the input's")
+            if self._collapsed:
+                by_step: dict[int, list[str]] = {}
+                for name, step in self._collapsed.items():
+                    by_step.setdefault(step, []).append(name)
+                steps = "; ".join(f"step {step}: {_layer_list(names)}" for step, names in sorted(by_step.items()))
+                lines.append(f"  empirical variance collapsed in {len(self._collapsed)} of {len(plan.layers)} "
+                             f"layers ({steps})")
+            else:
+                lines.append("  empirical variance: no layer collapsed")
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ cleanup
 
@@ -390,6 +555,8 @@ class LyapunovInit(Callback):
         self._remove_hooks()
 
     def _remove_hooks(self) -> None:
+        if self._input_hook is not None:
+            self._input_hook.remove()
         if self.monitor is not None:
             self.monitor.remove()
             self.monitor = None
@@ -408,18 +575,29 @@ def _is_compiled(module: torch.nn.Module) -> bool:
     return compiled_by_lightning or any(isinstance(m, OptimizedModule) for m in module.modules())
 
 
-def _predicted_scalars(plan: InitPlan) -> dict[str, float]:
-    exponents = [layer.init.exponent for layer in plan.layers]
-    if any(e is None for e in exponents):
-        return {}
-    scalars = {
-        "lyapunov/predicted/exponent": float(np.mean(exponents)),
-        "lyapunov/predicted/drift": float(plan.predicted_drift),
-        "lyapunov/predicted/spread": float(plan.predicted_spread),
-    }
-    for name, cumulative in zip(plan.layer_names, np.cumsum(exponents)):
-        scalars[f"lyapunov/predicted/log_norm/{name}"] = float(cumulative)
-    return scalars
+def _layer_list(names: list[str], shown: int = 5) -> str:
+    """``layers 'a', 'b' and 3 more``."""
+    listed = ", ".join(repr(name) for name in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"layer{'s' if len(names) > 1 else ''} {listed}{more}"
+
+
+def _signed(value: float) -> str:
+    """``+0.012``; ``+0.000`` rather than ``-0.000``; ``n/a`` for NaN (e.g. a one-layer model)."""
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.3f}" if abs(value) >= 5e-4 else "+0.000"
+
+
+def _run_name(logger: Any) -> str:
+    version = logger.version
+    return f"{logger.name}/{version if isinstance(version, str) else f'version_{version}'}"
+
+
+def _describe_sampling(report: Any, mode: str) -> str:
+    """One line instead of the SamplingReport repr."""
+    return (f"sampled ({mode}): kept candidate {report.chosen + 1} of {len(report.scores)}, |log-gain| "
+            f"{report.chosen_score:.2f} on the probe batch (median of the candidates {report.median_score:.2f})")
 
 
 def _markdown(text: str) -> str:
@@ -427,30 +605,3 @@ def _markdown(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def _depth_figure(stats: SignalStats, plan: InitPlan | None):
-    """Mean log-norm (+- its batch std) against depth, the theory line and its +-2 sqrt(l) s band."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
-        return None
-    table = stats.as_dict()
-    mean = np.array([table["log_norm_mean"][n] for n in stats.names])
-    std = np.array([table["log_norm_std"][n] for n in stats.names])
-    depth = np.arange(1, len(mean) + 1)
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.errorbar(depth, mean, yerr=std, fmt="o-", ms=3, label="measured (batch mean +- std)")
-    if plan is not None and plan.predicted_drift is not None and np.isfinite(mean[0]):
-        exponents = np.array([layer.init.exponent for layer in plan.layers])
-        variances = np.array([layer.init.variance for layer in plan.layers])
-        line = mean[0] + np.concatenate([[0.0], np.cumsum(exponents[1:])])
-        band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
-        axis.plot(depth, line, "k--", label="theory: sum of exponents")
-        axis.fill_between(depth, line - band, line + band, color="k", alpha=0.12, label="+-2 sqrt(l) s")
-    axis.set_xlabel("layer")
-    axis.set_ylabel("log(||h|| / sqrt(d))")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    return figure

@@ -12,9 +12,12 @@ statistics to TensorBoard; the command to open them is printed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import statistics
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,6 +25,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_lyapunov import LyapunovInit, theory
+from lightning_lyapunov.callbacks import LyapunovWarning, log as callback_log
 from lightning_lyapunov.data import PolynomialRegression
 from lightning_lyapunov.models import DeepMLP, RegressionModule
 
@@ -33,24 +37,45 @@ SCHEMES = {
 }
 
 
+@contextlib.contextmanager
+def quiet(callback_output: bool) -> Iterator[None]:
+    """Lightning's banners and hints off; the callback's plan, warnings and summary only if asked."""
+    loggers = {logging.getLogger("lightning.pytorch.utilities.rank_zero"): logging.WARNING,
+               callback_log: logging.INFO if callback_output else logging.WARNING}
+    levels = {logger: logger.level for logger in loggers}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=pl.utilities.warnings.PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        if not callback_output:
+            warnings.filterwarnings("ignore", category=LyapunovWarning)
+        try:
+            for logger, level in loggers.items():
+                logger.setLevel(level)
+            yield
+        finally:
+            for logger, level in levels.items():
+                logger.setLevel(level)
+
+
 def run(label: str, seed: int, epochs: int, logdir: Path) -> tuple[float, float]:
-    """Train one net; return (validation MSE, measured exponent per layer at step 0)."""
+    """Train one net; return (validation MSE after the last epoch, measured exponent per layer at step 0)."""
     pl.seed_everything(seed, verbose=False)
     callback = LyapunovInit(seed=seed, **SCHEMES[label])
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
-        logger=TensorBoardLogger(logdir, name=label, version=f"seed{seed}"),
+        logger=TensorBoardLogger(logdir, name=label, version=f"seed{seed}", default_hp_metric=False),
         callbacks=[callback],
         log_every_n_steps=8,
         enable_checkpointing=False,
         enable_model_summary=False,
+        enable_progress_bar=False,
     )
     data = PolynomialRegression(batch_size=64, seed=0)
     model = RegressionModule(DeepMLP(1, 1, width=WIDTH, depth=DEPTH, negative_slope=SLOPE),
                              lr=1e-3, weight_decay=1e-4)
     trainer.fit(model, data)
-    loss = trainer.validate(model, data, verbose=False)[0]["val/loss"]
+    loss = float(trainer.callback_metrics["val/loss"])
     measured = callback.first_stats.exponent_estimate if callback.first_stats else float("nan")
     return loss, measured
 
@@ -63,7 +88,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # a width-2 net gains nothing from threads; on a busy machine they cost a lot
     start = time.perf_counter()
-    results = {label: [run(label, seed, args.epochs, args.logdir) for seed in range(args.seeds)] for label in SCHEMES}
+    print(f"{len(SCHEMES)} schemes x {args.seeds} seeds, {args.epochs} epochs each; LyapunovInit's console "
+          "output (plan, warnings, summary) is shown for seed 0 of each scheme\n")
+    results: dict[str, list[tuple[float, float]]] = {}
+    for label in SCHEMES:
+        for seed in range(args.seeds):
+            if seed == 0:
+                print(f"--- {label}, seed 0")
+            began = time.perf_counter()
+            with quiet(callback_output=seed == 0):
+                loss, measured = run(label, seed, args.epochs, args.logdir)
+            results.setdefault(label, []).append((loss, measured))
+            print(f"{label} seed {seed}: val MSE {loss:.3g}, measured exponent at step 0 {measured:+.3f} "
+                  f"({time.perf_counter() - began:.0f} s)")
     he_exponent = theory.lyapunov_exponent(WIDTH, WIDTH, SLOPE, theory.he_scale(WIDTH, SLOPE))
     print(f"\nwidth {WIDTH}, depth {DEPTH}, LeakyReLU({SLOPE}), degree-5 polynomial, {args.epochs} epochs, "
           f"Adam 1e-3; predicted exponent per layer: He {he_exponent:+.3f}, Lyapunov 0")
@@ -74,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{label:<18} {statistics.median(losses):>15.4g} {per_seed:>28} "
               f"{statistics.median(exponents):>+30.3f}")
     print(f"\n({time.perf_counter() - start:.0f} s) TensorBoard logs in {args.logdir}; open them with:\n"
-          f"    .venv/bin/tensorboard --logdir {args.logdir}")
+          f"    .venv/bin/tensorboard --logdir {args.logdir}\n"
+          "and start with the CUSTOM SCALARS tab (summary first), then IMAGES (depth profiles).")
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ def log_norm_variance(
 
 def kurtosis_by_depth(
     widths: Sequence[int] | int,
-    negative_slope: float,
+    negative_slope: float | Sequence[float],
     depth: int | None = None,
     weight_kurtosis: float = 3.0,
     initial_kurtosis: float = 3.0,
@@ -388,22 +388,29 @@ def kurtosis_by_depth(
     ``C_a = (5 - 2a^2 + 5a^4) / (1 + a^2)^2``, so the kurtosis grows without bound with depth.
 
     ``widths`` lists the widths ``w_1..w_{L-1}`` of the hidden layers (an int with ``depth``
-    means a constant width); the result has ``L = len(widths) + 1`` entries.
+    means a constant width); the result has ``L = len(widths) + 1`` entries. ``negative_slope``
+    is one slope for every hidden layer or one per hidden layer (``a_l`` after layer ``l``).
 
     Example::
 
         >>> kurtosis_by_depth(10, 0.0, depth=3).round(4).tolist()
         [3.0, 4.5, 6.75]
     """
-    a = _check_slope(negative_slope)
     widths = _check_widths(widths, depth)
+    if isinstance(negative_slope, (int, float, np.number)):
+        slopes = [_check_slope(negative_slope)] * len(widths)
+    else:
+        slopes = [_check_slope(a) for a in negative_slope]
+        if len(slopes) != len(widths):
+            raise ValueError(f"negative_slope has {len(slopes)} slopes for {len(widths)} hidden widths; "
+                             "give one slope, or one per hidden layer")
     weight_kurtosis = check_float("weight_kurtosis", weight_kurtosis, minimum=1.0, allowed="a number >= 1 (a kurtosis)")
     initial_kurtosis = check_float("initial_kurtosis", initial_kurtosis, minimum=1.0,
                                    allowed="a number >= 1 (a kurtosis)")
-    fourth = 2.0 * (1.0 + a**4) / (1.0 + a * a) ** 2  # E h^4 / (E h^2)^2 per unit of kappa
     kappa, cov = float(initial_kurtosis), 0.0
     out = [kappa]
-    for w in widths:
+    for w, a in zip(widths, slopes):
+        fourth = 2.0 * (1.0 + a**4) / (1.0 + a * a) ** 2  # E h^4 / (E h^2)^2 per unit of kappa
         kappa, cov = (
             fourth * weight_kurtosis / w * kappa + 3.0 * (w - 1) / w * (cov + 1.0),
             fourth / w * kappa + (w - 1) / w * cov - 1.0 / w,

@@ -53,25 +53,28 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
-    for stat in STAT_KEYS:
-        assert f"lyapunov/{stat}/net.0" in tags["scalars"], stat
-        assert f"lyapunov/{stat}/net.22" in tags["scalars"], stat
-    for key in ("exponent_estimate", "predicted/exponent", "predicted/drift", "predicted/log_norm/net.10"):
+    for stat in STAT_KEYS:  # first, middle and last layer only, by default
+        for layer in ("net.0", "net.10", "net.22"):
+            assert f"lyapunov/{stat}/{layer}" in tags["scalars"], stat
+        assert f"lyapunov/{stat}/net.4" not in tags["scalars"], stat
+    for key in ("exponent_estimate", "predicted/exponent", "predicted/log_norm/net.10", "max/kurtosis_median"):
         assert f"lyapunov/{key}" in tags["scalars"], key
     assert "lyapunov/log_norm_hist/net.0" in tags["histograms"]
-    assert "lyapunov/log_norm_vs_depth" in tags["images"]
+    assert "lyapunov/log_norm_hist/net.4" not in tags["histograms"]
+    assert "lyapunov/depth_profile" in tags["images"]
     assert any("lyapunov/plan" in tag for tag in tags["tensors"])
-    # measured on steps 0, 2, 4 (log_every_n_steps=2) and the predicted values at step 0
+    # measured on steps 0, 2, 4 (log_every_n_steps=2); the plan's exponent next to each measurement
     steps = [event.step for event in events.Scalars("lyapunov/log_norm_mean/net.0")]
     assert steps == [0, 2, 4]
-    predicted = events.Scalars("lyapunov/predicted/exponent")[0].value
-    assert predicted == pytest.approx(0.0, abs=0.02)  # Lyapunov init: zero drift (last layer aside)
+    predicted = events.Scalars("lyapunov/predicted/exponent")
+    assert [event.step for event in predicted] == [0, 2, 4]
+    assert predicted[0].value == pytest.approx(0.0, abs=0.02)  # Lyapunov init: zero drift (last layer aside)
 
 
 def test_csv_logger_and_own_cadence(deep_narrow, tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
     with pytest.warns(UserWarning, match="need a TensorBoardLogger"):
-        fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=3)], logger=logger)
+        fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=3, all_layers=True)], logger=logger)
     header = Path(logger.log_dir, "metrics.csv").read_text().splitlines()[0]
     assert "lyapunov/kurtosis_median/net.4" in header and "lyapunov/exponent_estimate" in header
 

@@ -52,8 +52,10 @@ def test_one_layer_model_logs_no_exponent_and_says_why_once(tmp_path):
 
 def test_both_reasons_in_one_warning(tmp_path):
     logged, undefined = run(tmp_path, depth=1, batch_size=1, max_steps=3)
-    measured = {key for key in logged if not key.startswith("lyapunov/predicted/")}
+    measured = {key for key in logged if not key.startswith(("lyapunov/predicted/", "lyapunov/max/", "lyapunov/total/"))}
     assert measured == {f"lyapunov/{k}/net.0" for k in ("log_norm_mean", "dead_fraction", "nonfinite")}
+    summary = {key for key in logged if key.startswith(("lyapunov/max/", "lyapunov/total/"))}
+    assert summary == {"lyapunov/max/dead_fraction", "lyapunov/total/nonfinite"}  # no undefined kurtosis
     assert len(undefined) == 1 and "batch of 1 sample" in undefined[0] and "fewer than 2" in undefined[0]
 
 

@@ -1,0 +1,205 @@
+"""What LyapunovInit writes (read back from the event files), what it prints, and that no logger
+failure stops training."""
+
+import logging
+import math
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from conftest import DeepNarrow, loader, trainer_kwargs
+from lightning_lyapunov import LyapunovInit, dashboard, theory
+from lightning_lyapunov.callbacks import LyapunovWarning
+from lightning_lyapunov.diagnostics import STAT_KEYS
+
+
+def fit(module, tmp_path, callback, width=4, **overrides):
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, **overrides))
+    trainer.fit(module, loader(width=width))
+    return trainer
+
+
+def read_events(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0,
+                                                           "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    callback = LyapunovInit(seed=0, all_layers=True)
+    fit(deep_narrow, tmp_path, callback, logger=logger, max_steps=5)
+    events = read_events(logger.log_dir)
+    scalars = events.Tags()["scalars"]
+    # every layer with all_layers=True: 8 statistics x 12 layers, 12 predicted log-norms, 6 summaries
+    assert sum(tag.startswith("lyapunov/") for tag in scalars) == 8 * 12 + 12 + 6
+    last = {tag: events.Scalars(tag)[-1].value for tag in scalars}
+    stats = callback.last_stats.as_dict()
+    assert last["lyapunov/max/kurtosis_median"] == pytest.approx(max(stats["kurtosis_median"].values()), rel=1e-6)
+    assert last["lyapunov/max/emp_var_collapsed"] == pytest.approx(max(stats["emp_var_collapsed"].values()))
+    assert last["lyapunov/total/nonfinite"] == 0
+    # the plan's line through the first layer's measured log-norm: m_0 + sum of the next exponents
+    exponents = [layer.init.exponent for layer in callback.plan.layers]
+    expected = stats["log_norm_mean"]["net.0"] + sum(exponents[1:6])
+    assert last["lyapunov/predicted/log_norm/net.10"] == pytest.approx(expected, abs=1e-5)
+
+    config = layout_pb2.Layout()
+    config.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    titles = [category.title for category in config.category]
+    assert titles[0] == "lyapunov: summary" and titles[1].startswith("lyapunov: per layer")
+    import re
+
+    for category in config.category:  # every chart shows at least one logged tag
+        for chart in category.chart:
+            assert any(re.search(regex, tag) for regex in chart.multiline.tag for tag in scalars), chart.title
+    first_chart = config.category[0].chart[0]
+    assert sorted(t for r in first_chart.multiline.tag for t in scalars if re.search(r, t)) == [
+        "lyapunov/exponent_estimate", "lyapunov/predicted/exponent"]
+
+    images = events.Images("lyapunov/depth_profile")
+    # first measured step, end of epoch 1 (its last measured step), end of training
+    assert [image.step for image in images] == [0, 2, 4]
+    assert 20_000 < len(images[0].encoded_image_string) < 150_000
+    assert images[0].width >= 1000
+
+
+def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    callback = LyapunovInit(seed=0)
+    fit(deep_narrow, tmp_path, callback, logger=False, max_steps=1)
+    figure = dashboard.depth_figure(callback.first_stats, callback.plan, "run: step 0")
+    try:
+        assert figure._suptitle.get_text() == "run: step 0"
+        norm, variance, kurtosis = figure.axes
+        line = dashboard.predicted_log_norm(callback.first_stats, callback.plan)
+        theory_lines = {ax: [l for l in ax.get_lines() if l.get_label().startswith("theory")] for ax in figure.axes}
+        np.testing.assert_allclose(theory_lines[norm][0].get_ydata(), line)
+        widths = [layer.d_out for layer in callback.plan.layers[:-1]]
+        start = callback.first_stats.layer("net.0")["kurtosis_median"]
+        np.testing.assert_allclose(theory_lines[kurtosis][0].get_ydata(),
+                                   theory.kurtosis_by_depth(widths, 0.1, initial_kurtosis=start))
+        assert theory_lines[variance]
+    finally:
+        matplotlib.pyplot.close(figure)
+
+
+def test_kurtosis_recursion_takes_one_slope_per_layer():
+    widths, slopes = [4, 3, 5, 4], [0.1, 0.0, 0.5, 0.2]
+    kappa = [3.0]
+    for w, a in zip(widths, slopes):  # Gaussian weights: kappa_{l+1} = kappa_l (1 + C_a / w_l)
+        kappa.append(kappa[-1] * (1 + (5 - 2 * a**2 + 5 * a**4) / (1 + a**2) ** 2 / w))
+    np.testing.assert_allclose(theory.kurtosis_by_depth(widths, slopes), kappa, rtol=1e-12)
+    with pytest.raises(ValueError, match="one per hidden layer"):
+        theory.kurtosis_by_depth(widths, slopes[:2])
+
+
+def test_featured_layers_and_figure_cadence():
+    assert dashboard.featured_layers(list("abcdefg")) == ["a", "d", "g"]
+    assert dashboard.featured_layers(["a", "b"]) == ["a", "b"]
+    assert [e for e in range(20) if dashboard.figure_due(e)] == [0, 1, 3, 7, 15]
+
+
+class BrokenWriter:
+    """A SummaryWriter whose text, histogram, figure and layout writes fail, as on a full disk."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def __getattr__(self, name):
+        if name not in ("add_text", "add_histogram", "add_figure", "add_custom_scalars"):
+            return getattr(self.writer, name)
+
+        def fail(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        return fail
+
+
+class FullDiskTensorBoard(TensorBoardLogger):
+    @property
+    def experiment(self):
+        return BrokenWriter(super().experiment)
+
+
+class PickyCSVLogger(CSVLogger):
+    """A logger that rejects keys with a slash after the first (as some tracking services do)."""
+
+    def log_metrics(self, metrics, step=None):
+        if any(key.count("/") > 1 for key in metrics):
+            raise ValueError("invalid metric name")
+        super().log_metrics(metrics, step)
+
+
+def test_failing_writers_and_loggers_never_stop_training(tmp_path):
+    torch.manual_seed(0)
+    board = FullDiskTensorBoard(tmp_path, name="tb")
+    picky = PickyCSVLogger(tmp_path, name="csv")
+    callback = LyapunovInit(seed=0, log_every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = fit(DeepNarrow(), tmp_path, callback, logger=[picky], max_steps=4, log_every_n_steps=1)
+        trainer = fit(DeepNarrow(), tmp_path, LyapunovInit(seed=0), logger=[board], max_steps=4,
+                      log_every_n_steps=1, max_epochs=3)
+    assert trainer.global_step == 4
+    failures = [str(w.message) for w in caught if "training continues" in str(w.message)]
+    outputs = sorted(m.split("failed to write the ")[1].split(" (")[0] for m in failures)
+    # each output warns once, then is switched off: the CSV's scalars; TensorBoard's text, layout,
+    # histograms and figure (its scalars still work)
+    assert outputs == ["custom-scalars layout", "depth figure", "histograms", "plan text", "scalars"], failures
+    assert all(issubclass(w.category, LyapunovWarning) for w in caught if "training continues" in str(w.message))
+    assert callback.last_stats is not None  # the diagnostics kept measuring
+    assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_warnings_are_grouped_per_step_and_printed_without_a_file_prefix(tmp_path):
+    # width 4, 32 layers, LeakyReLU(0.01), seed 1: Lyapunov init, but this draw's output is e^6.3 x the input
+    torch.manual_seed(0)
+    module = DeepNarrow(width=4, depth=32, slope=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, tmp_path, LyapunovInit(seed=1), logger=False, max_steps=1)
+    ours = [w for w in caught if issubclass(w.category, LyapunovWarning)]
+    at_step_0 = [w for w in ours if "at step 0" in str(w.message)]
+    assert len(at_step_0) == 1
+    message = str(at_step_0[0].message)
+    assert "the output's scale is" in message and "times the input's" in message
+    assert "e^(+-2 sqrt(L) s) = e^(+-13.6)" in message  # 2 sqrt(sum of the plan's variances)
+    assert "calibrate=" in message and "sampled=True" in message
+    text = warnings.formatwarning(at_step_0[0].message, LyapunovWarning, "callbacks.py", 304)
+    assert text == f"{message}\n" and "callbacks.py" not in text
+
+
+def test_he_at_width_2_is_told_to_use_lyapunov(tmp_path):
+    torch.manual_seed(0)
+    module = DeepNarrow(width=2, depth=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, tmp_path, LyapunovInit(scheme="he", seed=0), width=2, logger=False,
+            max_steps=1)
+    messages = [str(w.message) for w in caught if "output's scale" in str(w.message)]
+    assert len(messages) == 1 and "scheme='he' drifts by -16" in messages[0] and "scheme='lyapunov'" in messages[0]
+
+
+def test_closing_summary_says_what_was_done(tmp_path, caplog):
+    torch.manual_seed(0)
+    callback = LyapunovInit(seed=3, sampled=True)
+    with caplog.at_level(logging.INFO):
+        fit(DeepNarrow(), tmp_path, callback, logger=False, max_steps=5)
+    summary = callback.summary()
+    assert summary in caplog.text
+    lines = summary.splitlines()
+    assert lines[0].startswith("LyapunovInit summary: initialized 12 layers: scheme='lyapunov', orthogonal "
+                               "weights, seed 3; sampled (network): kept candidate ")
+    first, last = callback.first_stats.exponent_estimate, callback.last_stats.exponent_estimate
+    assert f"measured {first:+.3f} at the first measured step, {last:+.3f} at step 4" in lines[1]
+    assert "SamplingReport(" not in caplog.text
+    assert math.isfinite(first)
