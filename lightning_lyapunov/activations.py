@@ -424,6 +424,11 @@ def complete_slopes(
     return slopes, order, warnings_
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, whole (a cut mid-word hides what went wrong)."""
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def detect_slopes(
     model: nn.Module, names: list[str], *, tracer: Callable[..., Any] | None = None
 ) -> tuple[dict[str, SlopeInfo], list[str], list[str]]:
@@ -444,7 +449,6 @@ def detect_slopes(
         slopes, order = _trace_slopes(model, names)
         reason = "they are never called in the traced forward()"
     except Exception as error:  # noqa: BLE001 - any tracing failure means: use the fallback
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
-        reason = f"torch.fx could not trace {type(model).__name__} ({type(error).__name__}: {first_line})"
+        reason = f"torch.fx could not trace {type(model).__name__} ({type(error).__name__}: {first_line(error)})"
         slopes, order = {}, []
     return complete_slopes(model, names, slopes, order, reason)

@@ -502,7 +502,8 @@ class LyapunovInit(Callback):
             "The median log-norm is preserved, not the scale of one draw: the plan predicts that the output's scale "
             f"varies by a factor of e^(+-2 sqrt(L) s) = e^(+-{2 * spread:.1f}) ~ {math.exp(2 * spread):.0e} between "
             f"random draws (L = {depth} layers). To start at the input's scale, use the calibrated mode "
-            "(LyapunovInit(calibrate=...)) or keep the best of several draws (sampled=True)"
+            "(LyapunovInit(calibrate='output') or 'layers': rescaled on the first training batch) or keep the best of "
+            "several draws (sampled=True)"
         )
 
     def _start_gap(self, stats: SignalStats | None) -> float | None:

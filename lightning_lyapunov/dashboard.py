@@ -191,5 +191,5 @@ def depth_figure(stats: SignalStats, plan: Any, title: str):
     for axis in (ax_norm, ax_var, ax_kurt):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.04, right=0.99, top=0.86, bottom=0.12, wspace=0.16)  # tight_layout: 2x the cost
     return figure

@@ -17,6 +17,7 @@ import difflib
 import importlib
 import inspect
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Optional
 
@@ -165,9 +166,14 @@ class PlanCLI(LyapunovCLI):
             callback = find_lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
             settings = {key: getattr(callback, key) for key in _PLAN_KEYS} if callback else {}
             settings.update({k: self.config[k] for k in _PLAN_KEYS if self.config.get(k) is not None})
-            self.plan = plan_init(self.model, **settings)
+            with warnings.catch_warnings(record=True) as caught:  # printed once, in the plan
+                warnings.simplefilter("always")
+                self.plan = plan_init(self.model, **settings)
         except ValueError as error:
             self.parser.error(_config_error(error))
+        for warning in caught:  # anything the plan does not list is passed on
+            if str(warning.message) not in self.plan.warnings:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _callbacks(trainer_config: Mapping[str, Any]) -> list[Any]:

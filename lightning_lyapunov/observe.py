@@ -44,6 +44,7 @@ from .activations import (
     classify_call,
     complete_slopes,
     detect_slopes,
+    first_line,
     is_pass_module,
     merge_findings,
     module_slope,
@@ -309,11 +310,10 @@ def find_slopes(
     try:
         slopes, order = observe_slopes(model, names, example_input, forward)
     except Exception as error:  # noqa: BLE001 - a failed observation means: use the fallback
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
         slopes, order, warnings_ = detect_slopes(model, names)
         how = "forward(model, example_input)" if forward is not None else f"{type(model).__name__}(example_input)"
         warnings_.insert(0, (
-            f"could not observe a forward pass: {how} raised {type(error).__name__}: {first_line}; slopes "
+            f"could not observe a forward pass: {how} raised {type(error).__name__}: {first_line(error)}; slopes "
             "from torch.fx tracing instead: check the plan, or pass the example the forward takes "
             "(a tensor, a tuple of arguments or a dict of keyword arguments)"
         ))

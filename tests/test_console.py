@@ -39,3 +39,23 @@ def test_describe_can_leave_out_the_warnings():
         plan = plan_init(model)
     assert plan.warnings and "warning: " in str(plan)
     assert "warning: " not in plan.describe(warnings=False)
+
+
+def test_plan_command_prints_each_plan_warning_once(tmp_path, capsys):
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_lyapunov.cli import main
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "polynomial.yaml").read_text())
+    config["model"]["init_args"]["model"]["init_args"].update(activation="gelu", depth=4)
+    path = tmp_path / "gelu.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["plan", "-c", str(path)])
+    out = capsys.readouterr().out
+    printed = [line for line in out.splitlines() if line.startswith("warning: ") and "GELU" in line]
+    assert len(printed) >= 1
+    assert not [w for w in caught if "GELU" in str(w.message)]  # not a second time as a Python warning
