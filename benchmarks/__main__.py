@@ -13,6 +13,7 @@ BENCHMARKS = (
     "lln_clt",
     "deep_narrow_regression",
     "score_learning",
+    "calibration",
     "empirical_variance",
     "fractional",
     "stiefel_depth",

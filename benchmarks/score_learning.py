@@ -46,17 +46,25 @@ def relative_score_error(model: nn.Module, batch: tuple[Tensor, ...], generator:
     return (model(x) - target).pow(2).sum(-1).mean(-1) / target.pow(2).sum(-1).mean()
 
 
-def run(quick: bool = False) -> Report:
-    torch.set_num_threads(1)
-    seeds = tuple(range(3 if quick else 20))
-    steps = 600 if quick else 3000
+def noisy_data(probe_size: int):
+    """The task's data: ``(data, x_train, fixed, noisy_test, probe)`` with ``fixed[name] = (x, eps)``
+    for "val" and "test" (fixed noise), ``noisy_test = x_test + sigma eps`` and ``probe`` the first
+    ``probe_size`` training inputs plus noise (all noise from one generator seeded 12345)."""
     data = GaussianMixtureScore(seed=0)
     splits = data.build()
     (x,) = splits["train"]
     noise = torch.Generator().manual_seed(12345)
     fixed = {name: (splits[name][0], torch.randn(splits[name][0].shape, generator=noise)) for name in ("val", "test")}
     noisy_test = fixed["test"][0] + SIGMA * fixed["test"][1]
-    probe = x[:PROBE_SIZE] + SIGMA * torch.randn(PROBE_SIZE, 2, generator=noise)
+    probe = x[:probe_size] + SIGMA * torch.randn(probe_size, 2, generator=noise)
+    return data, x, fixed, noisy_test, probe
+
+
+def run(quick: bool = False) -> Report:
+    torch.set_num_threads(1)
+    seeds = tuple(range(3 if quick else 20))
+    steps = 600 if quick else 3000
+    data, x, fixed, noisy_test, probe = noisy_data(PROBE_SIZE)
     comparison = compare_schemes(
         lambda: DeepMLP(2, 2, width=WIDTH, depth=DEPTH, negative_slope=SLOPE),
         probe, dsm_loss, (x,),
