@@ -23,6 +23,7 @@ the surgery's plan, which builds on this module; ``init.sample_lyapunov_`` is no
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -88,24 +89,73 @@ def _work_dtype(tensor: Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
-def _sign_fixed_qr(a: Tensor) -> Tensor:
-    """Q of a = QR with diag(R) > 0: Haar-distributed when a is Gaussian."""
-    q, r = torch.linalg.qr(a)
-    signs = torch.where(torch.diagonal(r) >= 0, 1.0, -1.0).to(q.dtype)
-    return q * signs
+@contextlib.contextmanager
+def _one_thread(device: torch.device):
+    """Run the block on one CPU thread: MKL's QR rounds differently with 2 threads than with 1, and
+    the same seed must give the same bits whatever ``torch.get_num_threads()`` is."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _haar(rows: int, cols: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """A Haar semi-orthogonal (rows x cols) matrix: orthonormal rows if rows <= cols, else columns."""
+def _haar(rows: int, cols: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """A Haar semi-orthogonal (rows x cols) matrix: orthonormal rows if rows <= cols, else columns.
+
+    Q of G = QR with diag(R) > 0 for a Gaussian ``G`` of shape (max, min), as torch's ``orthogonal_``.
+    Same seed, same weights: ``G`` is drawn on the generator's device (the weight's device when
+    ``generator`` is None, torch's convention) and moved to ``device``, where the QR runs; so a CPU
+    generator gives a CUDA weight the same Gaussian as a CPU weight (the QR then agrees to
+    rounding, ~1e-6). On the CPU the QR runs on one thread: bit-identical for any thread count.
+    Memory: one (max x min) matrix; ``G`` is drawn column-major (LAPACK's layout) and factorized and
+    turned into Q in place.
+    """
     big, small = max(rows, cols), min(rows, cols)
-    gaussian = torch.empty(big, small, dtype=_work_dtype(like), device=like.device)
-    q = _sign_fixed_qr(gaussian.normal_(0.0, 1.0, generator=generator))
-    return q if rows >= cols else q.T
+    source = generator.device if generator is not None else device
+    matrix = torch.empty(small, big, dtype=dtype, device=source).normal_(0.0, 1.0, generator=generator)
+    matrix = matrix.to(device).T  # (big, small), column-major
+    tau = matrix.new_empty(small)
+    with _one_thread(matrix.device):
+        torch.geqrf(matrix, out=(matrix, tau))  # R on and above the diagonal, the reflectors below
+        signs = torch.where(matrix.diagonal() >= 0, 1.0, -1.0).to(dtype)
+        torch.linalg.householder_product(matrix, tau, out=matrix)
+    matrix.mul_(signs)
+    return matrix if rows >= cols else matrix.T
+
+
+def _reflect_(matrix: Tensor, dim: int) -> Tensor:
+    """Apply, in place, the Householder reflection ``H`` (``H = H^T = H^-1``) mapping ``e_1`` to
+    ``1 / sqrt(k)`` along ``dim`` (``k = matrix.size(dim)``): ``H M`` for ``dim=0``, ``M H`` for ``dim=1``.
+
+    ``H = I - 2 w w^T / ||w||^2`` with ``w = e_1 - 1 / sqrt(k)``, ``||w||^2 = 2 - 2 / sqrt(k)``: O(k n)
+    and no temporary of the matrix's size. The other columns of ``H`` span the complement of ``1``.
+    """
+    k = matrix.size(dim)
+    if k == 1:
+        return matrix
+    w = torch.full((k,), -1.0 / math.sqrt(k), dtype=matrix.dtype, device=matrix.device)
+    w[0] += 1.0
+    beta = -2.0 / (2.0 - 2.0 / math.sqrt(k))
+    if dim == 0:
+        return matrix.addr_(w, w @ matrix, alpha=beta)
+    return matrix.addr_(matrix @ w, w, alpha=beta)
 
 
 def _write(tensor: Tensor, matrix: Tensor, gain: float = 1.0) -> Tensor:
-    """Copy a (rows, cols) matrix into a weight of any layout (also a non-contiguous view)."""
-    tensor.copy_((gain * matrix).reshape(tensor.shape))
+    """Copy a (rows, cols) matrix of ours (scaled in place) into a weight of any layout (also a
+    non-contiguous view) without a temporary of the weight's size where the layout allows."""
+    if gain != 1.0:
+        matrix.mul_(gain)
+    try:
+        target = tensor.view(matrix.shape)
+    except RuntimeError:  # a view that cannot be flattened: copy through the weight's shape
+        target, matrix = tensor, matrix.reshape(tensor.shape)
+    target.copy_(matrix)
     return tensor
 
 
@@ -215,7 +265,7 @@ def orthogonal_(
     else:
         theory._check_slope(negative_slope)
         gain = check_float("gain", gain)
-    return _write(tensor, _haar(rows, cols, tensor, generator), gain)
+    return _write(tensor, _haar(rows, cols, _work_dtype(tensor), tensor.device, generator), gain)
 
 
 @torch.no_grad()
@@ -223,10 +273,14 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
     """Mean-calibrated orthogonal init for ReLU nets (Choi, Lee & Kim; a reconstruction, see README).
 
     ``W = P_m I_{m x n} P_n^T`` with ``P_k`` the Q factor of ``[1_k | G]`` (``G`` Gaussian
-    ``k x (k-1)``), sign-fixed so its first column is ``1 / sqrt(k)``. Only the first
-    ``min(m, n)`` columns of ``P_m`` and ``P_n`` enter ``W``, and a QR factor's first columns depend
-    only on the matrix's first columns, so a thin QR suffices. ``W`` has orthonormal rows (or columns), every row sum ``sqrt(n / m)`` and every column sum ``sqrt(m / n)``: it maximizes
+    ``k x (k-1)``), sign-fixed so its first column is ``1 / sqrt(k)``. ``W`` has orthonormal rows
+    (or columns), every row sum ``sqrt(n / m)`` and every column sum ``sqrt(m / n)``: it maximizes
     the pre-activation mean ``1' W 1 = sqrt(m n)`` on the Stiefel manifold. Gain 1.
+
+    Drawn in one QR of torch's ``orthogonal_`` size: the other columns of ``P_k`` are a Haar frame of
+    the complement of ``1``, so ``W = H_m diag(1, Z) H_n`` with ``Z`` Haar ``(m-1) x (n-1)`` and
+    ``H_k`` the Householder reflection taking ``e_1`` to ``1 / sqrt(k)`` (the same law; O(m n) on top
+    of the QR, at most two matrices of the weight's size at a time).
 
     Example::
 
@@ -235,17 +289,21 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
         True
     """
     m, n = _matrix_shape(_check_weight(tensor, generator))
-    k = min(m, n)
     dtype = _work_dtype(tensor)
-
-    def leading_columns(size: int) -> Tensor:
-        """The first k columns of P_size: the thin Q of [1 | Gaussian (size x (k-1))], O(size k^2)."""
-        columns = torch.empty(size, k, dtype=dtype, device=tensor.device)
-        columns[:, 1:].normal_(0.0, 1.0, generator=generator)
-        columns[:, 0] = 1.0
-        return _sign_fixed_qr(columns)
-
-    return _write(tensor, leading_columns(m) @ leading_columns(n).T)
+    inner = _haar(m - 1, n - 1, dtype, tensor.device, generator) if min(m, n) > 1 else None
+    try:  # built in the weight itself when its dtype and layout allow: one extra matrix (Z), not two
+        matrix = tensor.view(m, n) if tensor.dtype == dtype else None
+    except RuntimeError:
+        matrix = None
+    work = torch.empty(m, n, dtype=dtype, device=tensor.device) if matrix is None else matrix
+    work.zero_()
+    work[0, 0] = 1.0
+    if inner is not None:
+        work[1:, 1:] = inner
+    del inner
+    with _one_thread(work.device):
+        _reflect_(_reflect_(work, 0), 1)
+    return tensor if matrix is not None else _write(tensor, work)
 
 
 @torch.no_grad()

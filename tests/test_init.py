@@ -162,3 +162,78 @@ def test_init_does_not_import_sampling_and_names_where_sample_lyapunov_went():
         init.sample_lyapunov_
     with pytest.raises(AttributeError, match="no attribute 'kaiming_'"):
         init.kaiming_
+
+
+def _stiefel_by_two_qrs(m, n, g):
+    """The definition, drawn literally: P_k = Q of [1 | G] (first column 1 / sqrt(k)), W = P_m I P_n^T."""
+    k = min(m, n)
+
+    def leading(size):
+        a = torch.cat([torch.ones(size, 1, dtype=torch.float64), torch.randn(size, k - 1, generator=g, dtype=torch.float64)], 1)
+        q, r = torch.linalg.qr(a)
+        return q * torch.where(r.diagonal() >= 0, 1.0, -1.0).to(q.dtype)
+
+    return leading(m) @ leading(n).T
+
+
+@pytest.mark.parametrize("m,n", [(3, 5), (4, 4)])
+def test_stiefel_one_qr_construction_has_the_law_of_the_definition(m, n):
+    # W = H_m diag(1, Z) H_n with one QR must have the law of P_m I P_n^T with two QRs: a wrong frame
+    # (e.g. Z not Haar, or H not mapping e_1 to 1/sqrt(k)) changes the entries' distribution
+    from scipy.stats import ks_2samp
+
+    draws, g = 1500, gen(5)
+    fast = torch.stack([init.stiefel_orthogonal_(torch.empty(m, n, dtype=torch.float64), generator=g)
+                        for _ in range(draws)])
+    slow = torch.stack([_stiefel_by_two_qrs(m, n, g) for _ in range(draws)])
+    for i, j in ((0, 0), (1, 2), (m - 1, n - 1)):
+        assert ks_2samp(fast[:, i, j].numpy(), slow[:, i, j].numpy()).pvalue > 1e-3, (i, j)
+    # and a control: the same test tells a plain Haar matrix (no mean calibration) apart
+    haar = torch.stack([init.orthogonal_(torch.empty(m, n, dtype=torch.float64), gain=1.0, generator=g)
+                        for _ in range(draws)])
+    assert ks_2samp(haar[:, 1, 2].numpy(), slow[:, 1, 2].numpy()).pvalue < 1e-6
+
+
+_DRAW_BITS = """
+import hashlib, sys, torch
+from lightning_lyapunov import init
+torch.set_num_threads(int(sys.argv[1]))
+digest = hashlib.sha256()
+for fn in (init.orthogonal_, init.lyapunov_orthogonal_, init.stiefel_orthogonal_):
+    for shape in ((96, 96), (300, 96), (64, 3, 3, 3), (40, 500)):
+        w = fn(torch.empty(shape), generator=torch.Generator().manual_seed(3))
+        digest.update(w.numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_qr_draws_are_bit_identical_for_any_thread_count(monkeypatch):
+    # MKL's QR rounds differently on 1 and 2 threads (up to 3e-7 at width 96); the draws must not:
+    # 2 threads here, 1 thread in a fresh process
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(sys, "argv", ["-", "2"])
+        here = io.StringIO()
+        with contextlib.redirect_stdout(here):
+            exec(_DRAW_BITS, {})
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    there = subprocess.run([sys.executable, "-c", _DRAW_BITS, "1"], capture_output=True, text=True, check=True)
+    assert here.getvalue().strip() == there.stdout.strip()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_weight_is_drawn_on_the_gpu_with_the_cpu_generators_gaussian():
+    # same seed, same weights: the Gaussian comes from the (CPU) generator, the QR runs on the GPU
+    for fn in (init.orthogonal_, init.stiefel_orthogonal_):
+        cpu = fn(torch.empty(64, 48), generator=gen(9))
+        gpu = fn(torch.empty(64, 48, device="cuda"), generator=gen(9))
+        assert gpu.device.type == "cuda"
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
