@@ -67,10 +67,12 @@ Fans = tuple[int, int]
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_weight(tensor: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """A floating, non-empty weight of 2+ dimensions and a generator on its device (errors name the fix)."""
+def _check_weight(tensor: Tensor, generator: torch.Generator | None = None, *, qr: bool = False) -> Tensor:
+    """A floating, non-empty weight of 2+ dimensions and a generator on its device (errors name the fix);
+    ``qr``: a QR-based draw, which also takes a CPU generator (see :func:`_haar`)."""
     check_tensor("tensor", tensor)
-    check_generator("generator", generator, device=tensor.device)
+    cpu = qr and isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+    check_generator("generator", generator, device=None if cpu else tensor.device)
     return tensor
 
 
@@ -258,7 +260,7 @@ def orthogonal_(
 
     Unlike :func:`torch.nn.init.orthogonal_` this also fills non-contiguous views.
     """
-    _check_weight(tensor, generator)
+    _check_weight(tensor, generator, qr=True)
     rows, cols = _matrix_shape(tensor)
     if gain is None:
         gain = theory.orthogonal_gain(negative_slope)
@@ -288,7 +290,7 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
         >>> torch.allclose(w.sum(1), torch.full((3,), (5 / 3) ** 0.5), atol=1e-5)
         True
     """
-    m, n = _matrix_shape(_check_weight(tensor, generator))
+    m, n = _matrix_shape(_check_weight(tensor, generator, qr=True))
     dtype = _work_dtype(tensor)
     inner = _haar(m - 1, n - 1, dtype, tensor.device, generator) if min(m, n) > 1 else None
     try:  # built in the weight itself when its dtype and layout allow: one extra matrix (Z), not two
@@ -431,7 +433,7 @@ def _draw_scheme_(
     generator: torch.Generator | None,
 ) -> Tensor:
     """The per-tensor initializers: resolve ``scheme`` for the tensor's fans, then draw it."""
-    _check_weight(tensor, generator)
+    _check_weight(tensor, generator, qr=distribution == "orthogonal")
     d_in, d_out = _fans(tensor, fans)
     layer_init = resolve_init(scheme, d_in, d_out, negative_slope, distribution, moment)
     return init_weight_(tensor, layer_init, generator=generator)
@@ -446,11 +448,12 @@ def init_weight_(
 ) -> Tensor:
     """Draw the weights a :class:`LayerInit` describes into ``tensor`` (in place).
 
-    The scale already accounts for the layer's fans (see :func:`resolve_init`).
+    The scale already accounts for the layer's fans (see :func:`resolve_init`). The QR-based draws
+    (orthogonal, Stiefel) also take a CPU generator for a weight on another device.
     """
-    _check_weight(tensor, generator)
     if not isinstance(layer_init, LayerInit):
         invalid("layer_init", layer_init, "a LayerInit (from init.resolve_init(...))")
+    _check_weight(tensor, generator, qr=layer_init.distribution in ("orthogonal", "stiefel"))
     kind = layer_init.distribution
     if kind == "gaussian":
         return tensor.normal_(0.0, layer_init.scale, generator=generator)
