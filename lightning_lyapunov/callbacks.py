@@ -339,14 +339,18 @@ class LyapunovInit(Callback):
         )
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        # the hooks stay attached from one measured step to the next (attaching them costs ~0.1 ms);
+        # they are detached at the start of a step that is not measured, so that one pays nothing
         if self.monitor is not None:
-            self.monitor.active = self._should_measure(trainer)
-            if self.monitor.active:
+            measure = self._should_measure(trainer)
+            if measure:
+                self.monitor.reset()  # nothing captured between steps is kept
                 self._last_step = trainer.global_step
                 if self.first_stats is None and self._input_hook is None and self.plan and self.plan.layers:
                     module = self.plan.layers[0].module
                     if module is not None:
                         self._input_hook = module.register_forward_pre_hook(self._capture_input)
+            self.monitor.active = measure
 
     def _capture_input(self, module: torch.nn.Module, args: tuple) -> None:
         """Mean over the batch of ``log(||x_b|| / sqrt(d))`` of the first planned layer's input, once."""
@@ -363,7 +367,6 @@ class LyapunovInit(Callback):
         monitor = self.monitor
         if monitor is None or not monitor.active:
             return
-        monitor.active = False
         if not monitor.captured:
             return
         try:
@@ -389,6 +392,8 @@ class LyapunovInit(Callback):
             self._log_distributions(trainer, stats, step)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.monitor is not None:
+            self.monitor.active = False
         if self.last_stats is not None and dashboard.figure_due(trainer.current_epoch):
             self._log_distributions(trainer, self.last_stats, self._last_step or 0)
 

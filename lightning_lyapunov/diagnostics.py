@@ -61,6 +61,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,15 @@ def _runs(widths: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(widths: tuple[int, ...], device: torch.device) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]:
+    """Per widths and device, built once: the runs of equal widths, the widths as a float tensor and
+    each unit's layer index (the logging step then issues only the statistics' kernels)."""
+    width = torch.tensor(widths, dtype=torch.float32, device=device)
+    unit_layer = torch.repeat_interleave(torch.arange(len(widths), device=device), torch.tensor(widths, device=device))
+    return _runs(widths), width, unit_layer
+
+
 def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Statistics of ``L`` layer outputs side by side, in fp32, on ``h``'s device, no host sync.
 
@@ -123,6 +133,10 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
     :data:`STAT_KEYS`, formulas in the module docstring) and the per-sample
     ``log_norms = log(||h_b|| / sqrt(d))`` of shape ``(L, B)``.
 
+    Cost: about ten passes over ``h`` and some thirty small kernels on the per-unit vectors, whatever
+    ``L``. On the CPU the non-finite entries are counted only when a unit's sum is not finite (no
+    sync to avoid there); on other devices always (no host synchronization).
+
     Example::
 
         stats, log_norms = signal_stats(torch.randn(4096, 8 + 3), widths=[8, 3])  # kurtosis ~ 3
@@ -130,10 +144,10 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
     with torch.no_grad():
         h = h.float()
         batch, total = h.shape
-        widths = [total] if widths is None else [int(w) for w in widths]
+        widths = (total,) if widths is None else tuple(int(w) for w in widths)
         if sum(widths) != total:
-            raise ValueError(f"widths={widths} must sum to the number of columns of h, {total}")
-        runs = _runs(widths)
+            raise ValueError(f"widths={list(widths)} must sum to the number of columns of h, {total}")
+        runs, width, unit_layer = _layout(widths, h.device)
 
         def per_layer(x: torch.Tensor, reduce: Any = torch.mean) -> torch.Tensor:
             """(..., D) -> (..., L): ``reduce`` over the units of each layer."""
@@ -143,39 +157,42 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
         def norm(x: torch.Tensor, dim: int) -> torch.Tensor:
             return torch.linalg.vector_norm(x, dim=dim)
 
-        width = torch.tensor(widths, dtype=torch.float32, device=h.device)
-        nan = torch.full_like(width, math.nan)
-        log_norms = per_layer(h, norm).log_().sub_(width.log().mul_(0.5)).T  # (L, B)
+        log_norms = per_layer(h, norm).log_().sub_(width.log().mul_(0.5))  # (B, L)
         work = torch.empty_like(h)  # the one full-size temporary
-        # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
-        nonfinite = torch.mul(h, 0, out=work).nan_to_num_(1.0).sum(0)
+        mean = h.mean(0)
+        if h.device.type != "cpu" or not torch.isfinite(mean).all():
+            # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
+            nonfinite = torch.mul(h, 0, out=work).nan_to_num_(1.0).sum(0)
+        else:  # every unit's sum is finite, so is every entry
+            nonfinite = torch.zeros_like(mean)
         dead = (h.amax(0) <= 0).float()
         if batch > 1:
-            log_std, log_mean = torch.std_mean(log_norms, 1)
-            mean = h.mean(0)
+            log_std, log_mean = torch.std_mean(log_norms, 0)
             c2 = torch.sub(h, mean, out=work).square_()
             m2 = c2.mean(0)  # biased variance per unit
             m4 = c2.square_().mean(0)
             var = m2 * (batch / (batch - 1))
-            # mean_bj h_bj^2 = mean_j (m2_j + mean_j^2)
-            means = per_layer(torch.stack((m2 + mean.square(), var, m2, m4, dead)))
-            second_moment, var_mean, m2_mean, m4_mean, dead = means
-            threshold = torch.repeat_interleave(COLLAPSE_THRESHOLD * second_moment, width.long(), output_size=total)
+            # mean_bj h_bj^2 = mean_j (m2_j + mean_j^2); the layers' sums of counts = means * widths
+            means = per_layer(torch.stack((m2 + mean.square(), var, m2, m4, dead, nonfinite)))
+            second_moment, var_mean, m2_mean, m4_mean, dead, nonfinite = means
             varying = m2 > (_CONSTANT_RTOL * mean).square_()
             kurt = torch.where(varying, m4 / m2.square(), math.nan)
             columns = (
                 log_mean,
                 log_std,
                 var_mean,
-                per_layer((var <= threshold).float()),
+                per_layer((var <= COLLAPSE_THRESHOLD * second_moment[unit_layer]).float()),
                 per_layer(kurt, lambda x, dim: x.nanmedian(dim).values),
                 m4_mean / m2_mean.square(),
             )
+            nonfinite = nonfinite.mul_(width).round_()
         else:
-            dead = per_layer(dead)
-            columns = (log_norms[:, 0], torch.zeros_like(nan), nan, nan, nan, nan)
-        stats = torch.stack((*columns, dead, per_layer(nonfinite, torch.sum)), dim=1)
-    return stats, log_norms
+            dead, nonfinite = per_layer(torch.stack((dead, nonfinite)))
+            nonfinite = nonfinite.mul_(width).round_()
+            nan = torch.full_like(width, math.nan)
+            columns = (log_norms[0], torch.zeros_like(nan), nan, nan, nan, nan)
+        stats = torch.stack((*columns, dead, nonfinite), dim=1)
+    return stats, log_norms.T
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:

@@ -224,3 +224,28 @@ def test_collapsed_empirical_variance_warns_once_naming_layers_and_step(tmp_path
     messages = [str(w.message) for w in caught if "empirical variance" in str(w.message)]
     assert len(messages) == 1, messages
     assert "step 0" in messages[0] and "layers 'net.0', 'net.2', 'net.4'" in messages[0]
+
+
+class HooksPerStep(pl.Callback):
+    """The forward hooks on the first layer at each training forward pass."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_start(self, trainer, pl_module):
+        def record(module, inputs):
+            if module.training:
+                self.seen.append(tuple(module._forward_hooks.values()))
+
+        pl_module.net[0].register_forward_pre_hook(record)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_hooks_attached_only_on_measured_steps_and_kept_between_consecutive_ones(deep_narrow, tmp_path, every):
+    spy = HooksPerStep()
+    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=every), spy], logger=False, max_steps=7)
+    assert len(spy.seen) == 7
+    assert [bool(hooks) for hooks in spy.seen] == [step % every == 0 for step in range(7)]
+    if every == 1:  # attached once per epoch (4 batches; detached at its end), not once per step
+        assert len(set(spy.seen)) == 2
+    assert all(not m._forward_hooks for m in deep_narrow.modules())
