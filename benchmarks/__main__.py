@@ -23,10 +23,10 @@ BENCHMARKS = (
 )
 
 
-def run_one(name: str, quick: bool) -> float:
+def run_one(name: str, quick: bool, device: str = "cpu") -> float:
     module = importlib.import_module(f"benchmarks.{name}")
     start = time.perf_counter()
-    report = module.run(quick=quick)
+    report = module.run(quick=quick, device=device) if device != "cpu" else module.run(quick=quick)
     report.seconds = time.perf_counter() - start
     for path in write_report(report, quick=quick):
         print(f"wrote {path}")
@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("name", choices=(*BENCHMARKS, "all"))
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
+    parser.add_argument("--device", default="cpu",
+                        help="'cuda': the overhead benchmark's step times on the GPU (results written as overhead_cuda.*)")
     args = parser.parse_args(argv)
+    if args.device != "cpu" and args.name != "overhead":
+        parser.error(f"--device {args.device} is supported by the overhead benchmark only, not {args.name!r}")
     names = BENCHMARKS if args.name == "all" else (args.name,)
-    timings = {name: run_one(name, args.quick) for name in names}
+    timings = {name: run_one(name, args.quick, args.device) for name in names}
     for name, seconds in timings.items():
         print(f"{name:<24} {seconds:8.1f} s")
 

@@ -79,7 +79,15 @@ def run_block(
     return (CLOCK[0]() - start) / CADENCE
 
 
-def measure(name: str, build: Callable[[], nn.Module], x: torch.Tensor, rounds: int) -> dict[str, object]:
+def cuda_clock() -> float:
+    """Wall time once the GPU has finished (CPU time does not see GPU work)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def measure(
+    name: str, build: Callable[[], nn.Module], x: torch.Tensor, rounds: int, device: str = "cpu"
+) -> dict[str, object]:
     """Interleaved blocks of every configuration; median ms per step and median ratio to "off".
 
     ``every`` and ``cadence`` attach the hooks only while measuring (``persistent=False``, what
@@ -87,8 +95,9 @@ def measure(name: str, build: Callable[[], nn.Module], x: torch.Tensor, rounds: 
     by the flag (what it does for compiled models).
     """
     torch.manual_seed(0)
-    y = torch.randint(0, 10, (x.shape[0],))
-    model = build()
+    y = torch.randint(0, 10, (x.shape[0],)).to(device)
+    model = build().to(device)
+    x = x.to(device)
     names = weight_layer_names(model)
     configs = {"every": (1, False), "cadence": (CADENCE, False), "cadence_persistent": (CADENCE, True), "off": None}
     times: dict[str, list[float]] = {key: [] for key in configs}

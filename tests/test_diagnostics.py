@@ -12,12 +12,16 @@ from torch import nn
 from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats, signal_stats
 
 
-def measure(h: torch.Tensor, **kwargs) -> dict[str, float]:
-    """Statistics of ``h`` seen as the output of a hooked ``nn.Identity``."""
+# the statistics run on the activations' device: the tests that take `device` also run on CUDA when there is one
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+def measure(h: torch.Tensor, device: str = "cpu", **kwargs) -> dict[str, float]:
+    """Statistics of ``h`` seen as the output of a hooked ``nn.Identity`` (on ``device``)."""
     model = nn.Sequential(nn.Identity())
     with SignalMonitor(model, ["0"], **kwargs) as monitor:
         monitor.active = True
-        model(h)
+        model(h.to(device))
         return monitor.compute().layer("0")
 
 
@@ -54,8 +58,9 @@ def test_known_kurtosis_gaussian_and_uniform():
     assert uniform["emp_var_mean"] == pytest.approx(1 / 12, rel=0.03)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(64, 10), (32, 3, 4, 5)])
-def test_every_statistic_matches_direct_computation(shape):
+def test_every_statistic_matches_direct_computation(shape, device):
     g = torch.Generator().manual_seed(1)
     h = torch.randn(shape, generator=g)
     flat = h.view(shape[0], -1)
@@ -64,7 +69,7 @@ def test_every_statistic_matches_direct_computation(shape):
     flat[:, d // 5 : d // 3] = -flat[:, d // 5 : d // 3].abs()  # dead units
     flat[:, -2:] **= 3  # heavy-tailed units: kurtosis varies over units
     flat[:, -4:-2] *= torch.tensor([0.015, 0.06])  # either side of the collapse threshold
-    got = measure(h)
+    got = measure(h, device)
     want = direct_stats(h.numpy())
     assert 0 < want["emp_var_collapsed"] < 1 and 0 < want["dead_fraction"] < 1
     for key in STAT_KEYS:
@@ -116,15 +121,18 @@ def test_batch_of_one_gives_zero_std_and_nan_batch_statistics():
         assert math.isnan(got[key]), key
 
 
-def test_nonfinite_values_are_counted_without_crash():
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_values_are_counted_without_crash(device):
     h = torch.randn(16, 6)
     h[0, 0], h[3, 2], h[5, 5] = math.nan, math.inf, -math.inf
-    got = measure(h)
+    got = measure(h, device)
     assert got["nonfinite"] == 3.0
     assert not math.isfinite(got["log_norm_mean"]) and not math.isfinite(got["emp_var_mean"])
     assert math.isfinite(got["kurtosis_median"])  # units 1, 3, 4 are finite
     assert got["dead_fraction"] == 0.0
-    assert measure(torch.randn(16, 6))["nonfinite"] == 0.0
+    assert measure(torch.randn(16, 6), device)["nonfinite"] == 0.0
+    big = torch.full((4, 3), 3e38)  # finite entries whose sum overflows: none is counted
+    assert measure(big, device)["nonfinite"] == 0.0
 
 
 def test_large_outputs_reduced_in_hook_match_deferred():
@@ -345,9 +353,11 @@ def test_remove_is_idempotent_and_context_manager_cleans_up_on_exception():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_signal_stats_of_layers_side_by_side_equal_separate_calls():
+@pytest.mark.parametrize("device", DEVICES)
+def test_signal_stats_of_layers_side_by_side_equal_separate_calls(device):
     g = torch.Generator().manual_seed(3)
     parts = [torch.randn(50, 7, generator=g), torch.rand(50, 2, generator=g) - 0.7, torch.randn(50, 5, generator=g)]
+    parts = [part.to(device) for part in parts]
     parts[2][4, 1] = math.nan  # stays inside its own layer
     stats, log_norms = signal_stats(torch.cat(parts, 1), widths=[7, 2, 5])
     assert stats.shape == (3, len(STAT_KEYS)) and log_norms.shape == (3, 50)
@@ -381,3 +391,35 @@ def test_non_persistent_hooks_exist_only_while_active():
     monitor.remove()
     monitor.active = True  # a removed monitor never re-attaches
     assert not monitor.active and not model[0]._forward_hooks
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("persistent", [True, False])
+def test_cuda_steps_make_no_host_synchronization(persistent):
+    # an unmeasured step and the hooks of a measured one never wait for the GPU; only compute() does
+    model = nn.Sequential(nn.Linear(64, 64), nn.LeakyReLU(0.1), nn.Linear(64, 64), nn.LeakyReLU(0.1),
+                          nn.Linear(64, 10)).cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(128, 64, device="cuda"), torch.randint(0, 10, (128,), device="cuda")
+    monitor = SignalMonitor(model, ["0", "2", "4"], persistent=persistent)
+
+    def step(measure: bool) -> None:
+        monitor.active = measure
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    step(True)  # warm-up (allocations, buffers)
+    monitor.compute()
+    monitor.reset()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step(False)
+        step(True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert monitor.captured == ("0", "2", "4")
+    stats = monitor.compute()
+    assert np.isfinite(stats.values).all()
+    monitor.remove()
