@@ -90,6 +90,7 @@ STAT_KEYS: tuple[str, ...] = (
 BATCH_STATS: tuple[str, ...] = ("log_norm_std", "emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled")
 #: Why a statistic is undefined (:meth:`SignalStats.undefined`).
 NOT_CALLED = "layer not called in the measured step"
+_BATCH_STAT_COLUMNS = np.isin(STAT_KEYS, BATCH_STATS)
 SINGLE_SAMPLE = "batch of 1 sample: statistics over the batch need 2 or more"
 DEGENERATE = "0/0 from finite activations: units constant over the batch, or an all-zero output"
 FEW_LAYERS = "fewer than 2 measured layers: the slope over depth needs 2 or more"
@@ -206,6 +207,12 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def _scalar_keys(prefix: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The logger keys ``<prefix>/<stat>/<layer>``, statistic-major, built once per monitor (not per step)."""
+    return tuple(f"{prefix}/{key}/{name}" for key in STAT_KEYS for name in names)
+
+
 @dataclass(frozen=True)
 class SignalStats:
     """Per-layer signal statistics of one forward pass, on the host.
@@ -267,9 +274,13 @@ class SignalStats:
             SignalStats(("0",), np.zeros((1, len(STAT_KEYS))), {"0": np.zeros(1)}).undefined()
             # {"log_norm_std/0": SINGLE_SAMPLE, ..., "exponent_estimate": FEW_LAYERS}
         """
+        return dict(self._undefined)  # computed once per measurement: the callback asks twice per step
+
+    @functools.cached_property
+    def _undefined(self) -> dict[str, str]:
         samples = np.array([self.log_norms[name].size for name in self.names])
         clean = self.values[:, STAT_KEYS.index("nonfinite")] == 0
-        single = (samples == 1)[:, None] & np.isin(STAT_KEYS, BATCH_STATS)[None, :]
+        single = (samples == 1)[:, None] & _BATCH_STAT_COLUMNS[None, :]
         degenerate = np.isnan(self.values) & clean[:, None]
         reasons: dict[str, str] = {}
         for i, k in zip(*np.nonzero((samples == 0)[:, None] | single | degenerate)):
@@ -288,12 +299,7 @@ class SignalStats:
         These are the documented logger keys; layer names keep their dots. ``defined_only`` leaves
         out the statistics listed by :meth:`undefined` (log nothing rather than NaN).
         """
-        table = self.values.T.tolist()
-        scalars = {
-            f"{prefix}/{key}/{name}": value
-            for key, row in zip(STAT_KEYS, table)
-            for name, value in zip(self.names, row)
-        }
+        scalars = dict(zip(_scalar_keys(prefix, self.names), self.values.T.ravel().tolist()))
         scalars[f"{prefix}/exponent_estimate"] = self.exponent_estimate
         if defined_only:
             for key in self.undefined():
