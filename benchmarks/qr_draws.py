@@ -40,6 +40,7 @@ builders = {
     "ResNet-50 shape (25.6 M params)": lambda: init_timing.make_resnet50(),
     "ResNet-50 shape, widths / 4": lambda: init_timing.make_resnet50(scale=4),
     "Linear(8192, 8192)": lambda: nn.Linear(8192, 8192),
+    "Linear(4096, 4096)": lambda: nn.Linear(4096, 4096),
     "Linear(2048, 2048)": lambda: nn.Linear(2048, 2048),
 }
 weights = [m.weight for m in builders[case]().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -90,10 +91,13 @@ def _one(case: str, method: str) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(quick: bool = False) -> list[dict[str, object]]:
+def measure(quick: bool = False, cases: dict[str, int] | None = None) -> list[dict[str, object]]:
     """One row per (case, method): median CPU seconds, the time ratio to torch's ``orthogonal_``
-    (median over rounds, 25-75% spread) and the peak extra memory over the largest weight."""
-    if quick:
+    (median over rounds, 25-75% spread) and the peak extra memory over the largest weight.
+    ``cases``: ``{case: rounds}`` instead of the default set (e.g. ``Linear(4096, 4096)``)."""
+    if cases is not None:
+        pass
+    elif quick:
         cases = {"MLP 20 x 512": 2, "ResNet-50 shape, widths / 4": 2, "Linear(2048, 2048)": 2}
     else:
         cases = {"MLP 100 x 1024": 2, "ResNet-50 shape (25.6 M params)": 2, "Linear(8192, 8192)": 1}
