@@ -20,6 +20,12 @@ BENCHMARKS = (
     "conv_delta",
     "cifar",
     "overhead",
+    # real data (MNIST: $LYAPUNOV_MNIST_DIR; CIFAR-10: $LYAPUNOV_CIFAR_DIR, default data/cifar10)
+    "mnist_fractional",
+    "cifar_variance",
+    "cifar_depth",
+    "mnist_stiefel",
+    "cifar_cnn",
 )
 
 

@@ -109,7 +109,7 @@ class StackedMLP(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b.unsqueeze(2), w, h)
             if i < last:
-                h = F.leaky_relu(h, self.negative_slope)
+                h = F.relu(h) if self.negative_slope == 0 else F.leaky_relu(h, self.negative_slope)
         return h.transpose(1, 2)
 
 

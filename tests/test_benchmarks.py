@@ -30,3 +30,32 @@ def test_theory_quick_writes_md_csv_png(tmp_path):
     assert abs(float(row["mc_lyap_gauss"])) < 4 * float(row["mc_lyap_gauss_se"])
     md = (tmp_path / "theory.md").read_text()
     assert "## Setup" in md and "## Findings" in md and "(theory.png)" in md
+
+
+def test_stacked_nets_train_exactly_like_separate_ones():
+    """The real-data benchmarks train many nets as one stacked model: the stacked forward equals each
+    net's own, and one SGD step on the summed losses moves each net as its own step would."""
+    import torch
+    from torch import nn
+
+    from benchmarks.mnist_fractional import paper_cnn
+    from benchmarks.realdata import StackedConvMLP, fit_stacked
+
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(paper_cnn(1, 8))
+    stacked = StackedConvMLP.from_modules(nets)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(10, (16,))
+    with torch.no_grad():
+        for i, net in enumerate(nets):
+            torch.testing.assert_close(stacked(x)[i], net(x))
+    fit_stacked(stacked, torch.optim.SGD(stacked.parameters(), lr=0.1), (x, y), {}, steps=1, batch_size=16,
+                eval_steps=[])
+    for i, net in enumerate(nets):
+        torch.optim.SGD(net.parameters(), lr=0.1).zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        with torch.no_grad():
+            for p in net.parameters():
+                p -= 0.1 * p.grad
+            torch.testing.assert_close(stacked(x)[i], net(x), rtol=1e-4, atol=1e-5)
