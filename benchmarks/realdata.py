@@ -111,14 +111,17 @@ class LSUV:
 
 @dataclass(frozen=True)
 class Calibrated:
-    """The project's data-calibrated Lyapunov init (``apply_init(..., calibrate=probe)``, issue 14)."""
+    """The project's data-calibrated Lyapunov init (issue 14): Lyapunov orthogonal draw, then
+    ``calibrate="layers"`` rescales each layer on a training batch (``example_input=probe``)."""
 
     label: str = "lyapunov-calibrated"
 
     def apply(self, model: nn.Module, seed: int, probe: Tensor | None = None) -> None:
+        if probe is None:
+            raise ValueError("the calibrated init needs a data batch: pass probe=<a batch of inputs>.")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            apply_init(model, scheme="lyapunov", distribution="orthogonal", calibrate=probe,
+            apply_init(model, scheme="lyapunov", distribution="orthogonal", calibrate="layers", example_input=probe,
                        generator=torch.Generator().manual_seed(seed))
 
 
@@ -146,7 +149,8 @@ def scheme_note() -> str:
             "`lsuv` (package `lsuv` 0.3.0: orthogonal, then layer-wise rescaling to unit output variance on one "
             "training batch) as the data-driven peer.")
     if calibrate_available():
-        return base + " `lyapunov-calibrated`: the project's data-calibrated init (`calibrate=` on a training batch)."
+        return base + (" `lyapunov-calibrated`: the project's data-calibrated init (Lyapunov orthogonal, then "
+                       "`calibrate=\"layers\"` on a training batch).")
     return base + (" The data-calibrated init (`calibrate=`, issue 14) was not on main when this ran, so it is "
                    "not in the table; `benchmarks.realdata.schemes` picks it up once it lands.")
 
