@@ -1,7 +1,7 @@
 """Which activation follows each weight layer: torch.fx tracing, with a module-order fallback.
 
 The schemes need the slope ``a`` of the Leaky ReLU that acts on each layer's output
-(``y = phi(W x)``, DESIGN section 3). This module finds it.
+(``y = phi(W x)``, docs/theory.md, section 3). This module finds it.
 
 **Tracing.** ``torch.fx.symbolic_trace(model)``; from each weight layer's node the graph is walked
 forward through operations that do not change which activation acts on the units, up to the first

@@ -4,7 +4,7 @@
 the default, what ``torch.compile`` needs) or only while it is active. The hooks see each
 module's *output*; for weight layers (Linear, ConvNd) these are the **pre-activations**, the
 quantities studied by the vanishing-empirical-variance paper (Grzejdziak-Zdziarski, Tax, Loog) and
-by the kurtosis recursion of DESIGN section 6. Hooks do nothing unless ``monitor.active`` is True
+by the kurtosis recursion of docs/theory.md, section 6. Hooks do nothing unless ``monitor.active`` is True
 (and, with ``training_only``, the module is in training mode), so nothing is computed on steps
 that do not log. Statistics are computed in fp32 on the activations' device, with no host
 synchronization; :meth:`SignalMonitor.compute` moves everything to the host in one transfer.
@@ -308,7 +308,7 @@ class SignalStats:
 
 
 class SignalMonitor:
-    """Forward hooks that measure the signal (DESIGN section 6) in the named modules' outputs.
+    """Forward hooks that measure the signal (docs/theory.md, section 6) in the named modules' outputs.
 
     Args:
         model: the module whose submodules are monitored (plain PyTorch; Lightning not needed).

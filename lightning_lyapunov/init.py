@@ -340,7 +340,7 @@ class LayerInit:
     ``distribution`` is what is drawn (``"gaussian"``, ``"orthogonal"``, ``"stiefel"``, ``"zero"``);
     ``scale`` the standard deviation (Gaussian) or gain (orthogonal, Stiefel); ``exponent`` and
     ``variance`` the predicted per-layer drift and CLT variance of the log-norm (``None`` where the
-    theory does not apply; Stiefel uses the Haar value at gain 1, an approximation).
+    theory does not apply: ZerO, and Stiefel, whose mean-calibrated matrices are not Haar).
     """
 
     scheme: str
@@ -396,10 +396,10 @@ def resolve_init(
         2.262...
     """
     validate_scheme(scheme, distribution, moment)
-    if scheme == "zero":
+    if scheme in ("zero", "stiefel"):  # no prediction: deterministic, or not Haar (rows sum to sqrt(n/m))
         theory._check_width("d_in", d_in), theory._check_width("d_out", d_out)
         theory._check_slope(negative_slope)
-        return LayerInit(scheme, "zero", None, None, None)
+        return LayerInit(scheme, scheme, None if scheme == "zero" else 1.0, None, None)
     if scheme in ("lyapunov", "fractional"):
         s = 0.0 if scheme == "lyapunov" else float(moment)
         drawn, scale = distribution, theory.critical_scale(
@@ -411,8 +411,6 @@ def resolve_init(
         drawn, scale = "gaussian", theory.glorot_scale(d_in, d_out)
     elif scheme == "orthogonal":
         drawn, scale = "orthogonal", theory.orthogonal_gain(negative_slope)
-    else:  # stiefel
-        drawn, scale = "stiefel", 1.0
     law = "gaussian" if drawn == "gaussian" else "orthogonal"
     return LayerInit(
         scheme=scheme,

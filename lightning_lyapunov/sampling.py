@@ -1,7 +1,7 @@
 """Sampled Lyapunov initialization: keep the draw whose typical gain on a probe batch is closest to 1.
 
 Even at exponent 0 the log-norm of one network spreads like ``N(0, L s^2)`` over ``L`` layers
-(DESIGN section 5). Selection removes most of that spread. Both variants draw at the scheme's
+(docs/theory.md, section 5). Selection removes most of that spread. Both variants draw at the scheme's
 scale (Lyapunov by default) and score a draw on a probe batch by
 
     score = | mean_b ( log r(output_b) - log r(input_b) ) |,   r(v) = ||v|| / sqrt(numel per sample),

@@ -6,7 +6,7 @@ the activation after each (:mod:`lightning_lyapunov.activations`), and resolves 
 everything the same way, draws every new weight, and only then writes them: on any error, no weight
 has changed. ``swap_activations`` replaces activation modules (e.g. ReLU by LeakyReLU(0.1)).
 
-Fans (DESIGN section 3): a layer maps ``d_in`` inputs to ``d_out`` outputs per location.
+Fans (docs/theory.md, section 3): a layer maps ``d_in`` inputs to ``d_out`` outputs per location.
 
 * Linear: ``d_in = in_features``, ``d_out = out_features``.
 * ConvNd: ``d_in = C_in / groups * prod(kernel)``, ``d_out = C_out / groups``; each group's slice of
