@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from benchmarks.classification import cpu_note, setup_torch, train_classifier  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
-from benchmarks.realdata import CIFAR_NOTE, cifar10, init_modules, med_iqr, scheme_note, schemes  # noqa: E402
+from benchmarks.realdata import CIFAR_NOTE, best_first, cifar10, init_modules, med_iqr, scheme_note, schemes  # noqa: E402
 from lightning_lyapunov.models import PlainCNN, SmallResNet  # noqa: E402
 
 LR, WEIGHT_DECAY, BATCH, POOL, TARGET = 1e-3, 5e-4, 64, 4, 0.25
@@ -104,7 +104,5 @@ def _findings(results: dict, epochs: int) -> str:
     lines = []
     for name, by_scheme in results.items():
         final = {label: float(np.median([r["acc"][-1] for r in runs])) for label, runs in by_scheme.items()}
-        ranked = sorted(final, key=final.get, reverse=True)
-        lines.append(f"- {name}, median test accuracy after {epochs} epochs, best first: "
-                     + "; ".join(f"{k} {100 * final[k]:.1f}%" for k in ranked) + ".")
+        lines.append(f"- {name}, median test accuracy after {epochs} epochs, best first: {best_first(final)}.")
     return "\n".join(lines)

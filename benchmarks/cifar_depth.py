@@ -19,7 +19,7 @@ from torch import nn  # noqa: E402
 
 from benchmarks.classification import cpu_note, setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
-from benchmarks.realdata import CIFAR_NOTE, cifar10, med_iqr, scheme_note, schemes, train_schemes  # noqa: E402
+from benchmarks.realdata import CIFAR_NOTE, best_first, cifar10, med_iqr, scheme_note, schemes, train_schemes  # noqa: E402
 from lightning_lyapunov.models import DeepMLP  # noqa: E402
 
 STEPS, BATCH = 500, 64
@@ -108,9 +108,7 @@ def _findings(narrow: dict, wide: dict) -> str:
     lines = []
     deepest = max(narrow)
     final = {label: float(np.median(acc["test"][-1])) for label, acc in narrow[deepest].acc.items()}
-    ranked = sorted(final, key=final.get, reverse=True)
-    lines.append(f"- Width 10, depth {deepest}: median test accuracy " + "; ".join(
-        f"{k} {100 * final[k]:.1f}%" for k in ranked) + ".")
+    lines.append(f"- Width 10, depth {deepest}: median test accuracy {best_first(final)}.")
     for label in ("he", "lyapunov-gauss", "lyapunov-orth", "zero", "stiefel", "lsuv"):
         if label in narrow[min(narrow)].acc:
             trace = ", ".join(f"{d}: {100 * float(np.median(narrow[d].acc[label]['test'][-1])):.1f}"

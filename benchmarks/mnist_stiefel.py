@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from benchmarks.classification import cpu_note, setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
-from benchmarks.realdata import med_iqr, mnist, scheme_note, schemes, train_schemes  # noqa: E402
+from benchmarks.realdata import best_first, med_iqr, mnist, scheme_note, schemes, train_schemes  # noqa: E402
 from lightning_lyapunov.models import DeepMLP  # noqa: E402
 
 WIDTH, LR, BATCH = 32, 1e-3, 128
@@ -70,9 +70,7 @@ def _findings(results: dict, steps: int) -> str:
     lines = []
     for depth, runs in results.items():
         final = {label: float(np.median(acc["test"][-1])) for label, acc in runs.acc.items()}
-        ranked = sorted(final, key=final.get, reverse=True)
-        lines.append(f"- Depth {depth}, median test accuracy after {steps} steps, best first: "
-                     + "; ".join(f"{k} {100 * final[k]:.1f}%" for k in ranked) + ".")
+        lines.append(f"- Depth {depth}, median test accuracy after {steps} steps, best first: {best_first(final)}.")
     deepest = results[max(results)].acc
     trainable = [k for k, a in deepest.items() if float(np.median(a["test"][-1])) > 0.5]
     lines.append(f"- At depth {max(results)} the schemes above 50% test accuracy: "
