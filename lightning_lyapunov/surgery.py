@@ -71,7 +71,8 @@ class LayerPlan:
     """What ``apply_init`` does to one weight layer (``module`` is the layer itself).
 
     ``shared_with``: the other layers whose weight is this very Parameter (tied weights): it is
-    drawn once, here, and their biases are zeroed too. ``taps``: for a delta conv, the kernel
+    drawn once, here, and their biases are zeroed too, except those in ``kept_biases`` (a bias also held
+    by a module that the plan leaves alone is left alone). ``taps``: for a delta conv, the kernel
     positions that hold a drawn matrix (every other tap is 0); None for a full draw.
     """
 
@@ -94,12 +95,14 @@ class LayerPlan:
     calls: int | None = None
     calibration: float | None = None
     measured_log_gain: float | None = None
+    kept_biases: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (no module) for logging."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("module", "sharers", "init")}
         out["shape"] = list(self.shape)
         out["shared_with"] = list(self.shared_with)
+        out["kept_biases"] = list(self.kept_biases)
         out["taps"] = None if self.taps is None else [list(tap) for tap in self.taps]
         out["init"] = asdict(self.init)
         return out
@@ -133,7 +136,8 @@ class LayerPlan:
 
     def targets(self) -> list[torch.Tensor]:
         """The tensors :meth:`write` writes over: the weight and every bias it zeroes."""
-        biases = [m.bias for m in (self.module, *self.sharers) if _zeroable_bias(m)] if self.zero_bias else []
+        holders = zip((self.name, *self.shared_with), (self.module, *self.sharers))
+        biases = [m.bias for n, m in holders if _zeroable_bias(m) and n not in self.kept_biases] if self.zero_bias else []
         return [self.module.weight, *biases]
 
     def write(self, weight: torch.Tensor) -> None:
@@ -643,10 +647,26 @@ def plan_init(
             continue
         drawn[id(module.weight)] = _layer_plan(name, module, info, scheme, distribution, moment, conv_draw)
         layers.append(drawn[id(module.weight)])
+    _keep_shared_biases(model, layers, warnings_)
     plan = InitPlan(scheme, distribution, moment, layers, skipped, warnings_, conv_draw)
     for message in warnings_:
         warnings.warn(message, stacklevel=2)
     return plan
+
+
+def _keep_shared_biases(model: nn.Module, layers: list[LayerPlan], warnings_: list[str]) -> None:
+    """A bias also held by a module that the plan leaves alone is left alone too (as tied weights are)."""
+    owners = _owners(model)
+    planned = {name for layer in layers for name in (layer.name, *layer.shared_with)}
+    for layer in layers:
+        for name, module in zip((layer.name, *layer.shared_with), (layer.module, *layer.sharers)):
+            if not _zeroable_bias(module):
+                continue
+            alone = [o for o in owners[id(module.bias)] if o not in planned]
+            if alone:
+                layer.kept_biases += (name,)
+                warnings_.append(f"layer {name!r}: bias left alone, it is shared with {alone[0] or '<root>'!r} "
+                                 "which the plan leaves alone")
 
 
 def _share(first: LayerPlan, name: str, module: nn.Module, info: SlopeInfo, warnings_: list[str]) -> None:

@@ -327,3 +327,15 @@ def test_a_bare_layer_is_not_mistaken_for_a_tied_one() -> None:
     tied = TiedLM()
     tied.emb, tied.head.weight = nn.Linear(10, 4), nn.Parameter(torch.randn(10, 4))  # untied: both planned
     assert sorted(quiet(plan_init, tied).layer_names) == ["body", "emb", "head"]
+
+
+def test_a_bias_shared_with_a_left_alone_layer_is_left_alone() -> None:
+    planned, excluded = nn.Linear(4, 4), nn.Linear(4, 4)
+    excluded.bias = planned.bias  # the excluded layer holds the same bias Parameter
+    nn.init.constant_(planned.bias, 0.5)
+    model = nn.Sequential(planned, nn.LeakyReLU(0.1), excluded)
+    with pytest.warns(UserWarning, match="'0': bias left alone, it is shared with '2'"):
+        plan = apply_init(model, exclude="^2$", generator=gen(0))
+    assert plan.layers[0].kept_biases == ("0",)
+    assert torch.equal(planned.bias, torch.full((4,), 0.5))  # today's code zeroed it through the planned layer
+    assert plan.to_dict()["layers"][0]["kept_biases"] == ["0"]
