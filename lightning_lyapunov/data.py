@@ -25,7 +25,6 @@ import gzip
 import math
 import os
 import pickle
-import random
 import struct
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_lyapunov._rng import global_rng_preserved
 from lightning_lyapunov.models import require_float, require_int
 
 __all__ = [
@@ -298,12 +298,8 @@ def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, ...]:
 
     args = get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
+    with global_rng_preserved():
         d = make_dataset(args)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
     return d["x"], d["y"], d["x_test"], d["y_test"]
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._rng import global_rng_preserved
 from .activations import (
     WEIGHT_LAYERS,
     SlopeInfo,
@@ -86,10 +87,9 @@ def preserved(model: nn.Module) -> Iterator[None]:
         if tensor is not None
     ]
     grads = [(parameter, parameter.grad) for parameter in model.parameters()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
-        yield
+        with global_rng_preserved():
+            yield
     finally:
         with torch.no_grad():
             for module, name, tensor, saved in buffers:
@@ -99,9 +99,6 @@ def preserved(model: nn.Module) -> Iterator[None]:
             module.training = training
         for parameter, grad in grads:
             parameter.grad = grad
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

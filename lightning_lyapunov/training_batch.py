@@ -14,16 +14,15 @@ Every pass runs inside :func:`lightning_lyapunov.observe.preserved`: training fl
 
 from __future__ import annotations
 
-import random
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
+from ._rng import global_rng_preserved
 from .activations import WEIGHT_LAYERS
 from .observe import Forward, call_forward, preserved
 
@@ -36,16 +35,12 @@ def training_batch(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, s
     Reading it leaves torch's, Python's and NumPy's global generators as they were (a shuffling
     sampler draws its seed from torch's): the training run sees the same data order as without it.
     """
-    python_state, numpy_state = random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with global_rng_preserved():
             loader = trainer.fit_loop._data_source.dataloader()
             batch = next(iter(loader))
     except Exception as error:  # noqa: BLE001 - no data yet, or a loader that cannot be iterated here
         return None, f"no training batch ({type(error).__name__}{': ' + str(error) if str(error) else ''})"
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
     return move_data_to_device(batch, pl_module.device), None
 
 
