@@ -44,6 +44,7 @@ from torch import nn
 
 from ._checks import check_choice, check_float
 from .observe import Forward, call_forward, preserved
+from .sampling import log_r
 
 __all__ = ["CALIBRATIONS", "Calibration", "CalibrationResult", "calibrate_", "check_calibrate"]
 
@@ -88,11 +89,6 @@ def _call(model: nn.Module, example_input: Any, forward: Forward | None) -> Any:
 
 def _rms(value: torch.Tensor) -> float:
     return float(value.detach().float().pow(2).mean().sqrt())
-
-
-def _log_r(value: torch.Tensor) -> torch.Tensor:
-    flat = value.detach().flatten(1).float()
-    return flat.norm(dim=1).log() - 0.5 * math.log(flat.shape[1])
 
 
 class _Stop(Exception):
@@ -186,7 +182,7 @@ def _measure(model, layers, example_input, forward) -> tuple[list[float], float]
     def make_hook(i: int):
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
             if i not in inputs and args and isinstance(args[0], torch.Tensor):
-                inputs[i] = _log_r(args[0])
+                inputs[i] = log_r(args[0])
         return hook
 
     handles = [layer.module.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
@@ -195,7 +191,7 @@ def _measure(model, layers, example_input, forward) -> tuple[list[float], float]
     finally:
         for handle in handles:
             handle.remove()
-    logs = [inputs.get(i) for i in range(len(layers))] + [_log_r(output)]
+    logs = [inputs.get(i) for i in range(len(layers))] + [log_r(output)]
     gains = [math.nan if a is None or b is None or a.shape != b.shape else float((b - a).mean())
              for a, b in zip(logs[:-1], logs[1:])]
     return gains, _rms(output)

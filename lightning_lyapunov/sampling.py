@@ -75,12 +75,13 @@ def log_gain(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
 
         log_gain(torch.ones(8, 4), 2 * torch.ones(8, 9))   # log 2
     """
-
-    def log_r(v: torch.Tensor) -> torch.Tensor:
-        flat = v.detach().flatten(1).float()
-        return flat.norm(dim=1).log() - 0.5 * math.log(flat.shape[1])
-
     return float((log_r(outputs) - log_r(inputs)).mean())
+
+
+def log_r(value: torch.Tensor) -> torch.Tensor:
+    """Per sample (dim 0) ``log r = log(||v|| / sqrt(numel per sample))``, in float32, detached."""
+    flat = value.detach().flatten(1).float()
+    return flat.norm(dim=1).log() - 0.5 * math.log(flat.shape[1])
 
 
 def _score(gain: float) -> float:
