@@ -35,16 +35,18 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_float
-from .observe import Forward, call_forward, preserved
+from .observe import FirstCall, Forward, call_forward, preserved, stop_at
 from .sampling import log_r
+from .surgery import InitPlan
 
 __all__ = ["CALIBRATIONS", "Calibration", "CalibrationResult", "calibrate_", "check_calibrate"]
 
@@ -61,13 +63,15 @@ class CalibrationResult:
     ``x_l`` the input of layer ``l`` (its first call) and ``x_{L+1}`` the network output, ``r(v) =
     ||v|| / sqrt(numel per sample)`` (the layer with its activation; they add up to the network's
     log-gain); ``output_rms``: the
-    network output's root-mean-square after calibration."""
+    network output's root-mean-square after calibration; ``dead``: layers left at factor 1 because
+    their output (or input) is all zero on the batch."""
 
     method: str
     target: float
     factors: list[float]
     log_gains: list[float]
     output_rms: float
+    dead: list[str] = field(default_factory=list)
 
 
 def check_calibrate(calibrate: Any, target: Any = 1.0) -> None:
@@ -83,16 +87,8 @@ def check_calibrate(calibrate: Any, target: Any = 1.0) -> None:
         )
 
 
-def _call(model: nn.Module, example_input: Any, forward: Forward | None) -> Any:
-    return forward(model, example_input) if forward is not None else call_forward(model, example_input)
-
-
 def _rms(value: torch.Tensor) -> float:
     return float(value.detach().float().pow(2).mean().sqrt())
-
-
-class _Stop(Exception):
-    """Raised by a hook to end the forward pass once the layer of interest has run."""
 
 
 @contextmanager
@@ -103,32 +99,38 @@ def _quiet(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _layer_output(model: nn.Module, module: nn.Module, name: str, example_input: Any,
-                  forward: Forward | None) -> torch.Tensor:
-    """Layer ``module``'s output on its first call (the forward pass stops there)."""
-    captured: list[torch.Tensor] = []
+class _Runner:
+    """Forward passes of ``model`` on ``example_input`` that end at one planned layer's first call."""
 
-    def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> None:
-        captured.append(output)
-        raise _Stop
+    def __init__(self, model: nn.Module, example_input: Any, forward: Forward | None) -> None:
+        self.model, self.example_input, self.forward = model, example_input, forward
 
-    handle = module.register_forward_hook(hook)
-    try:
-        _call(model, example_input, forward)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise ValueError(f"calibrate: layer {name!r} was not called by the forward pass on example_input; "
-                         "pass forward=lambda model, batch: ... that runs it, or exclude= the layer")
-    return captured[0]
+    def _run(self) -> Any:
+        if self.forward is not None:
+            return self.forward(self.model, self.example_input)
+        return call_forward(self.model, self.example_input)
+
+    def first_call(self, layer: Any) -> FirstCall:
+        """Layer ``layer``'s input and output on its first call."""
+        call, _ = stop_at(self._run, layer.module)
+        if call is None:
+            raise ValueError(f"calibrate: layer {layer.name!r} was not called by the forward pass on example_input; "
+                             "pass forward=lambda model, batch: ... that runs it, or exclude= the layer")
+        return call
 
 
-def _checked(name: str, measured: float) -> float:
-    if not (math.isfinite(measured) and measured > 0):
+    def check_signal(self, layer: Any) -> None:
+        """A clear error when the batch gives the first planned layer an all-zero input."""
+        args = self.first_call(layer).args
+        if args and isinstance(args[0], torch.Tensor) and _rms(args[0]) == 0.0:
+            raise ValueError(f"calibrate: example_input gives the first planned layer {layer.name!r} an all-zero "
+                             "input; pass a batch of real inputs")
+
+
+def _finite(name: str, measured: float) -> float:
+    if not math.isfinite(measured):
         raise ValueError(f"calibrate: the output of {name} has root-mean-square {measured!r} on example_input "
-                         "(dead or non-finite); cannot rescale it. Use calibrate=None or another batch")
+                         "(non-finite); cannot rescale it. Check the batch for NaN/inf, or use calibrate=None")
     return measured
 
 
@@ -136,47 +138,57 @@ def _scale(module: nn.Module, factor: float) -> None:
     module.weight.mul_(factor)
 
 
-def _calibrate_layers(model, layers, example_input, forward, target) -> list[float]:
-    factors = []
+def _calibrate_layers(runner: _Runner, layers: list[Any], target: float) -> tuple[list[float], list[str]]:
+    """In forward order each layer's output to rms 1 (the last to ``target``). A layer whose output
+    or input is all zero on the batch (dead units: the weight does not reach the output) keeps
+    factor 1 and is returned by name."""
+    factors, dead = [], []
     for i, layer in enumerate(layers):
         goal = target if i == len(layers) - 1 else 1.0
-        output = _layer_output(model, layer.module, layer.name, example_input, forward)
-        factor = goal / _checked(f"layer {layer.name!r}", _rms(output))
+        call = runner.first_call(layer)
+        out_rms = _finite(f"layer {layer.name!r}", _rms(call.output))
+        in_rms = _rms(call.args[0]) if call.args and isinstance(call.args[0], torch.Tensor) else math.nan
+        if out_rms == 0.0 or in_rms == 0.0:
+            factors.append(1.0)
+            dead.append(layer.name)
+            continue
+        factor = goal / out_rms
         _scale(layer.module, factor)
         factors.append(factor)
-    return factors
+    return factors, dead
 
 
-def _output(model, layers, example_input, forward) -> torch.Tensor:
-    """The output of the last planned layer on its first call (the network's output for a chain,
-    whatever the forward returns: logits, a dict, a loss from ``training_step``)."""
-    last = layers[-1]
-    return _layer_output(model, last.module, last.name, example_input, forward)
-
-
-def _calibrate_output(model, layers, example_input, forward, target) -> list[float]:
+def _calibrate_output(runner: _Runner, layers: list[Any], target: float) -> tuple[list[float], list[str]]:
     """Newton steps on ``t`` (every weight times ``e^t``) for ``log rms(output) = log target``; the
-    slope ``d log rms / dt`` starts at ``L`` (a positively homogeneous chain) and is re-measured."""
-    t, slope = 0.0, float(len(layers))
-    log_rms = math.log(_checked("the model", _rms(_output(model, layers, example_input, forward))))
+    slope ``d log rms / dt`` starts at ``L`` (a positively homogeneous chain) and is re-measured.
+    An all-zero output (a dead network on this batch) leaves every factor 1 and returns the last layer."""
+    def log_rms() -> float:
+        rms = _finite("the model", _rms(runner.first_call(layers[-1]).output))
+        return math.log(rms) if rms > 0 else -math.inf
+
+    t, slope, current = 0.0, float(len(layers)), log_rms()
+    if current == -math.inf:
+        return [1.0] * len(layers), [layers[-1].name]
     for _ in range(_OUTPUT_PASSES):
-        if abs(log_rms - math.log(target)) < _OUTPUT_TOLERANCE:
+        if abs(current - math.log(target)) < _OUTPUT_TOLERANCE:
             break
-        step = (math.log(target) - log_rms) / slope
+        step = (math.log(target) - current) / slope
         for layer in layers:
             _scale(layer.module, math.exp(step))
         t += step
-        new = math.log(_checked("the model", _rms(_output(model, layers, example_input, forward))))
-        if abs(new - log_rms) > 1e-9:
-            slope = min(max((new - log_rms) / step, 0.1), 10.0 * len(layers))
-        log_rms = new
-    return [math.exp(t)] * len(layers)
+        new = log_rms()
+        if new == -math.inf:
+            raise ValueError("calibrate='output': the output became all zero while rescaling; use calibrate='layers'")
+        if abs(new - current) > 1e-9:
+            slope = min(max((new - current) / step, 0.1), 10.0 * len(layers))
+        current = new
+    return [math.exp(t)] * len(layers), []
 
 
-def _measure(model, layers, example_input, forward) -> tuple[list[float], float]:
-    """Per planned layer ``l``, ``mean_b log r(x_{l+1}) - log r(x_l)`` with ``x_l`` what layer ``l``
-    receives on its first call (``x_{L+1}``: the network output, so the log-gains add up to the
-    network's); and the output's root-mean-square."""
+def _measure(runner: _Runner, layers: list[Any]) -> tuple[list[float], float]:
+    """Per planned layer ``l``, ``mean_b log r(x_{l+1}) - log r(x_l)`` (samples alive at both ends) with ``x_l`` what layer ``l``
+    receives on its first call (``x_{L+1}``: the last layer's output, so the log-gains add up to the
+    network's); and that output's root-mean-square."""
     inputs: dict[int, torch.Tensor] = {}
 
     def make_hook(i: int):
@@ -187,45 +199,63 @@ def _measure(model, layers, example_input, forward) -> tuple[list[float], float]
 
     handles = [layer.module.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
     try:
-        output = _output(model, layers, example_input, forward)
+        output = runner.first_call(layers[-1]).output
     finally:
         for handle in handles:
             handle.remove()
     logs = [inputs.get(i) for i in range(len(layers))] + [log_r(output)]
-    gains = [math.nan if a is None or b is None or a.shape != b.shape else float((b - a).mean())
+    gains = [math.nan if a is None or b is None or a.shape != b.shape else _alive_mean(b - a)
              for a, b in zip(logs[:-1], logs[1:])]
     return gains, _rms(output)
 
 
+def _alive_mean(differences: torch.Tensor) -> float:
+    """Batch mean over the samples whose signal is alive at both ends (a ReLU layer zeroes a whole
+    sample with probability ``2^-d``: the exponent is taken conditionally on a nonzero signal)."""
+    alive = differences[torch.isfinite(differences)]
+    return float(alive.mean()) if alive.numel() else math.nan
+
+
+def _dead_warning(method: str, dead: list[str]) -> str:
+    where = repr(dead[0]) + (f" and {len(dead) - 1} layer(s) after it" if len(dead) > 1 else "")
+    return (f"calibrate={method!r}: the output of layer {where} is all zero on example_input (dead units: the "
+            "network's output does not depend on its input there), so these layers keep theory's scale "
+            "(factor 1). A wider net, Leaky ReLU instead of ReLU, or another batch avoids it")
+
+
 def calibrate_(
     model: nn.Module,
-    layers: list[Any],
+    plan: InitPlan,
     example_input: Any,
     method: Calibration = "layers",
     target: float = 1.0,
     forward: Forward | None = None,
 ) -> CalibrationResult:
-    """Rescale the weights of ``layers`` (an :class:`~lightning_lyapunov.InitPlan`'s layers, forward
-    order) on ``example_input`` by ``method`` (module docstring); return the factors and the measured
-    log-gains. ``example_input``: what the model's forward takes (a tensor, a tuple of positional
-    arguments, a dict of keyword arguments), or anything ``forward(model, example_input)`` takes.
-    All or nothing: on any error every weight of ``layers`` is restored and the error re-raised.
+    """Rescale the weights of ``plan``'s layers (forward order) on ``example_input`` by ``method``
+    (module docstring); record each layer's factor and measured log-gain in the plan's rows
+    (``plan.layers[l].calibration``, ``.measured_log_gain``) and return them. ``example_input``:
+    what the model's forward takes (a tensor, a tuple of positional arguments, a dict of keyword
+    arguments), or anything ``forward(model, example_input)`` takes. All or nothing: on any error
+    every tensor the plan writes is restored and the error re-raised. Layers whose output is all
+    zero on the batch (dead ReLU units) keep factor 1, with a warning.
 
     Example::
 
         plan = apply_init(model, generator=torch.Generator().manual_seed(0))
-        result = calibrate_(model, plan.layers, x, method="output")   # output rms 1
+        result = calibrate_(model, plan, x, method="output")   # output rms 1
     """
     check_calibrate(method, target)
-    saved = [layer.module.weight.detach().clone() for layer in layers]
-    try:
-        with _quiet(model):
-            run = _calibrate_layers if method == "layers" else _calibrate_output
-            factors = run(model, layers, example_input, forward, float(target))
-            log_gains, output_rms = _measure(model, layers, example_input, forward)
-    except BaseException:
-        with torch.no_grad():
-            for layer, weight in zip(layers, saved):
-                layer.module.weight.copy_(weight)
-        raise
-    return CalibrationResult(method, float(target), factors, log_gains, output_rms)
+    layers, runner = plan.layers, _Runner(model, example_input, forward)
+    with plan.restoring(), _quiet(model):
+        runner.check_signal(layers[0])
+        run = _calibrate_layers if method == "layers" else _calibrate_output
+        factors, dead = run(runner, layers, float(target))
+        log_gains, output_rms = _measure(runner, layers)
+    result = CalibrationResult(method, float(target), factors, log_gains, output_rms, dead)
+    plan.calibration = method
+    for layer, factor, gain in zip(layers, factors, log_gains, strict=True):
+        layer.calibration, layer.measured_log_gain = factor, gain
+    if dead:
+        plan.warnings.append(_dead_warning(method, dead))
+        warnings.warn(plan.warnings[-1], stacklevel=2)
+    return result

@@ -30,7 +30,7 @@ from lightning_lyapunov._checks import check_bool, check_choice, check_int
 from lightning_lyapunov._lifecycle import check_single, check_strategy, checkpoint_to_restore
 from lightning_lyapunov.calibration import calibrate_, check_calibrate
 from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats
-from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments, record_calibration
+from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments
 
 __all__ = ["LyapunovInit", "LyapunovWarning"]
 
@@ -61,6 +61,12 @@ log = logging.getLogger("lightning.pytorch.callbacks.lyapunov")
 @rank_zero_only
 def _info(message: str) -> None:
     log.info(message)
+
+
+def _resolve_calibrate(calibrate: Any, scheme: str) -> Any:
+    if calibrate == "auto":
+        return "output" if scheme == "lyapunov" else None
+    return calibrate
 
 
 class LyapunovInit(Callback):
@@ -95,9 +101,11 @@ class LyapunovInit(Callback):
         calibrate: after the draw, rescale the planned layers on the first training batch:
             ``"layers"`` (each layer's output to root-mean-square 1, the last to
             ``calibrate_target``), ``"output"`` (one factor spread over all layers so the output's
-            root-mean-square is ``calibrate_target``) or ``None`` (theory's draw only). Skipped,
-            with a warning, when no training batch is available. Under DDP every rank calibrates
-            in ``setup`` and DDP then copies rank 0's weights to all ranks.
+            root-mean-square is ``calibrate_target``) or ``None`` (theory's draw only). The default
+            ``"auto"`` is ``"output"`` for ``scheme="lyapunov"`` and ``None`` for the other schemes
+            (the baselines stay the published ones). Skipped when no training batch is available
+            (with a warning when asked for explicitly). Under DDP every rank calibrates in
+            ``setup`` and DDP then copies rank 0's weights to all ranks.
         calibrate_target: the output's root-mean-square after calibration.
 
     Attributes:
@@ -130,14 +138,14 @@ class LyapunovInit(Callback):
         log_every_n_steps: int | None = None,
         seed: int | None = None,
         conv: Literal["full", "delta"] | None = None,
-        calibrate: Literal["layers", "output"] | None = None,
+        calibrate: Literal["auto", "layers", "output"] | None = "auto",
         calibrate_target: float = 1.0,
         all_layers: bool = False,
     ) -> None:
         super().__init__()
         check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude, conv)
         check_choice("sampled", sampled, (False, True, "network", "layerwise"))
-        check_calibrate(calibrate, calibrate_target)
+        check_calibrate(_resolve_calibrate(calibrate, scheme), calibrate_target)
         if sampled and scheme == "zero":
             raise ValueError("sampled needs a random scheme; 'zero' is deterministic: use sampled=False")
         check_bool("diagnostics", diagnostics)
@@ -178,6 +186,12 @@ class LyapunovInit(Callback):
         self._sampling: str = ""
         self._initialized_here = False
 
+    @property
+    def calibration(self) -> str | None:
+        """The calibration ``calibrate`` resolves to: ``"auto"`` is ``"output"`` for the Lyapunov
+        scheme, ``None`` for the others."""
+        return _resolve_calibrate(self.calibrate, self.scheme)
+
     # ------------------------------------------------------------------ state
 
     @property
@@ -213,16 +227,16 @@ class LyapunovInit(Callback):
             plan_kwargs.update(self._observation(trainer, pl_module))
         if not self.initialized:
             self._used_seed = self._seed()
-            generator = torch.Generator().manual_seed(self._used_seed)
-            if self.calibrate and "example_input" not in plan_kwargs:
+            calibrate = self.calibration if "example_input" in plan_kwargs else None
+            if self.calibration and calibrate is None and self.calibrate != "auto":
                 self._warn(f"no training batch, so calibrate={self.calibrate!r} is skipped")
-            if self.sampled:
-                self.plan = self._sample(pl_module, generator, plan_kwargs)
-            elif self.calibrate and "example_input" in plan_kwargs:
-                self.plan = apply_init(pl_module, generator=generator, calibrate=self.calibrate,
-                                       calibrate_target=self.calibrate_target, **plan_kwargs)
-            else:
-                self.plan = apply_init(pl_module, generator=generator, **plan_kwargs)
+            try:
+                self.plan = self._initialize(pl_module, plan_kwargs, calibrate)
+            except ValueError as error:
+                if calibrate is None or self.calibrate != "auto":
+                    raise
+                self._warn(f"calibrate='auto' skipped, theory's draw kept: {error}")
+                self.plan = self._initialize(pl_module, plan_kwargs, None)
             self.initialized = self._initialized_here = True
         elif self.plan is None:
             from lightning_lyapunov.surgery import plan_init
@@ -255,7 +269,18 @@ class LyapunovInit(Callback):
             return {}
         return {"example_input": batch, "forward": call}
 
-    def _sample(self, pl_module: LightningModule, generator: torch.Generator, plan_kwargs: dict[str, Any]) -> InitPlan:
+    def _initialize(self, pl_module: LightningModule, plan_kwargs: dict[str, Any], calibrate: str | None) -> InitPlan:
+        """Draw (sampled or not) from the seed's generator, then ``calibrate`` on the observed batch."""
+        generator = torch.Generator().manual_seed(self._used_seed)
+        if self.sampled:
+            return self._sample(pl_module, generator, dict(plan_kwargs), calibrate)
+        if calibrate:
+            return apply_init(pl_module, generator=generator, calibrate=calibrate,
+                              calibrate_target=self.calibrate_target, **plan_kwargs)
+        return apply_init(pl_module, generator=generator, **plan_kwargs)
+
+    def _sample(self, pl_module: LightningModule, generator: torch.Generator, plan_kwargs: dict[str, Any],
+                calibrate: str | None) -> InitPlan:
         """The sampled scheme on the observed batch, then the calibration; on any error every
         parameter is restored."""
         from lightning_lyapunov.sampling import sample_lyapunov_
@@ -269,9 +294,8 @@ class LyapunovInit(Callback):
                 layerwise=self.sampled == "layerwise", generator=generator, **plan_kwargs,
             )
             self._sampling = _describe_sampling(report, self.sampled)
-            if self.calibrate and batch is not None:
-                record_calibration(report.plan, calibrate_(pl_module, report.plan.layers, batch, self.calibrate,
-                                                           self.calibrate_target, call))
+            if calibrate and batch is not None:
+                calibrate_(pl_module, report.plan, batch, calibrate, self.calibrate_target, call)
         except BaseException:
             with torch.no_grad():
                 for name, p in pl_module.named_parameters():
@@ -531,7 +555,7 @@ class LyapunovInit(Callback):
         else:
             what = f"did not initialize (weights from a checkpoint or an earlier fit); plan: scheme={plan.scheme!r}"
         lines = [f"LyapunovInit summary: {what}"]
-        exponents = [layer.init.exponent for layer in plan.layers]
+        exponents = plan.layer_log_gains
         if self.first_stats is not None:
             predicted = _signed(sum(exponents) / len(exponents)) if None not in exponents else "n/a"
             measured = f"{_signed(self.first_stats.exponent_estimate)} at the first measured step"

@@ -68,7 +68,7 @@ def featured_layers(names: Sequence[str]) -> list[str]:
 
 
 def _plan_exponents(plan: Any) -> np.ndarray | None:
-    exponents = [layer.init.exponent for layer in plan.layers] if plan is not None else [None]
+    exponents = plan.layer_log_gains if plan is not None else [None]
     return None if any(e is None for e in exponents) else np.array(exponents, dtype=float)
 
 

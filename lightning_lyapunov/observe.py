@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ from .activations import (
     module_slope,
 )
 
-__all__ = ["find_slopes", "call_forward", "preserved", "Forward"]
+__all__ = ["find_slopes", "call_forward", "preserved", "stop_at", "Forward", "FirstCall"]
 
 Forward = Callable[[nn.Module, Any], Any]
 Tag = tuple[str, int]  # (planned layer, call number)
@@ -99,6 +99,47 @@ def preserved(model: nn.Module) -> Iterator[None]:
             module.training = training
         for parameter, grad in grads:
             parameter.grad = grad
+
+
+class _Stop(Exception):
+    """Raised by :func:`stop_at`'s hook to end the forward pass at the layer of interest."""
+
+
+class FirstCall(NamedTuple):
+    """A module's first call in a forward pass: its positional arguments and its output (``None``
+    when the pass was stopped before the module ran)."""
+
+    args: tuple[Any, ...]
+    output: Any
+
+
+def stop_at(run: Callable[[], Any], module: nn.Module, *, before: bool = False) -> tuple[FirstCall | None, Any]:
+    """Run ``run()`` (a forward pass) until ``module``'s first call, which ends it: after the module
+    ran, or just ``before`` it. Returns ``(call, None)``, or ``(None, run())`` when the module was not
+    called (the pass ran to the end). Errors of the pass propagate; the hook is always removed.
+
+    Example::
+
+        call, _ = stop_at(lambda: model(x), model.net[4])   # model.net[4]'s input and output
+    """
+    calls: list[FirstCall] = []
+
+    def after(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        calls.append(FirstCall(args, output))
+        raise _Stop
+
+    def ahead(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        calls.append(FirstCall(args, None))
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(ahead) if before else module.register_forward_hook(after)
+    try:
+        result = run()
+    except _Stop:
+        return calls[0], None
+    finally:
+        handle.remove()
+    return None, result
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ._checks import check_bool, check_int, check_module, describe, invalid
-from .observe import call_forward
+from .observe import call_forward, stop_at
 from .surgery import InitPlan, LayerPlan, check_generator, plan_init
 
 __all__ = ["SamplingReport", "sample_lyapunov_", "log_gain"]
@@ -100,10 +100,6 @@ def _probing(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the layer of interest has run."""
-
-
 class _Probe:
     """Runs ``forward(model, batch)`` and records the first planned layer's input."""
 
@@ -118,26 +114,19 @@ class _Probe:
 
     def gain(self, stop_before: nn.Module | None = None) -> float:
         """Log-gain input -> model output, or input -> what ``stop_before`` receives (first call)."""
-        self.inputs, captured = None, []
-
-        def record_and_stop(module: nn.Module, args: tuple[Any, ...]) -> None:
-            captured.append(args[0])
-            raise _Stop
-
-        handles = [self.first.register_forward_pre_hook(self._record_input)]
-        if stop_before is not None:
-            handles.append(stop_before.register_forward_pre_hook(record_and_stop))
+        self.inputs = None
+        handle = self.first.register_forward_pre_hook(self._record_input)
         try:
-            output = self.forward(self.model, self.batch)
-        except _Stop:
-            output = captured[0]
+            run = lambda: self.forward(self.model, self.batch)  # noqa: E731
+            call, output = stop_at(run, stop_before, before=True) if stop_before is not None else (None, run())
         except Exception as error:
             error.add_note(f"while sample_lyapunov_ ran forward(model, probe) with probe={describe(self.batch)}: pass "
                            "probe= a batch the model takes (and forward= if model(probe) is not the call)")
             raise
         finally:
-            for handle in handles:
-                handle.remove()
+            handle.remove()
+        if call is not None:
+            output = call.args[0]
         if not isinstance(output, torch.Tensor):
             raise ValueError(
                 f"forward(model, probe) returned {type(output).__name__}, not a tensor; pass forward= returning "

@@ -157,13 +157,18 @@ class LayerPlan:
                 bias.zero_()
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 @dataclass
 class InitPlan:
     """The per-layer plan: ``layers`` in forward order, ``skipped`` (name, reason), ``warnings``.
 
     ``predicted_drift`` = sum of the per-layer exponents (the expected change of log r, r = ||x|| /
-    sqrt(d), from input to output) and ``predicted_spread`` = sqrt(sum of per-layer variances) (its
-    standard deviation by the CLT); None when the theory does not apply to some layer (ZerO).
+    sqrt(d), from input to output; after a calibration, the sum of the measured log-gains,
+    ``layer_log_gains``) and ``predicted_spread`` = sqrt(sum of per-layer variances) (the standard
+    deviation of theory's draw by the CLT); None when the theory does not apply to some layer (ZerO).
     """
 
     scheme: str
@@ -180,9 +185,16 @@ class InitPlan:
         return [layer.name for layer in self.layers]
 
     @property
+    def layer_log_gains(self) -> list[float | None]:
+        """Per layer, the change of log r the plan expects at step 0: theory's exponent, or after a
+        calibration the log-gain measured on the calibration batch (where it is finite)."""
+        return [layer.measured_log_gain if self.calibration and _finite(layer.measured_log_gain)
+                else layer.init.exponent for layer in self.layers]
+
+    @property
     def predicted_drift(self) -> float | None:
-        exponents = [layer.init.exponent for layer in self.layers]
-        return None if any(e is None for e in exponents) else float(sum(exponents))
+        gains = self.layer_log_gains
+        return None if any(g is None for g in gains) else float(sum(gains))
 
     @property
     def predicted_spread(self) -> float | None:
@@ -289,17 +301,18 @@ class InitPlan:
         ]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(2, "  ".join("-" * w for w in widths))
-        drift, spread = self.predicted_drift, self.predicted_spread
+        exponents = [layer.init.exponent for layer in self.layers]
+        spread = self.predicted_spread
+        theory = ("n/a (theory does not apply to every layer)" if None in exponents or spread is None
+                  else f"{sum(exponents):+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
         if self.calibration:
             gains = [layer.measured_log_gain for layer in self.layers]
-            measured = sum(gains) if all(g is not None and math.isfinite(g) for g in gains) else math.nan
+            measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
             lines.append(f"calibrated ({self.calibration!r}) on the example input: weights times the "
-                         f"'calibration' factor; measured sum of layer log-gains {measured:+.3f}")
-        lines.append(
-            "predicted log-norm drift input -> output: "
-            + ("n/a (theory does not apply to every layer)" if drift is None or spread is None
-               else f"{drift:+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
-        )
+                         f"'calibration' factor; measured sum of layer log-gains {measured:+.3f} "
+                         "(the diagnostics' prediction from here on)")
+            theory = f"theory's draw before calibration: {theory}"
+        lines.append(f"predicted log-norm drift input -> output: {theory}")
         by_reason: dict[str, list[str]] = {}
         for name, reason in self.skipped:
             by_reason.setdefault(reason, []).append(name)
@@ -759,16 +772,8 @@ def apply_init(
     with plan.restoring(generator):
         plan.write(plan.draw(generator))
         if calibrate is not None:
-            record_calibration(plan, calibrate_(model, plan.layers, example_input, calibrate, calibrate_target,
-                                                forward))
+            calibrate_(model, plan, example_input, calibrate, calibrate_target, forward)
     return plan
-
-
-def record_calibration(plan: InitPlan, result: Any) -> None:
-    """Store a :class:`~lightning_lyapunov.calibration.CalibrationResult` in the plan's rows."""
-    plan.calibration = result.method
-    for layer, factor, gain in zip(plan.layers, result.factors, result.log_gains, strict=True):
-        layer.calibration, layer.measured_log_gain = factor, gain
 
 
 def swap_activations(

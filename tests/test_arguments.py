@@ -144,7 +144,10 @@ CASES = [
      "calibrate_target=nan is invalid"),
     ("apply-calibrate-target-alone", lambda: apply_init(mlp(), calibrate_target=2.0), V,
      "calibrate_target=2.0 is only used"),
-    ("cb-calibrate-target-alone", lambda: LyapunovInit(calibrate_target=2.0), V, "calibrate_target=2.0 is only used"),
+    ("cb-calibrate-target-alone", lambda: LyapunovInit(calibrate=None, calibrate_target=2.0), V,
+     "calibrate_target=2.0 is only used"),
+    ("cb-calibrate-target-baseline", lambda: LyapunovInit(scheme="he", calibrate_target=2.0), V,
+     "calibrate_target=2.0 is only used"),
     # ------------------------------------------------------------------ swap_activations
     ("swap-old-str", lambda: swap_activations(mlp(), old="ReLU"), T, "old='ReLU' is invalid"),
     ("swap-old-instance", lambda: swap_activations(mlp(), old=nn.ReLU()), T, "old=ReLU() is invalid"),

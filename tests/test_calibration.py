@@ -138,12 +138,57 @@ def test_failure_restores_every_weight_and_bias(method: str) -> None:
         assert torch.equal(a, b)
 
 
-def test_dead_output_is_a_clear_error_and_changes_nothing() -> None:
+@pytest.mark.parametrize("method", ["layers", "output"])
+def test_all_zero_batch_is_a_clear_error_and_changes_nothing(method: str) -> None:
     model = chain()
     before = weights(model)
-    with pytest.raises(ValueError, match="root-mean-square"):
-        init(model, example_input=torch.zeros(8, 2), calibrate="layers")
+    with pytest.raises(ValueError, match="all-zero input; pass a batch of real inputs"):
+        init(model, example_input=torch.zeros(8, 2), calibrate=method)
     for a, b in zip(before, weights(model)):
+        assert torch.equal(a, b)
+
+
+def dying_relu_chain() -> nn.Sequential:
+    """ReLU chain whose 4th Linear (``6``, excluded from the plan) has only negative weights: every
+    unit after its ReLU is zero, so the planned layers from ``8`` on get an all-zero input."""
+    model = nn.Sequential(*[m for _ in range(7) for m in (nn.Linear(3, 3), nn.ReLU())], nn.Linear(3, 1))
+    with torch.no_grad():
+        model[6].weight.copy_(-model[6].weight.abs() - 0.1)
+        model[6].bias.fill_(-1.0)
+    return model
+
+
+def test_dead_layers_keep_factor_one_with_a_warning_and_the_rest_is_calibrated() -> None:
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+    model, plain = dying_relu_chain(), dying_relu_chain()
+    plain.load_state_dict(model.state_dict())
+    init(plain, exclude=["6"])
+    with pytest.warns(UserWarning, match=r"calibrate='layers': the output of layer '8' and 3 layer\(s\) after it is all zero"):
+        plan = apply_init(model, example_input=x, calibrate="layers", exclude=["6"],
+                          generator=torch.Generator().manual_seed(0))
+    factors = {layer.name: layer.calibration for layer in plan.layers}
+    assert [factors[name] for name in ("8", "10", "12", "14")] == [1.0] * 4
+    for name in ("8", "10", "12", "14"):  # theory's draw, untouched
+        torch.testing.assert_close(model.get_submodule(name).weight, plain.get_submodule(name).weight)
+    with torch.no_grad():  # the layers before the dead one are calibrated: rms 1 pre-activations
+        h = x
+        for i in range(0, 6, 2):
+            h = model[i](h)
+            assert float(h.pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
+            h = model[i + 1](h)
+    assert any("all zero" in message for message in plan.warnings)
+
+
+def test_dead_network_output_keeps_theorys_draw_with_calibrate_output() -> None:
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+    model, plain = dying_relu_chain(), dying_relu_chain()
+    plain.load_state_dict(model.state_dict())
+    init(plain, exclude=["6"])
+    with pytest.warns(UserWarning, match="calibrate='output': the output of layer '14' is all zero"):
+        plan = apply_init(model, example_input=x, calibrate="output", exclude=["6"],
+                          generator=torch.Generator().manual_seed(0))
+    assert all(layer.calibration == 1.0 for layer in plan.layers)
+    for a, b in zip(weights(model), weights(plain)):
         assert torch.equal(a, b)
 
 
@@ -192,7 +237,8 @@ def test_callback_sampled_then_calibrated_and_bad_argument() -> None:
     module = DeepNarrow()
     callback = LyapunovInit(seed=0, sampled=True, calibrate="layers", diagnostics=False)
     x, _ = next(iter(loader()))
-    plan = callback._sample(module, torch.Generator().manual_seed(0), {"scheme": "lyapunov", "example_input": x})
+    plan = callback._sample(module, torch.Generator().manual_seed(0), {"scheme": "lyapunov", "example_input": x},
+                            "layers")
     assert plan.calibration == "layers"
     with torch.no_grad():
         assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
@@ -208,3 +254,52 @@ def test_cli_config_sets_calibrate() -> None:
                             "--trainer.callbacks.calibrate_target=2.0", "--trainer.logger=false"], run=False)
     callback = find_lyapunov_init(cli.trainer.callbacks)
     assert (callback.calibrate, callback.calibrate_target) == ("output", 2.0)
+
+
+# ------------------------------------------------------------------------------------ callback default
+
+
+def fit_zero_steps(tmp_path, data=None, depth: int = 12, **kwargs):
+    import lightning.pytorch as pl
+    from conftest import DeepNarrow, loader, trainer_kwargs
+
+    from lightning_lyapunov import LyapunovInit
+
+    module, callback = DeepNarrow(depth=depth), LyapunovInit(seed=0, diagnostics=False, **kwargs)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=0))
+    trainer.fit(module, data if data is not None else loader())
+    return module, callback
+
+
+def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) -> None:
+    from conftest import DeepNarrow, loader
+
+    x, _ = next(iter(loader()))
+    for scheme, calibrated in (("lyapunov", "output"), ("he", None)):
+        module, callback = fit_zero_steps(tmp_path, scheme=scheme)
+        assert callback.calibrate == "auto" and callback.calibration == calibrated
+        assert callback.plan.calibration == calibrated
+        reference = DeepNarrow()
+        init(reference, seed=0, scheme=scheme, **({"example_input": x, "calibrate": "output"} if calibrated else {}))
+        for a, b in zip(weights(module), weights(reference)):
+            torch.testing.assert_close(a, b)
+        if calibrated:  # the predictions follow the calibration: the measured drift, not theory's 0
+            plan = callback.plan
+            assert plan.predicted_drift == pytest.approx(sum(layer.measured_log_gain for layer in plan.layers))
+            assert abs(plan.predicted_drift - sum(layer.init.exponent for layer in plan.layers)) > 1e-3
+
+
+def test_callback_auto_calibration_falls_back_to_theorys_draw_on_a_nonfinite_batch(tmp_path) -> None:
+    from conftest import DeepNarrow
+
+    x = torch.full((16, 4), float("nan"))
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=8)
+    with pytest.raises(ValueError, match="non-finite"):  # asked for explicitly: a clear error
+        fit_zero_steps(tmp_path, data, depth=5, calibrate="output")
+    with pytest.warns(UserWarning, match="calibrate='auto' skipped, theory's draw kept: .*non-finite"):
+        module, callback = fit_zero_steps(tmp_path, data, depth=5)
+    reference = DeepNarrow(depth=5)
+    init(reference, seed=0)
+    for a, b in zip(weights(module), weights(reference)):
+        assert torch.equal(a, b)
+    assert callback.plan.calibration is None

@@ -36,7 +36,7 @@ def fit(module, tmp_path, callbacks, ckpt_path=None, **overrides):
 def test_weights_after_setup_follow_the_scheme(deep_narrow, tmp_path):
     reference = copy.deepcopy(deep_narrow)
     apply_init(reference, scheme="lyapunov", distribution="orthogonal", generator=torch.Generator().manual_seed(5))
-    _, state = fit(deep_narrow, tmp_path, [LyapunovInit(seed=5)], logger=False)
+    _, state = fit(deep_narrow, tmp_path, [LyapunovInit(seed=5, calibrate=None)], logger=False)
     for key, value in reference.state_dict().items():
         assert torch.equal(state[key], value), key
     w = state["net.2.weight"].double()
@@ -49,7 +49,8 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path, name="tb")
-    fit(deep_narrow, tmp_path, [LyapunovInit(seed=0)], logger=logger)
+    callback = LyapunovInit(seed=0)
+    fit(deep_narrow, tmp_path, [callback], logger=logger)
     events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0})
     events.Reload()
     tags = events.Tags()
@@ -68,7 +69,10 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
     assert steps == [0, 2, 4]
     predicted = events.Scalars("lyapunov/predicted/exponent")
     assert [event.step for event in predicted] == [0, 2, 4]
-    assert predicted[0].value == pytest.approx(0.0, abs=0.02)  # Lyapunov init: zero drift (last layer aside)
+    # after the default calibration: the mean of the log-gains measured on the first batch
+    gains = callback.plan.layer_log_gains
+    assert callback.plan.calibration == "output"
+    assert predicted[0].value == pytest.approx(sum(gains) / len(gains), abs=1e-5)
 
 
 def test_csv_logger_and_own_cadence(deep_narrow, tmp_path):

@@ -48,7 +48,9 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
     assert last["lyapunov/max/emp_var_collapsed"] == pytest.approx(max(stats["emp_var_collapsed"].values()))
     assert last["lyapunov/total/nonfinite"] == 0
     # the plan's line through the first layer's measured log-norm: m_0 + sum of the next exponents
-    exponents = [layer.init.exponent for layer in callback.plan.layers]
+    # (after the default calibration the plan's log-gains are the ones measured on the first batch)
+    exponents = callback.plan.layer_log_gains
+    assert exponents != [layer.init.exponent for layer in callback.plan.layers]
     expected = stats["log_norm_mean"]["net.0"] + sum(exponents[1:6])
     assert last["lyapunov/predicted/log_norm/net.10"] == pytest.approx(expected, abs=1e-5)
 
@@ -166,7 +168,7 @@ def test_warnings_are_grouped_per_step_and_printed_without_a_file_prefix(tmp_pat
     module = DeepNarrow(width=4, depth=32, slope=0.01)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit(module, tmp_path, LyapunovInit(seed=1), logger=False, max_steps=1)
+        fit(module, tmp_path, LyapunovInit(seed=1, calibrate=None), logger=False, max_steps=1)
     ours = [w for w in caught if issubclass(w.category, LyapunovWarning)]
     at_step_0 = [w for w in ours if "at step 0" in str(w.message)]
     assert len(at_step_0) == 1

@@ -429,7 +429,7 @@ def test_callback_observes_training_step_of_a_module_without_forward(tmp_path) -
     from lightning_lyapunov import LyapunovInit
 
     module = NoForward()
-    callback = LyapunovInit(diagnostics=False, seed=0)
+    callback = LyapunovInit(diagnostics=False, seed=0, calibrate=None)
     probe = _fit(module, tmp_path, callback)
     layers = callback.plan.layers
     assert [(l.negative_slope, l.slope_from) for l in layers[:4]] == [(0.1, "observed")] * 4
