@@ -274,7 +274,8 @@ class InitPlan:
         e.g. ``'gaussian'`` for He whatever ``distribution=`` was given; ``moment`` only for
         ``fractional``). ``fold``: runs of at least this many consecutive layers identical but for
         their names are shown as one row (``3-38  net.6 ... net.76 (x36)  Linear  2x2 ...``; 0
-        shows every layer). ``warnings=False`` leaves out the plan's warnings (already emitted as
+        shows every layer); after a calibration a folded row shows the range of the factors and
+        measured log-gains (``-0.9977 .. 1.3048``). ``warnings=False`` leaves out the plan's warnings (already emitted as
         Python warnings by :func:`plan_init`).
         """
         check_bool("warnings", warnings)
@@ -290,7 +291,7 @@ class InitPlan:
             header += ("calibration", "log-gain")
             body = [row + (_fmt(layer.calibration), _fmt(layer.measured_log_gain))
                     for row, layer in zip(body, self.layers)]
-        rows = [header] + _fold_rows(body, fold)
+        rows = [header] + _fold_rows(body, fold, ranged=2 if self.calibration else 0)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
         moment = f", moment={self.moment!r}" if self.scheme == "fractional" else ""
@@ -311,8 +312,8 @@ class InitPlan:
             lines.append(f"calibrated ({self.calibration!r}) on the example input: weights times the "
                          f"'calibration' factor; measured sum of layer log-gains {measured:+.3f} "
                          "(the diagnostics' prediction from here on)")
-            theory = f"theory's draw before calibration: {theory}"
-        lines.append(f"predicted log-norm drift input -> output: {theory}")
+        lines.append(("before calibration, theory's" if self.calibration else "predicted")
+                     + f" log-norm drift input -> output: {theory}")
         by_reason: dict[str, list[str]] = {}
         for name, reason in self.skipped:
             by_reason.setdefault(reason, []).append(name)
@@ -328,21 +329,30 @@ def _drop(row: tuple[str, ...], column: int) -> tuple[str, ...]:
     return row[:column] + row[column + 1:]
 
 
-def _fold_rows(rows: list[tuple[str, ...]], fold: int) -> list[tuple[str, ...]]:
-    """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one."""
+def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0) -> list[tuple[str, ...]]:
+    """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one.
+    The last ``ranged`` columns (measured values) may differ within a run: a folded row shows their
+    range ``min .. max``."""
+    cut = len(rows[0]) - ranged if rows else 0
     out: list[tuple[str, ...]] = []
     start = 0
     while start < len(rows):
         end = start + 1
-        while end < len(rows) and rows[end][2:] == rows[start][2:]:
+        while end < len(rows) and rows[end][2:cut] == rows[start][2:cut]:
             end += 1
         if fold and end - start >= fold:
             first, last = rows[start], rows[end - 1]
-            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {last[1]} (x{end - start})", *first[2:]))
+            spans = tuple(_span([row[c] for row in rows[start:end]]) for c in range(cut, len(first)))
+            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {last[1]} (x{end - start})", *first[2:cut], *spans))
         else:
             out += rows[start:end]
         start = end
     return out
+
+
+def _span(cells: list[str]) -> str:
+    values = sorted(set(cells), key=lambda cell: float(cell) if cell not in ("-", "nan") else math.inf)
+    return values[0] if len(values) == 1 else f"{values[0]} .. {values[-1]}"
 
 
 def _fmt(value: float | None) -> str:

@@ -303,3 +303,15 @@ def test_callback_auto_calibration_falls_back_to_theorys_draw_on_a_nonfinite_bat
     for a, b in zip(weights(module), weights(reference)):
         assert torch.equal(a, b)
     assert callback.plan.calibration is None
+
+
+def test_plan_text_folds_calibrated_layers_with_the_range_of_their_log_gains() -> None:
+    model = chain(depth=20)
+    plan = init(model, example_input=X, calibrate="output")
+    text = plan.describe(warnings=False)
+    folded = next(line for line in text.splitlines() if "(x18)" in line)
+    gains = [layer.measured_log_gain for layer in plan.layers[1:19]]
+    assert f"{min(gains):.4f} .. {max(gains):.4f}" in folded
+    assert f"{plan.layers[1].calibration:.4f}" in folded  # 'output': one factor, shown once
+    assert "before calibration, theory's log-norm drift" in text
+    assert len(plan.describe(warnings=False, fold=0).splitlines()) == len(text.splitlines()) + 17
