@@ -109,7 +109,7 @@ def _findings(narrow: dict, wide: dict) -> str:
     deepest = max(narrow)
     final = {label: float(np.median(acc["test"][-1])) for label, acc in narrow[deepest].acc.items()}
     lines.append(f"- Width 10, depth {deepest}: median test accuracy {best_first(final)}.")
-    for label in ("he", "lyapunov-gauss", "lyapunov-orth", "zero", "stiefel", "lsuv"):
+    for label in ("he", "lyapunov-gauss", "lyapunov-orth", "lyapunov-calibrated", "zero", "stiefel", "lsuv"):
         if label in narrow[min(narrow)].acc:
             trace = ", ".join(f"{d}: {100 * float(np.median(narrow[d].acc[label]['test'][-1])):.1f}"
                               for d in sorted(narrow))

@@ -5,8 +5,8 @@
   ``lightning_lyapunov.data``; nothing is downloaded. A missing data set raises a
   ``FileNotFoundError`` that says how to get it (these benchmarks have no synthetic fallback).
 * Schemes: every scheme of ``benchmarks.classification.ALL_SCHEMES``, plus LSUV (the ``lsuv``
-  package, the data-driven peer) and the project's data-calibrated init when ``apply_init`` offers
-  ``calibrate=`` (issue 14): :func:`schemes` picks it up automatically once it is on main.
+  package, the data-driven peer) and the project's default init, Lyapunov orthogonal calibrated on
+  a training batch (``calibrate="output"``, what ``LyapunovInit()`` does).
 * Training many small nets at once: :class:`StackedConvMLP` (an optional shared-input conv layer
   in front of a :class:`benchmarks.training.StackedMLP`) and :func:`fit_stacked` (one
   ``torch.optim`` optimizer over the stacked parameters: SGD and Adam are elementwise, so with the
@@ -18,7 +18,6 @@ machine is stored as JPEGs (quality 75), so its pixels differ slightly from the 
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 import warnings
@@ -111,8 +110,9 @@ class LSUV:
 
 @dataclass(frozen=True)
 class Calibrated:
-    """The project's data-calibrated Lyapunov init (issue 14): Lyapunov orthogonal draw, then
-    ``calibrate="layers"`` rescales each layer on a training batch (``example_input=probe``)."""
+    """The project's default init (``LyapunovInit()``, issue 14): Lyapunov orthogonal draw, then
+    ``calibrate="output"``: every layer times ``c^(1/L)`` so that the output's root-mean-square is 1
+    on a training batch (``example_input=probe``)."""
 
     label: str = "lyapunov-calibrated"
 
@@ -121,21 +121,14 @@ class Calibrated:
             raise ValueError("the calibrated init needs a data batch: pass probe=<a batch of inputs>.")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            apply_init(model, scheme="lyapunov", distribution="orthogonal", calibrate="layers", example_input=probe,
+            apply_init(model, scheme="lyapunov", distribution="orthogonal", calibrate="output", example_input=probe,
                        generator=torch.Generator().manual_seed(seed))
 
 
-def calibrate_available() -> bool:
-    """Whether ``apply_init`` takes ``calibrate=`` (the data-calibrated init of issue 14 is on main)."""
-    return "calibrate" in inspect.signature(apply_init).parameters
-
-
 def schemes(include: Sequence[str] | None = None) -> list:
-    """Every scheme (``ALL_SCHEMES``), LSUV, and the calibrated init when available; ``include``:
-    only those labels (in this order)."""
-    out: list = [*ALL_SCHEMES, LSUV()]
-    if calibrate_available():
-        out.append(Calibrated())
+    """Every scheme (``ALL_SCHEMES``), LSUV and the calibrated init; ``include``: only those labels
+    (in this order)."""
+    out: list = [*ALL_SCHEMES, LSUV(), Calibrated()]
     if include is not None:
         by_label = {s.label: s for s in out}
         out = [by_label[label] for label in include if label in by_label]
@@ -143,16 +136,13 @@ def schemes(include: Sequence[str] | None = None) -> list:
 
 
 def scheme_note() -> str:
-    """A setup sentence on the scheme list (whether the calibrated init was included)."""
-    base = ("Schemes: " + ", ".join(f"`{s.label}`" for s in ALL_SCHEMES) + " through the project's `apply_init` "
-            "(`lyapunov-*`: moment 0, Gaussian / Haar orthogonal; `stiefel` is our reconstruction), and "
+    """A setup sentence on the scheme list."""
+    return ("Schemes: " + ", ".join(f"`{s.label}`" for s in ALL_SCHEMES) + " through the project's `apply_init` "
+            "(`lyapunov-*`: moment 0, Gaussian / Haar orthogonal; `stiefel` is our reconstruction), "
             "`lsuv` (package `lsuv` 0.3.0: orthogonal, then layer-wise rescaling to unit output variance on one "
-            "training batch) as the data-driven peer.")
-    if calibrate_available():
-        return base + (" `lyapunov-calibrated`: the project's data-calibrated init (Lyapunov orthogonal, then "
-                       "`calibrate=\"layers\"` on a training batch).")
-    return base + (" The data-calibrated init (`calibrate=`, issue 14) was not on main when this ran, so it is "
-                   "not in the table; `benchmarks.realdata.schemes` picks it up once it lands.")
+            "training batch) as the data-driven peer, and `lyapunov-calibrated`: the project's default init "
+            "(`LyapunovInit()`): Lyapunov orthogonal, then `calibrate=\"output\"` (one factor spread over all "
+            "layers so that the output's root-mean-square is 1 on the first 256 training inputs).")
 
 
 def init_modules(build: Callable[[], nn.Module], scheme, seeds: Sequence[int], probe: Tensor) -> list[nn.Module]:
