@@ -19,7 +19,8 @@ scale at step 0 and in how weight magnitude is spread over the layers (which mat
 Root-mean-square ``r = sqrt(mean v^2)`` over the whole batch tensor, not the standard deviation:
 with few units the batch mean of a unit is part of its signal.
 
-The passes run in eval mode (no dropout, BatchNorm on its running statistics) under
+The passes run in eval mode (no dropout) but with BatchNorm on the batch's statistics, as in the
+first training step (its running statistics at init would make it the identity), under
 ``torch.no_grad()``; training flags, buffers, gradients and RNG states are restored, and on any
 error every planned weight is restored too (all or nothing). No random numbers are drawn,
 so the result is as deterministic as the draw.
@@ -93,9 +94,14 @@ def _rms(value: torch.Tensor) -> float:
 
 @contextmanager
 def _quiet(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no_grad; training flags, buffers, gradients and RNG states restored afterwards."""
+    """Eval mode but BatchNorm on batch statistics (what the first training step sees; its running
+    statistics at init are the identity), and no_grad; training flags, buffers, gradients and RNG
+    states restored afterwards."""
     with preserved(model), torch.no_grad():
         model.eval()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
         yield
 
 

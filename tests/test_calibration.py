@@ -315,3 +315,18 @@ def test_plan_text_folds_calibrated_layers_with_the_range_of_their_log_gains() -
     assert f"{plan.layers[1].calibration:.4f}" in folded  # 'output': one factor, shown once
     assert "before calibration, theory's log-norm drift" in text
     assert len(plan.describe(warnings=False, fold=0).splitlines()) == len(text.splitlines()) + 17
+
+
+def test_batchnorm_nets_are_calibrated_on_batch_statistics_as_in_training() -> None:
+    # in eval mode a fresh BatchNorm is the identity (running mean 0, var 1): calibrating that net
+    # would scale a function training never sees; the first training step normalizes by the batch
+    def make() -> nn.Sequential:
+        return nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8),
+                             nn.ReLU(), nn.Linear(8, 1))
+
+    x = 5.0 + 3.0 * X  # far from the running statistics
+    model = make()
+    init(model, example_input=x, calibrate="output", calibrate_target=0.5)
+    assert model.training and float(model[1].running_mean.abs().max()) == 0.0  # buffers untouched
+    with torch.no_grad():
+        assert float(model(x).pow(2).mean().sqrt()) == pytest.approx(0.5, rel=1e-3)
