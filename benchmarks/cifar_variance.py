@@ -3,7 +3,17 @@
 Width 10, depth 100 ReLU nets on flattened CIFAR-10 images (3072 -> 10 -> ... -> 10): the
 empirical variance over the data of unit 0 of every layer (before the ReLU: the output of the
 depth-L net), its 0.9 / 0.99 / 0.999 quantiles over >= 1000 random nets per scheme, by depth. The
-nets are drawn and evaluated as batches of stacked weights (``torch.bmm``).
+nets are drawn and evaluated as batches of stacked weights (``torch.bmm``). The two data-driven
+inits run in closed form on the stacked nets and :func:`check_stacked` compares them with the real
+ones (the ``lsuv`` package, ``apply_init(..., calibrate="output")``) on a few nets:
+
+* LSUV: orthogonal draw (gain 1), then in forward order each layer's output scaled to standard
+  deviation 1 on the batch when it is off by more than ``lsuv``'s tolerance 0.1 (one step is exact
+  for a linear layer with zero bias: what its loop converges to).
+* Calibrated (the project's default init): Lyapunov orthogonal draw, then every layer of the
+  depth-L net times ``c^(1/L)`` so that the output's root-mean-square is 1 on the batch; ReLU
+  nets with zero bias are positively homogeneous, so the depth-L net's output is the bare
+  draw's times ``c``.
 
 ``python -m benchmarks cifar_variance [--quick]``
 """
@@ -12,19 +22,24 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from benchmarks.classification import cpu_note, setup_torch
 from benchmarks.common import Report
-from benchmarks.empirical_variance import SCHEMES, _sampler
+from benchmarks.empirical_variance import SCHEMES as BARE, _sampler
+from benchmarks.theory import batched_haar
 from benchmarks.realdata import CIFAR_NOTE, cifar10
 from lightning_lyapunov import apply_init
 from lightning_lyapunov import theory as th
 from lightning_lyapunov.models import DeepMLP
 
-WIDTH, DEPTH, IN = 10, 100, 3072
+WIDTH, DEPTH, IN, PROBE = 10, 100, 3072, 256
+LSUV_TOL = 0.1  # the lsuv package's default std_tol
+CHECK_NETS = 6
+SCHEMES = (*BARE, "lsuv", "lyapunov calibrated")
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 THRESHOLD, AT_DEPTH = 1e-3, 80
 TABLE_DEPTHS = (1, 10, 20, 40, 60, 80, 100)
@@ -67,24 +82,122 @@ def _first_layer(scheme: str):
     raise ValueError(f"unknown scheme {scheme!r}")
 
 
+def _draws(scheme: str, n: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    """The ``DEPTH`` weights ``(n, d_out, d_in)`` of ``n`` nets in forward order, drawn lazily (LSUV
+    starts from unit-gain orthogonal weights, the calibrated init from the Lyapunov orthogonal draw)."""
+    if scheme == "lsuv":
+        yield _semi_orthogonal(n, g).transpose(1, 2)
+        for _ in range(DEPTH - 1):
+            yield batched_haar(n, WIDTH, g).float()
+        return
+    base = "lyapunov orthogonal" if scheme == "lyapunov calibrated" else scheme
+    first, hidden = _first_layer(base), _sampler(base, 0.0)
+    yield first(n, g)
+    for _ in range(DEPTH - 1):
+        yield hidden(n, g).float()
+
+
 @torch.no_grad()
-def _variances(scheme: str, x: torch.Tensor, n_nets: int, chunk: int, seed: int) -> np.ndarray:
-    """``(n_nets, DEPTH)``: per net and layer, the unbiased variance over the data of unit 0."""
-    first, hidden = _first_layer(scheme), _sampler(scheme, 0.0)
+def stacked_variances(weights: Iterable[torch.Tensor], x: torch.Tensor, scheme: str = "",
+                      probe: int = PROBE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, layers)``: per net and layer, the unbiased variance over the data ``x`` of unit 0 of the
+    layer's output (before its ReLU) for the nets with the stacked ``weights``, under ``scheme``'s
+    data-driven step on the batch ``x[:probe]`` ("lsuv", "lyapunov calibrated"; module docstring).
+    A layer whose output is all zero on the batch (dead units) keeps its weights (factor 1), as the
+    project's calibration does; ``lsuv`` 0.3.0 itself then applies its further correction steps to
+    the first layer (its counter is not reset within a layer) and writes inf/NaN there. Also ``(n,)``:
+    whether the net has such a layer."""
+    h, out, dead = x.T, [], None
+    for layer, w in enumerate(weights):
+        n = len(w)
+        if layer == 0:
+            h = (w.reshape(n * w.shape[1], -1) @ h).view(n, w.shape[1], -1)
+        else:
+            h = torch.bmm(w, torch.relu(h))
+        zero = (h[:, :, :probe] == 0).flatten(1).all(dim=1)
+        dead = zero if dead is None else dead | zero
+        if scheme == "lsuv":
+            std = h[:, :, :probe].flatten(1).std(dim=1)
+            scale = torch.where(((std - 1).abs() > LSUV_TOL) & (std > 0), 1 / (std + 1e-8), 1.0)
+            h = h * scale.view(n, 1, 1)
+        var = h[:, 0].double().var(dim=1)
+        if scheme == "lyapunov calibrated":  # the depth-(layer + 1) net's output times c = 1 / rms
+            mean_square = h[:, :, :probe].double().pow(2).mean((1, 2))
+            var = torch.where(mean_square > 0, var / mean_square, var)
+        out.append(var)
+    return torch.stack(out, dim=1), dead
+
+
+def _variances(scheme: str, x: torch.Tensor, n_nets: int, chunk: int, seed: int) -> tuple[np.ndarray, float]:
+    """``(n_nets, DEPTH)`` for ``n_nets`` random nets of ``scheme`` (ZerO: one net, deterministic), and
+    the fraction of nets with a layer that is all zero on the batch."""
     if scheme == "zero":
         n_nets, chunk = 1, 1
-    out = []
+    out, dead = [], []
     for k, start in enumerate(range(0, n_nets, chunk)):
-        n = min(chunk, n_nets - start)
         g = torch.Generator().manual_seed(seed + k)
-        h = (first(n, g).reshape(n * WIDTH, IN) @ x.T).view(n, WIDTH, -1)  # (n, WIDTH, N)
-        var = torch.empty(n, DEPTH, dtype=torch.float64)
-        var[:, 0] = h[:, 0].double().var(dim=1)
-        for layer in range(1, DEPTH):
-            h = torch.bmm(hidden(n, g).float(), torch.relu(h))
-            var[:, layer] = h[:, 0].double().var(dim=1)
+        var, flags = stacked_variances(_draws(scheme, min(chunk, n_nets - start), g), x, scheme)
         out.append(var)
-    return torch.cat(out).numpy()
+        dead.append(flags)
+    return torch.cat(out).numpy(), float(torch.cat(dead).double().mean())
+
+
+def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float]:
+    """The largest relative difference ``|a - b| / (|b| + 1e-4)`` (variances near 0 are float32
+    round-off), over ``nets`` nets of depth ``depth``, between the stacked closed forms and the real
+    inits on the same weights: ``"lsuv"``: every layer's variance of unit 0 after
+    ``lsuv.lsuv_with_singlebatch(net, x[:PROBE], do_orthonorm=False)`` on orthogonal weights, over the
+    nets where it stays finite (``"lsuv dead"`` counts the others: each has a layer that the stacked
+    step finds all zero on the batch, else the count is negative); ``"lyapunov calibrated"``: the
+    output's after ``apply_init(net, scheme="lyapunov", distribution="orthogonal", calibrate="output",
+    example_input=x[:PROBE])`` against the stacked step on the same draw without ``calibrate``."""
+    import lsuv
+
+    def build() -> DeepMLP:
+        return DeepMLP(x.shape[1], WIDTH, WIDTH, depth - 1, activation="relu", bias=False)
+
+    def layer_variances(net: DeepMLP) -> torch.Tensor:
+        h, out = x, []
+        with torch.no_grad():
+            for module in net.net:
+                h = module(h)
+                if isinstance(module, torch.nn.Linear):
+                    out.append(h[:, 0].double().var())
+        return torch.stack(out)
+
+    def stack(nets_: list[DeepMLP]) -> list[torch.Tensor]:
+        layers = [[m.weight.detach() for m in net.net if isinstance(m, torch.nn.Linear)] for net in nets_]
+        return [torch.stack(ws) for ws in zip(*layers)]
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(((a - b).abs() / (b.abs() + 1e-4)).max())
+
+    lsuv_nets, bare, calibrated = [], [], []
+    for seed in range(nets):
+        torch.manual_seed(seed)
+        net = build()
+        for m in net.net:
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.orthogonal_(m.weight)
+        lsuv_nets.append(net)
+        for store, kwargs in ((bare, {}), (calibrated, {"calibrate": "output", "example_input": x[:PROBE]})):
+            model = build()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                apply_init(model, scheme="lyapunov", distribution="orthogonal",
+                           generator=torch.Generator().manual_seed(seed), **kwargs)
+            store.append(model)
+    lsuv_stacked, dead = stacked_variances(stack(lsuv_nets), x, "lsuv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for net in lsuv_nets:
+            lsuv.lsuv_with_singlebatch(net, x[:PROBE], do_orthonorm=False, verbose=False)
+    lsuv_real = torch.stack([layer_variances(net) for net in lsuv_nets])
+    finite = torch.isfinite(lsuv_real).all(dim=1)
+    cal_stacked = stacked_variances(stack(bare), x, "lyapunov calibrated")[0][:, -1]
+    cal_real = torch.stack([layer_variances(net)[-1] for net in calibrated])
+    return {"lsuv": rel(lsuv_stacked[finite], lsuv_real[finite]), "lsuv dead": int((~finite).sum())
+            if bool((dead | finite).all()) else -1, "lyapunov calibrated": rel(cal_stacked, cal_real)}
 
 
 def run(quick: bool = False) -> Report:
@@ -93,7 +206,14 @@ def run(quick: bool = False) -> Report:
     n_nets, n_data, chunk = (100, 500, 50) if quick else (1000, 2000, 125)
     data = cifar10(n_train=n_data, seed=0, standardize="train")
     x = data["train"][0].flatten(1)
-    results = {scheme: _variances(scheme, x, n_nets, chunk, 1 + 1000 * i) for i, scheme in enumerate(SCHEMES)}
+    seeds = {scheme: 1 + 1000 * i for i, scheme in enumerate(SCHEMES)}
+    seeds["lyapunov calibrated"] = seeds["lyapunov orthogonal"]  # the same draws, calibrated
+    measured = {scheme: _variances(scheme, x, n_nets, chunk, seeds[scheme]) for scheme in SCHEMES}
+    results = {scheme: var for scheme, (var, _) in measured.items()}
+    dead = {scheme: fraction for scheme, (_, fraction) in measured.items()}
+    check_start = time.process_time()
+    check = check_stacked(x, DEPTH, CHECK_NETS)
+    check_seconds = time.process_time() - check_start
     rows = []
     for scheme, var in results.items():
         for depth in TABLE_DEPTHS:
@@ -115,17 +235,39 @@ of layer L before its ReLU (the paper's quantity). {n_nets} random nets per sche
 critical scales of `theory`; orthogonal: gain sqrt(2) times a semi-orthogonal matrix (sign-fixed QR);
 Stiefel: our reconstruction P_m I P_n' (gain 1); ZerO: the project's own deterministic matrices).
 Float32 forward, float64 variances. `q*`: quantiles over nets; `frac < 1e-3`: fraction of nets whose
-variance is below 1e-3. LSUV is not in this table: it rescales each net on data one at a time, which
-does not fit the batched draw of 1000 deep nets in this budget (see `mnist_stiefel` and `cifar_cnn`).
+variance is below 1e-3.
+
+The data-driven inits use the first {PROBE} of these {n_data} images as their batch (a random sample; the
+variance is still measured over all {n_data}) and run in closed form on the stacked nets, each layer or
+depth exactly as the real init would do it:
+
+- `lsuv`: orthogonal draw (gain 1), then in forward order each layer's output scaled to standard
+  deviation 1 over the batch (all units and images together, as the `lsuv` package measures it) when it
+  is off by more than the package's tolerance {LSUV_TOL:g}; one step is exact for a linear layer with zero bias.
+- `lyapunov calibrated`: the project's default init, the same draws as `lyapunov orthogonal`, then every
+  layer of the depth-L net times c^(1/L) so that the output's root-mean-square over the batch is 1
+  (`calibrate="output"`): each depth L is its own calibrated depth-L net.
+
+A layer whose output is all zero on the batch (every unit dead on every image) keeps factor 1 in both,
+as the project's calibration does. The `lsuv` package (0.3.0) does not: its loop then keeps correcting,
+and every correction after the first goes to the *first* layer (its layer counter is not reset within
+a layer), which ends with inf/NaN weights; such nets are counted here with the intended factor 1.
+
+Checked against the real thing on {CHECK_NETS} nets of depth {DEPTH} with the same weights, on this batch: the
+largest relative difference in the variance of unit 0 is {check['lsuv']:.1e} over every layer after
+`lsuv.lsuv_with_singlebatch(net, batch, do_orthonorm=False)` (on the {CHECK_NETS - check['lsuv dead']} nets it leaves
+finite; the other {check['lsuv dead']} have a layer that is all zero on the batch) and
+{check['lyapunov calibrated']:.1e} for the output after `apply_init(net, scheme="lyapunov",
+distribution="orthogonal", calibrate="output", example_input=batch)` (check: {check_seconds:.0f} s CPU).
 """
     report = Report("cifar_variance", f"Vanishing empirical variance on {CIFAR_NOTE} (width {WIDTH}, depth {DEPTH})",
-                    setup, rows, _findings(results), _figure(results))
+                    setup, rows, _findings(results, dead), _figure(results))
     report.setup += cpu_note(cpu)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _findings(results: dict[str, np.ndarray]) -> str:
+def _findings(results: dict[str, np.ndarray], dead: dict[str, float]) -> str:
     frac = {s: float((v[:, AT_DEPTH - 1] < THRESHOLD).mean()) for s, v in results.items()}
     q9 = {s: float(np.quantile(v[:, AT_DEPTH - 1], 0.9)) for s, v in results.items()}
     med = {s: float(np.median(v[:, AT_DEPTH - 1])) for s, v in results.items()}
@@ -138,6 +280,15 @@ def _findings(results: dict[str, np.ndarray]) -> str:
         f"- Median variance at depth {AT_DEPTH}: " + "; ".join(f"{s} {m:.2e}" for s, m in med.items())
         + ". Lyapunov init keeps the typical net's variance of order one where He's decays exponentially; "
         "its spread (the upper quantiles) still grows with depth.",
+        f"- Calibrated against its own bare draws (lyapunov orthogonal), at depth {AT_DEPTH}: below 1e-3 "
+        f"{100 * frac['lyapunov calibrated']:.1f}% against {100 * frac['lyapunov orthogonal']:.1f}%, 0.9 quantile "
+        f"{q9['lyapunov calibrated']:.2e} against {q9['lyapunov orthogonal']:.2e}. Rescaling sets the output's size "
+        "on the batch, which lifts the nets whose output was merely small, not how much of it varies over the "
+        "data: the calibrated nets still below 1e-3 are collapsed (every image mapped near one point, the "
+        "variance under 1e-3 of the output's mean square).",
+        f"- Nets with a layer whose output is all zero on the {PROBE}-image batch, by depth {DEPTH}: "
+        + "; ".join(f"{s} {100 * f:.1f}%" for s, f in dead.items())
+        + " (for LSUV these are the nets that the `lsuv` package itself turns into inf/NaN).",
     ]
     return "\n".join(lines)
 
