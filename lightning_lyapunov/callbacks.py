@@ -468,14 +468,14 @@ class LyapunovInit(Callback):
         """One warning per measured step that finds something new: NaN/Inf (each layer once per
         run) and, at the first measured step, collapsed empirical variance, an exponent far from
         the plan and an output scale far from the input's. Later collapses go to :meth:`summary`."""
-        table = stats.as_dict()
+        column = {key: stats.values[:, STAT_KEYS.index(key)].tolist() for key in ("nonfinite", "emp_var_collapsed")}
         problems = []
-        nonfinite = [n for n, v in table["nonfinite"].items() if v > 0 and (n, "nonfinite") not in self._warned]
+        nonfinite = [n for n, v in zip(stats.names, column["nonfinite"]) if v > 0 and (n, "nonfinite") not in self._warned]
         self._warned.update((n, "nonfinite") for n in nonfinite)
         if nonfinite:
             problems.append(f"NaN/Inf activations in {_layer_list(nonfinite)}: lower the learning rate or check "
                             "the inputs")
-        collapsed = [n for n, v in table["emp_var_collapsed"].items() if v >= 0.5 and n not in self._collapsed]
+        collapsed = [n for n, v in zip(stats.names, column["emp_var_collapsed"]) if v >= 0.5 and n not in self._collapsed]
         self._collapsed.update((n, step) for n in collapsed)
         if first and collapsed:
             problems.append(

@@ -47,6 +47,7 @@ _SUMMARY = (
     ("max", "dead_fraction", "worst layer: fraction of dead units"),
     ("total", "nonfinite", "NaN/Inf values, all layers"),
 )
+_SUMMARY_COLUMNS = [STAT_KEYS.index(key) for _, key, _ in _SUMMARY]
 _CHART_TITLES = {
     "log_norm_mean": "log-norm, batch mean (measured; predicted/ = the plan's line)",
     "log_norm_std": "log-norm, batch std",
@@ -74,16 +75,16 @@ def _plan_exponents(plan: Any) -> np.ndarray | None:
 
 def summary_scalars(stats: SignalStats, plan: Any) -> dict[str, float]:
     """The handful of summary scalars of one measured step (module docstring); finite values only."""
-    table = stats.as_dict()
     scalars = {"lyapunov/exponent_estimate": stats.exponent_estimate}
     exponents = _plan_exponents(plan)
     if exponents is not None:
         scalars["lyapunov/predicted/exponent"] = float(exponents.mean())
-    for reduce, key, _ in _SUMMARY:
-        values = np.array(list(table[key].values()), dtype=float)
-        values = values[np.isfinite(values)]
-        if values.size:
-            scalars[f"lyapunov/{reduce}/{key}"] = float(values.max() if reduce == "max" else values.sum())
+    values = stats.values[:, _SUMMARY_COLUMNS]
+    finite = np.isfinite(values)
+    largest, total = np.where(finite, values, -np.inf).max(0).tolist(), np.where(finite, values, 0.0).sum(0).tolist()
+    for j, (any_finite, (reduce, key, _)) in enumerate(zip(finite.any(0).tolist(), _SUMMARY)):
+        if any_finite:
+            scalars[f"lyapunov/{reduce}/{key}"] = largest[j] if reduce == "max" else total[j]
     return {key: value for key, value in scalars.items() if math.isfinite(value)}
 
 
@@ -92,8 +93,13 @@ def layer_scalars(stats: SignalStats, plan: Any, layers: Sequence[str]) -> dict[
     plan's predicted log-norm line through the first layer's measured mean,
     ``lyapunov/predicted/log_norm/<layer>``."""
     chosen = set(layers)
-    scalars = {key: value for key, value in stats.to_scalars(defined_only=True).items()
-               if key.rsplit("/", 1)[0] != "lyapunov" and key.split("/", 2)[2] in chosen}
+    rows = [(i, name) for i, name in enumerate(stats.names) if name in chosen]
+    undefined = stats.undefined()
+    scalars = {}
+    for k, key in enumerate(STAT_KEYS):  # the order of stats.to_scalars(defined_only=True), statistic-major
+        for i, name in rows:
+            if f"{key}/{name}" not in undefined:
+                scalars[f"lyapunov/{key}/{name}"] = float(stats.values[i, k])
     line = predicted_log_norm(stats, plan)
     if line is not None:
         for name, value in zip(stats.names, line):

@@ -42,10 +42,12 @@ has ``log r = -inf``. If a module is called several times in one forward (weight
 last call is kept.
 
 Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook, side by side,
-into one fp32 buffer per batch size (reused from one logging step to the next) and reduced
-together in :meth:`~SignalMonitor.compute`: a few kernels for all layers instead of ~40 tiny
-ones per layer. Larger outputs are reduced in the hook (no copy is held). See
-``benchmarks/diagnostics_overhead.py`` for the measured cost.
+into one fp32 buffer per batch size, kept from one logging step to the next (a layer whose output
+has the same shape as last time costs one ``copy_`` into its columns), and reduced together in
+:meth:`~SignalMonitor.compute`, in place in that buffer: eight passes and some forty small kernels
+for all layers instead of ~40 tiny ones per layer. Larger outputs are reduced in the hook (no copy
+is held). See ``benchmarks/diagnostics_overhead.py`` and ``benchmarks/overhead.py`` for the
+measured cost.
 
 Example::
 
@@ -91,6 +93,9 @@ BATCH_STATS: tuple[str, ...] = ("log_norm_std", "emp_var_mean", "emp_var_collaps
 #: Why a statistic is undefined (:meth:`SignalStats.undefined`).
 NOT_CALLED = "layer not called in the measured step"
 _BATCH_STAT_COLUMNS = np.isin(STAT_KEYS, BATCH_STATS)
+_NO_SAMPLES = np.zeros(0)  # the log-norms of a layer not called
+_NO_SAMPLES.flags.writeable = False
+_LOG_NORM_MEAN, _NONFINITE = STAT_KEYS.index("log_norm_mean"), STAT_KEYS.index("nonfinite")
 SINGLE_SAMPLE = "batch of 1 sample: statistics over the batch need 2 or more"
 DEGENERATE = "0/0 from finite activations: units constant over the batch, or an all-zero output"
 FEW_LAYERS = "fewer than 2 measured layers: the slope over depth needs 2 or more"
@@ -115,12 +120,12 @@ def _runs(widths: Sequence[int]) -> list[tuple[int, int, int]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(widths: tuple[int, ...], device: torch.device) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor]:
-    """Per widths and device, built once: the runs of equal widths, the widths as a float tensor and
-    each unit's layer index (the logging step then issues only the statistics' kernels)."""
+def _layout(widths: tuple[int, ...], device: torch.device) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per widths and device, built once: the runs of equal widths, the widths as a float tensor,
+    half their log and each unit's layer index (the logging step then issues only the statistics' kernels)."""
     width = torch.tensor(widths, dtype=torch.float32, device=device)
     unit_layer = torch.repeat_interleave(torch.arange(len(widths), device=device), torch.tensor(widths, device=device))
-    return _runs(widths), width, unit_layer
+    return _runs(widths), width, width.log().mul_(0.5), unit_layer
 
 
 def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,21 +139,29 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
     :data:`STAT_KEYS`, formulas in the module docstring) and the per-sample
     ``log_norms = log(||h_b|| / sqrt(d))`` of shape ``(L, B)``.
 
-    Cost: about ten passes over ``h`` and some thirty small kernels on the per-unit vectors, whatever
-    ``L``. On the CPU the non-finite entries are counted only when a unit's sum is not finite (no
-    sync to avoid there); on other devices always (no host synchronization).
+    Cost: eight passes over ``h`` and some forty small kernels on per-unit and per-layer vectors
+    (a few more per extra run of equal widths), whatever ``L``. On the CPU the non-finite entries
+    are counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf
+    entry makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no
+    host synchronization).
 
     Example::
 
         stats, log_norms = signal_stats(torch.randn(4096, 8 + 3), widths=[8, 3])  # kurtosis ~ 3
     """
+    return _signal_stats(h, widths, overwrite=False)
+
+
+def _signal_stats(h: torch.Tensor, widths: Sequence[int] | None, overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`signal_stats`; with ``overwrite`` (an fp32 ``h`` the caller discards) ``h`` itself is the
+    scratch space: in-place passes, no full-size temporary."""
     with torch.no_grad():
         h = h.float()
         batch, total = h.shape
         widths = (total,) if widths is None else tuple(int(w) for w in widths)
         if sum(widths) != total:
             raise ValueError(f"widths={list(widths)} must sum to the number of columns of h, {total}")
-        runs, width, unit_layer = _layout(widths, h.device)
+        runs, width, half_log_width, unit_layer = _layout(widths, h.device)
 
         def per_layer(x: torch.Tensor, reduce: Any = torch.mean) -> torch.Tensor:
             """(..., D) -> (..., L): ``reduce`` over the units of each layer."""
@@ -158,41 +171,42 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
         def norm(x: torch.Tensor, dim: int) -> torch.Tensor:
             return torch.linalg.vector_norm(x, dim=dim)
 
-        log_norms = per_layer(h, norm).log_().sub_(width.log().mul_(0.5))  # (B, L)
-        work = torch.empty_like(h)  # the one full-size temporary
-        mean = h.mean(0)
-        if h.device.type != "cpu" or not torch.isfinite(mean).all():
+        log_norms = per_layer(h, norm).log_().sub_(half_log_width)  # (B, L)
+        log_mean = log_norms.mean(0)
+        work = h if overwrite else torch.empty_like(h)  # the one full-size temporary
+        rows = [h.amax(0).le_(0)]  # dead units (1.0 / 0.0)
+        if h.device.type != "cpu" or not math.isfinite(float(log_mean.sum())):
             # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
-            nonfinite = torch.mul(h, 0, out=work).nan_to_num_(1.0).sum(0)
-        else:  # every unit's sum is finite, so is every entry
-            nonfinite = torch.zeros_like(mean)
-        dead = (h.amax(0) <= 0).float()
+            rows.append(torch.mul(h, 0).nan_to_num_(1.0).sum(0))
         if batch > 1:
-            log_std, log_mean = torch.std_mean(log_norms, 0)
-            c2 = torch.sub(h, mean, out=work).square_()
+            log_std = torch.sub(log_norms, log_mean).square_().sum(0).div_(batch - 1).sqrt_()
+            mean = h.mean(0)
+            c2 = torch.sub(h, mean, out=work).square_()  # h - mean (in h itself with overwrite)
             m2 = c2.mean(0)  # biased variance per unit
             m4 = c2.square_().mean(0)
             var = m2 * (batch / (batch - 1))
             # mean_bj h_bj^2 = mean_j (m2_j + mean_j^2); the layers' sums of counts = means * widths
-            means = per_layer(torch.stack((m2 + mean.square(), var, m2, m4, dead, nonfinite)))
-            second_moment, var_mean, m2_mean, m4_mean, dead, nonfinite = means
-            varying = m2 > (_CONSTANT_RTOL * mean).square_()
-            kurt = torch.where(varying, m4 / m2.square(), math.nan)
-            columns = (
+            second_moment, var_mean, m2_mean, m4_mean, *rows = per_layer(
+                torch.stack((torch.addcmul(m2, mean, mean), var, m2, m4, *rows))
+            )
+            collapsed = torch.le(var, second_moment.mul_(COLLAPSE_THRESHOLD).index_select(0, unit_layer))
+            kurt = m4.div_(m2.square())  # NaN (left out of the median) for (numerically) constant units:
+            kurt.masked_fill_(m2 <= mean.mul_(_CONSTANT_RTOL).square_(), math.nan)
+            columns = [
                 log_mean,
                 log_std,
                 var_mean,
-                per_layer((var <= COLLAPSE_THRESHOLD * second_moment[unit_layer]).float()),
+                per_layer(collapsed.float()),
                 per_layer(kurt, lambda x, dim: x.nanmedian(dim).values),
-                m4_mean / m2_mean.square(),
-            )
-            nonfinite = nonfinite.mul_(width).round_()
+                m4_mean.div_(m2_mean.square_()),
+            ]
         else:
-            dead, nonfinite = per_layer(torch.stack((dead, nonfinite)))
-            nonfinite = nonfinite.mul_(width).round_()
+            rows = list(per_layer(torch.stack(rows)))
             nan = torch.full_like(width, math.nan)
-            columns = (log_norms[0], torch.zeros_like(nan), nan, nan, nan, nan)
-        stats = torch.stack((*columns, dead, nonfinite), dim=1)
+            columns = [log_mean, torch.zeros_like(nan), nan, nan, nan, nan]
+        columns.append(rows[0])
+        columns.append(rows[1].mul_(width).round_() if len(rows) > 1 else torch.zeros_like(width))
+        stats = torch.stack(columns, dim=1)
     return stats, log_norms.T
 
 
@@ -246,7 +260,7 @@ class SignalStats:
         i = self.names.index(name)
         return {key: float(self.values[i, k]) for k, key in enumerate(STAT_KEYS)}
 
-    @property
+    @functools.cached_property
     def exponent_estimate(self) -> float:
         """Least-squares slope of ``log_norm_mean`` over the layer index (estimated Lyapunov exponent).
 
@@ -254,12 +268,17 @@ class SignalStats:
         were captured (``i`` = position in ``names``). NaN with fewer than 2 captured layers or
         when a captured mean log-norm is not finite (a dead or overflowing signal).
         """
-        y = self.values[:, STAT_KEYS.index("log_norm_mean")]
-        index = np.array([i for i, name in enumerate(self.names) if self.log_norms[name].size])
+        y = self.values[:, _LOG_NORM_MEAN]
+        index = np.flatnonzero(self._samples)
         if index.size < 2 or not np.all(np.isfinite(y[index])):
             return math.nan
         x = index - index.mean()
         return float(np.dot(x, y[index] - y[index].mean()) / np.dot(x, x))
+
+    @functools.cached_property
+    def _samples(self) -> np.ndarray:
+        """Per layer, the number of samples measured (0: not called)."""
+        return np.array([self.log_norms[name].size for name in self.names])
 
     def undefined(self) -> dict[str, str]:
         """``{"<stat>/<layer>" or "exponent_estimate": why}`` for the statistics that this measurement
@@ -278,15 +297,20 @@ class SignalStats:
 
     @functools.cached_property
     def _undefined(self) -> dict[str, str]:
-        samples = np.array([self.log_norms[name].size for name in self.names])
-        clean = self.values[:, STAT_KEYS.index("nonfinite")] == 0
-        single = (samples == 1)[:, None] & _BATCH_STAT_COLUMNS[None, :]
-        degenerate = np.isnan(self.values) & clean[:, None]
+        samples = self._samples
+        clean = self.values[:, _NONFINITE] == 0
         reasons: dict[str, str] = {}
-        for i, k in zip(*np.nonzero((samples == 0)[:, None] | single | degenerate)):
-            why = NOT_CALLED if samples[i] == 0 else SINGLE_SAMPLE if single[i, k] else DEGENERATE
-            reasons[f"{STAT_KEYS[k]}/{self.names[i]}"] = why
-        means = self.values[samples > 0, STAT_KEYS.index("log_norm_mean")]
+        # only layers not called, of one sample or with a NaN can have undefined statistics
+        for i in np.flatnonzero((samples <= 1) | np.isnan(self.values).any(1)).tolist():
+            name, count = self.names[i], samples[i]
+            for k, value in enumerate(self.values[i].tolist()):
+                if count == 0:
+                    reasons[f"{STAT_KEYS[k]}/{name}"] = NOT_CALLED
+                elif count == 1 and _BATCH_STAT_COLUMNS[k]:
+                    reasons[f"{STAT_KEYS[k]}/{name}"] = SINGLE_SAMPLE
+                elif value != value and clean[i]:  # NaN
+                    reasons[f"{STAT_KEYS[k]}/{name}"] = DEGENERATE
+        means = self.values[samples > 0, _LOG_NORM_MEAN]
         if means.size < 2:
             reasons["exponent_estimate"] = FEW_LAYERS
         elif np.any(np.isneginf(means) & clean[samples > 0]):
@@ -377,16 +401,20 @@ class SignalMonitor:
         self._active = False
         self._removed = False
         # deferred captures: per (batch size, device) key a buffer (B, columns) holding the layers'
-        # flattened outputs side by side, their slots {layer: (first column, width)} and the
-        # number of columns in use; a layer called again with another width gets a new slot
+        # flattened outputs side by side and their slots {layer: (first column, width)}, kept from
+        # one measured step to the next; a layer called again with another shape gets a new slot
+        # (the stale columns are dropped at the next reduction). _views[layer] = (output shape,
+        # device, the layer's columns viewed in that shape, key): the hook's one-copy fast path.
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._slots: dict[tuple, dict[str, tuple[int, int]]] = {}
         self._used: dict[tuple, int] = {}
-        self._pending_key: dict[str, tuple] = {}
+        self._views: dict[str, tuple[torch.Size, torch.device, torch.Tensor, tuple]] = {}
+        self._pending_key: dict[str, tuple] = {}  # layers captured (copied) since the last reduction
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self._where: dict[str, tuple[int, int]] = {}
         self._modules = [modules[name] for name in names]
+        self._index = {name: i for i, name in enumerate(names)}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         if self.persistent:
             self._attach()
@@ -415,8 +443,18 @@ class SignalMonitor:
         self._handles = []
 
     def _hook_for(self, name: str):
+        views, pending, where = self._views, self._pending_key, self._where  # mutated in place, never rebound
+
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._active or (self.training_only and not module.training):
+                return
+            view = views.get(name)
+            if view is not None and isinstance(output, torch.Tensor) and output.shape == view[0] \
+                    and output.device == view[1]:
+                view[2].copy_(output.detach())  # same shape as at the previous capture: one copy
+                pending[name] = view[3]
+                if where:
+                    where.pop(name, None)
                 return
             h = output if isinstance(output, torch.Tensor) else _first_tensor(output)
             if h is not None and h.dim() > 0 and h.numel() > 0:
@@ -427,22 +465,24 @@ class SignalMonitor:
     def _capture(self, name: str, h: torch.Tensor) -> None:
         """Keep (a copy of, or the statistics of) layer ``name``'s output ``h`` (detached)."""
         self._where.pop(name, None)
+        self._pending_key.pop(name, None)
         batch = h.shape[0]
-        width = h.numel() // batch if batch else 0
+        width = h.numel() // batch
+        if h.numel() >= self.defer_below:
+            self._views.pop(name, None)
+            stats, log_norms = signal_stats(h.reshape(batch, width))
+            self._where[name] = (len(self._groups), 0)
+            self._groups.append(([name], stats, log_norms))
+            return
         key = (batch, h.device)
         slot = self._slots.get(key, {}).get(name)
-        if slot is None or slot[1] != width or h.numel() >= self.defer_below:
-            old_key = self._pending_key.pop(name, None)
-            if old_key is not None:
-                del self._slots[old_key][name]
-            if h.numel() >= self.defer_below:
-                stats, log_norms = signal_stats(h.reshape(batch, width))
-                self._where[name] = (len(self._groups), 0)
-                self._groups.append(([name], stats, log_norms))
-                return
+        if slot is None or slot[1] != width:
             slot = self._new_slot(key, name, width, h)
         start, width = slot
-        self._buffers[key][:, start : start + width].copy_(h.reshape(batch, width))  # no autograd: h is detached
+        columns = self._buffers[key][:, start : start + width]
+        columns.copy_(h.reshape(batch, width))  # no autograd: h is detached
+        self._pending_key[name] = key
+        self._views[name] = (h.shape, h.device, columns.view(h.shape), key)
 
     def _new_slot(self, key: tuple, name: str, width: int, h: torch.Tensor) -> tuple[int, int]:
         """Reserve ``width`` columns for layer ``name`` in the buffer of ``key`` (grown if needed)."""
@@ -454,9 +494,13 @@ class SignalMonitor:
             if buffer is not None:
                 grown[:, : buffer.shape[1]].copy_(buffer)
             self._buffers[key] = grown
+            self._drop_views(key)  # they point into the old buffer
         self._slots.setdefault(key, {})[name] = slot = (start, width)
-        self._pending_key[name] = key
         return slot
+
+    def _drop_views(self, key: tuple) -> None:
+        for name in [n for n, view in self._views.items() if view[3] == key]:
+            del self._views[name]
 
     @property
     def captured(self) -> tuple[str, ...]:
@@ -465,30 +509,32 @@ class SignalMonitor:
 
     def _reduce_pending(self) -> None:
         """Reduce the deferred copies: one :func:`signal_stats` call per (batch size, device)."""
-        for key, slots in self._slots.items():
-            if not slots:
-                continue
-            names = sorted(slots, key=lambda n: slots[n][0])
+        by_key: dict[tuple, list[str]] = {}
+        for name, key in self._pending_key.items():
+            by_key.setdefault(key, []).append(name)
+        for key, names in by_key.items():
+            slots = self._slots[key]
+            names.sort(key=lambda n: slots[n][0])
             widths = [slots[n][1] for n in names]
-            buffer, used = self._buffers[key], self._used[key]
-            if sum(widths) == used:  # no stale columns
+            buffer, used, total = self._buffers[key], self._used[key], sum(widths)
+            if total == used:  # no stale columns
                 h = buffer[:, :used]
             else:
                 h = torch.cat([buffer[:, slots[n][0] : sum(slots[n])] for n in names], 1)
-            stats, log_norms = signal_stats(h, widths)
+            stats, log_norms = _signal_stats(h, widths, overwrite=True)  # the buffer is refilled next time
             for j, name in enumerate(names):
                 self._where[name] = (len(self._groups), j)
             self._groups.append((names, stats, log_norms))
-            if buffer.shape[1] != sum(widths):  # next time the same layers fill it exactly
-                buffer = buffer.new_empty((key[0], sum(widths)))
-            self._buffers[key] = buffer
+            if buffer.shape[1] != total or len(slots) != len(names):
+                # next time the same layers fill an exact buffer (contiguous, no stale columns)
+                self._slots[key] = dict(zip(names, zip(np.cumsum([0, *widths[:-1]]).tolist(), widths)))
+                self._used[key] = total
+                self._buffers[key] = buffer.new_empty((key[0], total))
+                self._drop_views(key)
         # keep only the buffers in use (variable batch sizes must not pile up)
-        self._buffers = {key: self._buffers[key] for key, slots in self._slots.items() if slots}
-        self._clear_pending()
-
-    def _clear_pending(self) -> None:
-        self._slots.clear()
-        self._used.clear()
+        for key in [key for key in self._buffers if key not in by_key]:
+            del self._buffers[key], self._slots[key], self._used[key]
+            self._drop_views(key)
         self._pending_key.clear()
 
     def compute(self) -> SignalStats:
@@ -504,35 +550,34 @@ class SignalMonitor:
                 "SignalMonitor.compute(): no layer was captured since the last reset(); set "
                 "monitor.active = True and run a forward pass (in training mode when training_only)"
             )
-        used = sorted({group for group, _ in self._where.values()})
+        rows: dict[int, tuple[list[int], list[int]]] = {}  # group -> (layer indices, rows of the group)
+        for name, (group, row) in self._where.items():
+            indices, group_rows = rows.setdefault(group, ([], []))
+            indices.append(self._index[name])
+            group_rows.append(row)
         per_device: dict[torch.device, list[int]] = {}
-        for group in used:
+        for group in sorted(rows):
             per_device.setdefault(self._groups[group][1].device, []).append(group)
-        offsets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        values = np.full((len(self.names), len(STAT_KEYS)), math.nan)
+        log_norms_by_name = dict.fromkeys(self.names, _NO_SAMPLES)
         for groups in per_device.values():
-            parts = [t.flatten() for g in groups for t in self._groups[g][1:]]
-            host = torch.cat(parts).cpu().double().numpy()  # the one transfer (per device)
+            parts = [t.reshape(-1) for g in groups for t in self._groups[g][1:]]
+            host = torch.cat(parts).cpu().numpy().astype(np.float64)  # the one transfer (per device)
             start = 0
             for g in groups:
-                _, stats, log_norms = self._groups[g]
-                middle = start + stats.numel()
-                offsets[g] = (
-                    host[start:middle].reshape(stats.shape),
-                    host[middle : middle + log_norms.numel()].reshape(log_norms.shape),
-                )
-                start = middle + log_norms.numel()
-        values = np.full((len(self.names), len(STAT_KEYS)), math.nan)
-        log_norms_by_name = {name: np.zeros(0) for name in self.names}
-        for i, name in enumerate(self.names):
-            if name in self._where:
-                group, row = self._where[name]
-                values[i] = offsets[group][0][row]
-                log_norms_by_name[name] = offsets[group][1][row]
+                names, stats, log_norms = self._groups[g]
+                middle, end = start + stats.numel(), start + stats.numel() + log_norms.numel()
+                indices, group_rows = rows[g]
+                values[indices] = host[start:middle].reshape(stats.shape)[group_rows]
+                log_norms_host = host[middle:end].reshape(log_norms.shape)
+                for row in group_rows:
+                    log_norms_by_name[names[row]] = log_norms_host[row]
+                start = end
         return SignalStats(self.names, values, log_norms_by_name)
 
     def reset(self) -> None:
         """Forget everything captured (the deferred-copy buffers are kept for reuse)."""
-        self._clear_pending()
+        self._pending_key.clear()
         self._groups.clear()
         self._where.clear()
 
@@ -546,6 +591,9 @@ class SignalMonitor:
         self._detach()
         self._reduce_pending()
         self._buffers.clear()
+        self._slots.clear()
+        self._used.clear()
+        self._views.clear()
 
     def __enter__(self) -> SignalMonitor:
         return self

@@ -423,3 +423,83 @@ def test_cuda_steps_make_no_host_synchronization(persistent):
     stats = monitor.compute()
     assert np.isfinite(stats.values).all()
     monitor.remove()
+
+
+class Mixed(nn.Module):
+    """Layers of different widths and kinds: conv (4 x 6 x 6), linear 7, linear 7, linear 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.a, self.b, self.c = nn.Linear(144, 7), nn.Linear(7, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).flatten(1)
+        return self.c(torch.relu(self.b(torch.relu(self.a(h)))))
+
+
+def test_fused_statistics_over_steps_equal_the_per_layer_reference():
+    # the buffer is reused and overwritten from step to step (one copy per layer, in-place
+    # reduction): every step must still give each layer's own statistics, also after the batch
+    # size changes and when a layer is not called
+    torch.manual_seed(0)
+    model = Mixed()
+    names = ["conv", "a", "b", "c"]
+    outputs = {}
+    for name in names:
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.detach().clone()))
+    monitor = SignalMonitor(model, names)
+    monitor.active = True
+    for batch in (16, 16, 16, 5, 16, 16):
+        model(torch.randn(batch, 2, 6, 6))
+        stats = monitor.compute()
+        monitor.reset()
+        for name in names:
+            with np.errstate(invalid="ignore", divide="ignore"):  # dead ReLU units: m2 = 0
+                want = direct_stats(outputs[name].numpy())
+            for key in STAT_KEYS:
+                assert stats.layer(name)[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (batch, name, key)
+        assert stats.log_norms["a"].shape == (batch,)
+    monitor.remove()
+
+
+def test_layer_skipped_or_reshaped_between_steps_keeps_the_others_right():
+    torch.manual_seed(1)
+    first, second = nn.Linear(5, 6), nn.Linear(6, 4)
+    model = nn.Sequential(first, nn.ReLU(), second)
+    monitor = SignalMonitor(model, ["0", "2"])
+    monitor.active = True
+    x = torch.randn(12, 5)
+    model(x)
+    monitor.compute()
+    monitor.reset()
+    first(x)  # "2" not called this step: NaN for it, "0" right
+    stats = monitor.compute()
+    assert monitor.captured == ("0",)
+    assert stats.layer("0")["emp_var_mean"] == pytest.approx(direct_stats(first(x).detach().numpy())["emp_var_mean"], rel=1e-5)
+    assert math.isnan(stats.layer("2")["log_norm_mean"])
+    monitor.reset()
+    out = model(x)
+    with torch.no_grad():  # then "0" gets another width: a new slot, its stale columns are dropped
+        model[0].weight, model[0].bias = nn.Parameter(torch.randn(9, 5)), nn.Parameter(torch.randn(9))
+    h0 = model[0](x)
+    stats = monitor.compute()
+    assert stats.layer("0")["emp_var_mean"] == pytest.approx(direct_stats(h0.detach().numpy())["emp_var_mean"], rel=1e-5)
+    assert stats.layer("2")["emp_var_mean"] == pytest.approx(direct_stats(out.detach().numpy())["emp_var_mean"], rel=1e-5)
+    monitor.remove()
+
+
+def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result():
+    from lightning_lyapunov.diagnostics import _signal_stats
+
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(20, 13, generator=g)
+    h[:, 3] = 0.5  # a constant unit
+    kept = h.clone()
+    stats, log_norms = signal_stats(h, widths=[6, 4, 3])
+    assert torch.equal(h, kept)
+    scratch = h.clone()
+    again, again_log_norms = _signal_stats(scratch, [6, 4, 3], overwrite=True)
+    torch.testing.assert_close(again, stats, equal_nan=True)
+    torch.testing.assert_close(again_log_norms, log_norms)
+    assert not torch.equal(scratch, kept)  # used as scratch space
