@@ -19,7 +19,8 @@ from torch import nn  # noqa: E402
 
 from benchmarks.classification import cpu_note, setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
-from benchmarks.realdata import CIFAR_NOTE, best_first, cifar10, med_iqr, scheme_note, schemes, train_schemes  # noqa: E402
+from benchmarks.realdata import (  # noqa: E402
+    CIFAR_NOTE, best_first, cifar10, med_iqr, non_finite_note, scheme_note, schemes, train_schemes)
 from lightning_lyapunov.models import DeepMLP  # noqa: E402
 
 STEPS, BATCH = 500, 64
@@ -117,6 +118,8 @@ def _findings(narrow: dict, wide: dict) -> str:
     for depth, runs in sorted(wide.items()):
         lines.append(f"- Width 200, depth {depth}: " + "; ".join(
             f"{k} {100 * float(np.median(a['test'][-1])):.1f}%" for k, a in runs.acc.items()) + ".")
+    lines.append(non_finite_note({f"width 10, depth {d}": r for d, r in narrow.items()}
+                                 | {f"width 200, depth {d}": r for d, r in wide.items()}))
     lines.append("- Paper (Fig. 3): He-family inits lose accuracy with depth at width 10 and fail at large depths; "
                  "ZerO keeps training. Compare the rows above.")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line)

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from benchmarks.classification import cpu_note, setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
-from benchmarks.realdata import best_first, med_iqr, mnist, scheme_note, schemes, train_schemes  # noqa: E402
+from benchmarks.realdata import best_first, med_iqr, mnist, non_finite_note, scheme_note, schemes, train_schemes  # noqa: E402
 from lightning_lyapunov.models import DeepMLP  # noqa: E402
 
 WIDTH, LR, BATCH = 32, 1e-3, 128
@@ -76,4 +76,5 @@ def _findings(results: dict, steps: int) -> str:
     lines.append(f"- At depth {max(results)} the schemes above 50% test accuracy: "
                  + (", ".join(trainable) if trainable else "none") + ". Paper's claim: Stiefel init trains deep "
                  "narrow ReLU nets stably where Gaussian inits fail.")
-    return "\n".join(lines)
+    lines.append(non_finite_note({f"depth {d}": r for d, r in results.items()}))
+    return "\n".join(line for line in lines if line)

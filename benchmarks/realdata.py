@@ -272,12 +272,14 @@ def med_iqr(values: np.ndarray | Sequence[float], scale: float = 100.0, digits: 
 
 @dataclass
 class SchemeRuns:
-    """Outcome of :func:`train_schemes`: ``acc[label][name]`` is ``(len(steps), seeds)``."""
+    """Outcome of :func:`train_schemes`: ``acc[label][name]`` is ``(len(steps), seeds)``;
+    ``non_finite[label]``: how many of its nets the init left with inf/NaN weights."""
 
     steps: np.ndarray
     acc: dict[str, dict[str, np.ndarray]]
     init_seconds: float
     seconds: float
+    non_finite: dict[str, int]
 
 
 def train_schemes(build: Callable[[], nn.Module], scheme_list: Sequence, seeds: Sequence[int], train: Split,
@@ -286,10 +288,12 @@ def train_schemes(build: Callable[[], nn.Module], scheme_list: Sequence, seeds: 
     """Build and initialize one net per (scheme, seed) (probe: the first 256 training inputs), stack them
     all (:class:`StackedConvMLP`) and train them together with ``optimizer(stacked)``; per-scheme curves."""
     probe = train[0][:256]
-    labels, modules = [], []
+    labels, modules, non_finite = [], [], {}
     start = time.perf_counter()
     for scheme in scheme_list:
-        modules += init_modules(build, scheme, seeds, probe)
+        new = init_modules(build, scheme, seeds, probe)
+        non_finite[scheme.label] = sum(not all(bool(p.isfinite().all()) for p in m.parameters()) for m in new)
+        modules += new
         labels += [scheme.label] * len(seeds)
     init_seconds = time.perf_counter() - start
     model = StackedConvMLP.from_modules(modules, negative_slope)
@@ -299,4 +303,17 @@ def train_schemes(build: Callable[[], nn.Module], scheme_list: Sequence, seeds: 
     for label in dict.fromkeys(labels):
         cols = [i for i, lab in enumerate(labels) if lab == label]
         acc[label] = {k: v[:, cols] for k, v in curves.acc.items()}
-    return SchemeRuns(curves.steps, acc, init_seconds, curves.seconds)
+    return SchemeRuns(curves.steps, acc, init_seconds, curves.seconds, non_finite)
+
+
+def non_finite_note(runs: dict) -> str:
+    """A findings line for ``{setting: SchemeRuns}``: which inits left nets with inf/NaN weights (``""``:
+    none). ``lsuv`` 0.3.0 does when a layer's output is all zero on the batch: its further correction
+    steps go to the first layer (see ``cifar_variance``)."""
+    hits = [f"{label} at {setting}: {count}" for setting, r in runs.items() for label, count in r.non_finite.items()
+            if count]
+    if not hits:
+        return ""
+    return ("- Nets left with inf/NaN weights by their init (they predict class 0 throughout; counted in the medians): "
+            + "; ".join(hits) + ". The `lsuv` package (0.3.0) does this when a layer's output is all zero on the "
+            "batch: its further correction steps go to the first layer (see cifar_variance).")
