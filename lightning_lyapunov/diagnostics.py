@@ -41,13 +41,12 @@ statistics (and why), and ``to_scalars(defined_only=True)`` leaves them out. A s
 has ``log r = -inf``. If a module is called several times in one forward (weight sharing), the
 last call is kept.
 
-Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook, side by side,
-into one fp32 buffer per batch size, kept from one logging step to the next (a layer whose output
-has the same shape as last time costs one ``copy_`` into its columns), and reduced together in
-:meth:`~SignalMonitor.compute`, in place in that buffer: eight passes and some forty small kernels
-for all layers instead of ~40 tiny ones per layer. Larger outputs are reduced in the hook (no copy
-is held). See ``benchmarks/diagnostics_overhead.py`` and ``benchmarks/overhead.py`` for the
-measured cost.
+Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook (fp32, one
+contiguous copy into a tensor kept from one measured step to the next) and reduced together in
+:meth:`~SignalMonitor.compute`: the layers of one batch size side by side, in place, in eight
+passes and some forty small kernels for all layers instead of ~40 tiny ones per layer. Larger
+outputs are reduced in the hook (no copy is held). See ``benchmarks/diagnostics_overhead.py`` and
+``benchmarks/overhead.py`` for the measured cost.
 
 Example::
 
@@ -338,10 +337,10 @@ class SignalMonitor:
         model: the module whose submodules are monitored (plain PyTorch; Lightning not needed).
         layer_names: qualified names (``model.named_modules()``) in forward order.
         training_only: skip modules in eval mode (validation, sanity check, inference).
-        defer_below: outputs with fewer elements are copied (fp32) by the hook into a buffer
-            shared by all layers with the same batch size and reduced together in
-            :meth:`compute`; larger outputs are reduced in the hook itself. The buffers are
-            reused from one logging step to the next and freed by :meth:`remove`.
+        defer_below: outputs with fewer elements are copied (fp32) by the hook and reduced
+            together (all layers with the same batch size) in :meth:`compute`; larger outputs
+            are reduced in the hook itself. The copies are reused from one measured step to the
+            next and freed by :meth:`remove`.
         persistent: register the hooks once, here, and gate them by :attr:`active` (what
             ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
             are attached when ``active`` turns True and removed when it turns False, so steps
@@ -400,16 +399,11 @@ class SignalMonitor:
         self.persistent = check_bool("persistent", persistent)
         self._active = False
         self._removed = False
-        # deferred captures: per (batch size, device) key a buffer (B, columns) holding the layers'
-        # flattened outputs side by side and their slots {layer: (first column, width)}, kept from
-        # one measured step to the next; a layer called again with another shape gets a new slot
-        # (the stale columns are dropped at the next reduction). _views[layer] = (output shape,
-        # device, the layer's columns viewed in that shape, key): the hook's one-copy fast path.
-        self._buffers: dict[tuple, torch.Tensor] = {}
-        self._slots: dict[tuple, dict[str, tuple[int, int]]] = {}
-        self._used: dict[tuple, int] = {}
-        self._views: dict[str, tuple[torch.Size, torch.device, torch.Tensor, tuple]] = {}
-        self._pending_key: dict[str, tuple] = {}  # layers captured (copied) since the last reduction
+        # deferred captures: per layer an fp32 tensor shaped like its output, kept from one measured
+        # step to the next (an output of the same shape costs one copy_), and the layers captured
+        # since the last reduction (in insertion order; values unused)
+        self._captures: dict[str, torch.Tensor] = {}
+        self._pending: dict[str, None] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self._where: dict[str, tuple[int, int]] = {}
@@ -443,16 +437,16 @@ class SignalMonitor:
         self._handles = []
 
     def _hook_for(self, name: str):
-        views, pending, where = self._views, self._pending_key, self._where  # mutated in place, never rebound
+        captures, pending, where = self._captures, self._pending, self._where  # mutated in place, never rebound
 
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
             if not self._active or (self.training_only and not module.training):
                 return
-            view = views.get(name)
-            if view is not None and isinstance(output, torch.Tensor) and output.shape == view[0] \
-                    and output.device == view[1]:
-                view[2].copy_(output.detach())  # same shape as at the previous capture: one copy
-                pending[name] = view[3]
+            kept = captures.get(name)
+            if kept is not None and isinstance(output, torch.Tensor) and output.shape == kept.shape \
+                    and output.device == kept.device:
+                kept.copy_(output.detach())  # the shape of the previous capture: one contiguous copy
+                pending[name] = None
                 if where:
                     where.pop(name, None)
                 return
@@ -465,77 +459,41 @@ class SignalMonitor:
     def _capture(self, name: str, h: torch.Tensor) -> None:
         """Keep (a copy of, or the statistics of) layer ``name``'s output ``h`` (detached)."""
         self._where.pop(name, None)
-        self._pending_key.pop(name, None)
-        batch = h.shape[0]
-        width = h.numel() // batch
+        self._pending.pop(name, None)
         if h.numel() >= self.defer_below:
-            self._views.pop(name, None)
-            stats, log_norms = signal_stats(h.reshape(batch, width))
+            self._captures.pop(name, None)
+            stats, log_norms = signal_stats(h.reshape(h.shape[0], -1))
             self._where[name] = (len(self._groups), 0)
             self._groups.append(([name], stats, log_norms))
             return
-        key = (batch, h.device)
-        slot = self._slots.get(key, {}).get(name)
-        if slot is None or slot[1] != width:
-            slot = self._new_slot(key, name, width, h)
-        start, width = slot
-        columns = self._buffers[key][:, start : start + width]
-        columns.copy_(h.reshape(batch, width))  # no autograd: h is detached
-        self._pending_key[name] = key
-        self._views[name] = (h.shape, h.device, columns.view(h.shape), key)
-
-    def _new_slot(self, key: tuple, name: str, width: int, h: torch.Tensor) -> tuple[int, int]:
-        """Reserve ``width`` columns for layer ``name`` in the buffer of ``key`` (grown if needed)."""
-        start = self._used.get(key, 0)
-        self._used[key] = start + width
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.shape[1] < start + width:
-            grown = h.new_empty((key[0], max(2 * (start + width), 64)), dtype=torch.float32)
-            if buffer is not None:
-                grown[:, : buffer.shape[1]].copy_(buffer)
-            self._buffers[key] = grown
-            self._drop_views(key)  # they point into the old buffer
-        self._slots.setdefault(key, {})[name] = slot = (start, width)
-        return slot
-
-    def _drop_views(self, key: tuple) -> None:
-        for name in [n for n, view in self._views.items() if view[3] == key]:
-            del self._views[name]
+        kept = self._captures.get(name)
+        if kept is None or kept.shape != h.shape or kept.device != h.device:
+            kept = self._captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        kept.copy_(h)  # no autograd: h is detached
+        self._pending[name] = None
 
     @property
     def captured(self) -> tuple[str, ...]:
         """Names of the layers measured since the last :meth:`reset`, in forward order."""
-        return tuple(n for n in self.names if n in self._where or n in self._pending_key)
+        return tuple(n for n in self.names if n in self._where or n in self._pending)
 
     def _reduce_pending(self) -> None:
-        """Reduce the deferred copies: one :func:`signal_stats` call per (batch size, device)."""
+        """Reduce the deferred copies: one :func:`signal_stats` call per (batch size, device), on the
+        layers' outputs side by side (the kept copies are scratch space once reduced)."""
         by_key: dict[tuple, list[str]] = {}
-        for name, key in self._pending_key.items():
-            by_key.setdefault(key, []).append(name)
-        for key, names in by_key.items():
-            slots = self._slots[key]
-            names.sort(key=lambda n: slots[n][0])
-            widths = [slots[n][1] for n in names]
-            buffer, used, total = self._buffers[key], self._used[key], sum(widths)
-            if total == used:  # no stale columns
-                h = buffer[:, :used]
-            else:
-                h = torch.cat([buffer[:, slots[n][0] : sum(slots[n])] for n in names], 1)
-            stats, log_norms = _signal_stats(h, widths, overwrite=True)  # the buffer is refilled next time
+        for name in self.names:
+            if name in self._pending:
+                kept = self._captures[name]
+                by_key.setdefault((kept.shape[0], kept.device), []).append(name)
+        for (batch, _), names in by_key.items():
+            blocks = [self._captures[name].view(batch, -1) for name in names]
+            h = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+            widths = [block.shape[1] for block in blocks]
+            stats, log_norms = _signal_stats(h, widths, overwrite=True)
             for j, name in enumerate(names):
                 self._where[name] = (len(self._groups), j)
             self._groups.append((names, stats, log_norms))
-            if buffer.shape[1] != total or len(slots) != len(names):
-                # next time the same layers fill an exact buffer (contiguous, no stale columns)
-                self._slots[key] = dict(zip(names, zip(np.cumsum([0, *widths[:-1]]).tolist(), widths)))
-                self._used[key] = total
-                self._buffers[key] = buffer.new_empty((key[0], total))
-                self._drop_views(key)
-        # keep only the buffers in use (variable batch sizes must not pile up)
-        for key in [key for key in self._buffers if key not in by_key]:
-            del self._buffers[key], self._slots[key], self._used[key]
-            self._drop_views(key)
-        self._pending_key.clear()
+        self._pending.clear()
 
     def compute(self) -> SignalStats:
         """Move the statistics of the captured layers to the host: one transfer per device.
@@ -550,6 +508,11 @@ class SignalMonitor:
                 "SignalMonitor.compute(): no layer was captured since the last reset(); set "
                 "monitor.active = True and run a forward pass (in training mode when training_only)"
             )
+        if len(self._groups) == 1 and self._groups[0][0] == list(self.names):  # every layer, reduced together
+            _, stats, log_norms = self._groups[0]
+            host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).cpu().numpy().astype(np.float64)
+            values = host[: stats.numel()].reshape(stats.shape)
+            return SignalStats(self.names, values, dict(zip(self.names, host[stats.numel() :].reshape(log_norms.shape))))
         rows: dict[int, tuple[list[int], list[int]]] = {}  # group -> (layer indices, rows of the group)
         for name, (group, row) in self._where.items():
             indices, group_rows = rows.setdefault(group, ([], []))
@@ -577,7 +540,7 @@ class SignalMonitor:
 
     def reset(self) -> None:
         """Forget everything captured (the deferred-copy buffers are kept for reuse)."""
-        self._pending_key.clear()
+        self._pending.clear()
         self._groups.clear()
         self._where.clear()
 
@@ -590,10 +553,7 @@ class SignalMonitor:
         self._removed = True
         self._detach()
         self._reduce_pending()
-        self._buffers.clear()
-        self._slots.clear()
-        self._used.clear()
-        self._views.clear()
+        self._captures.clear()
 
     def __enter__(self) -> SignalMonitor:
         return self

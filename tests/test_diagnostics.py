@@ -250,7 +250,7 @@ def test_one_host_transfer_and_statistics_stay_on_device(monkeypatch):
     monitor.active = True
     model(x)
     assert calls == {"cpu": 0, "item": 0, "tolist": 0}
-    assert all(b.device == x.device and b.dtype == torch.float32 for b in monitor._buffers.values())
+    assert all(b.device == x.device and b.dtype == torch.float32 for b in monitor._captures.values())
     assert all(t.device == x.device for _, *tensors in monitor._groups for t in tensors)
     monitor.compute()
     assert calls == {"cpu": 1, "item": 0, "tolist": 0}
