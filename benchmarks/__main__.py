@@ -29,10 +29,13 @@ BENCHMARKS = (
 )
 
 
-def run_one(name: str, quick: bool, device: str = "cpu") -> float:
+def run_one(name: str, quick: bool, device: str = "cpu", only: str | None = None) -> float:
     module = importlib.import_module(f"benchmarks.{name}")
     start = time.perf_counter()
-    report = module.run(quick=quick, device=device) if device != "cpu" else module.run(quick=quick)
+    options = {"device": device} if device != "cpu" else {}
+    if only:
+        options["only"] = only.split(",")
+    report = module.run(quick=quick, **options)
     report.seconds = time.perf_counter() - start
     for path in write_report(report, quick=quick):
         print(f"wrote {path}")
@@ -45,11 +48,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a few minutes on a 2-core CPU")
     parser.add_argument("--device", default="cpu",
                         help="'cuda': the overhead benchmark's step times on the GPU (results written as overhead_cuda.*)")
+    parser.add_argument("--only", metavar="GROUPS",
+                        help="overhead: re-measure only these comma-separated row groups "
+                             "(raw-mlp, raw-cnn, lightning, init, qr, qr-large, theory); the other rows are "
+                             "kept from the table already written, marked '(previous run)'")
     args = parser.parse_args(argv)
-    if args.device != "cpu" and args.name != "overhead":
-        parser.error(f"--device {args.device} is supported by the overhead benchmark only, not {args.name!r}")
+    for option, value in (("--device", args.device != "cpu" and args.device), ("--only", args.only)):
+        if value and args.name != "overhead":
+            parser.error(f"{option} {value} is supported by the overhead benchmark only, not {args.name!r}")
+    if args.only:
+        from benchmarks.overhead import GROUPS
+
+        unknown = sorted(set(args.only.split(",")) - set(GROUPS))
+        if unknown:
+            parser.error(f"--only {args.only}: unknown group(s) {unknown}; choose from {', '.join(GROUPS)}")
     names = BENCHMARKS if args.name == "all" else (args.name,)
-    timings = {name: run_one(name, args.quick, args.device) for name in names}
+    timings = {name: run_one(name, args.quick, args.device, args.only) for name in names}
     for name, seconds in timings.items():
         print(f"{name:<24} {seconds:8.1f} s")
 

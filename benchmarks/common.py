@@ -42,6 +42,7 @@ class Report:
     findings: str
     figure: Any = None
     seconds: float = field(default=math.nan)
+    command: str | None = None  # the command line shown in the md (default: python -m benchmarks <name>)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def write_report(report: Report, quick: bool = False, out_dir: Path | None = Non
     md_path = out / f"{report.name}.md"
     md_path.write_text(
         f"# {report.title}\n\n"
-        f"`python -m benchmarks {report.name}{' --quick' if quick else ''}` ({mode} run, "
+        f"`{report.command or f'python -m benchmarks {report.name}'}{' --quick' if quick else ''}` ({mode} run, "
         f"{report.seconds:.0f} s on a 2-core CPU)\n\n"
         f"## Setup\n\n{report.setup.strip()}\n\n"
         f"## Results\n\n{markdown_table(report.rows)}\n{image}\n"

@@ -14,19 +14,25 @@ theory timings are wall-clock micro/milliseconds).
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from benchmarks import diagnostics_overhead, init_timing, qr_draws, theory_timing
-from benchmarks.common import Report, spread
+from benchmarks.common import RESULTS, Report, spread
 
 STEPS, SKIP = 105, 5  # per fit: the first SKIP steps are warm-up; steps 50 and 100 log at cadence 50
+#: Row groups that ``--only`` selects (``qr-large``: the one large Linear of the QR rows alone).
+GROUPS = ("raw-mlp", "raw-cnn", "lightning", "init", "qr", "qr-large", "theory")
+PREVIOUS = " (previous run)"
 
 
 def _nan_row(group: str, case: str, reference: str) -> dict[str, object]:
@@ -37,7 +43,7 @@ def _nan_row(group: str, case: str, reference: str) -> dict[str, object]:
 # ----------------------------------------------------------------------------- 1. raw loop
 
 
-def _diagnostics_rows(quick: bool, device: str = "cpu") -> list[dict[str, object]]:
+def _diagnostics_rows(quick: bool, device: str = "cpu", models: Sequence[str] = ("mlp", "cnn")) -> list[dict[str, object]]:
     diagnostics_overhead.CLOCK[0] = time.process_time if device == "cpu" else diagnostics_overhead.cuda_clock
     torch.manual_seed(0)
     cases = [
@@ -48,6 +54,8 @@ def _diagnostics_rows(quick: bool, device: str = "cpu") -> list[dict[str, object
     ]
     rows = []
     for name, build, x, rounds in cases:
+        if name.split()[0].lower() not in models:
+            continue
         r = diagnostics_overhead.measure(name, build, x, rounds, device)
         for key, target in (("every", "<= 1.5x"), ("cadence", "<= 1.03x"), ("cadence_persistent", "<= 1.03x")):
             label = "cadence, hooks registered once" if key == "cadence_persistent" else key
@@ -153,9 +161,9 @@ def _lightning_rows(quick: bool, device: str = "cpu") -> list[dict[str, object]]
 # ----------------------------------------------------------------------------- 3. and 4.
 
 
-def _qr_rows(quick: bool) -> list[dict[str, object]]:
+def _qr_rows(quick: bool, cases: dict[str, int] | None = None) -> list[dict[str, object]]:
     """Time against torch's orthogonal_ and peak extra memory against the largest weight (qr_draws)."""
-    measured = qr_draws.measure(quick)
+    measured = qr_draws.measure(quick, cases)
     rows = []
     for r in measured:
         if r["method"] == "torch orthogonal_":
@@ -226,35 +234,99 @@ def _figure(rows: list[dict], raw_theory: list[dict]):
                   "red: QR draw time, purple: QR draw memory")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("step-time and init-time ratios (process CPU time, 1 thread)")
-    for call in theory_timing.CALLS:
-        sub = [r for r in raw_theory if r["call"] == call]
-        w = [r["width"] for r in sub]
-        line = ax2.plot(w, [r["uncached_ms"] for r in sub], "-o", ms=3, label=f"{call}, uncached")[0]
-        ax2.plot(w, [r["cached_ms"] for r in sub], "--", color=line.get_color(), label=f"{call}, cached")
-    ax2.axhline(50.0, color="gray", ls="--", lw=0.8, label="target 50 ms")
-    ax2.set_xscale("log", base=2)
-    ax2.set_yscale("log")
-    ax2.set_xlabel("width (square layer, slope 0.1)")
-    ax2.set_ylabel("ms per critical_scale call (wall)")
-    ax2.set_title("theory.critical_scale")
-    ax2.legend(fontsize=7)
+    if raw_theory:
+        for call in theory_timing.CALLS:
+            sub = [r for r in raw_theory if r["call"] == call]
+            w = [r["width"] for r in sub]
+            line = ax2.plot(w, [r["uncached_ms"] for r in sub], "-o", ms=3, label=f"{call}, uncached")[0]
+            ax2.plot(w, [r["cached_ms"] for r in sub], "--", color=line.get_color(), label=f"{call}, cached")
+        ax2.axhline(50.0, color="gray", ls="--", lw=0.8, label="target 50 ms")
+        ax2.set_xscale("log", base=2)
+        ax2.set_yscale("log")
+        ax2.set_xlabel("width (square layer, slope 0.1)")
+        ax2.set_ylabel("ms per critical_scale call (wall)")
+        ax2.set_title("theory.critical_scale")
+        ax2.legend(fontsize=7)
+    else:
+        ax2.axis("off")  # not measured
     fig.tight_layout()
     return fig
 
 
-def run(quick: bool = False, device: str = "cpu") -> Report:
+def _previous_rows(quick: bool) -> list[dict[str, object]]:
+    """The rows of the table written before (``results/overhead.csv``), each case marked ``(previous run)``."""
+    path = RESULTS / ("quick" if quick else "") / "overhead.csv"
+    if not path.exists():
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in ("reference_ms", "ms", "ratio", "ratio_q25", "ratio_q75"):
+            row[key] = float(row[key])
+        row["rounds"] = int(row["rounds"])
+        row["case"] = row["case"] if row["case"].endswith(PREVIOUS) else row["case"] + PREVIOUS
+    return rows
+
+
+def _merge(previous: list[dict[str, object]], new: list[dict[str, object]]) -> list[dict[str, object]]:
+    """``previous`` with each row re-measured in ``new`` replaced in place (same group and case) and the
+    other new rows after the last row of their group."""
+    rows = list(previous)
+    index = {(r["group"], str(r["case"]).removesuffix(PREVIOUS)): i for i, r in enumerate(rows)}
+    for row in new:
+        key = (row["group"], row["case"])
+        if key in index:
+            rows[index[key]] = row
+            continue
+        same = [i for i, r in enumerate(rows) if r["group"] == row["group"]]
+        at = same[-1] + 1 if same else len(rows)
+        rows.insert(at, row)
+        index = {(r["group"], str(r["case"]).removesuffix(PREVIOUS)): i for i, r in enumerate(rows)}
+    return rows
+
+
+def _theory_from_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The theory timings of a table (for the figure and the findings when they are not re-measured)."""
+    raw = []
+    for r in rows:
+        if r["group"] == "theory.critical_scale":
+            width, call = str(r["case"]).removesuffix(PREVIOUS).split(": ", 1)
+            raw.append({"width": int(width.split()[1]), "call": call, "uncached_ms": r["ms"],
+                        "cached_ms": r["reference_ms"], "uncached_max_ms": math.nan})
+    return raw
+
+
+def run(quick: bool = False, device: str = "cpu", only: Sequence[str] | None = None) -> Report:
     """The whole table on the CPU; with ``device="cuda"`` only the step times (raw loop and Trainer), on
-    the GPU, in wall time after ``torch.cuda.synchronize()``, written as ``overhead_cuda``."""
+    the GPU, in wall time after ``torch.cuda.synchronize()``, written as ``overhead_cuda``. ``only``: the
+    row groups (:data:`GROUPS`) to re-measure; the other rows are kept from the table written before,
+    marked ``(previous run)``."""
     torch.set_num_threads(1)
     started = time.perf_counter()
     if device != "cpu":
         return _device_report(quick, device, started)
-    rows = _diagnostics_rows(quick)
-    rows += _lightning_rows(quick)
-    rows += _init_rows(quick)
-    rows += _qr_rows(quick)
-    theory_rows, raw_theory = _theory_rows(quick)
-    rows += theory_rows
+    load = os.getloadavg()[0]
+    selected = set(GROUPS) - {"qr-large"} if only is None else set(only)
+    rows = []
+    models = [m for m in ("mlp", "cnn") if f"raw-{m}" in selected]
+    if models:
+        rows += _diagnostics_rows(quick, models=models)
+    if "lightning" in selected:
+        rows += _lightning_rows(quick)
+    if "init" in selected:
+        rows += _init_rows(quick)
+    if "qr" in selected:
+        rows += _qr_rows(quick)
+    elif "qr-large" in selected:
+        rows += _qr_rows(quick, {"Linear(2048, 2048)" if quick else "Linear(8192, 8192)": 1})
+    raw_theory: list[dict[str, object]] = []
+    if "theory" in selected:
+        theory_rows, raw_theory = _theory_rows(quick)
+        rows += theory_rows
+    if only is not None:
+        rows = _merge(_previous_rows(quick), rows)
+        raw_theory = raw_theory or _theory_from_rows(rows)
+    load = f"machine load (1-minute load average, 2 cores) {load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     setup = (
         f"torch {torch.__version__}, CPU, torch.set_num_threads(1); step and init times are process CPU time "
         "(`time.process_time`), so neighbours on a shared machine affect them less than wall time would; theory "
@@ -293,8 +365,14 @@ def run(quick: bool = False, device: str = "cpu") -> Report:
         "`torch.cuda.synchronize()`, results in `overhead_cuda.md`); no GPU was available, so the CUDA figures are "
         "**unmeasured**."
     )
+    if only is None:
+        setup += f"\n- Measured with the {load}."
+    else:
+        setup += (f"\n- This run re-measured the groups {', '.join(sorted(selected))} ({load}); the rows marked "
+                  "`(previous run)` are kept from the table written before.")
     report = Report(name="overhead", title="Overhead: diagnostics step time, init time, theory time", setup=setup,
-                    rows=rows, findings=_findings(rows, raw_theory), figure=_figure(rows, raw_theory))
+                    rows=rows, findings=_findings(rows, raw_theory), figure=_figure(rows, raw_theory),
+                    command=f"python -m benchmarks overhead --only {','.join(only)}" if only else None)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -319,7 +397,8 @@ def _findings(rows: list[dict], raw_theory: list[dict]) -> str:
     for group, label in (("step time, raw", "Raw loop"), ("step time, Lightning", "Lightning Trainer")):
         parts = [f"{r['case'].split(': ')[0]} {r['case'].split(': ')[1]}: {r['ratio']:.2f}x (target {r['target']})"
                  for r in pick(group, "")]
-        lines.append(f"- {label}: " + "; ".join(parts) + ".")
+        if parts:
+            lines.append(f"- {label}: " + "; ".join(parts) + ".")
     init = pick("init time", "")
     worst_gauss = max((r for r in init if any(k in r["case"] for k in (": he", ": lyapunov gaussian"))),
                       key=lambda r: r["ratio"], default=None)
@@ -350,11 +429,14 @@ def _findings(rows: list[dict], raw_theory: list[dict]) -> str:
                 f"{r['case']} {r['ratio']:.2f}x ({r['ms']:.0f} MB)" for r in qr_memory) + "."
         )
     lines.append("- CUDA: unmeasured (no GPU in this session); `python -m benchmarks overhead --device cuda` measures it.")
-    worst = max(raw_theory, key=lambda r: r["uncached_ms"])
-    lines.append(
-        f"- theory.critical_scale: uncached at most {max(r['uncached_ms'] for r in raw_theory):.2f} ms (median of "
-        f"repeats; worst {worst['call']} at width {worst['width']}; single-call maxima up to "
-        f"{max(r['uncached_max_ms'] for r in raw_theory):.1f} ms on the loaded machine), flat from width 2 to "
-        f"65,536; cached {statistics.median(r['cached_ms'] for r in raw_theory) * 1e3:.0f} us: far under the 50 ms target."
-    )
+    if raw_theory:
+        worst = max(raw_theory, key=lambda r: r["uncached_ms"])
+        maxima = max(r["uncached_max_ms"] for r in raw_theory)
+        maxima = f"; single-call maxima up to {maxima:.1f} ms on the loaded machine" if math.isfinite(maxima) else ""
+        lines.append(
+            f"- theory.critical_scale: uncached at most {max(r['uncached_ms'] for r in raw_theory):.2f} ms (median of "
+            f"repeats; worst {worst['call']} at width {worst['width']}{maxima}), flat from width 2 to "
+            f"65,536; cached {statistics.median(r['cached_ms'] for r in raw_theory) * 1e3:.0f} us: far under the 50 ms "
+            "target."
+        )
     return "\n".join(lines)

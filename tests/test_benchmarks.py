@@ -74,3 +74,29 @@ def test_stacked_lsuv_and_calibration_match_the_real_inits():
     check = check_stacked(x, depth=12, nets=3)
     assert check["lsuv dead"] == 0  # Gaussian inputs, depth 12: no layer dies on the batch
     assert check["lsuv"] < 1e-4 and check["lyapunov calibrated"] < 1e-4
+
+
+def test_overhead_only_keeps_the_other_rows_marked_previous(tmp_path, monkeypatch):
+    """``python -m benchmarks overhead --only ...``: re-measured rows replace theirs in place, a new case
+    goes after its group, every other row is kept and marked ``(previous run)``."""
+    import math
+
+    from benchmarks import overhead
+
+    rows = [{"group": g, "case": c, "reference": "r", "reference_ms": 1.0, "ms": 2.0, "ratio": 2.0,
+             "ratio_q25": math.nan, "ratio_q75": math.nan, "target": "t", "rounds": 3}
+            for g, c in (("a", "x"), ("a", "y"), ("theory.critical_scale", "width 2: lyapunov gaussian"), ("b", "z"))]
+    (tmp_path / "overhead.csv").write_text(
+        "group,case,reference,reference_ms,ms,ratio,ratio_q25,ratio_q75,target,rounds\n"
+        + "".join(f"{r['group']},{r['case']},r,1.0,2.0,2.0,nan,nan,t,3\n" for r in rows))
+    monkeypatch.setattr(overhead, "RESULTS", tmp_path)
+    previous = overhead._previous_rows(quick=False)
+    assert [r["case"] for r in previous][0] == "x (previous run)" and previous[0]["rounds"] == 3
+    new = [dict(rows[1], ms=5.0), dict(rows[0], case="w", ms=7.0)]
+    merged = overhead._merge(previous, new)
+    assert [(r["group"], r["case"]) for r in merged] == [
+        ("a", "x (previous run)"), ("a", "y"), ("a", "w"), ("theory.critical_scale", "width 2: lyapunov gaussian (previous run)"),
+        ("b", "z (previous run)")]
+    assert merged[1]["ms"] == 5.0
+    (theory,) = overhead._theory_from_rows(merged)
+    assert (theory["width"], theory["call"], theory["uncached_ms"], theory["cached_ms"]) == (2, "lyapunov gaussian", 2.0, 1.0)
