@@ -180,7 +180,7 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
             if isinstance(m, torch.nn.Linear):
                 torch.nn.init.orthogonal_(m.weight)
         lsuv_nets.append(net)
-        for store, kwargs in ((bare, {}), (calibrated, {"calibrate": "output", "example_input": x[:PROBE]})):
+        for store, kwargs in ((bare, {}), (calibrated, {"calibrate": "output", "calibrate_target": 1.0, "example_input": x[:PROBE]})):
             model = build()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

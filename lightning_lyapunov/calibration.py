@@ -17,7 +17,10 @@ With zero biases and positively homogeneous activations (ReLU, Leaky ReLU), posi
 factors change the function only by their product: the two calibrations differ in the output's
 scale at step 0 and in how weight magnitude is spread over the layers (which matters to Adam).
 Root-mean-square ``r = sqrt(mean v^2)`` over the whole batch tensor, not the standard deviation:
-with few units the batch mean of a unit is part of its signal.
+with few units the batch mean of a unit is part of its signal. The default ``target`` is small,
+``0.1`` (:data:`DEFAULT_TARGET`): the network starts near the zero function, as zero-initialized
+output layers do. On the width-2 deep narrow tasks, 40 seeds, it trained more nets than target 1
+with either method (regression: ``"layers"`` 36/40 vs 29/40, ``"output"`` 30/40 vs 26/40).
 
 The passes run in eval mode (no dropout) but with BatchNorm on the batch's statistics, as in the
 first training step (its running statistics at init would make it the identity), under
@@ -49,10 +52,11 @@ from .observe import FirstCall, Forward, call_forward, preserved, stop_at
 from .sampling import log_r
 from .surgery import InitPlan
 
-__all__ = ["CALIBRATIONS", "Calibration", "CalibrationResult", "calibrate_", "check_calibrate"]
+__all__ = ["CALIBRATIONS", "DEFAULT_TARGET", "Calibration", "CalibrationResult", "calibrate_", "check_calibrate"]
 
 Calibration = Literal["layers", "output"]
 CALIBRATIONS: tuple[str, ...] = ("layers", "output")
+DEFAULT_TARGET = 0.1  # the output's rms after calibration: small, as measured best (benchmarks/calibration.py)
 _OUTPUT_PASSES = 8
 _OUTPUT_TOLERANCE = 1e-4  # |log rms - log target| below which the "output" calibration stops
 
@@ -75,13 +79,13 @@ class CalibrationResult:
     dead: list[str] = field(default_factory=list)
 
 
-def check_calibrate(calibrate: Any, target: Any = 1.0) -> None:
+def check_calibrate(calibrate: Any, target: Any = DEFAULT_TARGET) -> None:
     """Validate ``calibrate=`` and ``calibrate_target=`` (ValueError naming the value and the fix)."""
     if calibrate is not None:
         check_choice("calibrate", calibrate, (*CALIBRATIONS, None))
     target = check_float("calibrate_target", target, minimum=0.0, low_open=True,
                          allowed="a positive finite number (the output's root-mean-square after calibration)")
-    if calibrate is None and target != 1.0:
+    if calibrate is None and target != DEFAULT_TARGET:
         raise ValueError(
             f"calibrate_target={target!r} is only used with calibrate='layers' or 'output': pass calibrate= too, "
             "or drop calibrate_target="
@@ -234,7 +238,7 @@ def calibrate_(
     plan: InitPlan,
     example_input: Any,
     method: Calibration = "layers",
-    target: float = 1.0,
+    target: float = DEFAULT_TARGET,
     forward: Forward | None = None,
 ) -> CalibrationResult:
     """Rescale the weights of ``plan``'s layers (forward order) on ``example_input`` by ``method``

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning_lyapunov import dashboard
 from lightning_lyapunov._checks import check_bool, check_choice, check_int
 from lightning_lyapunov._lifecycle import check_single, check_strategy, checkpoint_to_restore
-from lightning_lyapunov.calibration import calibrate_, check_calibrate
+from lightning_lyapunov.calibration import DEFAULT_TARGET, calibrate_, check_calibrate
 from lightning_lyapunov.diagnostics import STAT_KEYS, SignalMonitor, SignalStats
 from lightning_lyapunov.surgery import InitPlan, apply_init, check_plan_arguments
 
@@ -65,7 +65,7 @@ def _info(message: str) -> None:
 
 def _resolve_calibrate(calibrate: Any, scheme: str) -> Any:
     if calibrate == "auto":
-        return "output" if scheme == "lyapunov" else None
+        return "layers" if scheme == "lyapunov" else None
     return calibrate
 
 
@@ -102,11 +102,12 @@ class LyapunovInit(Callback):
             ``"layers"`` (each layer's output to root-mean-square 1, the last to
             ``calibrate_target``), ``"output"`` (one factor spread over all layers so the output's
             root-mean-square is ``calibrate_target``) or ``None`` (theory's draw only). The default
-            ``"auto"`` is ``"output"`` for ``scheme="lyapunov"`` and ``None`` for the other schemes
+            ``"auto"`` is ``"layers"`` for ``scheme="lyapunov"`` and ``None`` for the other schemes
             (the baselines stay the published ones). Skipped when no training batch is available
             (with a warning when asked for explicitly). Under DDP every rank calibrates in
             ``setup`` and DDP then copies rank 0's weights to all ranks.
-        calibrate_target: the output's root-mean-square after calibration.
+        calibrate_target: the output's root-mean-square after calibration (default 0.1: the
+            network starts near the zero function).
 
     Attributes:
         plan: the :class:`~lightning_lyapunov.InitPlan` applied (or, after a resume, planned).
@@ -139,7 +140,7 @@ class LyapunovInit(Callback):
         seed: int | None = None,
         conv: Literal["full", "delta"] | None = None,
         calibrate: Literal["auto", "layers", "output"] | None = "auto",
-        calibrate_target: float = 1.0,
+        calibrate_target: float = DEFAULT_TARGET,
         all_layers: bool = False,
     ) -> None:
         super().__init__()
@@ -188,7 +189,7 @@ class LyapunovInit(Callback):
 
     @property
     def calibration(self) -> str | None:
-        """The calibration ``calibrate`` resolves to: ``"auto"`` is ``"output"`` for the Lyapunov
+        """The calibration ``calibrate`` resolves to: ``"auto"`` is ``"layers"`` for the Lyapunov
         scheme, ``None`` for the others."""
         return _resolve_calibrate(self.calibrate, self.scheme)
 

@@ -71,7 +71,7 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
     assert [event.step for event in predicted] == [0, 2, 4]
     # after the default calibration: the mean of the log-gains measured on the first batch
     gains = callback.plan.layer_log_gains
-    assert callback.plan.calibration == "output"
+    assert callback.plan.calibration == "layers"
     assert predicted[0].value == pytest.approx(sum(gains) / len(gains), abs=1e-5)
 
 
