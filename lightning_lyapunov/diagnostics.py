@@ -403,6 +403,7 @@ class SignalMonitor:
         # step to the next (an output of the same shape costs one copy_), and the layers captured
         # since the last reduction (in insertion order; values unused)
         self._captures: dict[str, torch.Tensor] = {}
+        self._flat: dict[str, torch.Tensor] = {}  # the same tensors viewed as (B, features)
         self._pending: dict[str, None] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
@@ -462,6 +463,7 @@ class SignalMonitor:
         self._pending.pop(name, None)
         if h.numel() >= self.defer_below:
             self._captures.pop(name, None)
+            self._flat.pop(name, None)
             stats, log_norms = signal_stats(h.reshape(h.shape[0], -1))
             self._where[name] = (len(self._groups), 0)
             self._groups.append(([name], stats, log_norms))
@@ -469,6 +471,7 @@ class SignalMonitor:
         kept = self._captures.get(name)
         if kept is None or kept.shape != h.shape or kept.device != h.device:
             kept = self._captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+            self._flat[name] = kept.view(h.shape[0], -1)
         kept.copy_(h)  # no autograd: h is detached
         self._pending[name] = None
 
@@ -485,8 +488,8 @@ class SignalMonitor:
             if name in self._pending:
                 kept = self._captures[name]
                 by_key.setdefault((kept.shape[0], kept.device), []).append(name)
-        for (batch, _), names in by_key.items():
-            blocks = [self._captures[name].view(batch, -1) for name in names]
+        for names in by_key.values():
+            blocks = [self._flat[name] for name in names]
             h = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
             widths = [block.shape[1] for block in blocks]
             stats, log_norms = _signal_stats(h, widths, overwrite=True)
@@ -554,6 +557,7 @@ class SignalMonitor:
         self._detach()
         self._reduce_pending()
         self._captures.clear()
+        self._flat.clear()
 
     def __enter__(self) -> SignalMonitor:
         return self
