@@ -5,15 +5,17 @@ empirical variance over the data of unit 0 of every layer (before the ReLU: the 
 depth-L net), its 0.9 / 0.99 / 0.999 quantiles over >= 1000 random nets per scheme, by depth. The
 nets are drawn and evaluated as batches of stacked weights (``torch.bmm``). The two data-driven
 inits run in closed form on the stacked nets and :func:`check_stacked` compares them with the real
-ones (the ``lsuv`` package, ``apply_init(..., calibrate="output")``) on a few nets:
+ones (the ``lsuv`` package, ``apply_init(..., calibrate=...)``) on a few nets:
 
 * LSUV: orthogonal draw (gain 1), then in forward order each layer's output scaled to standard
   deviation 1 on the batch when it is off by more than ``lsuv``'s tolerance 0.1 (one step is exact
   for a linear layer with zero bias: what its loop converges to).
-* Calibrated (the project's default init): Lyapunov orthogonal draw, then every layer of the
-  depth-L net times ``c^(1/L)`` so that the output's root-mean-square is 1 on the batch; ReLU
-  nets with zero bias are positively homogeneous, so the depth-L net's output is the bare
-  draw's times ``c``.
+* Calibrated (the project's calibration, target 1): Lyapunov orthogonal draw, then the depth-L
+  net rescaled so that its output's root-mean-square is 1 on the batch. ReLU nets with zero bias
+  are positively homogeneous: positive per-layer factors change the output only by their
+  product, so ``calibrate="layers"`` (the callback's default) and ``"output"`` both give the bare
+  draw's output times ``1 / rms``. The default target 0.1 would divide every variance by exactly
+  100; target 1 keeps the paper's absolute threshold 1e-3 comparable with the other schemes.
 
 ``python -m benchmarks cifar_variance [--quick]``
 """
@@ -38,7 +40,7 @@ from lightning_lyapunov.models import DeepMLP
 
 WIDTH, DEPTH, IN, PROBE = 10, 100, 3072, 256
 LSUV_TOL = 0.1  # the lsuv package's default std_tol
-CHECK_NETS = 6
+CHECK_NETS = 8
 SCHEMES = (*BARE, "lsuv", "lyapunov calibrated")
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 THRESHOLD, AT_DEPTH = 1e-3, 80
@@ -148,9 +150,12 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
     inits on the same weights: ``"lsuv"``: every layer's variance of unit 0 after
     ``lsuv.lsuv_with_singlebatch(net, x[:PROBE], do_orthonorm=False)`` on orthogonal weights, over the
     nets where it stays finite (``"lsuv dead"`` counts the others: each has a layer that the stacked
-    step finds all zero on the batch, else the count is negative); ``"lyapunov calibrated"``: the
-    output's after ``apply_init(net, scheme="lyapunov", distribution="orthogonal", calibrate="output",
-    example_input=x[:PROBE])`` against the stacked step on the same draw without ``calibrate``."""
+    step finds all zero on the batch, else the count is negative); ``"calibrate=layers"`` and
+    ``"calibrate=output"``: the output's after ``apply_init(net, scheme="lyapunov", distribution=
+    "orthogonal", calibrate=..., calibrate_target=1, example_input=x[:PROBE])`` against the stacked
+    step on the same draw without ``calibrate``, over the nets with no layer all zero on the batch
+    (``"calibration dead"`` counts the others: there ``"layers"`` rescales the layers before the
+    dead one, the stacked step does not)."""
     import lsuv
 
     def build() -> DeepMLP:
@@ -172,7 +177,7 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(((a - b).abs() / (b.abs() + 1e-4)).max())
 
-    lsuv_nets, bare, calibrated = [], [], []
+    lsuv_nets, bare, calibrated = [], [], {"layers": [], "output": []}
     for seed in range(nets):
         torch.manual_seed(seed)
         net = build()
@@ -180,7 +185,8 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
             if isinstance(m, torch.nn.Linear):
                 torch.nn.init.orthogonal_(m.weight)
         lsuv_nets.append(net)
-        for store, kwargs in ((bare, {}), (calibrated, {"calibrate": "output", "calibrate_target": 1.0, "example_input": x[:PROBE]})):
+        for store, kwargs in ((bare, {}), *((calibrated[method], {"calibrate": method, "calibrate_target": 1.0,
+                                                                   "example_input": x[:PROBE]}) for method in calibrated)):
             model = build()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -194,10 +200,14 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
             lsuv.lsuv_with_singlebatch(net, x[:PROBE], do_orthonorm=False, verbose=False)
     lsuv_real = torch.stack([layer_variances(net) for net in lsuv_nets])
     finite = torch.isfinite(lsuv_real).all(dim=1)
-    cal_stacked = stacked_variances(stack(bare), x, "lyapunov calibrated")[0][:, -1]
-    cal_real = torch.stack([layer_variances(net)[-1] for net in calibrated])
-    return {"lsuv": rel(lsuv_stacked[finite], lsuv_real[finite]), "lsuv dead": int((~finite).sum())
-            if bool((dead | finite).all()) else -1, "lyapunov calibrated": rel(cal_stacked, cal_real)}
+    out = {"lsuv": rel(lsuv_stacked[finite], lsuv_real[finite]),
+           "lsuv dead": int((~finite).sum()) if bool((dead | finite).all()) else -1}
+    cal_stacked, cal_dead = stacked_variances(stack(bare), x, "lyapunov calibrated")
+    for method, models in calibrated.items():
+        cal_real = torch.stack([layer_variances(net)[-1] for net in models])
+        out[f"calibrate={method}"] = rel(cal_stacked[~cal_dead, -1], cal_real[~cal_dead])
+    out["calibration dead"] = int(cal_dead.sum())
+    return out
 
 
 def run(quick: bool = False) -> Report:
@@ -244,21 +254,25 @@ depth exactly as the real init would do it:
 - `lsuv`: orthogonal draw (gain 1), then in forward order each layer's output scaled to standard
   deviation 1 over the batch (all units and images together, as the `lsuv` package measures it) when it
   is off by more than the package's tolerance {LSUV_TOL:g}; one step is exact for a linear layer with zero bias.
-- `lyapunov calibrated`: the project's default init, the same draws as `lyapunov orthogonal`, then every
-  layer of the depth-L net times c^(1/L) so that the output's root-mean-square over the batch is 1
-  (`calibrate="output"`): each depth L is its own calibrated depth-L net.
+- `lyapunov calibrated`: the project's calibration, the same draws as `lyapunov orthogonal`, each depth L
+  its own depth-L net rescaled so that its output's root-mean-square over the batch is **1**. With ReLU
+  and zero biases only the product of the per-layer factors reaches the output, so `calibrate="layers"`
+  (the callback's default) and `"output"` give the same output here; the callback's default target 0.1
+  would divide every variance in this row by exactly 100 (target 1 keeps the threshold 1e-3 comparable).
 
-A layer whose output is all zero on the batch (every unit dead on every image) keeps factor 1 in both,
-as the project's calibration does. The `lsuv` package (0.3.0) does not: its loop then keeps correcting,
+A layer whose output is all zero on the batch (every unit dead on every image) keeps factor 1 in both
+(for the calibration: the whole net keeps the bare draw, as `calibrate="output"` does). The `lsuv` package (0.3.0) does not: its loop then keeps correcting,
 and every correction after the first goes to the *first* layer (its layer counter is not reset within
 a layer), which ends with inf/NaN weights; such nets are counted here with the intended factor 1.
 
 Checked against the real thing on {CHECK_NETS} nets of depth {DEPTH} with the same weights, on this batch: the
 largest relative difference in the variance of unit 0 is {check['lsuv']:.1e} over every layer after
 `lsuv.lsuv_with_singlebatch(net, batch, do_orthonorm=False)` (on the {CHECK_NETS - check['lsuv dead']} nets it leaves
-finite; the other {check['lsuv dead']} have a layer that is all zero on the batch) and
-{check['lyapunov calibrated']:.1e} for the output after `apply_init(net, scheme="lyapunov",
-distribution="orthogonal", calibrate="output", example_input=batch)` (check: {check_seconds:.0f} s CPU).
+finite; the other {check['lsuv dead']} have a layer that is all zero on the batch), and for the output after
+`apply_init(net, scheme="lyapunov", distribution="orthogonal", calibrate=..., calibrate_target=1,
+example_input=batch)` {check['calibrate=layers']:.1e} (`"layers"`) and {check['calibrate=output']:.1e}
+(`"output"`) on the {CHECK_NETS - check['calibration dead']} nets with no dead layer on the batch
+(check: {check_seconds:.0f} s CPU).
 """
     report = Report("cifar_variance", f"Vanishing empirical variance on {CIFAR_NOTE} (width {WIDTH}, depth {DEPTH})",
                     setup, rows, _findings(results, dead), _figure(results))

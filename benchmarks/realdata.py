@@ -5,8 +5,8 @@
   ``lightning_lyapunov.data``; nothing is downloaded. A missing data set raises a
   ``FileNotFoundError`` that says how to get it (these benchmarks have no synthetic fallback).
 * Schemes: every scheme of ``benchmarks.classification.ALL_SCHEMES``, plus LSUV (the ``lsuv``
-  package, the data-driven peer) and the project's default init, Lyapunov orthogonal calibrated on
-  a training batch (``calibrate="output"``, what ``LyapunovInit()`` does).
+  package, the data-driven peer) and the project's default init, what ``LyapunovInit()`` does:
+  Lyapunov orthogonal, calibrated on a training batch by the callback's default calibration.
 * Training many small nets at once: :class:`StackedConvMLP` (an optional shared-input conv layer
   in front of a :class:`benchmarks.training.StackedMLP`) and :func:`fit_stacked` (one
   ``torch.optim`` optimizer over the stacked parameters: SGD and Adam are elementwise, so with the
@@ -108,21 +108,34 @@ class LSUV:
             lsuv.lsuv_with_singlebatch(model, probe, verbose=False)
 
 
+def default_calibration() -> tuple[str, float]:
+    """``(calibrate, calibrate_target)`` of ``LyapunovInit()`` (its ``"auto"`` for the Lyapunov scheme)."""
+    from lightning_lyapunov import LyapunovInit
+
+    default = LyapunovInit()
+    return default.calibration, default.calibrate_target
+
+
 @dataclass(frozen=True)
 class Calibrated:
-    """The project's default init (``LyapunovInit()``, issue 14): Lyapunov orthogonal draw, then
-    ``calibrate="output"``: every layer times ``c^(1/L)`` so that the output's root-mean-square is 1
-    on a training batch (``example_input=probe``)."""
+    """The project's default init (``LyapunovInit()``, issue 14): Lyapunov orthogonal draw, then the
+    callback's default calibration (:func:`default_calibration`) on a training batch
+    (``example_input=probe``)."""
 
     label: str = "lyapunov-calibrated"
 
     def apply(self, model: nn.Module, seed: int, probe: Tensor | None = None) -> None:
         if probe is None:
             raise ValueError("the calibrated init needs a data batch: pass probe=<a batch of inputs>.")
+        method, target = default_calibration()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            apply_init(model, scheme="lyapunov", distribution="orthogonal", calibrate="output", example_input=probe,
-                       generator=torch.Generator().manual_seed(seed))
+            apply_init(model, scheme="lyapunov", distribution="orthogonal", calibrate=method, calibrate_target=target,
+                       example_input=probe, generator=torch.Generator().manual_seed(seed))
+
+
+CALIBRATION_TEXT = {"layers": "each layer's output to root-mean-square 1 in forward order, the last one's to the target",
+                    "output": "one factor spread over all layers so that the output's root-mean-square is the target"}
 
 
 def schemes(include: Sequence[str] | None = None) -> list:
@@ -137,12 +150,13 @@ def schemes(include: Sequence[str] | None = None) -> list:
 
 def scheme_note() -> str:
     """A setup sentence on the scheme list."""
+    method, target = default_calibration()
     return ("Schemes: " + ", ".join(f"`{s.label}`" for s in ALL_SCHEMES) + " through the project's `apply_init` "
             "(`lyapunov-*`: moment 0, Gaussian / Haar orthogonal; `stiefel` is our reconstruction), "
             "`lsuv` (package `lsuv` 0.3.0: orthogonal, then layer-wise rescaling to unit output variance on one "
             "training batch) as the data-driven peer, and `lyapunov-calibrated`: the project's default init "
-            "(`LyapunovInit()`): Lyapunov orthogonal, then `calibrate=\"output\"` (one factor spread over all "
-            "layers so that the output's root-mean-square is 1 on the first 256 training inputs).")
+            f"(`LyapunovInit()`): Lyapunov orthogonal, then `calibrate=\"{method}\"` with "
+            f"`calibrate_target={target:g}` on the first 256 training inputs (" + CALIBRATION_TEXT[method] + ").")
 
 
 def init_modules(build: Callable[[], nn.Module], scheme, seeds: Sequence[int], probe: Tensor) -> list[nn.Module]:
