@@ -23,14 +23,14 @@ from torch import Tensor, nn
 from benchmarks.common import Report
 from benchmarks.training import StackedMLP, train
 from lightning_lyapunov import apply_init, sample_lyapunov_
-from lightning_lyapunov.calibration import calibrate_
+from lightning_lyapunov.calibration import DEFAULT_TARGET, calibrate_
 from lightning_lyapunov.data import PolynomialRegression
 from lightning_lyapunov.models import DeepMLP
 
 SLOPE = 0.1
 SIGMA = 0.5
-LRS = (1e-3,)  # the issue's protocol; the paper's per-method rate (best 80% of seeds) needs a grid
-MAIN_LR = 1e-3
+LRS = (1e-3, 3e-3, 1e-2)  # per method the rate with the best median over its best 80% of seeds (3e-4 never won)
+MAIN_LR = 1e-3  # the issue's protocol
 
 
 def _quiet(fn: Callable[[], object]) -> object:
@@ -43,46 +43,16 @@ def _linears(net: nn.Module) -> list[nn.Linear]:
     return [m for m in net.modules() if isinstance(m, nn.Linear)]
 
 
-def _statistic(kind: str) -> Callable[[Tensor], float]:
-    return {
-        "rms": lambda v: float(v.pow(2).mean().sqrt()),
-        "std": lambda v: float(v.std()),
-    }[kind]
-
-
-@torch.no_grad()
-def _per_layer(net: nn.Module, x: Tensor, kind: str, target: float) -> None:
-    """Each Linear's output to ``kind`` = 1 in forward order (the last to ``target``): LSUV's loop
-    (one exact step per layer) on the Lyapunov draw, with a choice of statistic."""
-    stat, layers = _statistic(kind), _linears(net)
-    h = x
-    for i, layer in enumerate(layers):
-        pre = layer(h)
-        factor = (target if i == len(layers) - 1 else 1.0) / stat(pre)
-        layer.weight.mul_(factor)
-        h = torch.nn.functional.leaky_relu(pre * factor, SLOPE)
-
-
-@torch.no_grad()
-def _global(net: nn.Module, x: Tensor, target: float, far: float) -> None:
-    """One factor ``c^{1/L}`` on every layer, ``log c`` = the part of ``log(target / rms(output))``
-    beyond ``+-log far`` (rescue only the nets that are far off)."""
-    layers = _linears(net)
-    log_c = math.log(target / _statistic("rms")(net(x)))
-    log_c = math.copysign(max(abs(log_c) - math.log(far), 0.0), log_c)
-    for layer in layers:
-        layer.weight.mul_(math.exp(log_c / len(layers)))
-
-
 def _lyapunov(net: nn.Module, seed: int, probe: Tensor, **calibration: object) -> None:
     _quiet(lambda: apply_init(net, scheme="lyapunov", distribution="orthogonal",
                               generator=torch.Generator().manual_seed(seed), **calibration))
 
 
-def _sampled(net: nn.Module, seed: int, probe: Tensor, calibrate: str | None = None, target: float = 1.0) -> None:
+def _sampled(net: nn.Module, seed: int, probe: Tensor, calibrate: str | None = None,
+             target: float = DEFAULT_TARGET) -> None:
     report = _quiet(lambda: sample_lyapunov_(net, probe, generator=torch.Generator().manual_seed(seed)))
     if calibrate:
-        calibrate_(net, report.plan.layers, probe, calibrate, target)
+        calibrate_(net, report.plan, probe, calibrate, target)
 
 
 def _lsuv(net: nn.Module, seed: int, probe: Tensor) -> None:
@@ -102,22 +72,18 @@ class Method:
     api: bool = False  # through apply_init(calibrate=...) / calibrate_
 
 
+def _calibrated(calibrate: str, target: float = DEFAULT_TARGET) -> Callable[[nn.Module, int, Tensor, float], None]:
+    return lambda n, s, p, t: _lyapunov(n, s, p, example_input=p, calibrate=calibrate, calibrate_target=target)
+
+
 METHODS: tuple[Method, ...] = (
     Method("Lyapunov orthogonal (no calibration)", lambda n, s, p, t: _lyapunov(n, s, p), True),
     Method("LSUV (lsuv 0.3.0)", lambda n, s, p, t: _lsuv(n, s, p)),
-    Method("calibrate='layers' (rms 1)", lambda n, s, p, t: _lyapunov(n, s, p, example_input=p, calibrate="layers"),
-           True),
-    Method("calibrate='layers', target = target scale",
-           lambda n, s, p, t: _lyapunov(n, s, p, example_input=p, calibrate="layers", calibrate_target=t), True),
-    Method("calibrate='output' (rms 1)", lambda n, s, p, t: _lyapunov(n, s, p, example_input=p, calibrate="output"),
-           True),
-    Method("calibrate='output', target = target scale",
-           lambda n, s, p, t: _lyapunov(n, s, p, example_input=p, calibrate="output", calibrate_target=t), True),
-    Method("per layer std 1 (LSUV's statistic)", lambda n, s, p, t: (_lyapunov(n, s, p), _per_layer(n, p, "std", 1.0))),
-    Method("global rms = target scale, only beyond 3x",
-           lambda n, s, p, t: (_lyapunov(n, s, p), _global(n, p, t, far=3.0))),
-    Method("sampled + calibrate='layers'", lambda n, s, p, t: _sampled(n, s, p, "layers"), True),
-    Method("sampled + calibrate='output', target", lambda n, s, p, t: _sampled(n, s, p, "output", t), True),
+    Method("calibrate='layers', target 0.1 (the callback's default)", _calibrated("layers"), True),
+    Method("calibrate='output', target 0.1", _calibrated("output"), True),
+    Method("calibrate='layers', target 1", _calibrated("layers", 1.0), True),
+    Method("calibrate='output', target 1", _calibrated("output", 1.0), True),
+    Method("sampled + calibrate='layers', target 0.1", lambda n, s, p, t: _sampled(n, s, p, "layers"), True),
 )
 
 
@@ -203,16 +169,16 @@ def _rows(task: Task, methods: tuple[Method, ...], lrs: tuple[float, ...], seeds
 
 def run(quick: bool = False) -> Report:
     torch.set_num_threads(1)
-    seeds = tuple(range(3 if quick else 20))
+    seeds = tuple(range(3 if quick else 40))
     steps = 200 if quick else 2000
     methods = METHODS[:3] if quick else METHODS
-    lrs = LRS if not quick else (1e-3, 3e-3)
+    lrs = (1e-3, 3e-3) if quick else LRS
     rows = []
     for build in (_regression, _score):
         task, val, test = build(seeds, steps, methods, lrs)
         rows += _rows(task, methods, lrs, seeds, val, test)
     return Report("calibration", "Calibration after the Lyapunov draw vs LSUV (width 2, depths 40 and 30)",
-                  SETUP.format(seeds=len(seeds), steps=steps), rows, findings(rows), None)
+                  SETUP.format(seeds=len(seeds), steps=steps, lrs=", ".join(f"{lr:g}" for lr in lrs)), rows, findings(rows), None)
 
 
 SETUP = """
@@ -221,43 +187,79 @@ points; `DeepMLP(1, 1, width=2, depth=40)`, Leaky ReLU 0.1, zero biases; loss MS
 and `score_learning`'s (3-Gaussian mixture, denoising score matching at sigma 0.5, `DeepMLP(2, 2,
 width=2, depth=30)`, minibatches of 128 with fresh noise; metric: relative score error). Adam (no
 weight decay), {steps} steps, {seeds} seeds (seed k: the draw `torch.Generator().manual_seed(k)`; LSUV:
-`torch.manual_seed(k)`). Learning rate 1e-3 for every method (the issue's protocol; with a grid, rows
-"best 80%" use per method the rate with the lowest median validation loss over the best 80% of
-seeds, the Lyapunov paper's selection; the full grid did not fit this run's CPU budget). Calibration batch: the 1024 training
-inputs (regression) or 1024 noisy training inputs (score). "target scale": std of y (1.01) for the
-regression, 1 / sigma = 2 (the scale of the score target eps / sigma) for score matching. "Trained":
-test MSE / var y < 0.1, or relative score error < 0.9.
+`torch.manual_seed(k)`). Learning rates {lrs}, all trained at once; rows "1e-3": the issue's
+protocol; rows "best 80%": per method the rate with the lowest median validation loss over the best 80% of
+seeds (the Lyapunov paper's selection). Calibration batch: the 1024 training
+inputs (regression) or 1024 noisy training inputs (score); "target": the output's root-mean-square
+after calibration (`calibrate_target`; in the earlier exploration "target scale" is std y = 1.01,
+or 1 / sigma = 2 for the score). "Trained": test MSE / var y < 0.1, or relative score error < 0.9.
+The score task's noise is drawn for all runs at once, so its medians move by about +-0.05 between runs
+with different sets of methods (LSUV: 0.758, 0.699 and 0.751 in three runs).
 """
 
 
 def goal_lines(rows: list[dict[str, object]]) -> list[str]:
-    """Per task and method (learning rate 1e-3): the issue's goal, >= 19/20 seeds trained, median
-    below LSUV's and at most twice plain Lyapunov's."""
+    """Per task, the issue's goal (>= 19/20 seeds trained, median below LSUV's and at most twice
+    plain Lyapunov's) at lr 1e-3 and with each method's own rate (best 80%)."""
     lines = []
     for task in dict.fromkeys(str(r["task"]) for r in rows):
-        mine = [r for r in rows if r["task"] == task and r["lr"] == "1e-3"]
-        plain = next(r for r in mine if str(r["method"]).startswith("Lyapunov orthogonal"))
-        lsuv = next(r for r in mine if str(r["method"]).startswith("LSUV"))
-        p_med, l_med = float(plain["test median"]), float(lsuv["test median"])
-        lines.append(f"- {task}: plain Lyapunov {plain['trained']} (median {p_med:.3g}), LSUV {lsuv['trained']} "
-                     f"(median {l_med:.3g}). Goal met by: " + (", ".join(
-                         f"{r['method']} ({r['trained']}, {float(r['test median']):.3g})" for r in mine
-                         if r is not plain and r is not lsuv
-                         and int(str(r["trained"]).split("/")[0]) >= 0.95 * int(str(r["trained"]).split("/")[1])
-                         and float(r["test median"]) < l_med and float(r["test median"]) <= 2 * p_med) or "none") + ".")
+        for protocol, pick in (("lr 1e-3", lambda r: r["lr"] == "1e-3"),
+                               ("each method's rate (best 80%)", lambda r: "best 80%" in str(r["lr"]))):
+            mine = [r for r in rows if r["task"] == task and pick(r)]
+            if not mine:
+                continue
+            plain = next(r for r in mine if str(r["method"]).startswith("Lyapunov orthogonal"))
+            lsuv = next(r for r in mine if str(r["method"]).startswith("LSUV"))
+            p_med, l_med = float(plain["test median"]), float(lsuv["test median"])
+            met = [f"{r['method']} ({r['trained']}, {float(r['test median']):.3g})" for r in mine
+                   if r is not plain and r is not lsuv and _trained(r) >= 0.95
+                   and float(r["test median"]) < l_med and float(r["test median"]) <= 2 * p_med]
+            lines.append(f"- {task}, {protocol}: plain Lyapunov {plain['trained']} (median {p_med:.3g}, lr "
+                         f"{plain['lr']}), LSUV {lsuv['trained']} (median {l_med:.3g}, lr {lsuv['lr']}). "
+                         f"Goal met by: {', '.join(met) or 'none'}.")
     return lines
 
 
+def _trained(row: dict[str, object]) -> float:
+    done, total = str(row["trained"]).split("/")
+    return int(done) / int(total)
+
+
 def findings(rows: list[dict[str, object]]) -> str:
-    return "The issue's goal (>= 19/20 trained, median below LSUV's, at most 2x plain Lyapunov's), at lr 1e-3:\n\n" \
+    return "The issue's goal (>= 95% of seeds trained, median below LSUV's, at most 2x plain Lyapunov's):\n\n" \
         + "\n".join(goal_lines(rows)) + "\n\n" + FINDINGS
 
 
 FINDINGS = """
-Exploration before this run (the same protocol but one random polynomial per seed,
-`PolynomialRegression(seed=k)`, loss MSE / var y of that seed's targets; the variants written on the
-stacked weights; 20 seeds, lr 1e-3; trained / median):
+What the numbers say (this run, 40 seeds; the figures below it are earlier runs):
 
+- The callback's default, `calibrate="layers"` with the output's rms 0.1, trains the most
+  regression nets (36/40, median test MSE / var y 0.0046 at lr 1e-3) against plain Lyapunov 19/40
+  (0.18) and LSUV 23/40 (0.041): a median 9x below LSUV's and 40x below plain Lyapunov's. It meets
+  the issue's goal on score learning (38/40, median 0.737 < LSUV's 0.751 at 37/40), not on the
+  regression: 90% of the seeds train, the goal is 95%. Sampling first (best of 13 draws by
+  |log-gain|) then the same calibration trains 40/40 score nets but only 31/40 regressions.
+- The output's scale at step 0 matters more than the method: target 0.1 beats target 1 with
+  either method on the regression (`"layers"` 36 vs 29/40, `"output"` 30 vs 26/40) and costs
+  nothing on score learning. Starting near the zero function (as zero-initialized output layers
+  do) lets the first steps fit the scale of y instead of undoing a random one.
+- Per-layer factors beat one global factor on the regression at an equal output scale (36 vs
+  30/40 at target 0.1): with zero biases and Leaky ReLU both start from the same function; they
+  differ in how weight magnitude is spread over the layers, which Adam's per-parameter steps see.
+  On score learning `"output"` has the lower median (0.688 vs 0.737).
+- The failures are scattered over seeds, not one hard draw: per seed (20 seeds, lr 1e-3) the
+  regression seeds that fail differ from method to method, most on a plateau at MSE / var y ~ 0.28
+  or at the constant predictor (1.0) after 2000 steps. A width-2 zero-bias net starts as a
+  two-slope function of x and must grow its biases to fit a degree-5 polynomial; whether Adam gets
+  there in 2000 steps is a lottery the calibration improves but does not remove.
+- A per-method learning rate (best 80% of seeds, the Lyapunov paper's selection) does not change the
+  picture: it lowers the medians of the calibrated inits (0.0028 for the default at 3e-3) but trains
+  fewer seeds; 3e-4 never won an earlier grid and was dropped.
+- Plain Lyapunov's failures are the spread: its median initial loss is 3.6 (regression) and 58
+  (score) times the zero predictor's, every calibration starts at 1.0-1.4 and 1.0-1.3.
+
+Earlier exploration (20 seeds, lr 1e-3, target 1, one random polynomial per seed,
+`PolynomialRegression(seed=k)`; the variants written on the stacked weights; trained / median):
 | variant | regression (polynomial per seed) | score learning |
 |---|---|---|
 | plain Lyapunov orthogonal | 11/20, 0.055 | 11/20, 0.889 |
@@ -278,35 +280,17 @@ stacked weights; 20 seeds, lr 1e-3; trained / median):
 | sampled + global rms = target | 13/20, 0.018 | 19/20, 0.790 |
 | sampled + per layer std 1 | 13/20, 0.033 | 18/20, 0.754 |
 
-What the numbers say:
+What those runs said, still true here:
 
-- Every calibration that fixes the output's scale at step 0 rescues seeds that plain Lyapunov loses
-  (score learning: plain Lyapunov's median initial error is 40 times the zero predictor's): the spread of one deep narrow net's
-  log-gain, N(0, L s^2) with s^2 ~ 0.95 per layer at width 2, is what loses them, not the mean.
 - Robust statistics are worse, not better: the median of |v| and the geometric mean of r ignore the
   few large outputs that dominate the loss, so the calibrated nets still start 50-90 times too
-  large (median initial loss 49-90). The root-mean-square is the statistic the MSE sees.
+  large (median initial loss 49-90). The root-mean-square is the statistic the MSE sees; it beat
+  the standard deviation (LSUV's statistic) at width 2, where a unit's batch mean is part of its signal.
 - Rescuing only the nets that are far off (beyond 3x or 10x) keeps most of the spread and most of
   the lost seeds; sampling alone (best of 13 by |mean log-gain|) selects on log|c+| + log|c-| of a
   two-slope function and can keep one huge and one tiny slope.
-- Per-layer factors (each layer's output rms 1) beat one global factor on the regression (15 vs 13
-  trained, median 0.017 vs 0.025) at an equal output scale: with the same function at step 0, they
-  differ only in how weight magnitude is spread over the layers, which Adam's per-parameter steps
-  see. rms beats std at width 2 (the batch mean of a unit is part of its signal).
-- The target's scale as the output target matters little (1 vs std y ~ 1 for the regression; 1 vs
-  2 for the score, where it costs a little).
-- This run (one polynomial, the benchmark's): no method reaches 19/20 on the regression. Most
-  failing seeds of every method sit on the same plateau, test MSE / var y ~ 0.28 after 2000 steps
-  (the q75 column), a local fit of this polynomial by a width-2 net that 2000 Adam steps at 1e-3 do
-  not leave; calibration moves seeds out of the group that does not learn at all (plain Lyapunov's test
-  q75 1.0, the constant predictor's loss) onto that plateau or below it. On score learning `calibrate="output"`
-  meets the goal (20/20, median 0.741 < LSUV's 0.758, plain Lyapunov 11/20, 0.896), as does the
-  per-layer std variant (20/20, 0.702); `calibrate="layers"` has the lowest median (0.675) but
-  18/20.
-- Sampling plus calibration gives the best regression median (0.0039, 13/20) but not on score
-  learning (16/20, 0.781): selection by |mean log-gain| plus rescaling is not reliably better.
-- Not reached there: no variant trains more than 16/20 on the regression with one polynomial per
-  seed (some of those polynomials are harder than others; which seeds fail was not recorded).
+- The target's scale was only tried at 1 and above there (std y ~ 1, 1/sigma = 2); this run's
+  smaller target (0.1) is what moved the regression from 29/40 to 36/40.
 """
 
 
