@@ -10,12 +10,12 @@ ones (the ``lsuv`` package, ``apply_init(..., calibrate=...)``) on a few nets:
 * LSUV: orthogonal draw (gain 1), then in forward order each layer's output scaled to standard
   deviation 1 on the batch when it is off by more than ``lsuv``'s tolerance 0.1 (one step is exact
   for a linear layer with zero bias: what its loop converges to).
-* Calibrated (the project's calibration, target 1): Lyapunov orthogonal draw, then the depth-L
+* Calibrated (the project's calibration, its default target 1): Lyapunov orthogonal draw, then the depth-L
   net rescaled so that its output's root-mean-square is 1 on the batch. ReLU nets with zero bias
   are positively homogeneous: positive per-layer factors change the output only by their
   product, so ``calibrate="layers"`` (the callback's default) and ``"output"`` both give the bare
-  draw's output times ``1 / rms``. The default target 0.1 would divide every variance by exactly
-  100; target 1 keeps the paper's absolute threshold 1e-3 comparable with the other schemes.
+  draw's output times ``1 / rms``. A target ``t`` multiplies every variance by ``t^2``; target 1
+  keeps the paper's absolute threshold 1e-3 comparable with the other schemes.
 
 ``python -m benchmarks cifar_variance [--quick]``
 """
@@ -257,8 +257,8 @@ depth exactly as the real init would do it:
 - `lyapunov calibrated`: the project's calibration, the same draws as `lyapunov orthogonal`, each depth L
   its own depth-L net rescaled so that its output's root-mean-square over the batch is **1**. With ReLU
   and zero biases only the product of the per-layer factors reaches the output, so `calibrate="layers"`
-  (the callback's default) and `"output"` give the same output here; the callback's default target 0.1
-  would divide every variance in this row by exactly 100 (target 1 keeps the threshold 1e-3 comparable).
+  (the callback's default) and `"output"` give the same output here (the callback's default target 1
+  also keeps the threshold 1e-3 comparable; a target t multiplies every variance in this row by t^2).
 
 A layer whose output is all zero on the batch (every unit dead on every image) keeps factor 1 in both
 (for the calibration: the whole net keeps the bare draw, as `calibrate="output"` does). The `lsuv` package (0.3.0) does not: its loop then keeps correcting,

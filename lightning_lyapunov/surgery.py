@@ -743,7 +743,7 @@ def apply_init(
     example_input: Any = None,
     forward: Forward | None = None,
     calibrate: str | None = None,
-    calibrate_target: float = 0.1,
+    calibrate_target: float = 1.0,
 ) -> InitPlan:
     """Initialize ``model`` in place by :func:`plan_init`'s plan and return that plan.
 

@@ -108,14 +108,14 @@ def test_tuple_and_dict_batches(batch) -> None:
     init(model, example_input=batch, calibrate="output")
     with torch.no_grad():
         out = model(*batch) if isinstance(batch, tuple) else model(**batch)
-    assert float(out.pow(2).mean().sqrt()) == pytest.approx(0.1, rel=1e-3)  # the default target
+    assert float(out.pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-3)  # the default target
 
 
 def test_forward_argument_picks_the_output() -> None:
     model = chain()
     init(model, example_input={"inputs": X}, calibrate="output", forward=lambda m, batch: {"y": m(batch["inputs"])})
     with torch.no_grad():
-        assert float(model(X).pow(2).mean().sqrt()) == pytest.approx(0.1, rel=1e-3)
+        assert float(model(X).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-3)
 
 
 @pytest.mark.parametrize("method", ["layers", "output"])
@@ -241,7 +241,7 @@ def test_callback_sampled_then_calibrated_and_bad_argument() -> None:
                             "layers")
     assert plan.calibration == "layers"
     with torch.no_grad():
-        assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(0.1, rel=1e-4)
+        assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_cli_config_sets_calibrate() -> None:
@@ -285,8 +285,8 @@ def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) ->
             torch.testing.assert_close(a, b)
         if calibrated:  # the predictions follow the calibration: the measured drift, not theory's 0
             plan = callback.plan
-            with torch.no_grad():  # the default target: a small output
-                assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(0.1, rel=1e-4)
+            with torch.no_grad():  # the default target
+                assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
             assert plan.predicted_drift == pytest.approx(sum(layer.measured_log_gain for layer in plan.layers))
             assert abs(plan.predicted_drift - sum(layer.init.exponent for layer in plan.layers)) > 1e-3
 
@@ -340,7 +340,7 @@ def test_one_default_target_everywhere() -> None:
     from lightning_lyapunov import LyapunovInit
     from lightning_lyapunov.calibration import DEFAULT_TARGET, calibrate_
 
-    assert DEFAULT_TARGET == 0.1
+    assert DEFAULT_TARGET == 1.0
     for function, name in ((apply_init, "calibrate_target"), (LyapunovInit.__init__, "calibrate_target"),
                            (calibrate_, "target")):
         assert inspect.signature(function).parameters[name].default == DEFAULT_TARGET
