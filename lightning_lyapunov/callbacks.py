@@ -91,6 +91,8 @@ class LyapunovInit(Callback):
         include: regex or list of regexes: only these layers (qualified names, ``re.search``).
         exclude: regex or list of regexes: leave these layers alone.
         diagnostics: measure and log the signal statistics.
+        initialize: ``False`` leaves the weights alone (pretrained weights, fine-tuning): the plan
+            is made for the diagnostics' predictions only.
         all_layers: log every layer's statistics as scalars and histograms; by default only the
             first, middle and last planned layer's (the summary and the depth figure cover all).
         log_every_n_steps: measuring cadence; ``None`` uses the Trainer's ``log_every_n_steps``.
@@ -142,6 +144,7 @@ class LyapunovInit(Callback):
         calibrate: Literal["auto", "layers", "output"] | None = "auto",
         calibrate_target: float = DEFAULT_TARGET,
         all_layers: bool = False,
+        initialize: bool = True,
     ) -> None:
         super().__init__()
         check_plan_arguments(scheme, distribution, moment, negative_slope, include, exclude, conv)
@@ -164,11 +167,16 @@ class LyapunovInit(Callback):
         self.diagnostics = diagnostics
         self.log_every_n_steps = log_every_n_steps
         check_bool("all_layers", all_layers)
+        check_bool("initialize", initialize)
+        if not initialize and (sampled or calibrate not in ("auto", None)):
+            raise ValueError(f"initialize=False leaves the weights alone, so sampled={sampled!r} and "
+                             f"calibrate={calibrate!r} would do nothing: drop them, or use initialize=True")
         self.seed = seed
         self.conv = conv
         self.calibrate = calibrate
         self.calibrate_target = calibrate_target
         self.all_layers = all_layers
+        self.initialize = initialize
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
@@ -223,6 +231,9 @@ class LyapunovInit(Callback):
             # the checkpoint's weights overwrite the model right after setup: draw nothing (the
             # global generator stays untouched) and never initialize this model later
             _info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
+            self.initialized = True
+        elif not self.initialize and not self.initialized:
+            _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
             self.initialized = True
         if not self.initialized or self.plan is None:
             plan_kwargs.update(self._observation(trainer, pl_module))
@@ -554,7 +565,8 @@ class LyapunovInit(Callback):
             if getattr(plan, "calibration", None):
                 what += f"; calibrated ({plan.calibration!r}) on the first training batch"
         else:
-            what = f"did not initialize (weights from a checkpoint or an earlier fit); plan: scheme={plan.scheme!r}"
+            why = "initialize=False" if not self.initialize else "weights from a checkpoint or an earlier fit"
+            what = f"did not initialize ({why}); plan: scheme={plan.scheme!r}"
         lines = [f"LyapunovInit summary: {what}"]
         exponents = plan.layer_log_gains
         if self.first_stats is not None:

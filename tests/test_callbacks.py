@@ -253,3 +253,20 @@ def test_hooks_attached_only_on_measured_steps_and_kept_between_consecutive_ones
     if every == 1:  # attached once per epoch (4 batches; detached at its end), not once per step
         assert len(set(spy.seen)) == 2
     assert all(not m._forward_hooks for m in deep_narrow.modules())
+
+
+def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(deep_narrow, tmp_path):
+    before = copy.deepcopy(deep_narrow.state_dict())
+    callback = LyapunovInit(initialize=False, log_every_n_steps=1)
+    _, state = fit(deep_narrow, tmp_path, [callback], logger=False, max_steps=1)
+    for key, value in before.items():
+        assert torch.equal(state[key], value), key
+    assert callback.plan is not None and callback.plan.calibration is None
+    assert callback.first_stats is not None  # the diagnostics ran
+    assert "did not initialize (initialize=False)" in callback.summary()
+    with pytest.raises(ValueError, match="initialize=False leaves the weights alone"):
+        LyapunovInit(initialize=False, sampled=True)
+    with pytest.raises(ValueError, match="initialize=False leaves the weights alone"):
+        LyapunovInit(initialize=False, calibrate="output")
+    with pytest.raises(ValueError, match="initialize"):
+        LyapunovInit(initialize="no")
