@@ -6,7 +6,7 @@ import argparse
 import importlib
 import time
 
-from benchmarks.common import write_report
+from benchmarks.common import cpu_note, write_report
 
 BENCHMARKS = (
     "theory",
@@ -31,12 +31,13 @@ BENCHMARKS = (
 
 def run_one(name: str, quick: bool, device: str = "cpu", only: str | None = None) -> float:
     module = importlib.import_module(f"benchmarks.{name}")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     options = {"device": device} if device != "cpu" else {}
     if only:
         options["only"] = only.split(",")
     report = module.run(quick=quick, **options)
     report.seconds = time.perf_counter() - start
+    report.setup += cpu_note(cpu)
     for path in write_report(report, quick=quick):
         print(f"wrote {path}")
     return report.seconds

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import matplotlib
@@ -26,7 +25,6 @@ from benchmarks.classification import (  # noqa: E402
     ALL_SCHEMES,
     Split,
     at_init,
-    cpu_note,
     iqr,
     lyapunov_verdict,
     plot_curves,
@@ -74,8 +72,7 @@ def feature_rms(build: Callable[[], PlainCNN], x: torch.Tensor, seeds: list[int]
 
 
 def run(quick: bool = False) -> Report:
-    cpu = setup_torch()
-    start = time.perf_counter()
+    setup_torch()
     data, synthetic, directory = load(quick)
     seeds = list(range(2 if quick else 3))
     steps, every = (40, 20) if quick else (300, 50)
@@ -140,11 +137,8 @@ To fit a 2-core CPU budget the images are average-pooled 2x2 to 16x16. Budget: {
 Validation accuracy every {every} steps (figure); test accuracy after the last step; medians
 [q25, q75] over seeds.
 """
-    report = Report("cifar", f"Deep narrow plain CNN on {what}: every scheme after {steps} steps", setup, rows,
-                    _findings(results, rms, synthetic), fig)
-    report.setup += cpu_note(cpu)
-    report.seconds = time.perf_counter() - start
-    return report
+    return Report("cifar", f"Deep narrow plain CNN on {what}: every scheme after {steps} steps", setup, rows,
+               _findings(results, rms, synthetic), fig)
 
 
 def _findings(results: dict[str, list], rms: dict[str, list[float]], synthetic: bool) -> str:

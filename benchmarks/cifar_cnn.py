@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.classification import cpu_note, setup_torch, train_classifier  # noqa: E402
+from benchmarks.classification import setup_torch, train_classifier  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
 from benchmarks.realdata import CIFAR_NOTE, best_first, cifar10, init_modules, med_iqr, scheme_note, schemes  # noqa: E402
 from lightning_lyapunov.models import PlainCNN, SmallResNet  # noqa: E402
@@ -50,8 +50,7 @@ def _runs(build, data: dict, seeds: list[int], epochs: int) -> dict[str, list[di
 
 
 def run(quick: bool = False) -> Report:
-    cpu = setup_torch()
-    start = time.perf_counter()
+    setup_torch()
     seeds, epochs, n_train, n_test = ([0], 1, 512, 500) if quick else ([0, 1, 2], 3, 1920, 1000)
     data = cifar10(n_train=n_train, n_test=n_test, pool=POOL, seed=0)
     results = {name: _runs(build, data, seeds, epochs) for name, build in MODELS.items()}
@@ -93,11 +92,8 @@ therefore far below full CIFAR-10 numbers; the comparison between schemes is the
 Time to target: the first epoch whose test accuracy reaches {100 * TARGET:.0f}%, and the CPU seconds of
 training up to it (one torch thread; per-epoch time = the run's CPU time / epochs).
 """
-    report = Report("cifar_cnn", f"Config plain CNN and ResNet-8 on {CIFAR_NOTE}: every scheme", setup, rows,
-                    _findings(results, epochs), fig)
-    report.setup += cpu_note(cpu)
-    report.seconds = time.perf_counter() - start
-    return report
+    return Report("cifar_cnn", f"Config plain CNN and ResNet-8 on {CIFAR_NOTE}: every scheme", setup, rows,
+               _findings(results, epochs), fig)
 
 
 def _findings(results: dict, epochs: int) -> str:

@@ -7,7 +7,6 @@ depths with a smaller learning rate; every scheme plus LSUV, all nets of one dep
 
 from __future__ import annotations
 
-import time
 
 import matplotlib
 
@@ -17,7 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.classification import cpu_note, setup_torch  # noqa: E402
+from benchmarks.classification import setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
 from benchmarks.realdata import (  # noqa: E402
     CIFAR_NOTE, best_first, cifar10, med_iqr, non_finite_note, scheme_note, schemes, train_schemes)
@@ -48,8 +47,7 @@ def _sweep(data: dict, width: int, lr: float, depths: list[int], seeds: list[int
 
 
 def run(quick: bool = False) -> Report:
-    cpu = setup_torch()
-    start = time.perf_counter()
+    setup_torch()
     if quick:
         depths, seeds, wide_depths, n_train, n_test = [0, 10], [0], [10], 2000, 1000
     else:
@@ -98,11 +96,8 @@ images (seed 0); {steps} x {BATCH} = {steps * BATCH} samples is about {steps * B
 All nets of one (width, depth) are trained together as one stacked model (exactly independent runs).
 The batch size of the paper was not available to us.
 """
-    report = Report("cifar_depth", f"Test accuracy against depth on {CIFAR_NOTE} after {steps} Adam steps", setup,
-                    rows, _findings(narrow, wide), fig)
-    report.setup += cpu_note(cpu)
-    report.seconds = time.perf_counter() - start
-    return report
+    return Report("cifar_depth", f"Test accuracy against depth on {CIFAR_NOTE} after {steps} Adam steps", setup,
+               rows, _findings(narrow, wide), fig)
 
 
 def _findings(narrow: dict, wide: dict) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from benchmarks.classification import cpu_note, setup_torch
+from benchmarks.classification import setup_torch
 from benchmarks.common import Report
 from benchmarks.empirical_variance import SCHEMES as BARE, _sampler
 from benchmarks.theory import batched_haar
@@ -211,8 +211,7 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
 
 
 def run(quick: bool = False) -> Report:
-    cpu = setup_torch()
-    start = time.perf_counter()
+    setup_torch()
     n_nets, n_data, chunk = (100, 500, 50) if quick else (1000, 2000, 125)
     data = cifar10(n_train=n_data, seed=0, standardize="train")
     x = data["train"][0].flatten(1)
@@ -274,11 +273,8 @@ example_input=batch)` {check['calibrate=layers']:.1e} (`"layers"`) and {check['c
 (`"output"`) on the {CHECK_NETS - check['calibration dead']} nets with no dead layer on the batch
 (check: {check_seconds:.0f} s CPU).
 """
-    report = Report("cifar_variance", f"Vanishing empirical variance on {CIFAR_NOTE} (width {WIDTH}, depth {DEPTH})",
-                    setup, rows, _findings(results, dead), _figure(results))
-    report.setup += cpu_note(cpu)
-    report.seconds = time.perf_counter() - start
-    return report
+    return Report("cifar_variance", f"Vanishing empirical variance on {CIFAR_NOTE} (width {WIDTH}, depth {DEPTH})",
+               setup, rows, _findings(results, dead), _figure(results))
 
 
 def _findings(results: dict[str, np.ndarray], dead: dict[str, float]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,18 +33,9 @@ ZERO = Scheme("zero", "zero", "orthogonal")
 ALL_SCHEMES = (HE, GLOROT, ORTHOGONAL, LYAPUNOV_GAUSS, LYAPUNOV_ORTH, FRACTIONAL_1, STIEFEL, ZERO)
 
 
-def setup_torch() -> float:
-    """One torch thread (the suite shares 2 cores with other runs); returns the process CPU time,
-    for :func:`cpu_note`."""
+def setup_torch() -> None:
+    """One torch thread (the suite shares 2 cores with other runs)."""
     torch.set_num_threads(1)
-    return time.process_time()
-
-
-def cpu_note(cpu_start: float) -> str:
-    """A setup line with the CPU time used since ``cpu_start`` (the wall time in the report's header
-    also counts waiting for cores shared with concurrent runs)."""
-    return (f"\n\nCPU time of this benchmark: {time.process_time() - cpu_start:.0f} s (one torch thread; the wall "
-            "time in the header also includes waiting for the shared cores).")
 
 
 # ----------------------------------------------------------------------------------------- data

@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import statistics
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from torch import nn
 from lightning_lyapunov import apply_init, sample_lyapunov_
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_note(cpu_start: float) -> str:
+    """A setup line with the process CPU time used since ``cpu_start`` (``time.process_time()``; the
+    wall time in the report's header also counts waiting for cores shared with concurrent runs)."""
+    threads = torch.get_num_threads()
+    return (f"\n\nCPU time of this benchmark: {time.process_time() - cpu_start:.0f} s ({threads} torch "
+            f"thread{'s' if threads > 1 else ''}; the wall time in the header also includes waiting for shared cores).")
 
 
 @dataclass

@@ -10,7 +10,6 @@ CNN at init, and a short training of a 12-layer Conv1d ReLU net on MNIST-1D.
 from __future__ import annotations
 
 import math
-import time
 
 import matplotlib
 
@@ -19,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from benchmarks.classification import cpu_note, iqr, mnist1d, plot_curves, run_seeds, setup_torch, summarize  # noqa: E402
+from benchmarks.classification import iqr, mnist1d, plot_curves, run_seeds, setup_torch, summarize  # noqa: E402
 from benchmarks.common import Report, Scheme, spread  # noqa: E402
 
 SCHEMES = (
@@ -62,8 +61,7 @@ def log_gain_at_init(scheme: Scheme, seed: int) -> float:
 
 
 def run(quick: bool = False) -> Report:
-    cpu = setup_torch()
-    start = time.perf_counter()
+    setup_torch()
     init_seeds, train_seeds, steps = (list(range(4)), [0, 1], 40) if quick else (list(range(20)), [0, 1, 2], 250)
     every = steps // 5
     gains = {s.label: [log_gain_at_init(s, seed) for seed in init_seeds] for s in SCHEMES}
@@ -108,11 +106,8 @@ Training: MNIST-1D (generated locally, seed 0; 3500 train / 500 val / 1000 test)
 {steps} steps, seeds {train_seeds[0]}..{train_seeds[-1]} (seed k draws the weights and the batch order);
 median [q25, q75] over seeds. Float32, one torch thread.
 """
-    report = Report("conv_delta", "Delta vs full conv draws: log-gain at init and a short training",
-                    setup, rows, _findings(gains, trained, steps), fig)
-    report.setup += cpu_note(cpu)
-    report.seconds = time.perf_counter() - start
-    return report
+    return Report("conv_delta", "Delta vs full conv draws: log-gain at init and a short training",
+               setup, rows, _findings(gains, trained, steps), fig)
 
 
 def _verdict(test: dict[str, float]) -> str:

@@ -7,7 +7,6 @@ log-norm by depth, first-layer gradient norm) for every scheme, then a short tra
 from __future__ import annotations
 
 import math
-import time
 
 import matplotlib
 
@@ -25,7 +24,6 @@ from benchmarks.classification import (  # noqa: E402
     mnist1d,
     plot_curves,
     run_seeds,
-    cpu_note,
     setup_torch,
     summarize,
 )
@@ -102,8 +100,7 @@ def _plot_dead(ax, stats: dict[str, list[dict]]) -> None:
 
 
 def run(quick: bool = False) -> Report:
-    cpu = setup_torch()
-    start = time.perf_counter()
+    setup_torch()
     init_seeds = list(range(3 if quick else 10))
     train_seeds = list(range(2 if quick else 3))
     steps, every = (40, 20) if quick else (200, 25)
@@ -181,11 +178,8 @@ chosen from {{{", ".join(f"{lr:g}" for lr in LRS)}}} by median final validation 
 lr reported as median [q25, q75] over seeds. ZerO is deterministic, so its seeds differ only in batch order.
 """
     findings = _findings(stats, trained, steps)
-    report = Report("stiefel_depth", f"Depth {DEPTH}, width {WIDTH}, ReLU: dead units, gradients and training",
-                    setup, rows, findings, fig)
-    report.setup += cpu_note(cpu)
-    report.seconds = time.perf_counter() - start
-    return report
+    return Report("stiefel_depth", f"Depth {DEPTH}, width {WIDTH}, ReLU: dead units, gradients and training",
+               setup, rows, findings, fig)
 
 
 def _findings(stats: dict[str, list[dict]], trained: dict[str, list], steps: int) -> str:
