@@ -66,12 +66,12 @@ _OUTPUT_TOLERANCE = 1e-4  # |log rms - log target| below which the "output" cali
 @dataclass
 class CalibrationResult:
     """What :func:`calibrate_` did: ``factors[l]`` multiplied planned layer ``l``'s weight;
-    ``log_gains[l]``: measured after calibration, ``mean_b log r(x_{l+1}) - log r(x_l)`` with
-    ``x_l`` the input of layer ``l`` (its first call) and ``x_{L+1}`` the network output, ``r(v) =
-    ||v|| / sqrt(numel per sample)`` (the layer with its activation; they add up to the network's
-    log-gain); ``output_rms``: the
-    network output's root-mean-square after calibration; ``dead``: layers left at factor 1 because
-    their output (or input) is all zero on the batch."""
+    ``log_gains[l]``: measured after calibration, ``m_l - m_{l-1}`` with ``m_l`` the batch mean of
+    ``log r`` of layer ``l``'s output (its first call; ``m_{-1}``: of the first layer's input),
+    ``r(v) = ||v|| / sqrt(numel per sample)``: the previous layer's activation and this layer, as
+    the diagnostics measure it; they add up to the network's log-gain; ``output_rms``: the last
+    planned layer's output root-mean-square after calibration; ``dead``: layers left at factor 1
+    because their output (or input) is all zero on the batch."""
 
     method: str
     target: float
@@ -198,33 +198,35 @@ def _calibrate_output(runner: _Runner, layers: list[Any], target: float) -> tupl
 
 
 def _measure(runner: _Runner, layers: list[Any]) -> tuple[list[float], float]:
-    """Per planned layer ``l``, ``mean_b log r(x_{l+1}) - log r(x_l)`` (samples alive at both ends) with ``x_l`` what layer ``l``
-    receives on its first call (``x_{L+1}``: the last layer's output, so the log-gains add up to the
-    network's); and that output's root-mean-square."""
-    inputs: dict[int, torch.Tensor] = {}
+    """Per planned layer ``l``, ``m_l - m_{l-1}`` with ``m_l`` the batch mean of ``log r`` of layer
+    ``l``'s output on its first call (what the diagnostics measure at that layer; samples whose
+    signal is zero left out) and ``m_{-1}`` that of the first layer's input, so the log-gains add up
+    to the network's and ``m_0 + sum_{k=1..l} gain_k`` is the log-norm the diagnostics see at layer
+    ``l`` on this batch; and the last layer's output root-mean-square."""
+    means: dict[int, float] = {}
 
     def make_hook(i: int):
-        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            if i not in inputs and args and isinstance(args[0], torch.Tensor):
-                inputs[i] = log_r(args[0])
+        def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if i not in means and isinstance(output, torch.Tensor):
+                means[i] = _alive_mean(log_r(output))
+                if i == 0 and args and isinstance(args[0], torch.Tensor):
+                    means[-1] = _alive_mean(log_r(args[0]))
         return hook
 
-    handles = [layer.module.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    handles = [layer.module.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
     try:
         output = runner.first_call(layers[-1]).output
     finally:
         for handle in handles:
             handle.remove()
-    logs = [inputs.get(i) for i in range(len(layers))] + [log_r(output)]
-    gains = [math.nan if a is None or b is None or a.shape != b.shape else _alive_mean(b - a)
-             for a, b in zip(logs[:-1], logs[1:])]
-    return gains, _rms(output)
+    logs = [means.get(i, math.nan) for i in range(-1, len(layers))]
+    return [b - a for a, b in zip(logs[:-1], logs[1:])], _rms(output)
 
 
-def _alive_mean(differences: torch.Tensor) -> float:
-    """Batch mean over the samples whose signal is alive at both ends (a ReLU layer zeroes a whole
-    sample with probability ``2^-d``: the exponent is taken conditionally on a nonzero signal)."""
-    alive = differences[torch.isfinite(differences)]
+def _alive_mean(values: torch.Tensor) -> float:
+    """Batch mean over the samples whose signal is alive (a ReLU layer zeroes a whole sample with
+    probability ``2^-d``: the exponent is taken conditionally on a nonzero signal)."""
+    alive = values[torch.isfinite(values)]
     return float(alive.mean()) if alive.numel() else math.nan
 
 

@@ -344,3 +344,24 @@ def test_one_default_target_everywhere() -> None:
     for function, name in ((apply_init, "calibrate_target"), (LyapunovInit.__init__, "calibrate_target"),
                            (calibrate_, "target")):
         assert inspect.signature(function).parameters[name].default == DEFAULT_TARGET
+
+
+def test_callback_predicted_line_is_the_measured_log_norm_on_the_calibration_batch(tmp_path) -> None:
+    # after a calibration the dashboard's predicted line (first layer's measured mean + the next
+    # layers' log-gains) must be what the diagnostics measure at step 0 on that same batch
+    import lightning.pytorch as pl
+    from conftest import DeepNarrow, loader, trainer_kwargs
+
+    from lightning_lyapunov import LyapunovInit
+    from lightning_lyapunov.dashboard import predicted_log_norm
+    from lightning_lyapunov.diagnostics import STAT_KEYS
+
+    for calibrate in ("layers", "output"):
+        callback = LyapunovInit(seed=0, calibrate=calibrate, log_every_n_steps=1)
+        trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=1))
+        trainer.fit(DeepNarrow(width=2, depth=16), loader(width=2))
+        stats = callback.first_stats
+        measured = stats.values[:, STAT_KEYS.index("log_norm_mean")]
+        predicted = predicted_log_norm(stats, callback.plan)
+        assert predicted is not None
+        assert abs(predicted - measured).max() < 1e-4, (calibrate, predicted - measured)
