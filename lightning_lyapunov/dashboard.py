@@ -163,7 +163,8 @@ def depth_figure(stats: SignalStats, plan: Any, title: str):
     if line is not None:
         variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
         band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
-        ax_norm.plot(depth, line, "k--", label="theory: sum of exponents")
+        ax_norm.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if getattr(plan, "calibration", None)
+                     else "theory: sum of exponents")
         ax_norm.fill_between(depth, line - band, line + band, color="k", alpha=0.12, label="+-2 sqrt(l) s")
     ax_norm.set(title="log-norm  log(||h|| / sqrt(d))", xlabel="layer")
 

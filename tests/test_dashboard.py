@@ -83,7 +83,7 @@ def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
         assert figure._suptitle.get_text() == "run: step 0"
         norm, variance, kurtosis = figure.axes
         line = dashboard.predicted_log_norm(callback.first_stats, callback.plan)
-        theory_lines = {ax: [l for l in ax.get_lines() if l.get_label().startswith("theory")] for ax in figure.axes}
+        theory_lines = {ax: [l for l in ax.get_lines() if l.get_label().startswith(("theory", "plan"))] for ax in figure.axes}
         np.testing.assert_allclose(theory_lines[norm][0].get_ydata(), line)
         widths = [layer.d_out for layer in callback.plan.layers[:-1]]
         start = callback.first_stats.layer("net.0")["kurtosis_median"]
