@@ -525,9 +525,10 @@ class LyapunovInit(Callback):
             self._warn(f"not logging statistics that are undefined here, rather than NaN: {listed}")
 
     def _scale_problem(self, stats: SignalStats) -> str | None:
-        """The output's scale against the input's at step 0, with what the plan predicts about it."""
+        """The output's scale against the input's at step 0, with what the plan predicts about it;
+        nothing after a calibration, which set the output's scale (``calibrate_target``) on purpose."""
         gap = self._start_gap(stats)
-        if gap is None or abs(gap) <= math.log(10.0):
+        if gap is None or abs(gap) <= math.log(10.0) or getattr(self.plan, "calibration", None):
             return None
         plan, depth = self.plan, len(self.plan.layers)
         message = (f"the output's scale is {math.exp(gap):.3g} times the input's (mean log-norm "
@@ -537,7 +538,7 @@ class LyapunovInit(Callback):
         if drift is not None and abs(drift) > math.log(10.0):
             return message + (f"The plan predicts this: scheme={plan.scheme!r} drifts by {drift:+.1f} over "
                               f"{depth} layers; scheme='lyapunov' keeps the log-norm's drift at 0")
-        if spread is None or getattr(plan, "calibration", None):
+        if spread is None:
             return message.rstrip()
         return message + (
             "The median log-norm is preserved, not the scale of one draw: the plan predicts that the output's scale "

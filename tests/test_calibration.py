@@ -259,14 +259,14 @@ def test_cli_config_sets_calibrate() -> None:
 # ------------------------------------------------------------------------------------ callback default
 
 
-def fit_zero_steps(tmp_path, data=None, depth: int = 12, **kwargs):
+def fit_callback(tmp_path, data=None, depth: int = 12, steps: int = 0, **kwargs):
     import lightning.pytorch as pl
     from conftest import DeepNarrow, loader, trainer_kwargs
 
     from lightning_lyapunov import LyapunovInit
 
-    module, callback = DeepNarrow(depth=depth), LyapunovInit(seed=0, diagnostics=False, **kwargs)
-    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=0))
+    module, callback = DeepNarrow(depth=depth), LyapunovInit(**{"seed": 0, "diagnostics": False, **kwargs})
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=steps))
     trainer.fit(module, data if data is not None else loader())
     return module, callback
 
@@ -276,7 +276,7 @@ def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) ->
 
     x, _ = next(iter(loader()))
     for scheme, calibrated in (("lyapunov", "layers"), ("he", None)):
-        module, callback = fit_zero_steps(tmp_path, scheme=scheme)
+        module, callback = fit_callback(tmp_path, scheme=scheme)
         assert callback.calibrate == "auto" and callback.calibration == calibrated
         assert callback.plan.calibration == calibrated
         reference = DeepNarrow()
@@ -297,9 +297,9 @@ def test_callback_auto_calibration_falls_back_to_theorys_draw_on_a_nonfinite_bat
     x = torch.full((16, 4), float("nan"))
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=8)
     with pytest.raises(ValueError, match="non-finite"):  # asked for explicitly: a clear error
-        fit_zero_steps(tmp_path, data, depth=5, calibrate="output")
+        fit_callback(tmp_path, data, depth=5, calibrate="output")
     with pytest.warns(UserWarning, match="calibrate='auto' skipped, theory's draw kept: .*non-finite"):
-        module, callback = fit_zero_steps(tmp_path, data, depth=5)
+        module, callback = fit_callback(tmp_path, data, depth=5)
     reference = DeepNarrow(depth=5)
     init(reference, seed=0)
     for a, b in zip(weights(module), weights(reference)):
@@ -365,3 +365,20 @@ def test_callback_predicted_line_is_the_measured_log_norm_on_the_calibration_bat
         predicted = predicted_log_norm(stats, callback.plan)
         assert predicted is not None
         assert abs(predicted - measured).max() < 1e-4, (calibrate, predicted - measured)
+
+
+def test_callback_does_not_warn_about_the_output_scale_a_calibration_chose(tmp_path) -> None:
+    # inputs of scale 100, outputs calibrated to 1: a gap of e^-4.6 that the calibration made on purpose
+    # (before, the warning blamed the scheme: "the plan predicts this: scheme='lyapunov' drifts by -4.6")
+    from conftest import loader
+
+    from lightning_lyapunov.callbacks import LyapunovWarning
+
+    x, y = loader().dataset.tensors
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(100.0 * x, y), batch_size=16)
+    for calibrate, warned in (("auto", False), (None, True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit_callback(tmp_path, data, steps=1, calibrate=calibrate, diagnostics=True, log_every_n_steps=1)
+        scale = [w for w in caught if issubclass(w.category, LyapunovWarning) and "times the input's" in str(w.message)]
+        assert bool(scale) == warned, (calibrate, [str(w.message) for w in scale])
