@@ -188,6 +188,7 @@ class LyapunovInit(Callback):
         self._no_observation: str | None = None
         self._off: set[tuple[int, str]] = set()  # (id(logger), output) switched off after a failure
         self._distribution_steps: set[int] = set()
+        self._scalars: tuple[InitPlan | None, dashboard.StepScalars] | None = None  # for this plan, built once
         self._collapsed: dict[str, int] = {}  # layer -> first step its empirical variance collapsed
         self._input_log_norm: torch.Tensor | None = None
         self._input_hook: Any = None
@@ -420,8 +421,9 @@ class LyapunovInit(Callback):
         step = self._last_step or 0
         self._warn_about(stats, step, first=first)
         self._warn_undefined(stats)
-        scalars = dashboard.summary_scalars(stats, self.plan)
-        scalars.update(dashboard.layer_scalars(stats, self.plan, self._layers()))
+        if self._scalars is None or self._scalars[0] is not self.plan or self._scalars[1].names != stats.names:
+            self._scalars = (self.plan, dashboard.StepScalars(self.plan, stats.names, self._layers()))
+        scalars = self._scalars[1](stats)
         for logger in trainer.loggers:
             self._emit(logger, "scalars", lambda lg: lg.log_metrics(scalars, step=step))
         if first:

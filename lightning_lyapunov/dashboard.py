@@ -39,7 +39,7 @@ import numpy as np
 
 from lightning_lyapunov.diagnostics import STAT_KEYS, SignalStats
 
-__all__ = ["featured_layers", "summary_scalars", "layer_scalars", "layout", "depth_figure", "figure_due"]
+__all__ = ["featured_layers", "summary_scalars", "layer_scalars", "StepScalars", "layout", "depth_figure", "figure_due"]
 
 _SUMMARY = (
     ("max", "emp_var_collapsed", "worst layer: fraction of units with collapsed empirical variance"),
@@ -75,47 +75,83 @@ def _plan_exponents(plan: Any) -> np.ndarray | None:
 
 def summary_scalars(stats: SignalStats, plan: Any) -> dict[str, float]:
     """The handful of summary scalars of one measured step (module docstring); finite values only."""
-    scalars = {"lyapunov/exponent_estimate": stats.exponent_estimate}
-    exponents = _plan_exponents(plan)
-    if exponents is not None:
-        scalars["lyapunov/predicted/exponent"] = float(exponents.mean())
-    values = stats.values[:, _SUMMARY_COLUMNS]
-    finite = np.isfinite(values)
-    largest, total = np.where(finite, values, -np.inf).max(0).tolist(), np.where(finite, values, 0.0).sum(0).tolist()
-    for j, (any_finite, (reduce, key, _)) in enumerate(zip(finite.any(0).tolist(), _SUMMARY)):
-        if any_finite:
-            scalars[f"lyapunov/{reduce}/{key}"] = largest[j] if reduce == "max" else total[j]
-    return {key: value for key, value in scalars.items() if math.isfinite(value)}
+    return StepScalars(plan, stats.names, ()).summary(stats)
 
 
 def layer_scalars(stats: SignalStats, plan: Any, layers: Sequence[str]) -> dict[str, float]:
     """``lyapunov/<stat>/<layer>`` for ``layers`` (statistics the measurement defines) and the
     plan's predicted log-norm line through the first layer's measured mean,
     ``lyapunov/predicted/log_norm/<layer>``."""
-    chosen = set(layers)
-    rows = [(i, name) for i, name in enumerate(stats.names) if name in chosen]
-    undefined = stats.undefined()
-    scalars = {}
-    for k, key in enumerate(STAT_KEYS):  # the order of stats.to_scalars(defined_only=True), statistic-major
-        for i, name in rows:
-            if f"{key}/{name}" not in undefined:
-                scalars[f"lyapunov/{key}/{name}"] = float(stats.values[i, k])
-    line = predicted_log_norm(stats, plan)
-    if line is not None:
-        for name, value in zip(stats.names, line):
-            if name in chosen:
-                scalars[f"lyapunov/predicted/log_norm/{name}"] = float(value)
-    return scalars
+    return StepScalars(plan, stats.names, layers).layers(stats)
+
+
+class StepScalars:
+    """:func:`summary_scalars` and :func:`layer_scalars` for one plan, monitored ``names`` and logged
+    ``layers``, with what depends on them alone (the plan's line, the keys) built once: the callback
+    calls it at every measured step.
+
+    Example::
+
+        scalars = StepScalars(plan, stats.names, featured_layers(stats.names))(stats)
+    """
+
+    def __init__(self, plan: Any, names: Sequence[str], layers: Sequence[str]) -> None:
+        self.names = tuple(names)
+        exponents = _plan_exponents(plan)
+        self._predicted_exponent = None if exponents is None else float(exponents.mean())
+        # m_0 + sum_{k=1..l} lambda_k, less m_0 (the first layer's measured mean, known per step)
+        self._line = (np.concatenate([[0.0], np.cumsum(exponents[1:])])
+                      if exponents is not None and len(exponents) == len(self.names) else None)
+        chosen = set(layers)
+        self._rows = [i for i, name in enumerate(self.names) if name in chosen]
+        # statistic-major, the order of stats.to_scalars(defined_only=True)
+        self._keys = [(f"{key}/{self.names[i]}", f"lyapunov/{key}/{self.names[i]}") for key in STAT_KEYS for i in self._rows]
+        self._line_keys = [f"lyapunov/predicted/log_norm/{self.names[i]}" for i in self._rows]
+
+    def __call__(self, stats: SignalStats) -> dict[str, float]:
+        return self.summary(stats) | self.layers(stats)
+
+    def summary(self, stats: SignalStats) -> dict[str, float]:
+        """:func:`summary_scalars`."""
+        scalars = {"lyapunov/exponent_estimate": stats.exponent_estimate}
+        if self._predicted_exponent is not None:
+            scalars["lyapunov/predicted/exponent"] = self._predicted_exponent
+        values = stats.values[:, _SUMMARY_COLUMNS]
+        finite = np.isfinite(values)
+        largest = np.where(finite, values, -np.inf).max(0).tolist()
+        total = np.where(finite, values, 0.0).sum(0).tolist()
+        for j, (any_finite, (reduce, key, _)) in enumerate(zip(finite.any(0).tolist(), _SUMMARY)):
+            if any_finite:
+                scalars[f"lyapunov/{reduce}/{key}"] = largest[j] if reduce == "max" else total[j]
+        return {key: value for key, value in scalars.items() if math.isfinite(value)}
+
+    def layers(self, stats: SignalStats) -> dict[str, float]:
+        """:func:`layer_scalars`."""
+        self._check(stats)
+        values = stats.values[self._rows].T.ravel().tolist()
+        undefined = stats.undefined()
+        scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
+        line = self.predicted_log_norm(stats)
+        if line is not None:
+            scalars.update(zip(self._line_keys, line[self._rows].tolist()))
+        return scalars
+
+    def _check(self, stats: SignalStats) -> None:
+        if tuple(stats.names) != self.names:
+            raise ValueError(f"statistics of the layers {list(stats.names)} given to StepScalars built for "
+                             f"{list(self.names)}; build one for these layers")
+
+    def predicted_log_norm(self, stats: SignalStats) -> np.ndarray | None:
+        """:func:`predicted_log_norm`."""
+        self._check(stats)
+        first = stats.values[0, STAT_KEYS.index("log_norm_mean")] if self.names else math.nan
+        return None if self._line is None or not math.isfinite(first) else first + self._line
 
 
 def predicted_log_norm(stats: SignalStats, plan: Any) -> np.ndarray | None:
     """``m_0 + sum_{k=1..l} lambda_k`` per layer (``m_0``: the first layer's measured mean
     log-norm), or None when the plan has no prediction or ``m_0`` is not finite."""
-    exponents = _plan_exponents(plan)
-    first = stats.values[0, STAT_KEYS.index("log_norm_mean")] if len(stats.names) else math.nan
-    if exponents is None or len(exponents) != len(stats.names) or not math.isfinite(first):
-        return None
-    return first + np.concatenate([[0.0], np.cumsum(exponents[1:])])
+    return StepScalars(plan, stats.names, ()).predicted_log_norm(stats)
 
 
 def layout(layers: Sequence[str]) -> dict[str, dict[str, list]]:

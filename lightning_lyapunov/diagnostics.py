@@ -41,11 +41,12 @@ statistics (and why), and ``to_scalars(defined_only=True)`` leaves them out. A s
 has ``log r = -inf``. If a module is called several times in one forward (weight sharing), the
 last call is kept.
 
-Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook (fp32, one
-contiguous copy into a tensor kept from one measured step to the next) and reduced together in
-:meth:`~SignalMonitor.compute`: the layers of one batch size side by side, in place, in eight
-passes and some forty small kernels for all layers instead of ~40 tiny ones per layer. Larger
-outputs are reduced in the hook (no copy is held). See ``benchmarks/diagnostics_overhead.py`` and
+Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook (fp32) into one
+tensor kept from one measured step to the next, ``(layers, B, max width)``, zero-padded: layers of
+one batch size and similar widths (the padding adds at most a quarter) side by side, each a block
+of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in eight passes and some
+thirty small kernels for all its layers instead of ~40 tiny ones per layer. Larger outputs are
+reduced in the hook (no copy is held). See ``benchmarks/diagnostics_overhead.py`` and
 ``benchmarks/overhead.py`` for the measured cost.
 
 Example::
@@ -105,108 +106,124 @@ COLLAPSE_THRESHOLD = 1e-3
 _CONSTANT_RTOL = 16 * torch.finfo(torch.float32).eps
 
 
-def _runs(widths: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Consecutive layers of equal width as (first column, number of layers, width)."""
-    runs: list[tuple[int, int, int]] = []
-    start = 0
-    for w in widths:
-        if runs and runs[-1][2] == w:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1, w)
-        else:
-            runs.append((start, 1, w))
-        start += w
-    return runs
+#: Layers of unequal widths are reduced together, zero-padded to the widest, while the padding adds
+#: at most this fraction to their units (:func:`_buckets`).
+_PAD_LIMIT = 1.25
+
+
+def _buckets(widths: Sequence[int]) -> list[list[int]]:
+    """Indices of the layers reduced together: widest first, a layer joins the current group while the
+    group zero-padded to its widest layer has at most ``_PAD_LIMIT`` times its units; forward order
+    within a group (equal widths always go together)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
+        if groups:
+            group = groups[-1]
+            units = sum(widths[j] for j in group) + widths[i]
+            if widths[group[0]] * (len(group) + 1) <= _PAD_LIMIT * units:
+                group.append(i)
+                continue
+        groups.append([i])
+    return [sorted(group) for group in groups]
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(widths: tuple[int, ...], device: torch.device) -> tuple[list[tuple[int, int, int]], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per widths and device, built once: the runs of equal widths, the widths as a float tensor,
-    half their log and each unit's layer index (the logging step then issues only the statistics' kernels)."""
+def _layout(widths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per widths and device, built once: the widths as a float tensor, half their log, the padded
+    units per layer and the offsets of the per-layer sums [0, 0, 0, padding] (padding is "dead")."""
     width = torch.tensor(widths, dtype=torch.float32, device=device)
-    unit_layer = torch.repeat_interleave(torch.arange(len(widths), device=device), torch.tensor(widths, device=device))
-    return _runs(widths), width, width.log().mul_(0.5), unit_layer
+    padding = max(widths) - width
+    offsets = torch.stack((torch.zeros_like(width), torch.zeros_like(width), torch.zeros_like(width), padding))
+    return width, width.log().mul_(0.5).unsqueeze(1), padding, offsets
 
 
 def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Statistics of ``L`` layer outputs side by side, in fp32, on ``h``'s device, no host sync.
 
     ``h`` has shape ``(B, D)``: batch ``B``, the flattened outputs of layer ``l`` in the next
-    ``widths[l]`` columns (``sum(widths) == D``; default: one layer). The per-unit moments of all
-    layers are computed by the same few kernels; only the sums over each layer's units are taken
-    per run of consecutive equal widths (a non-finite value stays inside its own layer). Returns
-    ``(stats, log_norms)``: ``stats`` of shape ``(L, len(STAT_KEYS))`` (columns in the order of
-    :data:`STAT_KEYS`, formulas in the module docstring) and the per-sample
-    ``log_norms = log(||h_b|| / sqrt(d))`` of shape ``(L, B)``.
+    ``widths[l]`` columns (``sum(widths) == D``; default: one layer). Returns ``(stats, log_norms)``:
+    ``stats`` of shape ``(L, len(STAT_KEYS))`` (columns in the order of :data:`STAT_KEYS`, formulas
+    in the module docstring) and the per-sample ``log_norms = log(||h_b|| / sqrt(d))`` of shape
+    ``(L, B)``. A non-finite value stays inside its own layer.
 
-    Cost: eight passes over ``h`` and some forty small kernels on per-unit and per-layer vectors
-    (a few more per extra run of equal widths), whatever ``L``. On the CPU the non-finite entries
-    are counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf
-    entry makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no
-    host synchronization).
+    Cost: the layers are laid out as a ``(L, B, max width)`` tensor, zero-padded (a copy, unless all
+    widths are equal), and reduced by the same thirty-odd kernels whatever ``L``: eight passes over
+    the data, the rest on per-unit and per-layer vectors. On the CPU the non-finite entries are
+    counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf entry
+    makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no host
+    synchronization).
 
     Example::
 
         stats, log_norms = signal_stats(torch.randn(4096, 8 + 3), widths=[8, 3])  # kurtosis ~ 3
     """
-    return _signal_stats(h, widths, overwrite=False)
-
-
-def _signal_stats(h: torch.Tensor, widths: Sequence[int] | None, overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`signal_stats`; with ``overwrite`` (an fp32 ``h`` the caller discards) ``h`` itself is the
-    scratch space: in-place passes, no full-size temporary."""
     with torch.no_grad():
-        h = h.float()
         batch, total = h.shape
         widths = (total,) if widths is None else tuple(int(w) for w in widths)
         if sum(widths) != total:
             raise ValueError(f"widths={list(widths)} must sum to the number of columns of h, {total}")
-        runs, width, half_log_width, unit_layer = _layout(widths, h.device)
+        if len(set(widths)) == 1:
+            return _padded_stats(h.float().reshape(batch, len(widths), widths[0]).transpose(0, 1), widths, overwrite=False)
+        padded = h.new_zeros((len(widths), batch, max(widths)), dtype=torch.float32)
+        for layer, block in zip(padded, torch.split(h, widths, 1)):
+            layer[:, : block.shape[1]] = block
+        return _padded_stats(padded, widths, overwrite=True)
 
-        def per_layer(x: torch.Tensor, reduce: Any = torch.mean) -> torch.Tensor:
-            """(..., D) -> (..., L): ``reduce`` over the units of each layer."""
-            parts = [reduce(x[..., s : s + n * w].unflatten(-1, (n, w)), -1) for s, n, w in runs]
-            return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
-        def norm(x: torch.Tensor, dim: int) -> torch.Tensor:
-            return torch.linalg.vector_norm(x, dim=dim)
-
-        log_norms = per_layer(h, norm).log_().sub_(half_log_width)  # (B, L)
-        log_mean = log_norms.mean(0)
-        work = h if overwrite else torch.empty_like(h)  # the one full-size temporary
-        rows = [h.amax(0).le_(0)]  # dead units (1.0 / 0.0)
+def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`signal_stats` of ``h`` of shape ``(L, B, W)`` (fp32): layer ``l``'s units in
+    ``h[l, :, :widths[l]]``, zeros after them (the padding adds 0 to every sum; the "dead" and
+    "collapsed" padding units are subtracted and its NaN kurtosis is left out of the median). With
+    ``overwrite`` (a tensor the caller discards) ``h`` itself is the scratch space: in-place passes,
+    no full-size temporary, and the padding stays zero."""
+    with torch.no_grad():
+        batch = h.shape[1]
+        width, half_log_width, padding, offsets = _layout(widths, h.device)
+        log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
+        log_mean = log_norms.mean(1)
+        dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
+        nonfinite = None
         if h.device.type != "cpu" or not math.isfinite(float(log_mean.sum())):
             # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
-            rows.append(torch.mul(h, 0).nan_to_num_(1.0).sum(0))
+            nonfinite = torch.mul(h, 0).nan_to_num_(1.0).sum((1, 2))
         if batch > 1:
-            log_std = torch.sub(log_norms, log_mean).square_().sum(0).div_(batch - 1).sqrt_()
-            mean = h.mean(0)
-            c2 = torch.sub(h, mean, out=work).square_()  # h - mean (in h itself with overwrite)
-            m2 = c2.mean(0)  # biased variance per unit
-            m4 = c2.square_().mean(0)
-            var = m2 * (batch / (batch - 1))
-            # mean_bj h_bj^2 = mean_j (m2_j + mean_j^2); the layers' sums of counts = means * widths
-            second_moment, var_mean, m2_mean, m4_mean, *rows = per_layer(
-                torch.stack((torch.addcmul(m2, mean, mean), var, m2, m4, *rows))
+            log_std = torch.sub(log_norms, log_mean.unsqueeze(1)).square_().sum(1).div_(batch - 1).sqrt_()
+            mean = h.mean(1, keepdim=True)
+            c2 = torch.sub(h, mean, out=h if overwrite else torch.empty_like(h)).square_()
+            s2 = c2.sum(1)  # B x the biased variance, per unit (L, W)
+            s4 = c2.square_().sum(1)  # B x the fourth central moment
+            mean_sq = mean.squeeze(1).square_()
+            # per layer: mean over units of m2, m4, mean^2; fraction of dead units
+            m2_mean, m4_mean, mean_sq_mean, dead_fraction = (
+                torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(width).unbind()
             )
-            collapsed = torch.le(var, second_moment.mul_(COLLAPSE_THRESHOLD).index_select(0, unit_layer))
-            kurt = m4.div_(m2.square())  # NaN (left out of the median) for (numerically) constant units:
-            kurt.masked_fill_(m2 <= mean.mul_(_CONSTANT_RTOL).square_(), math.nan)
+            m2_mean.div_(batch)
+            m4_mean.div_(batch)
+            # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2 (= m2 mean + mean^2 mean); the
+            # padding always counts, except against a NaN threshold (then nothing does)
+            threshold = torch.add(m2_mean, mean_sq_mean).mul_(COLLAPSE_THRESHOLD * (batch - 1))
+            collapsed = torch.le(s2, threshold.unsqueeze(-1)).sum(-1, dtype=torch.float32)
+            collapsed = collapsed.sub_(padding).clamp_(min=0).div_(width)
+            # kurtosis m4 / m2^2 = B s4 / s2^2; NaN (left out of the median) for (numerically)
+            # constant units, the padding included
+            kurt = s4.mul_(batch).div_(s2.square())
+            kurt.masked_fill_(s2 <= mean_sq.mul_(batch * _CONSTANT_RTOL**2), math.nan)
             columns = [
                 log_mean,
                 log_std,
-                var_mean,
-                per_layer(collapsed.float()),
-                per_layer(kurt, lambda x, dim: x.nanmedian(dim).values),
-                m4_mean.div_(m2_mean.square_()),
+                m2_mean * (batch / (batch - 1)),
+                collapsed,
+                kurt.nanmedian(-1).values,
+                m4_mean.div_(m2_mean.square()),
+                dead_fraction,
             ]
         else:
-            rows = list(per_layer(torch.stack(rows)))
             nan = torch.full_like(width, math.nan)
-            columns = [log_mean, torch.zeros_like(nan), nan, nan, nan, nan]
-        columns.append(rows[0])
-        columns.append(rows[1].mul_(width).round_() if len(rows) > 1 else torch.zeros_like(width))
+            dead_fraction = dead.sum(-1).sub_(padding).div_(width)
+            columns = [log_mean, torch.zeros_like(nan), nan, nan, nan, nan, dead_fraction]
+        columns.append(nonfinite if nonfinite is not None else torch.zeros_like(width))
         stats = torch.stack(columns, dim=1)
-    return stats, log_norms.T
+    return stats, log_norms
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -218,6 +235,14 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
             if isinstance(item, torch.Tensor):
                 return item
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _centered_index(length: int) -> np.ndarray:
+    """``i - mean i`` for ``i = 0 .. length - 1`` (read-only; the regressor of the exponent's slope)."""
+    x = np.arange(length) - (length - 1) / 2
+    x.flags.writeable = False
+    return x
 
 
 @functools.lru_cache(maxsize=16)
@@ -268,11 +293,14 @@ class SignalStats:
         when a captured mean log-norm is not finite (a dead or overflowing signal).
         """
         y = self.values[:, _LOG_NORM_MEAN]
-        index = np.flatnonzero(self._samples)
-        if index.size < 2 or not np.all(np.isfinite(y[index])):
+        samples = self._samples
+        index = None if samples.all() else np.flatnonzero(samples)  # None: every layer (the usual case)
+        x = _centered_index(len(y)) if index is None else index - index.mean()
+        if x.size < 2:
             return math.nan
-        x = index - index.mean()
-        return float(np.dot(x, y[index] - y[index].mean()) / np.dot(x, x))
+        # sum_i x_i (y_i - mean y) = sum_i x_i y_i (the x_i sum to 0); not finite iff some y_i is not
+        slope = float(np.dot(x, y if index is None else y[index])) / float(np.dot(x, x))
+        return slope if math.isfinite(slope) else math.nan
 
     @functools.cached_property
     def _samples(self) -> np.ndarray:
@@ -300,7 +328,8 @@ class SignalStats:
         clean = self.values[:, _NONFINITE] == 0
         reasons: dict[str, str] = {}
         # only layers not called, of one sample or with a NaN can have undefined statistics
-        for i in np.flatnonzero((samples <= 1) | np.isnan(self.values).any(1)).tolist():
+        suspects = (samples <= 1) | np.isnan(self.values).any(1)
+        for i in np.flatnonzero(suspects).tolist() if suspects.any() else ():
             name, count = self.names[i], samples[i]
             for k, value in enumerate(self.values[i].tolist()):
                 if count == 0:
@@ -309,10 +338,10 @@ class SignalStats:
                     reasons[f"{STAT_KEYS[k]}/{name}"] = SINGLE_SAMPLE
                 elif value != value and clean[i]:  # NaN
                     reasons[f"{STAT_KEYS[k]}/{name}"] = DEGENERATE
-        means = self.values[samples > 0, _LOG_NORM_MEAN]
-        if means.size < 2:
+        called = samples > 0
+        if np.count_nonzero(called) < 2:
             reasons["exponent_estimate"] = FEW_LAYERS
-        elif np.any(np.isneginf(means) & clean[samples > 0]):
+        elif np.any(np.isneginf(self.values[:, _LOG_NORM_MEAN]) & clean & called):
             reasons["exponent_estimate"] = ZERO_OUTPUT
         return reasons
 
@@ -338,9 +367,9 @@ class SignalMonitor:
         layer_names: qualified names (``model.named_modules()``) in forward order.
         training_only: skip modules in eval mode (validation, sanity check, inference).
         defer_below: outputs with fewer elements are copied (fp32) by the hook and reduced
-            together (all layers with the same batch size) in :meth:`compute`; larger outputs
-            are reduced in the hook itself. The copies are reused from one measured step to the
-            next and freed by :meth:`remove`.
+            together (the layers with the same batch size, in groups of similar widths) in
+            :meth:`compute`; larger outputs are reduced in the hook itself. The copies' tensor
+            is reused from one measured step to the next and freed by :meth:`remove`.
         persistent: register the hooks once, here, and gate them by :attr:`active` (what
             ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
             are attached when ``active`` turns True and removed when it turns False, so steps
@@ -405,6 +434,9 @@ class SignalMonitor:
         self._captures: dict[str, torch.Tensor] = {}
         self._flat: dict[str, torch.Tensor] = {}  # the same tensors viewed as (B, features)
         self._pending: dict[str, None] = {}
+        # per (batch size, device): the layers joined, and their groups (names, (layers, B, max width)
+        # zero-padded tensor) whose blocks the captures are views of, so the reduction copies nothing
+        self._joints: dict[tuple, tuple[list[str], list[tuple[list[str], torch.Tensor]]]] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self._where: dict[str, tuple[int, int]] = {}
@@ -462,7 +494,8 @@ class SignalMonitor:
         self._where.pop(name, None)
         self._pending.pop(name, None)
         if h.numel() >= self.defer_below:
-            self._captures.pop(name, None)
+            if self._captures.pop(name, None) is not None:
+                self._joints.clear()
             self._flat.pop(name, None)
             stats, log_norms = signal_stats(h.reshape(h.shape[0], -1))
             self._where[name] = (len(self._groups), 0)
@@ -472,6 +505,7 @@ class SignalMonitor:
         if kept is None or kept.shape != h.shape or kept.device != h.device:
             kept = self._captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
             self._flat[name] = kept.view(h.shape[0], -1)
+            self._joints.clear()  # a layout changed: joined again at the next reduction
         kept.copy_(h)  # no autograd: h is detached
         self._pending[name] = None
 
@@ -481,22 +515,43 @@ class SignalMonitor:
         return tuple(n for n in self.names if n in self._where or n in self._pending)
 
     def _reduce_pending(self) -> None:
-        """Reduce the deferred copies: one :func:`signal_stats` call per (batch size, device), on the
-        layers' outputs side by side (the kept copies are scratch space once reduced)."""
+        """Reduce the deferred copies: per (batch size, device), the layers' outputs side by side in
+        zero-padded groups of similar widths (:func:`_buckets`), a few dozen kernels per group. The
+        first reduction of a set of layers copies their captures into those groups and makes the
+        captures views of them: from then on the hooks write there directly."""
         by_key: dict[tuple, list[str]] = {}
         for name in self.names:
             if name in self._pending:
                 kept = self._captures[name]
                 by_key.setdefault((kept.shape[0], kept.device), []).append(name)
-        for names in by_key.values():
-            blocks = [self._flat[name] for name in names]
-            h = blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
-            widths = [block.shape[1] for block in blocks]
-            stats, log_norms = _signal_stats(h, widths, overwrite=True)
-            for j, name in enumerate(names):
-                self._where[name] = (len(self._groups), j)
-            self._groups.append((names, stats, log_norms))
+        for key, names in by_key.items():
+            joint = self._joints.get(key)
+            if joint is None or joint[0] != names:
+                joint = self._joints[key] = (names, self._join(names))
+            for group, h in joint[1]:
+                stats, log_norms = _padded_stats(h, tuple(self._flat[name].shape[1] for name in group), overwrite=True)
+                for j, name in enumerate(group):
+                    self._where[name] = (len(self._groups), j)
+                self._groups.append((group, stats, log_norms))
         self._pending.clear()
+
+    def _join(self, names: list[str]) -> list[tuple[list[str], torch.Tensor]]:
+        """Copy the captures of ``names`` (one batch size and device) into zero-padded groups
+        ``(layers, B, max width)`` and make them views of their blocks (the next steps' hooks write
+        there: a contiguous block for the widest layers)."""
+        blocks = [self._flat[name] for name in names]
+        joint = []
+        for indices in _buckets([block.shape[1] for block in blocks]):
+            group = [names[i] for i in indices]
+            h = blocks[indices[0]].new_zeros((len(group), blocks[0].shape[0], max(blocks[i].shape[1] for i in indices)))
+            for row, i in enumerate(indices):
+                name, block = names[i], blocks[i]
+                view = h[row, :, : block.shape[1]]
+                view.copy_(block)
+                self._flat[name] = view
+                self._captures[name] = view.view(self._captures[name].shape)
+            joint.append((group, h))
+        return joint
 
     def compute(self) -> SignalStats:
         """Move the statistics of the captured layers to the host: one transfer per device.
@@ -558,6 +613,7 @@ class SignalMonitor:
         self._reduce_pending()
         self._captures.clear()
         self._flat.clear()
+        self._joints.clear()
 
     def __enter__(self) -> SignalMonitor:
         return self

@@ -490,16 +490,21 @@ def test_layer_skipped_or_reshaped_between_steps_keeps_the_others_right():
 
 
 def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result():
-    from lightning_lyapunov.diagnostics import _signal_stats
+    from lightning_lyapunov.diagnostics import _padded_stats
 
     g = torch.Generator().manual_seed(4)
-    h = torch.randn(20, 13, generator=g)
-    h[:, 3] = 0.5  # a constant unit
-    kept = h.clone()
-    stats, log_norms = signal_stats(h, widths=[6, 4, 3])
-    assert torch.equal(h, kept)
-    scratch = h.clone()
-    again, again_log_norms = _signal_stats(scratch, [6, 4, 3], overwrite=True)
-    torch.testing.assert_close(again, stats, equal_nan=True)
-    torch.testing.assert_close(again_log_norms, log_norms)
-    assert not torch.equal(scratch, kept)  # used as scratch space
+    for widths in ([6, 4, 3], [5, 5]):  # padded (a copy) and equal widths (a view of h)
+        h = torch.randn(20, sum(widths), generator=g)
+        h[:, 3] = 0.5  # a constant unit
+        kept = h.clone()
+        stats, log_norms = signal_stats(h, widths=widths)
+        assert torch.equal(h, kept)
+        scratch = torch.zeros(len(widths), 20, max(widths))
+        for layer, block in zip(scratch, torch.split(h, widths, 1)):
+            layer[:, : block.shape[1]] = block
+        again, again_log_norms = _padded_stats(scratch, tuple(widths), overwrite=True)
+        torch.testing.assert_close(again, stats, equal_nan=True)
+        torch.testing.assert_close(again_log_norms, log_norms)
+        assert not torch.equal(scratch[0, :, : widths[0]], kept[:, : widths[0]])  # used as scratch space
+        for layer, w in zip(scratch, widths):
+            assert torch.count_nonzero(layer[:, w:]) == 0  # the padding stays zero
