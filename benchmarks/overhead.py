@@ -29,7 +29,7 @@ from torch import nn
 from benchmarks import diagnostics_overhead, init_timing, qr_draws, theory_timing
 from benchmarks.common import RESULTS, Report, spread
 
-STEPS, SKIP = 105, 5  # per fit: the first SKIP steps are warm-up; steps 50 and 100 log at cadence 50
+STEPS, SKIP = 305, 5  # per fit: the first SKIP steps are warm-up; steps 50, 100, ..., 300 log at cadence 50
 #: Row groups that ``--only`` selects (``qr-large``: the one large Linear of the QR rows alone).
 GROUPS = ("raw-mlp", "raw-cnn", "lightning", "init", "qr", "qr-large", "theory")
 PREVIOUS = " (previous run)"
@@ -343,7 +343,7 @@ def run(quick: bool = False, device: str = "cpu", only: Sequence[str] | None = N
         "(SGD lr 1e-4, cross-entropy, one fixed batch of 128 repeated) with `LyapunovInit(seed=0, "
         "diagnostics=True, log_every_n_steps=1)` / `LyapunovInit(seed=0)` (Trainer cadence 50) / "
         f"`LyapunovInit(seed=0, diagnostics=False)`; per-step time = CPU time between train-batch starts, "
-        f"steps {SKIP}..{STEPS} (which contain the logging steps 50 and 100 at cadence 50), one fit per "
+        f"steps {SKIP}..{STEPS} (which contain the logging steps 50, 100, ..., 300 at cadence 50), one fit per "
         "configuration per round.\n"
         "- Init (`benchmarks/init_timing.py`): `apply_init(model, scheme, generator=...)` (plan + draw + write) "
         "against torch's default init (`reset_parameters()` of every module) on a 100-layer width-1024 MLP and a "

@@ -107,6 +107,7 @@ class StepScalars:
         # statistic-major, the order of stats.to_scalars(defined_only=True)
         self._keys = [(f"{key}/{self.names[i]}", f"lyapunov/{key}/{self.names[i]}") for key in STAT_KEYS for i in self._rows]
         self._line_keys = [f"lyapunov/predicted/log_norm/{self.names[i]}" for i in self._rows]
+        self._summary_keys = [f"lyapunov/{reduce}/{key}" for reduce, key, _ in _SUMMARY]
 
     def __call__(self, stats: SignalStats) -> dict[str, float]:
         return self.summary(stats) | self.layers(stats)
@@ -118,11 +119,15 @@ class StepScalars:
             scalars["lyapunov/predicted/exponent"] = self._predicted_exponent
         values = stats.values[:, _SUMMARY_COLUMNS]
         finite = np.isfinite(values)
-        largest = np.where(finite, values, -np.inf).max(0).tolist()
-        total = np.where(finite, values, 0.0).sum(0).tolist()
-        for j, (any_finite, (reduce, key, _)) in enumerate(zip(finite.any(0).tolist(), _SUMMARY)):
-            if any_finite:
-                scalars[f"lyapunov/{reduce}/{key}"] = largest[j] if reduce == "max" else total[j]
+        if finite.all():  # the usual case
+            largest, total, any_finite = values.max(0).tolist(), values.sum(0).tolist(), [True] * len(_SUMMARY)
+        else:
+            largest = np.where(finite, values, -np.inf).max(0).tolist()
+            total = np.where(finite, values, 0.0).sum(0).tolist()
+            any_finite = finite.any(0).tolist()
+        for j, (reduce, key, _) in enumerate(_SUMMARY):
+            if any_finite[j]:
+                scalars[self._summary_keys[j]] = largest[j] if reduce == "max" else total[j]
         return {key: value for key, value in scalars.items() if math.isfinite(value)}
 
     def layers(self, stats: SignalStats) -> dict[str, float]:

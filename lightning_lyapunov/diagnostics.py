@@ -128,13 +128,16 @@ def _buckets(widths: Sequence[int]) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _layout(widths: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Per widths and device, built once: the widths as a float tensor, half their log, the padded
-    units per layer and the offsets of the per-layer sums [0, 0, 0, padding] (padding is "dead")."""
+def _layout(widths: tuple[int, ...], device: torch.device, batch: int) -> tuple[torch.Tensor, ...]:
+    """Per widths, device and batch size, built once: the widths as a float tensor, half their log,
+    the padded units per layer, the offsets [0, 0, 0, padding] (the padding is "dead") and divisors
+    [B w, B w, w, w] that turn the per-layer sums of [s2, s4, mean^2, dead] into means, and zeros."""
     width = torch.tensor(widths, dtype=torch.float32, device=device)
+    zeros = torch.zeros_like(width)
     padding = max(widths) - width
-    offsets = torch.stack((torch.zeros_like(width), torch.zeros_like(width), torch.zeros_like(width), padding))
-    return width, width.log().mul_(0.5).unsqueeze(1), padding, offsets
+    offsets = torch.stack((zeros, zeros, zeros, padding))
+    divisors = torch.stack((width * batch, width * batch, width, width))
+    return width, width.log().mul_(0.5).unsqueeze(1), padding, offsets, divisors, zeros
 
 
 def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +181,7 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
     no full-size temporary, and the padding stays zero."""
     with torch.no_grad():
         batch = h.shape[1]
-        width, half_log_width, padding, offsets = _layout(widths, h.device)
+        width, half_log_width, padding, offsets, divisors, zeros = _layout(widths, h.device, batch)
         log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
         log_mean = log_norms.mean(1)
         dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
@@ -195,10 +198,8 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
             mean_sq = mean.squeeze(1).square_()
             # per layer: mean over units of m2, m4, mean^2; fraction of dead units
             m2_mean, m4_mean, mean_sq_mean, dead_fraction = (
-                torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(width).unbind()
+                torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(divisors).unbind()
             )
-            m2_mean.div_(batch)
-            m4_mean.div_(batch)
             # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2 (= m2 mean + mean^2 mean); the
             # padding always counts, except against a NaN threshold (then nothing does)
             threshold = torch.add(m2_mean, mean_sq_mean).mul_(COLLAPSE_THRESHOLD * (batch - 1))
@@ -221,7 +222,7 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
             nan = torch.full_like(width, math.nan)
             dead_fraction = dead.sum(-1).sub_(padding).div_(width)
             columns = [log_mean, torch.zeros_like(nan), nan, nan, nan, nan, dead_fraction]
-        columns.append(nonfinite if nonfinite is not None else torch.zeros_like(width))
+        columns.append(nonfinite if nonfinite is not None else zeros)
         stats = torch.stack(columns, dim=1)
     return stats, log_norms
 
@@ -305,7 +306,7 @@ class SignalStats:
     @functools.cached_property
     def _samples(self) -> np.ndarray:
         """Per layer, the number of samples measured (0: not called)."""
-        return np.array([self.log_norms[name].size for name in self.names])
+        return np.fromiter(map(len, map(self.log_norms.__getitem__, self.names)), dtype=np.int64, count=len(self.names))
 
     def undefined(self) -> dict[str, str]:
         """``{"<stat>/<layer>" or "exponent_estimate": why}`` for the statistics that this measurement
@@ -325,6 +326,9 @@ class SignalStats:
     @functools.cached_property
     def _undefined(self) -> dict[str, str]:
         samples = self._samples
+        if (samples.size >= 2 and samples.min() > 1 and not np.isnan(self.values).any()
+                and not np.isneginf(self.values[:, _LOG_NORM_MEAN]).any()):
+            return {}  # the usual case, in five calls: every layer measured on 2+ samples, no NaN, no zero output
         clean = self.values[:, _NONFINITE] == 0
         reasons: dict[str, str] = {}
         # only layers not called, of one sample or with a NaN can have undefined statistics
@@ -435,8 +439,8 @@ class SignalMonitor:
         self._flat: dict[str, torch.Tensor] = {}  # the same tensors viewed as (B, features)
         self._pending: dict[str, None] = {}
         # per (batch size, device): the layers joined, and their groups (names, (layers, B, max width)
-        # zero-padded tensor) whose blocks the captures are views of, so the reduction copies nothing
-        self._joints: dict[tuple, tuple[list[str], list[tuple[list[str], torch.Tensor]]]] = {}
+        # zero-padded tensor whose blocks the captures are views of, widths): the reduction copies nothing
+        self._joints: dict[tuple, tuple[list[str], list[tuple[list[str], torch.Tensor, tuple[int, ...]]]]] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self._where: dict[str, tuple[int, int]] = {}
@@ -528,14 +532,14 @@ class SignalMonitor:
             joint = self._joints.get(key)
             if joint is None or joint[0] != names:
                 joint = self._joints[key] = (names, self._join(names))
-            for group, h in joint[1]:
-                stats, log_norms = _padded_stats(h, tuple(self._flat[name].shape[1] for name in group), overwrite=True)
+            for group, h, widths in joint[1]:
+                stats, log_norms = _padded_stats(h, widths, overwrite=True)
                 for j, name in enumerate(group):
                     self._where[name] = (len(self._groups), j)
                 self._groups.append((group, stats, log_norms))
         self._pending.clear()
 
-    def _join(self, names: list[str]) -> list[tuple[list[str], torch.Tensor]]:
+    def _join(self, names: list[str]) -> list[tuple[list[str], torch.Tensor, tuple[int, ...]]]:
         """Copy the captures of ``names`` (one batch size and device) into zero-padded groups
         ``(layers, B, max width)`` and make them views of their blocks (the next steps' hooks write
         there: a contiguous block for the widest layers)."""
@@ -550,7 +554,7 @@ class SignalMonitor:
                 view.copy_(block)
                 self._flat[name] = view
                 self._captures[name] = view.view(self._captures[name].shape)
-            joint.append((group, h))
+            joint.append((group, h, tuple(blocks[i].shape[1] for i in indices)))
         return joint
 
     def compute(self) -> SignalStats:

@@ -508,3 +508,20 @@ def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result
         assert not torch.equal(scratch[0, :, : widths[0]], kept[:, : widths[0]])  # used as scratch space
         for layer, w in zip(scratch, widths):
             assert torch.count_nonzero(layer[:, w:]) == 0  # the padding stays zero
+
+
+def test_layers_are_grouped_so_that_zero_padding_adds_at_most_a_quarter():
+    from lightning_lyapunov.diagnostics import _PAD_LIMIT, _buckets
+
+    assert _buckets([144, 7, 7, 3]) == [[0], [1, 2, 3]]  # 3 units padded to 7: 21 for 17
+    assert _buckets([64] * 31 + [10]) == [list(range(32))]  # an MLP and its head: one group
+    assert _buckets([2, 8, 8, 2]) == [[1, 2], [0, 3]]  # forward order inside a group
+    g = np.random.default_rng(0)
+    for _ in range(200):
+        widths = g.integers(1, 300, size=g.integers(1, 12)).tolist()
+        groups = _buckets(widths)
+        assert sorted(i for group in groups for i in group) == list(range(len(widths)))
+        for group in groups:
+            units = sum(widths[i] for i in group)
+            assert max(widths[i] for i in group) * len(group) <= _PAD_LIMIT * units
+            assert group == sorted(group)
