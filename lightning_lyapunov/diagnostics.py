@@ -516,6 +516,8 @@ class SignalMonitor:
     @property
     def captured(self) -> tuple[str, ...]:
         """Names of the layers measured since the last :meth:`reset`, in forward order."""
+        if len(self._where) + len(self._pending) == len(self.names):  # every layer (the two never share one)
+            return self.names
         return tuple(n for n in self.names if n in self._where or n in self._pending)
 
     def _reduce_pending(self) -> None:
@@ -570,7 +572,7 @@ class SignalMonitor:
                 "SignalMonitor.compute(): no layer was captured since the last reset(); set "
                 "monitor.active = True and run a forward pass (in training mode when training_only)"
             )
-        if len(self._groups) == 1 and self._groups[0][0] == list(self.names):  # every layer, reduced together
+        if len(self._groups) == 1 and len(self._groups[0][0]) == len(self.names):  # every layer, together, in order
             _, stats, log_norms = self._groups[0]
             host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).cpu().numpy().astype(np.float64)
             values = host[: stats.numel()].reshape(stats.shape)
