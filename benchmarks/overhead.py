@@ -138,7 +138,7 @@ def _lightning_rows(quick: bool, device: str = "cpu") -> list[dict[str, object]]
         "default cadence (50)": dict(diagnostics=True),
         "off": dict(diagnostics=False),
     }
-    rounds = 2 if quick else 16  # one fit per configuration per round: short fits, noisy on a shared machine
+    rounds = 2 if quick else 24  # one fit per configuration per round: noisy on a shared machine
     times: dict[str, list[float]] = {key: [] for key in configs}
     with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
         warnings.simplefilter("ignore")
