@@ -44,8 +44,8 @@ last call is kept.
 Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook (fp32) into one
 tensor kept from one measured step to the next, ``(layers, B, max width)``, zero-padded: layers of
 one batch size and similar widths (the padding adds at most a quarter) side by side, each a block
-of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in eight passes and some
-thirty small kernels for all its layers instead of ~40 tiny ones per layer. Larger outputs are
+of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in eight passes and a
+few dozen small kernels for all its layers instead of ~40 tiny ones per layer. Larger outputs are
 reduced in the hook (no copy is held). See ``benchmarks/diagnostics_overhead.py`` and
 ``benchmarks/overhead.py`` for the measured cost.
 
@@ -150,7 +150,7 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
     ``(L, B)``. A non-finite value stays inside its own layer.
 
     Cost: the layers are laid out as a ``(L, B, max width)`` tensor, zero-padded (a copy, unless all
-    widths are equal), and reduced by the same thirty-odd kernels whatever ``L``: eight passes over
+    widths are equal), and reduced by the same few dozen kernels whatever ``L``: eight passes over
     the data, the rest on per-unit and per-layer vectors. On the CPU the non-finite entries are
     counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf entry
     makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no host
