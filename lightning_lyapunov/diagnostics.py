@@ -165,6 +165,8 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
         widths = (total,) if widths is None else tuple(int(w) for w in widths)
         if sum(widths) != total:
             raise ValueError(f"widths={list(widths)} must sum to the number of columns of h, {total}")
+        if min(widths) < 1:
+            raise ValueError(f"widths={list(widths)} must be positive: each layer has at least one unit")
         if len(set(widths)) == 1:
             return _padded_stats(h.float().reshape(batch, len(widths), widths[0]).transpose(0, 1), widths, overwrite=False)
         padded = h.new_zeros((len(widths), batch, max(widths)), dtype=torch.float32)

@@ -368,6 +368,8 @@ def test_signal_stats_of_layers_side_by_side_equal_separate_calls(device):
     assert stats[2, STAT_KEYS.index("nonfinite")] == 1 and torch.isfinite(stats[:2]).all()
     with pytest.raises(ValueError, match="widths"):
         signal_stats(torch.randn(4, 5), widths=[2, 2])
+    with pytest.raises(ValueError, match="positive"):
+        signal_stats(torch.randn(4, 5), widths=[3, 0, 2])
 
 
 def test_non_persistent_hooks_exist_only_while_active():
