@@ -428,7 +428,8 @@ def _findings(rows: list[dict], raw_theory: list[dict]) -> str:
             "- Peak extra memory over the largest weight (target <= 2x): " + "; ".join(
                 f"{r['case']} {r['ratio']:.2f}x ({r['ms']:.0f} MB)" for r in qr_memory) + "."
         )
-    lines.append("- CUDA: unmeasured (no GPU in this session); `python -m benchmarks overhead --device cuda` measures it.")
+    lines.append("- CUDA: unmeasured (no GPU in this session); `bash scripts/cuda_check.sh` runs the CUDA tests and "
+                 "`python -m benchmarks overhead --device cuda`, which measures it.")
     if raw_theory:
         worst = max(raw_theory, key=lambda r: r["uncached_ms"])
         maxima = max(r["uncached_max_ms"] for r in raw_theory)
