@@ -4,7 +4,7 @@
 #   1. every test that runs on a device, on cuda, and the test that a step which is not measured
 #      makes no host synchronization (torch.cuda.set_sync_debug_mode("error"));
 #   2. the overhead benchmark's step-time rows on the GPU (benchmarks/results/overhead_cuda.md).
-# Usage: bash scripts/cuda_check.sh [--quick]   (about 6 minutes on one GPU, 1 with --quick);
+# Usage: bash scripts/cuda_check.sh [--quick]   (the step-time rows took ~8 minutes on the CPU; --quick: smaller);
 # PYTHON=... picks another interpreter than python3.
 # With $OUT set (the device tool), the logs and the result table are copied there.
 set -euo pipefail
