@@ -136,7 +136,7 @@ class StepScalars:
         values = stats.values[self._rows].T.ravel().tolist()
         undefined = stats.undefined()
         scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
-        line = self.predicted_log_norm(stats)
+        line = self._predicted(stats)
         if line is not None:
             scalars.update(zip(self._line_keys, line[self._rows].tolist()))
         return scalars
@@ -149,6 +149,9 @@ class StepScalars:
     def predicted_log_norm(self, stats: SignalStats) -> np.ndarray | None:
         """:func:`predicted_log_norm`."""
         self._check(stats)
+        return self._predicted(stats)
+
+    def _predicted(self, stats: SignalStats) -> np.ndarray | None:
         first = stats.values[0, STAT_KEYS.index("log_norm_mean")] if self.names else math.nan
         return None if self._line is None or not math.isfinite(first) else first + self._line
 

@@ -550,15 +550,14 @@ class SignalMonitor:
         blocks = [self._flat[name] for name in names]
         joint = []
         for indices in _buckets([block.shape[1] for block in blocks]):
-            group = [names[i] for i in indices]
-            h = blocks[indices[0]].new_zeros((len(group), blocks[0].shape[0], max(blocks[i].shape[1] for i in indices)))
-            for row, i in enumerate(indices):
-                name, block = names[i], blocks[i]
-                view = h[row, :, : block.shape[1]]
-                view.copy_(block)
+            group, widths = [names[i] for i in indices], tuple(blocks[i].shape[1] for i in indices)
+            h = blocks[indices[0]].new_zeros((len(group), blocks[0].shape[0], max(widths)))
+            for row, (name, width) in enumerate(zip(group, widths)):
+                view = h[row, :, :width]
+                view.copy_(self._flat[name])
                 self._flat[name] = view
                 self._captures[name] = view.view(self._captures[name].shape)
-            joint.append((group, h, tuple(blocks[i].shape[1] for i in indices)))
+            joint.append((group, h, widths))
         return joint
 
     def compute(self) -> SignalStats:

@@ -205,3 +205,27 @@ def test_closing_summary_says_what_was_done(tmp_path, caplog):
     assert f"measured {first:+.3f} at the first measured step, {last:+.3f} at step 4" in lines[1]
     assert "SamplingReport(" not in caplog.text
     assert math.isfinite(first)
+
+
+def test_step_scalars_built_once_equal_the_functions_and_refuse_other_layers():
+    from types import SimpleNamespace
+
+    from lightning_lyapunov.diagnostics import SignalStats
+
+    g = np.random.default_rng(0)
+    names = ("a", "b", "c", "d")
+    values = g.normal(size=(4, len(STAT_KEYS)))
+    values[:, STAT_KEYS.index("nonfinite")] = 0.0
+    values[2, STAT_KEYS.index("kurtosis_median")] = math.nan  # undefined: left out, and out of the max
+    stats = SignalStats(names, values, {n: g.normal(size=5) for n in names})
+    plan = SimpleNamespace(layer_log_gains=[0.1, -0.2, 0.05, 0.0])
+    step = dashboard.StepScalars(plan, names, ["a", "c"])
+    want = dashboard.summary_scalars(stats, plan) | dashboard.layer_scalars(stats, plan, ["a", "c"])
+    assert step(stats) == want
+    assert "lyapunov/kurtosis_median/c" not in want and "lyapunov/kurtosis_median/a" in want
+    assert want["lyapunov/max/kurtosis_median"] == np.nanmax(values[:, STAT_KEYS.index("kurtosis_median")])
+    first = values[0, STAT_KEYS.index("log_norm_mean")]
+    assert want["lyapunov/predicted/log_norm/c"] == pytest.approx(first - 0.2 + 0.05)
+    other = SignalStats(("a", "b"), values[:2], {n: g.normal(size=5) for n in ("a", "b")})
+    with pytest.raises(ValueError, match="build one for these layers"):
+        step(other)
