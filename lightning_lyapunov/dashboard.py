@@ -106,11 +106,14 @@ class StepScalars:
         self._rows = [i for i, name in enumerate(self.names) if name in chosen]
         # statistic-major, the order of stats.to_scalars(defined_only=True)
         self._keys = [(f"{key}/{self.names[i]}", f"lyapunov/{key}/{self.names[i]}") for key in STAT_KEYS for i in self._rows]
+        self._full_keys = [key for _, key in self._keys]
         self._line_keys = [f"lyapunov/predicted/log_norm/{self.names[i]}" for i in self._rows]
         self._summary_keys = [f"lyapunov/{reduce}/{key}" for reduce, key, _ in _SUMMARY]
 
     def __call__(self, stats: SignalStats) -> dict[str, float]:
-        return self.summary(stats) | self.layers(stats)
+        scalars = self.summary(stats)
+        scalars.update(self.layers(stats))
+        return scalars
 
     def summary(self, stats: SignalStats) -> dict[str, float]:
         """:func:`summary_scalars`."""
@@ -135,7 +138,10 @@ class StepScalars:
         self._check(stats)
         values = stats.values[self._rows].T.ravel().tolist()
         undefined = stats.undefined()
-        scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
+        if undefined:
+            scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
+        else:  # the usual step
+            scalars = dict(zip(self._full_keys, values))
         line = self._predicted(stats)
         if line is not None:
             scalars.update(zip(self._line_keys, line[self._rows].tolist()))

@@ -129,15 +129,31 @@ def _buckets(widths: Sequence[int]) -> list[list[int]]:
 
 @functools.lru_cache(maxsize=64)
 def _layout(widths: tuple[int, ...], device: torch.device, batch: int) -> tuple[torch.Tensor, ...]:
-    """Per widths, device and batch size, built once: the widths as a float tensor, half their log,
-    the padded units per layer, the offsets [0, 0, 0, padding] (the padding is "dead") and divisors
-    [B w, B w, w, w] that turn the per-layer sums of [s2, s4, mean^2, dead] into means, and zeros."""
+    """Per widths, device and batch size, built once (fp32 on ``device``, ``L`` layers, ``W`` the widest):
+
+    - ``half_log_width`` (L, 1): ``log(w) / 2``, taken from the log-norms;
+    - ``offsets``, ``divisors`` (4, L): ``[0, 0, 0, padding]`` and ``[B w, B w, w, w]``, which turn
+      the per-layer sums of ``[s2, s4, mean^2, dead]`` into means (the padding is "dead");
+    - ``padding`` (L, W): 0 for a layer's units, ``-inf`` for its padding (added to a threshold
+      that no padding unit may pass);
+    - ``scale`` (L, n_stats): the factor of each column of the statistics (``1 / sqrt(B - 1)``
+      for the std, ``B / (B - 1)`` for the unbiased variance, ``1 / w`` for a fraction, ``B``
+      for the kurtosis median, computed from ``s4 / s2^2``), applied once at the end;
+    - ``zeros`` (L,)."""
     width = torch.tensor(widths, dtype=torch.float32, device=device)
     zeros = torch.zeros_like(width)
-    padding = max(widths) - width
-    offsets = torch.stack((zeros, zeros, zeros, padding))
+    offsets = torch.stack((zeros, zeros, zeros, max(widths) - width))
     divisors = torch.stack((width * batch, width * batch, width, width))
-    return width, width.log().mul_(0.5).unsqueeze(1), padding, offsets, divisors, zeros
+    padding = torch.zeros((len(widths), max(widths)), device=device)
+    for row, w in zip(padding, widths):
+        row[w:] = -math.inf
+    scale = torch.ones((len(widths), len(STAT_KEYS)), device=device)
+    if batch > 1:
+        scale[:, STAT_KEYS.index("log_norm_std")] = 1 / math.sqrt(batch - 1)
+        scale[:, STAT_KEYS.index("emp_var_mean")] = batch / (batch - 1)
+        scale[:, STAT_KEYS.index("emp_var_collapsed")] = 1 / width
+        scale[:, STAT_KEYS.index("kurtosis_median")] = batch
+    return width.log().mul_(0.5).unsqueeze(1), offsets, divisors, padding, scale, zeros
 
 
 def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,7 +199,7 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
     no full-size temporary, and the padding stays zero."""
     with torch.no_grad():
         batch = h.shape[1]
-        width, half_log_width, padding, offsets, divisors, zeros = _layout(widths, h.device, batch)
+        half_log_width, offsets, divisors, padding, scale, zeros = _layout(widths, h.device, batch)
         log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
         log_mean = log_norms.mean(1)
         dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
@@ -192,7 +208,6 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
             # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
             nonfinite = torch.mul(h, 0).nan_to_num_(1.0).sum((1, 2))
         if batch > 1:
-            log_std = torch.sub(log_norms, log_mean.unsqueeze(1)).square_().sum(1).div_(batch - 1).sqrt_()
             mean = h.mean(1, keepdim=True)
             c2 = torch.sub(h, mean, out=h if overwrite else torch.empty_like(h)).square_()
             s2 = c2.sum(1)  # B x the biased variance, per unit (L, W)
@@ -203,30 +218,29 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
                 torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(divisors).unbind()
             )
             # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2 (= m2 mean + mean^2 mean); the
-            # padding always counts, except against a NaN threshold (then nothing does)
-            threshold = torch.add(m2_mean, mean_sq_mean).mul_(COLLAPSE_THRESHOLD * (batch - 1))
-            collapsed = torch.le(s2, threshold.unsqueeze(-1)).sum(-1, dtype=torch.float32)
-            collapsed = collapsed.sub_(padding).clamp_(min=0).div_(width)
-            # kurtosis m4 / m2^2 = B s4 / s2^2; NaN (left out of the median) for (numerically)
-            # constant units, the padding included
-            kurt = s4.mul_(batch).div_(s2.square())
-            kurt.masked_fill_(s2 <= mean_sq.mul_(batch * _CONSTANT_RTOL**2), math.nan)
+            # padding's threshold is -inf (never passed), a NaN threshold is passed by nothing
+            threshold = torch.add(padding, torch.add(m2_mean, mean_sq_mean).unsqueeze(-1),
+                                  alpha=COLLAPSE_THRESHOLD * (batch - 1))
+            collapsed = torch.le(s2, threshold).sum(-1, dtype=torch.float32)
+            # kurtosis m4 / m2^2 = B s4 / s2^2 (B applied by scale); NaN (left out of the median)
+            # for (numerically) constant units, the padding included
+            constant = torch.le(s2, mean_sq.mul_(batch * _CONSTANT_RTOL**2))
+            kurt = s4.div_(s2.square_()).masked_fill_(constant, math.nan)
             columns = [
                 log_mean,
-                log_std,
-                m2_mean * (batch / (batch - 1)),
+                torch.linalg.vector_norm(log_norms - log_mean.unsqueeze(1), dim=1),
+                m2_mean,
                 collapsed,
                 kurt.nanmedian(-1).values,
                 m4_mean.div_(m2_mean.square()),
                 dead_fraction,
+                nonfinite if nonfinite is not None else zeros,
             ]
-        else:
-            nan = torch.full_like(width, math.nan)
-            dead_fraction = dead.sum(-1).sub_(padding).div_(width)
-            columns = [log_mean, torch.zeros_like(nan), nan, nan, nan, nan, dead_fraction]
-        columns.append(nonfinite if nonfinite is not None else zeros)
-        stats = torch.stack(columns, dim=1)
-    return stats, log_norms
+            return torch.stack(columns, dim=1).mul_(scale), log_norms
+        nan = torch.full_like(zeros, math.nan)
+        dead_fraction = dead.sum(-1).sub_(offsets[-1]).div_(divisors[-1])
+        columns = [log_mean, zeros, nan, nan, nan, nan, dead_fraction, nonfinite if nonfinite is not None else zeros]
+        return torch.stack(columns, dim=1), log_norms
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -241,11 +255,12 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _centered_index(length: int) -> np.ndarray:
-    """``i - mean i`` for ``i = 0 .. length - 1`` (read-only; the regressor of the exponent's slope)."""
+def _centered_index(length: int) -> tuple[np.ndarray, float]:
+    """``x = i - mean i`` for ``i = 0 .. length - 1`` (read-only; the regressor of the exponent's
+    slope) and ``sum x^2``."""
     x = np.arange(length) - (length - 1) / 2
     x.flags.writeable = False
-    return x
+    return x, float(np.dot(x, x))
 
 
 @functools.lru_cache(maxsize=16)
@@ -296,13 +311,16 @@ class SignalStats:
         when a captured mean log-norm is not finite (a dead or overflowing signal).
         """
         y = self.values[:, _LOG_NORM_MEAN]
-        samples = self._samples
-        index = None if samples.all() else np.flatnonzero(samples)  # None: every layer (the usual case)
-        x = _centered_index(len(y)) if index is None else index - index.mean()
+        if all(map(len, map(self.log_norms.__getitem__, self.names))):  # every layer measured (the usual case)
+            x, x_squared = _centered_index(len(y))
+        else:
+            index = np.flatnonzero(self._samples)
+            x, y = index - index.mean(), y[index]
+            x_squared = float(np.dot(x, x))
         if x.size < 2:
             return math.nan
         # sum_i x_i (y_i - mean y) = sum_i x_i y_i (the x_i sum to 0); not finite iff some y_i is not
-        slope = float(np.dot(x, y if index is None else y[index])) / float(np.dot(x, x))
+        slope = float(np.dot(x, y)) / x_squared
         return slope if math.isfinite(slope) else math.nan
 
     @functools.cached_property
@@ -327,10 +345,10 @@ class SignalStats:
 
     @functools.cached_property
     def _undefined(self) -> dict[str, str]:
+        if len(self.names) >= 2 and np.isfinite(self.values).all() \
+                and min(map(len, map(self.log_norms.__getitem__, self.names))) > 1:
+            return {}  # the usual case: every layer measured on 2+ samples, every statistic finite
         samples = self._samples
-        if (samples.size >= 2 and samples.min() > 1 and not np.isnan(self.values).any()
-                and not np.isneginf(self.values[:, _LOG_NORM_MEAN]).any()):
-            return {}  # the usual case, in five calls: every layer measured on 2+ samples, no NaN, no zero output
         clean = self.values[:, _NONFINITE] == 0
         reasons: dict[str, str] = {}
         # only layers not called, of one sample or with a NaN can have undefined statistics
@@ -527,21 +545,36 @@ class SignalMonitor:
         zero-padded groups of similar widths (:func:`_buckets`), a few dozen kernels per group. The
         first reduction of a set of layers copies their captures into those groups and makes the
         captures views of them: from then on the hooks write there directly."""
-        by_key: dict[tuple, list[str]] = {}
-        for name in self.names:
-            if name in self._pending:
-                kept = self._captures[name]
-                by_key.setdefault((kept.shape[0], kept.device), []).append(name)
-        for key, names in by_key.items():
-            joint = self._joints.get(key)
-            if joint is None or joint[0] != names:
-                joint = self._joints[key] = (names, self._join(names))
-            for group, h, widths in joint[1]:
+        if not self._pending:
+            return
+        groups = self._pending_groups()  # outside inference mode: the hooks write into these tensors
+        # inference mode: the statistics never enter autograd, and their ops skip the version counters
+        with torch.inference_mode():
+            for group, h, widths in groups:
                 stats, log_norms = _padded_stats(h, widths, overwrite=True)
                 for j, name in enumerate(group):
                     self._where[name] = (len(self._groups), j)
                 self._groups.append((group, stats, log_norms))
         self._pending.clear()
+
+    def _pending_groups(self) -> list[tuple[list[str], torch.Tensor, tuple[int, ...]]]:
+        """The groups holding the pending captures, joined again where the layers or a layout changed."""
+        if len(self._joints) == 1:  # the usual step: the same layers as at the last reduction
+            (names, groups), = self._joints.values()
+            if len(names) == len(self._pending) and self._pending.keys() == set(names):
+                return groups  # every capture is still a view of these groups (a new layout clears _joints)
+        by_key: dict[tuple, list[str]] = {}
+        for name in self.names:
+            if name in self._pending:
+                kept = self._captures[name]
+                by_key.setdefault((kept.shape[0], kept.device), []).append(name)
+        pending = []
+        for key, names in by_key.items():
+            joint = self._joints.get(key)
+            if joint is None or joint[0] != names:
+                joint = self._joints[key] = (names, self._join(names))
+            pending += joint[1]
+        return pending
 
     def _join(self, names: list[str]) -> list[tuple[list[str], torch.Tensor, tuple[int, ...]]]:
         """Copy the captures of ``names`` (one batch size and device) into zero-padded groups

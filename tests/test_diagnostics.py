@@ -207,6 +207,24 @@ def test_exponent_estimate_needs_two_layers():
     assert math.isnan(stats.exponent_estimate)
 
 
+def test_exponent_estimate_fits_the_measured_layers_only():
+    """The slope over the layers measured (at their positions), every layer or some; the
+    statistics of a layer not called do not enter it."""
+    names = tuple("abcdef")
+    values = np.zeros((len(names), len(STAT_KEYS)))
+    means = np.array([0.3, -0.1, 0.7, math.nan, -0.4, 1.2])
+    values[:, STAT_KEYS.index("log_norm_mean")] = means
+    measured = [0, 1, 2, 4, 5]
+    samples = {name: np.zeros(4 if i in measured else 0) for i, name in enumerate(names)}
+    stats = SignalStats(names, values, samples)
+    assert stats.exponent_estimate == pytest.approx(np.polyfit(measured, means[measured], 1)[0], rel=1e-12)
+    values[3, STAT_KEYS.index("log_norm_mean")] = 0.2
+    every = SignalStats(names, values, {name: np.zeros(4) for name in names})
+    column = values[:, STAT_KEYS.index("log_norm_mean")]
+    assert every.exponent_estimate == pytest.approx(np.polyfit(np.arange(6), column, 1)[0], rel=1e-12)
+    assert every.undefined() == {}
+
+
 def test_gating_inactive_and_eval_mode():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     monitor = SignalMonitor(model, ["0", "2"])
