@@ -50,7 +50,7 @@ def _diagnostics_rows(quick: bool, device: str = "cpu", models: Sequence[str] = 
         ("MLP depth 32, width 64, batch 128", diagnostics_overhead.make_mlp, torch.randn(128, 64), 4 if quick else 12),
         ("CNN 8 conv x 16 ch, 16x16, batch 32", diagnostics_overhead.make_cnn, torch.randn(32, 3, 16, 16), 1)
         if quick else
-        ("CNN 8 conv x 16 ch, 32x32, batch 32", diagnostics_overhead.make_cnn, torch.randn(32, 3, 32, 32), 4),
+        ("CNN 8 conv x 16 ch, 32x32, batch 32", diagnostics_overhead.make_cnn, torch.randn(32, 3, 32, 32), 8),
     ]
     rows = []
     for name, build, x, rounds in cases:
