@@ -527,8 +527,9 @@ class SignalMonitor:
             return
         kept = self._captures.get(name)
         if kept is None or kept.shape != h.shape or kept.device != h.device:
-            kept = self._captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
-            self._flat[name] = kept.view(h.shape[0], -1)
+            with torch.inference_mode(False):  # a normal tensor, even in inference mode: later steps write into it
+                kept = self._captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+                self._flat[name] = kept.view(h.shape[0], -1)
             self._joints.clear()  # a layout changed: joined again at the next reduction
         kept.copy_(h)  # no autograd: h is detached
         self._pending[name] = None
@@ -576,10 +577,12 @@ class SignalMonitor:
             pending += joint[1]
         return pending
 
+    @torch.inference_mode(False)
     def _join(self, names: list[str]) -> list[tuple[list[str], torch.Tensor, tuple[int, ...]]]:
         """Copy the captures of ``names`` (one batch size and device) into zero-padded groups
         ``(layers, B, max width)`` and make them views of their blocks (the next steps' hooks write
-        there: a contiguous block for the widest layers)."""
+        there: a contiguous block for the widest layers). Normal tensors even when called in
+        inference mode (a measurement under ``torch.inference_mode()`` before training)."""
         blocks = [self._flat[name] for name in names]
         joint = []
         for indices in _buckets([block.shape[1] for block in blocks]):

@@ -509,6 +509,26 @@ def test_layer_skipped_or_reshaped_between_steps_keeps_the_others_right():
     monitor.remove()
 
 
+def test_measuring_in_inference_mode_then_training_keeps_working():
+    """A measurement under torch.inference_mode() (first, or between steps: Lightning validates in
+    it) must not leave inference tensors behind that the next training step's hooks write into."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4))
+    monitor = SignalMonitor(model, ["0", "2"], training_only=False)
+    monitor.active = True
+    for mode in (torch.inference_mode, torch.enable_grad, torch.inference_mode, torch.enable_grad):
+        x = torch.randn(9, 5)
+        with mode():
+            out = model(x)
+            stats = monitor.compute()
+        if out.requires_grad:
+            out.sum().backward()
+        expected = [direct_stats(h.detach().numpy())["emp_var_mean"] for h in (model[0](x), out)]
+        assert stats.values[:, STAT_KEYS.index("emp_var_mean")] == pytest.approx(expected, rel=1e-5), mode
+        monitor.reset()
+    monitor.remove()
+
+
 def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result():
     from lightning_lyapunov.diagnostics import _padded_stats
 
