@@ -482,7 +482,7 @@ class LyapunovInit(Callback):
         """One warning per measured step that finds something new: NaN/Inf (each layer once per
         run) and, at the first measured step, collapsed empirical variance, an exponent far from
         the plan and an output scale far from the input's. Later collapses go to :meth:`summary`."""
-        column = {key: stats.values[:, STAT_KEYS.index(key)].tolist() for key in ("nonfinite", "emp_var_collapsed")}
+        column = {key: stats.column(key) for key in ("nonfinite", "emp_var_collapsed")}
         problems = []
         nonfinite = [n for n, v in zip(stats.names, column["nonfinite"]) if v > 0 and (n, "nonfinite") not in self._warned]
         self._warned.update((n, "nonfinite") for n in nonfinite)

@@ -47,7 +47,7 @@ _SUMMARY = (
     ("max", "dead_fraction", "worst layer: fraction of dead units"),
     ("total", "nonfinite", "NaN/Inf values, all layers"),
 )
-_SUMMARY_COLUMNS = [STAT_KEYS.index(key) for _, key, _ in _SUMMARY]
+_LOG_NORM_MEAN = STAT_KEYS.index("log_norm_mean")
 _CHART_TITLES = {
     "log_norm_mean": "log-norm, batch mean (measured; predicted/ = the plan's line)",
     "log_norm_std": "log-norm, batch std",
@@ -107,6 +107,8 @@ class StepScalars:
         # statistic-major, the order of stats.to_scalars(defined_only=True)
         self._keys = [(f"{key}/{self.names[i]}", f"lyapunov/{key}/{self.names[i]}") for key in STAT_KEYS for i in self._rows]
         self._full_keys = [key for _, key in self._keys]
+        self._positions = [(k, i) for k in range(len(STAT_KEYS)) for i in self._rows]
+        self._line_at_rows = self._line[self._rows].tolist() if self._line is not None else None
         self._line_keys = [f"lyapunov/predicted/log_norm/{self.names[i]}" for i in self._rows]
         self._summary_keys = [f"lyapunov/{reduce}/{key}" for reduce, key, _ in _SUMMARY]
 
@@ -120,31 +122,28 @@ class StepScalars:
         scalars = {"lyapunov/exponent_estimate": stats.exponent_estimate}
         if self._predicted_exponent is not None:
             scalars["lyapunov/predicted/exponent"] = self._predicted_exponent
-        values = stats.values[:, _SUMMARY_COLUMNS]
-        finite = np.isfinite(values)
-        if finite.all():  # the usual case
-            largest, total, any_finite = values.max(0).tolist(), values.sum(0).tolist(), [True] * len(_SUMMARY)
-        else:
-            largest = np.where(finite, values, -np.inf).max(0).tolist()
-            total = np.where(finite, values, 0.0).sum(0).tolist()
-            any_finite = finite.any(0).tolist()
-        for j, (reduce, key, _) in enumerate(_SUMMARY):
-            if any_finite[j]:
-                scalars[self._summary_keys[j]] = largest[j] if reduce == "max" else total[j]
+        # Python floats, not numpy calls: this runs right after the backward pass, when a dozen small
+        # numpy calls cost more than reading a few hundred floats
+        for summary_key, (reduce, key, _) in zip(self._summary_keys, _SUMMARY):
+            column = stats.column(key)
+            finite = column if math.isfinite(sum(column)) else [v for v in column if math.isfinite(v)]
+            if finite:
+                scalars[summary_key] = max(finite) if reduce == "max" else sum(finite)
         return {key: value for key, value in scalars.items() if math.isfinite(value)}
 
     def layers(self, stats: SignalStats) -> dict[str, float]:
         """:func:`layer_scalars`."""
         self._check(stats)
-        values = stats.values[self._rows].T.ravel().tolist()
+        columns = [stats.column(key) for key in STAT_KEYS]
+        values = [columns[k][i] for k, i in self._positions]
         undefined = stats.undefined()
         if undefined:
             scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
         else:  # the usual step
             scalars = dict(zip(self._full_keys, values))
-        line = self._predicted(stats)
-        if line is not None:
-            scalars.update(zip(self._line_keys, line[self._rows].tolist()))
+        first = columns[_LOG_NORM_MEAN][0] if self.names else math.nan
+        if self._line_at_rows is not None and math.isfinite(first):
+            scalars.update(zip(self._line_keys, [first + value for value in self._line_at_rows]))
         return scalars
 
     def _check(self, stats: SignalStats) -> None:
@@ -158,7 +157,7 @@ class StepScalars:
         return self._predicted(stats)
 
     def _predicted(self, stats: SignalStats) -> np.ndarray | None:
-        first = stats.values[0, STAT_KEYS.index("log_norm_mean")] if self.names else math.nan
+        first = stats.values[0, _LOG_NORM_MEAN] if self.names else math.nan
         return None if self._line is None or not math.isfinite(first) else first + self._line
 
 

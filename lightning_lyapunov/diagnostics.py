@@ -65,9 +65,10 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -255,12 +256,11 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _centered_index(length: int) -> tuple[np.ndarray, float]:
-    """``x = i - mean i`` for ``i = 0 .. length - 1`` (read-only; the regressor of the exponent's
-    slope) and ``sum x^2``."""
-    x = np.arange(length) - (length - 1) / 2
-    x.flags.writeable = False
-    return x, float(np.dot(x, x))
+def _centered_index(length: int) -> tuple[tuple[float, ...], float]:
+    """``x = i - mean i`` for ``i = 0 .. length - 1`` (the regressor of the exponent's slope) and
+    ``sum x^2``."""
+    x = tuple(i - (length - 1) / 2 for i in range(length))
+    return x, sum(v * v for v in x)
 
 
 @functools.lru_cache(maxsize=16)
@@ -287,6 +287,38 @@ class SignalStats:
     values: np.ndarray
     log_norms: Mapping[str, np.ndarray] = field(repr=False)
 
+    def column(self, key: str) -> tuple[float, ...]:
+        """The values of statistic ``key`` (one of :data:`STAT_KEYS`) over the layers, in the order
+        of ``names``, as Python floats.
+
+        Example::
+
+            dict(zip(stats.names, stats.column("dead_fraction")))
+        """
+        if key not in STAT_KEYS:
+            raise KeyError(f"unknown statistic {key!r}; one of {list(STAT_KEYS)}")
+        return self._columns[STAT_KEYS.index(key)]
+
+    # Per step the callback reads a few hundred values: as Python floats, taken once, that costs a
+    # fraction of what a dozen numpy calls cost right after the backward pass (cold caches).
+    @functools.cached_property
+    def _rows(self) -> list[list[float]]:
+        return self.values.tolist()
+
+    @functools.cached_property
+    def _columns(self) -> list[tuple[float, ...]]:
+        return list(zip(*self._rows)) if self.names else [() for _ in STAT_KEYS]
+
+    @functools.cached_property
+    def _fewest_samples(self) -> int:
+        """The fewest samples a layer was measured on (0: some layer was not called)."""
+        return min(map(len, map(self.log_norms.__getitem__, self.names)), default=0)
+
+    @functools.cached_property
+    def _all_finite(self) -> bool:
+        """Every value finite (a sum that overflows says False: only the general path is taken then)."""
+        return math.isfinite(sum(map(sum, self._rows)))
+
     def as_dict(self) -> dict[str, dict[str, float]]:
         """``{stat: {layer: value}}`` for every statistic of :data:`STAT_KEYS`."""
         return {
@@ -310,17 +342,17 @@ class SignalStats:
         were captured (``i`` = position in ``names``). NaN with fewer than 2 captured layers or
         when a captured mean log-norm is not finite (a dead or overflowing signal).
         """
-        y = self.values[:, _LOG_NORM_MEAN]
-        if all(map(len, map(self.log_norms.__getitem__, self.names))):  # every layer measured (the usual case)
-            x, x_squared = _centered_index(len(y))
+        if self._fewest_samples > 0:  # every layer measured (the usual case)
+            x, x_squared = _centered_index(len(self.names))
+            y = self._columns[_LOG_NORM_MEAN]
         else:
             index = np.flatnonzero(self._samples)
-            x, y = index - index.mean(), y[index]
-            x_squared = float(np.dot(x, x))
-        if x.size < 2:
+            x, y = (index - index.mean()).tolist(), self.values[index, _LOG_NORM_MEAN].tolist()
+            x_squared = sum(v * v for v in x)
+        if len(x) < 2:
             return math.nan
         # sum_i x_i (y_i - mean y) = sum_i x_i y_i (the x_i sum to 0); not finite iff some y_i is not
-        slope = float(np.dot(x, y)) / x_squared
+        slope = sum(map(operator.mul, x, y)) / x_squared
         return slope if math.isfinite(slope) else math.nan
 
     @functools.cached_property
@@ -345,8 +377,7 @@ class SignalStats:
 
     @functools.cached_property
     def _undefined(self) -> dict[str, str]:
-        if len(self.names) >= 2 and np.isfinite(self.values).all() \
-                and min(map(len, map(self.log_norms.__getitem__, self.names))) > 1:
+        if len(self.names) >= 2 and self._fewest_samples > 1 and self._all_finite:
             return {}  # the usual case: every layer measured on 2+ samples, every statistic finite
         samples = self._samples
         clean = self.values[:, _NONFINITE] == 0
@@ -381,6 +412,26 @@ class SignalStats:
             for key in self.undefined():
                 del scalars[f"{prefix}/{key}"]
         return scalars
+
+
+#: One group of layers reduced together: their names, the ``(layers, B, max width)`` zero-padded
+#: tensor whose blocks their captures are, and their widths.
+_Group = tuple[list[str], torch.Tensor, tuple[int, ...]]
+
+
+class _Joint(NamedTuple):
+    """The layers of one batch size and device joined into groups (:meth:`SignalMonitor._join`),
+    as a set, and ``name -> (group, row)`` with the groups numbered from 0."""
+
+    names: list[str]
+    groups: list[_Group]
+    members: frozenset[str]
+    where: dict[str, tuple[int, int]]
+
+    @classmethod
+    def of(cls, names: list[str], groups: list[_Group]) -> _Joint:
+        where = {name: (g, row) for g, (group, _, _) in enumerate(groups) for row, name in enumerate(group)}
+        return cls(names, groups, frozenset(names), where)
 
 
 class SignalMonitor:
@@ -458,9 +509,9 @@ class SignalMonitor:
         self._captures: dict[str, torch.Tensor] = {}
         self._flat: dict[str, torch.Tensor] = {}  # the same tensors viewed as (B, features)
         self._pending: dict[str, None] = {}
-        # per (batch size, device): the layers joined, and their groups (names, (layers, B, max width)
-        # zero-padded tensor whose blocks the captures are views of, widths): the reduction copies nothing
-        self._joints: dict[tuple, tuple[list[str], list[tuple[list[str], torch.Tensor, tuple[int, ...]]]]] = {}
+        # per (batch size, device): the layers joined into groups whose blocks the captures are views
+        # of (the reduction copies nothing); see _Joint
+        self._joints: dict[tuple, _Joint] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self._where: dict[str, tuple[int, int]] = {}
@@ -548,37 +599,40 @@ class SignalMonitor:
         captures views of them: from then on the hooks write there directly."""
         if not self._pending:
             return
-        groups = self._pending_groups()  # outside inference mode: the hooks write into these tensors
+        groups, where = self._pending_groups()  # outside inference mode: the hooks write into these tensors
         # inference mode: the statistics never enter autograd, and their ops skip the version counters
         with torch.inference_mode():
-            for group, h, widths in groups:
-                stats, log_norms = _padded_stats(h, widths, overwrite=True)
-                for j, name in enumerate(group):
-                    self._where[name] = (len(self._groups), j)
-                self._groups.append((group, stats, log_norms))
+            reduced = [(group, *_padded_stats(h, widths, overwrite=True)) for group, h, widths in groups]
+        if where is not None and not self._groups:
+            self._where.update(where)  # the usual step: the rows of the layers are known
+        else:
+            for g, (group, _, _) in enumerate(reduced, len(self._groups)):
+                self._where.update((name, (g, row)) for row, name in enumerate(group))
+        self._groups += reduced
         self._pending.clear()
 
-    def _pending_groups(self) -> list[tuple[list[str], torch.Tensor, tuple[int, ...]]]:
-        """The groups holding the pending captures, joined again where the layers or a layout changed."""
+    def _pending_groups(self) -> tuple[list[_Group], dict[str, tuple[int, int]] | None]:
+        """The groups holding the pending captures (joined again where the layers or a layout
+        changed) and, when they are one joint's, where each layer is in them."""
         if len(self._joints) == 1:  # the usual step: the same layers as at the last reduction
-            (names, groups), = self._joints.values()
-            if len(names) == len(self._pending) and self._pending.keys() == set(names):
-                return groups  # every capture is still a view of these groups (a new layout clears _joints)
+            (joint,) = self._joints.values()
+            if self._pending.keys() == joint.members:
+                return joint.groups, joint.where  # the captures are still views of these groups (a new layout clears _joints)
         by_key: dict[tuple, list[str]] = {}
         for name in self.names:
             if name in self._pending:
                 kept = self._captures[name]
                 by_key.setdefault((kept.shape[0], kept.device), []).append(name)
-        pending = []
+        groups = []
         for key, names in by_key.items():
             joint = self._joints.get(key)
-            if joint is None or joint[0] != names:
-                joint = self._joints[key] = (names, self._join(names))
-            pending += joint[1]
-        return pending
+            if joint is None or joint.names != names:
+                joint = self._joints[key] = _Joint.of(names, self._join(names))
+            groups += joint.groups
+        return groups, joint.where if len(by_key) == 1 else None
 
     @torch.inference_mode(False)
-    def _join(self, names: list[str]) -> list[tuple[list[str], torch.Tensor, tuple[int, ...]]]:
+    def _join(self, names: list[str]) -> list[_Group]:
         """Copy the captures of ``names`` (one batch size and device) into zero-padded groups
         ``(layers, B, max width)`` and make them views of their blocks (the next steps' hooks write
         there: a contiguous block for the widest layers). Normal tensors even when called in
@@ -611,7 +665,7 @@ class SignalMonitor:
             )
         if len(self._groups) == 1 and len(self._groups[0][0]) == len(self.names):  # every layer, together, in order
             _, stats, log_norms = self._groups[0]
-            host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).cpu().numpy().astype(np.float64)
+            host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).to("cpu", torch.float64).numpy()
             values = host[: stats.numel()].reshape(stats.shape)
             return SignalStats(self.names, values, dict(zip(self.names, host[stats.numel() :].reshape(log_norms.shape))))
         rows: dict[int, tuple[list[int], list[int]]] = {}  # group -> (layer indices, rows of the group)
