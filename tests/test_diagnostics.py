@@ -200,6 +200,10 @@ def test_stats_container_api_and_scalar_keys():
     assert set(stats.to_scalars(prefix="x")) == {k.replace("lyapunov/", "x/", 1) for k in scalars}
     with pytest.raises(KeyError, match="block.0"):
         stats.layer("block.O")
+    assert stats.column("kurtosis_median") == tuple(table["kurtosis_median"][n] for n in names)
+    assert all(type(v) is float for v in stats.column("nonfinite"))
+    with pytest.raises(KeyError, match="kurtosis_median"):
+        stats.column("kurtosis")
 
 
 def test_exponent_estimate_needs_two_layers():
