@@ -47,7 +47,6 @@ _SUMMARY = (
     ("max", "dead_fraction", "worst layer: fraction of dead units"),
     ("total", "nonfinite", "NaN/Inf values, all layers"),
 )
-_LOG_NORM_MEAN = STAT_KEYS.index("log_norm_mean")
 _CHART_TITLES = {
     "log_norm_mean": "log-norm, batch mean (measured; predicted/ = the plan's line)",
     "log_norm_std": "log-norm, batch std",
@@ -141,7 +140,7 @@ class StepScalars:
             scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
         else:  # the usual step
             scalars = dict(zip(self._full_keys, values))
-        first = columns[_LOG_NORM_MEAN][0] if self.names else math.nan
+        first = self._first_mean(stats)
         if self._line_at_rows is not None and math.isfinite(first):
             scalars.update(zip(self._line_keys, [first + value for value in self._line_at_rows]))
         return scalars
@@ -157,8 +156,12 @@ class StepScalars:
         return self._predicted(stats)
 
     def _predicted(self, stats: SignalStats) -> np.ndarray | None:
-        first = stats.values[0, _LOG_NORM_MEAN] if self.names else math.nan
+        first = self._first_mean(stats)
         return None if self._line is None or not math.isfinite(first) else first + self._line
+
+    def _first_mean(self, stats: SignalStats) -> float:
+        """``m_0``: the first layer's measured mean log-norm, where the plan's line starts."""
+        return stats.column("log_norm_mean")[0] if self.names else math.nan
 
 
 def predicted_log_norm(stats: SignalStats, plan: Any) -> np.ndarray | None:

@@ -194,17 +194,17 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
 
 def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`signal_stats` of ``h`` of shape ``(L, B, W)`` (fp32): layer ``l``'s units in
-    ``h[l, :, :widths[l]]``, zeros after them (the padding adds 0 to every sum; the "dead" and
-    "collapsed" padding units are subtracted and its NaN kurtosis is left out of the median). With
-    ``overwrite`` (a tensor the caller discards) ``h`` itself is the scratch space: in-place passes,
-    no full-size temporary, and the padding stays zero."""
+    ``h[l, :, :widths[l]]``, zeros after them (the padding adds 0 to every sum; its "dead" units
+    are subtracted, its -inf threshold keeps it out of the collapsed count and its NaN kurtosis out
+    of the median). With ``overwrite`` (a tensor the caller discards) ``h`` itself is the scratch
+    space: in-place passes, no full-size temporary, and the padding stays zero."""
     with torch.no_grad():
         batch = h.shape[1]
         half_log_width, offsets, divisors, padding, scale, zeros = _layout(widths, h.device, batch)
         log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
         log_mean = log_norms.mean(1)
         dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
-        nonfinite = None
+        nonfinite = zeros  # counted below where there may be some
         if h.device.type != "cpu" or not math.isfinite(float(log_mean.sum())):
             # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
             nonfinite = torch.mul(h, 0).nan_to_num_(1.0).sum((1, 2))
@@ -235,12 +235,12 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
                 kurt.nanmedian(-1).values,
                 m4_mean.div_(m2_mean.square()),
                 dead_fraction,
-                nonfinite if nonfinite is not None else zeros,
+                nonfinite,
             ]
             return torch.stack(columns, dim=1).mul_(scale), log_norms
         nan = torch.full_like(zeros, math.nan)
         dead_fraction = dead.sum(-1).sub_(offsets[-1]).div_(divisors[-1])
-        columns = [log_mean, zeros, nan, nan, nan, nan, dead_fraction, nonfinite if nonfinite is not None else zeros]
+        columns = [log_mean, zeros, nan, nan, nan, nan, dead_fraction, nonfinite]
         return torch.stack(columns, dim=1), log_norms
 
 
@@ -310,9 +310,14 @@ class SignalStats:
         return list(zip(*self._rows)) if self.names else [() for _ in STAT_KEYS]
 
     @functools.cached_property
+    def _counts(self) -> tuple[int, ...]:
+        """Per layer, the number of samples measured (0: not called)."""
+        return tuple(map(len, map(self.log_norms.__getitem__, self.names)))
+
+    @functools.cached_property
     def _fewest_samples(self) -> int:
         """The fewest samples a layer was measured on (0: some layer was not called)."""
-        return min(map(len, map(self.log_norms.__getitem__, self.names)), default=0)
+        return min(self._counts, default=0)
 
     @functools.cached_property
     def _all_finite(self) -> bool:
@@ -357,8 +362,8 @@ class SignalStats:
 
     @functools.cached_property
     def _samples(self) -> np.ndarray:
-        """Per layer, the number of samples measured (0: not called)."""
-        return np.fromiter(map(len, map(self.log_norms.__getitem__, self.names)), dtype=np.int64, count=len(self.names))
+        """:attr:`_counts` as an array (the paths that find a layer not called or undefined statistics)."""
+        return np.array(self._counts, dtype=np.int64)
 
     def undefined(self) -> dict[str, str]:
         """``{"<stat>/<layer>" or "exponent_estimate": why}`` for the statistics that this measurement
@@ -665,7 +670,7 @@ class SignalMonitor:
             )
         if len(self._groups) == 1 and len(self._groups[0][0]) == len(self.names):  # every layer, together, in order
             _, stats, log_norms = self._groups[0]
-            host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).to("cpu", torch.float64).numpy()
+            host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).cpu().numpy().astype(np.float64)
             values = host[: stats.numel()].reshape(stats.shape)
             return SignalStats(self.names, values, dict(zip(self.names, host[stats.numel() :].reshape(log_norms.shape))))
         rows: dict[int, tuple[list[int], list[int]]] = {}  # group -> (layer indices, rows of the group)

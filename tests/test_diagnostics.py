@@ -277,6 +277,12 @@ def test_one_host_transfer_and_statistics_stay_on_device(monkeypatch):
     monitor.compute()
     assert calls == {"cpu": 1, "item": 0, "tolist": 0}
     monitor.remove()
+    # every layer deferred into one group: compute()'s shortcut, one transfer too
+    with SignalMonitor(model, ["0", "2"]) as monitor:
+        monitor.active = True
+        model(x)
+        assert monitor.compute().names == ("0", "2")
+    assert calls == {"cpu": 2, "item": 0, "tolist": 0}
 
 
 def test_weight_sharing_keeps_last_call_and_batch_size_changes():
