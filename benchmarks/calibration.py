@@ -23,8 +23,8 @@ from benchmarks.common import Report
 from benchmarks.training import StackedMLP, train
 from lightning_lyapunov import apply_init, sample_lyapunov_
 from lightning_lyapunov.calibration import DEFAULT_TARGET, calibrate_
-from lightning_lyapunov.data import PolynomialRegression
-from lightning_lyapunov.models import DeepMLP
+from lightning_lyapunov.examples.data import PolynomialRegression
+from lightning_lyapunov.examples.models import DeepMLP
 
 SLOPE = 0.1
 SIGMA = 0.5

@@ -33,8 +33,8 @@ from benchmarks.classification import (  # noqa: E402
     summarize,
 )
 from benchmarks.common import Report, spread  # noqa: E402
-from lightning_lyapunov.data import CIFAR10  # noqa: E402
-from lightning_lyapunov.models import PlainCNN  # noqa: E402
+from lightning_lyapunov.examples.data import CIFAR10  # noqa: E402
+from lightning_lyapunov.examples.models import PlainCNN  # noqa: E402
 
 CIFAR_ENV = "LYAPUNOV_CIFAR_DIR"
 DEFAULT_DIR = "data/cifar10"
@@ -45,7 +45,7 @@ POOL = 2  # images are average-pooled 32x32 -> 16x16 to fit the CPU budget
 
 def load(quick: bool) -> tuple[dict[str, Split], bool, str]:
     """(splits, synthetic?, directory): CIFAR-10 from ``$LYAPUNOV_CIFAR_DIR`` if it is there, else the
-    synthetic CIFAR-shaped data of ``lightning_lyapunov.data.CIFAR10(synthetic=True)``; images
+    synthetic CIFAR-shaped data of ``lightning_lyapunov.examples.data.CIFAR10(synthetic=True)``; images
     average-pooled by ``POOL``."""
     directory = os.environ.get(CIFAR_ENV, DEFAULT_DIR)
     try:
@@ -113,7 +113,7 @@ def run(quick: bool = False) -> Report:
         source = (
             f"**These are synthetic-data smoke results, not CIFAR-10 results.** No CIFAR-10 was found in "
             f"`{directory}` (`${CIFAR_ENV}`, default `{DEFAULT_DIR}`) and nothing is downloaded, so the run used "
-            "`lightning_lyapunov.data.CIFAR10(synthetic=True)`: images = one fixed random smooth pattern per class + "
+            "`lightning_lyapunov.examples.data.CIFAR10(synthetic=True)`: images = one fixed random smooth pattern per class + "
             f"unit Gaussian noise ({n_train} train / {n_val} val / {n_test} test). They check that every scheme "
             "runs end to end on a CIFAR-shaped deep plain CNN; they say nothing about CIFAR-10 accuracy. "
             "With the data (the python version, `cifar-10-python.tar.gz` extracted to `data/cifar10/cifar-10-batches-py`) "

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from benchmarks.classification import setup_torch, train_classifier  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
 from benchmarks.realdata import CIFAR_NOTE, best_first, cifar10, init_modules, med_iqr, scheme_note, schemes  # noqa: E402
-from lightning_lyapunov.models import PlainCNN, SmallResNet  # noqa: E402
+from lightning_lyapunov.examples.models import PlainCNN, SmallResNet  # noqa: E402
 
 LR, WEIGHT_DECAY, BATCH, POOL, TARGET = 1e-3, 5e-4, 64, 4, 0.25
 MODELS = {

@@ -20,7 +20,7 @@ from benchmarks.classification import setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
 from benchmarks.realdata import (  # noqa: E402
     CIFAR_NOTE, best_first, cifar10, med_iqr, non_finite_note, scheme_note, schemes, train_schemes)
-from lightning_lyapunov.models import DeepMLP  # noqa: E402
+from lightning_lyapunov.examples.models import DeepMLP  # noqa: E402
 
 STEPS, BATCH = 500, 64
 NARROW = {"width": 10, "lr": 1e-4}

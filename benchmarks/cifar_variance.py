@@ -36,7 +36,7 @@ from benchmarks.theory import batched_haar
 from benchmarks.realdata import CIFAR_NOTE, cifar10
 from lightning_lyapunov import apply_init
 from lightning_lyapunov import theory as th
-from lightning_lyapunov.models import DeepMLP
+from lightning_lyapunov.examples.models import DeepMLP
 
 WIDTH, DEPTH, IN, PROBE = 10, 100, 3072, 256
 LSUV_TOL = 0.1  # the lsuv package's default std_tol

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import Scheme, spread
-from lightning_lyapunov.data import MNIST1D, MNIST_ENV, MNIST_MEAN, MNIST_STD, read_mnist
+from lightning_lyapunov.examples.data import MNIST1D, MNIST_ENV, MNIST_MEAN, MNIST_STD, read_mnist
 
 Split = tuple[Tensor, Tensor]
 
@@ -42,7 +42,7 @@ def setup_torch() -> None:
 
 
 def mnist1d(num_samples: int = 5000, seed: int = 0) -> dict[str, Split]:
-    """MNIST-1D generated locally (``lightning_lyapunov.data.MNIST1D``; already standardized to
+    """MNIST-1D generated locally (``lightning_lyapunov.examples.data.MNIST1D``; already standardized to
     mean 0, std 1): ``{"train", "val", "test"}`` (3500 / 500 / 1000 for 5000 samples)."""
     data = MNIST1D(num_samples=num_samples, val_size=num_samples // 10, seed=seed)
     data.setup()
@@ -52,7 +52,7 @@ def mnist1d(num_samples: int = 5000, seed: int = 0) -> dict[str, Split]:
 
 def mnist_from_env() -> dict[str, Split] | None:
     """MNIST from the idx files in ``$LYAPUNOV_MNIST_DIR`` (None when the variable is unset), read by
-    ``lightning_lyapunov.data.read_mnist``, pixels scaled to [0, 1] and standardized with the usual
+    ``lightning_lyapunov.examples.data.read_mnist``, pixels scaled to [0, 1] and standardized with the usual
     mean 0.1307 and std 0.3081, flattened to 784. Nothing is downloaded."""
     if not os.environ.get(MNIST_ENV):
         return None

@@ -19,8 +19,8 @@ from benchmarks.training import (
     mse_loss,
     summary_rows,
 )
-from lightning_lyapunov.data import PolynomialRegression
-from lightning_lyapunov.models import DeepMLP
+from lightning_lyapunov.examples.data import PolynomialRegression
+from lightning_lyapunov.examples.models import DeepMLP
 
 WIDTH, DEPTH, SLOPE = 2, 40, 0.1
 LRS = (3e-4, 1e-3, 3e-3, 1e-2)

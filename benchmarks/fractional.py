@@ -29,7 +29,7 @@ from benchmarks.classification import (  # noqa: E402
 )
 from benchmarks.common import Report, Scheme  # noqa: E402
 from lightning_lyapunov import theory  # noqa: E402
-from lightning_lyapunov.models import DeepMLP  # noqa: E402
+from lightning_lyapunov.examples.models import DeepMLP  # noqa: E402
 
 WIDTH, DEPTH, MOMENT = 64, 20, 0.8
 LR, BATCH = 0.01, 64
@@ -172,7 +172,7 @@ Gaussian weights. Schemes, all applied with the project's `apply_init` (last lay
 - `he` (Kaiming, s = 2): sigma^2 = 2/d_in; `glorot` (Xavier): sigma^2 = 2/(d_in + d_out);
 - `lyapunov-gauss` (moment s = 0, zero Lyapunov exponent): sigma^2 = {sigma2[0.0]:.4f}/d.
 
-Data: {sizes}. MNIST-1D (Greydanus 2020) is generated locally (`lightning_lyapunov.data.MNIST1D`,
+Data: {sizes}. MNIST-1D (Greydanus 2020) is generated locally (`lightning_lyapunov.examples.data.MNIST1D`,
 seed 0, 40 features, already standardized), a harder task than MNIST: MLPs reach about 60-70% test
 accuracy on it, so the absolute numbers are not comparable with the paper's MNIST numbers.
 {mnist_note}

@@ -28,7 +28,7 @@ from benchmarks.realdata import (  # noqa: E402
     schemes,
     train_schemes,
 )
-from lightning_lyapunov.models import DeepMLP  # noqa: E402
+from lightning_lyapunov.examples.models import DeepMLP  # noqa: E402
 
 WIDTH, DEPTH, LR, BATCH = 64, 20, 0.01, 64
 PAPER_TRAIN = {FRACTIONAL.label: 85.0, "he": 80.1, "glorot": 13.9}  # MNIST MLP, 30 epochs, means of 20 runs

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from benchmarks.classification import setup_torch  # noqa: E402
 from benchmarks.common import Report  # noqa: E402
 from benchmarks.realdata import best_first, med_iqr, mnist, non_finite_note, scheme_note, schemes, train_schemes  # noqa: E402
-from lightning_lyapunov.models import DeepMLP  # noqa: E402
+from lightning_lyapunov.examples.models import DeepMLP  # noqa: E402
 
 WIDTH, LR, BATCH = 32, 1e-3, 128
 

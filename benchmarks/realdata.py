@@ -2,7 +2,7 @@
 
 * Data: MNIST from ``$LYAPUNOV_MNIST_DIR`` (default ``../shared/data/mnist`` beside the repository)
   and CIFAR-10 from ``$LYAPUNOV_CIFAR_DIR`` (default ``data/cifar10``), read by
-  ``lightning_lyapunov.data``; nothing is downloaded. A missing data set raises a
+  ``lightning_lyapunov.examples.data``; nothing is downloaded. A missing data set raises a
   ``FileNotFoundError`` that says how to get it (these benchmarks have no synthetic fallback).
 * Schemes: every scheme of ``benchmarks.classification.ALL_SCHEMES``, plus LSUV (the ``lsuv``
   package, the data-driven peer) and the project's default init, what ``LyapunovInit()`` does:
@@ -34,7 +34,7 @@ from benchmarks.classification import ALL_SCHEMES
 from benchmarks.common import Scheme
 from benchmarks.training import StackedMLP
 from lightning_lyapunov import apply_init
-from lightning_lyapunov.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_ENV, MNIST_MEAN, MNIST_STD, read_cifar10, read_mnist
+from lightning_lyapunov.examples.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_ENV, MNIST_MEAN, MNIST_STD, read_cifar10, read_mnist
 
 Split = tuple[Tensor, Tensor]
 CIFAR_ENV = "LYAPUNOV_CIFAR_DIR"

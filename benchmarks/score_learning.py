@@ -3,7 +3,7 @@
 Same protocol as ``deep_narrow_regression`` (:func:`benchmarks.training.compare_schemes`): every scheme
 initializes ``DeepMLP(2, 2, width=2, depth=30)`` (Leaky ReLU 0.1) through the package, all (learning
 rate, scheme, seed) runs are trained together with Adam on the denoising score matching loss of
-``lightning_lyapunov.models.denoising_score_matching_loss`` (per run), and each scheme's learning
+``lightning_lyapunov.examples.models.denoising_score_matching_loss`` (per run), and each scheme's learning
 rate is chosen on the validation loss.
 """
 
@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from benchmarks.common import Report
 from benchmarks.training import SCHEMES, STIEFEL_WIDTH_2, compare_schemes, comparison_figure, describe, summary_rows
-from lightning_lyapunov.data import GaussianMixtureScore
-from lightning_lyapunov.models import DeepMLP
+from lightning_lyapunov.examples.data import GaussianMixtureScore
+from lightning_lyapunov.examples.models import DeepMLP
 
 WIDTH, DEPTH, SLOPE = 2, 30, 0.1
 SIGMA = 0.5

@@ -28,7 +28,7 @@ from benchmarks.classification import (  # noqa: E402
     summarize,
 )
 from benchmarks.common import Report, Scheme, spread  # noqa: E402
-from lightning_lyapunov.models import DeepMLP  # noqa: E402
+from lightning_lyapunov.examples.models import DeepMLP  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 32, 200, 128
 LRS = (1e-4, 1e-3)

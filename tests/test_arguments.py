@@ -12,8 +12,8 @@ from torch import nn
 from lightning_lyapunov import LyapunovInit, SignalMonitor, apply_init, init, plan_init, sample_lyapunov_
 from lightning_lyapunov import swap_activations, theory
 from lightning_lyapunov._checks import ArgumentTypeError, check_bool, check_choice, check_float, check_int
-from lightning_lyapunov.data import PolynomialRegression
-from lightning_lyapunov.models import DeepMLP, PlainCNN, RegressionModule, SmallResNet
+from lightning_lyapunov.examples.data import PolynomialRegression
+from lightning_lyapunov.examples.models import DeepMLP, PlainCNN, RegressionModule, SmallResNet
 
 NAN, INF = math.nan, math.inf
 T, V = TypeError, ValueError

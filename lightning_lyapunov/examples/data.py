@@ -10,8 +10,8 @@ link them to the model's arguments.
 Example::
 
     import lightning.pytorch as pl
-    from lightning_lyapunov.data import Digits
-    from lightning_lyapunov.models import ClassificationModule, DeepMLP
+    from lightning_lyapunov.examples.data import Digits
+    from lightning_lyapunov.examples.models import ClassificationModule, DeepMLP
 
     data = Digits(batch_size=64)
     model = ClassificationModule(DeepMLP(data.in_features, data.num_classes, 16, 10), data.num_classes)
@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_lyapunov._rng import global_rng_preserved
-from lightning_lyapunov.models import require_float, require_int
+from lightning_lyapunov._checks import check_float, check_int
 
 __all__ = [
     "PolynomialRegression",
@@ -87,9 +87,9 @@ def _split(tensors: tuple[Tensor, ...], sizes: dict[str, int], seed: int) -> Spl
 def _split_sizes(n_train: int, n_val: int, n_test: int) -> dict[str, int]:
     """The validated ``{"train": n_train, "val": n_val, "test": n_test}`` of a generated data set."""
     return {
-        "train": require_int("n_train", n_train, 1),
-        "val": require_int("n_val", n_val, 1),
-        "test": require_int("n_test", n_test, 1),
+        "train": check_int("n_train", n_train, minimum=1),
+        "val": check_int("n_val", n_val, minimum=1),
+        "test": check_int("n_test", n_test, minimum=1),
     }
 
 
@@ -109,9 +109,9 @@ class _TensorDataModule(pl.LightningDataModule):
 
     def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
-        self.batch_size = require_int("batch_size", batch_size, 1)
-        self.num_workers = require_int("num_workers", num_workers, 0)
-        self.seed = require_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0)
         self.splits: Splits | None = None
 
     def build(self) -> Splits:
@@ -183,10 +183,10 @@ class PolynomialRegression(_TensorDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        self.in_features = require_int("in_features", in_features, 1)
-        self.degree = require_int("degree", degree, 0)
+        self.in_features = check_int("in_features", in_features, minimum=1)
+        self.degree = check_int("degree", degree, minimum=0)
         self.sizes = _split_sizes(n_train, n_val, n_test)
-        self.noise_std = require_float("noise_std", noise_std, 0.0)
+        self.noise_std = check_float("noise_std", noise_std, minimum=0.0)
         gen = _generator(seed)
         self.coefficients = torch.randn(degree + 1, generator=gen)
         u = torch.randn(in_features, generator=gen)
@@ -251,8 +251,8 @@ class GaussianMixtureScore(_TensorDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.sizes = _split_sizes(n_train, n_val, n_test)
-        require_float("radius", radius, 0.0)
-        require_float("scale", scale, 0.0, open_low=True)
+        check_float("radius", radius, minimum=0.0)
+        check_float("scale", scale, minimum=0.0, low_open=True)
         gen = _generator(seed)
         k = self.num_components
         angles = 2 * math.pi * torch.arange(k) / k + 2 * math.pi * torch.rand(1, generator=gen)
@@ -333,8 +333,8 @@ class MNIST1D(_TensorDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        self.num_samples = require_int("num_samples", num_samples, 20)
-        self.val_size = require_int("val_size", val_size, 1)
+        self.num_samples = check_int("num_samples", num_samples, minimum=20)
+        self.val_size = check_int("val_size", val_size, minimum=1)
 
     def build(self) -> Splits:
         x, y, x_test, y_test = (torch.from_numpy(a) for a in _mnist1d_arrays(self.num_samples, self.seed))
@@ -371,8 +371,8 @@ class Digits(_TensorDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        self.val_size = require_int("val_size", val_size, 1)
-        self.test_size = require_int("test_size", test_size, 1)
+        self.val_size = check_int("val_size", val_size, minimum=1)
+        self.test_size = check_int("test_size", test_size, minimum=1)
 
     def build(self) -> Splits:
         from sklearn.datasets import load_digits
@@ -502,7 +502,7 @@ class MNIST(_TensorDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = root
-        self.val_size = require_int("val_size", val_size, 1)
+        self.val_size = check_int("val_size", val_size, minimum=1)
 
     def build(self) -> Splits:
         arrays = {k: ((x.float().unsqueeze(1) / 255 - MNIST_MEAN) / MNIST_STD, y)
@@ -639,10 +639,10 @@ class CIFAR10(_TensorDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         self.root = Path(root).expanduser()
-        self.synthetic_size = require_int("synthetic_size", synthetic_size, 2)
+        self.synthetic_size = check_int("synthetic_size", synthetic_size, minimum=2)
         if val_size is None:
             val_size = max(1, synthetic_size // 10) if synthetic else 5000
-        self.val_size = require_int("val_size", val_size, 1)
+        self.val_size = check_int("val_size", val_size, minimum=1)
         self.augment = augment
         self.synthetic = synthetic
 

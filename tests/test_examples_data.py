@@ -1,4 +1,4 @@
-"""Tests for lightning_lyapunov.data: shapes, determinism, splits, the CIFAR reader and augmentation."""
+"""Tests for lightning_lyapunov.examples.data: shapes, determinism, splits, the CIFAR reader and augmentation."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_lyapunov.data import (
+from lightning_lyapunov.examples.data import (
     CIFAR10,
     CIFAR10_MEAN,
     CIFAR10_STD,

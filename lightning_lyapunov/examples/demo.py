@@ -1,6 +1,6 @@
 """The demo: a width-2, depth-40 Leaky ReLU net learns a degree-5 polynomial, He against Lyapunov.
 
-``python -m lightning_lyapunov.demo [--epochs 20] [--seeds 3] [--logdir runs/demo]``
+``python -m lightning_lyapunov.examples.demo [--epochs 20] [--seeds 3] [--logdir runs/demo]``
 
 With He init the log-norm of the signal shrinks by 0.82 per layer at width 2 (e^-33 over 40
 layers): the net outputs a constant and the loss stays at the variance of the target. Lyapunov
@@ -26,8 +26,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_lyapunov import LyapunovInit, theory
 from lightning_lyapunov.callbacks import LyapunovWarning, log as callback_log
-from lightning_lyapunov.data import PolynomialRegression
-from lightning_lyapunov.models import DeepMLP, RegressionModule
+from lightning_lyapunov.examples.data import PolynomialRegression
+from lightning_lyapunov.examples.models import DeepMLP, RegressionModule
 
 WIDTH, DEPTH, SLOPE = 2, 40, 0.1
 SCHEMES = {
@@ -81,7 +81,7 @@ def run(label: str, seed: int, epochs: int, logdir: Path) -> tuple[float, float]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lightning_lyapunov.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lightning_lyapunov.examples.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--logdir", type=Path, default=Path("runs/demo"))

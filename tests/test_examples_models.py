@@ -1,4 +1,4 @@
-"""Tests for lightning_lyapunov.models: structure, fx tracing, argument checks, training smoke runs."""
+"""Tests for lightning_lyapunov.examples.models: structure, fx tracing, argument checks, training smoke runs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_lyapunov.data import CIFAR10, MNIST1D, Digits, GaussianMixtureScore, PolynomialRegression
-from lightning_lyapunov.models import (
+from lightning_lyapunov.examples.data import CIFAR10, MNIST1D, Digits, GaussianMixtureScore, PolynomialRegression
+from lightning_lyapunov.examples.models import (
     ClassificationModule,
     DeepMLP,
     PlainCNN,
@@ -287,14 +287,14 @@ def _cli_config(**mlp_args):
     mlp = {"in_features": 64, "out_features": 10, "width": 8, "depth": 3, **mlp_args}
     return {
         "model": {
-            "class_path": "lightning_lyapunov.models.ClassificationModule",
+            "class_path": "lightning_lyapunov.examples.models.ClassificationModule",
             "init_args": {
                 "num_classes": 10,
                 "optimizer": "sgd",
-                "model": {"class_path": "lightning_lyapunov.models.DeepMLP", "init_args": mlp},
+                "model": {"class_path": "lightning_lyapunov.examples.models.DeepMLP", "init_args": mlp},
             },
         },
-        "data": {"class_path": "lightning_lyapunov.data.Digits", "init_args": {"batch_size": 32}},
+        "data": {"class_path": "lightning_lyapunov.examples.data.Digits", "init_args": {"batch_size": 32}},
         "trainer": {"accelerator": "cpu", "logger": False, "enable_checkpointing": False},
     }
 

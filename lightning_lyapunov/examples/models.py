@@ -7,18 +7,18 @@ activation after it. The LightningModules (:class:`RegressionModule`,
 argument, which LightningCLI builds from YAML::
 
     model:
-      class_path: lightning_lyapunov.models.ClassificationModule
+      class_path: lightning_lyapunov.examples.models.ClassificationModule
       init_args:
         num_classes: 10
         model:
-          class_path: lightning_lyapunov.models.DeepMLP
+          class_path: lightning_lyapunov.examples.models.DeepMLP
           init_args: {in_features: 40, out_features: 10, width: 16, depth: 20}
 
 Example::
 
     import lightning.pytorch as pl
-    from lightning_lyapunov.models import DeepMLP, RegressionModule
-    from lightning_lyapunov.data import PolynomialRegression
+    from lightning_lyapunov.examples.models import DeepMLP, RegressionModule
+    from lightning_lyapunov.examples.data import PolynomialRegression
 
     net = DeepMLP(in_features=1, out_features=1, width=2, depth=40)
     pl.Trainer(max_epochs=5).fit(RegressionModule(net), PolynomialRegression())
@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -34,7 +33,6 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_lyapunov._checks import check_bool, check_choice, check_float, check_int, invalid
 
@@ -57,51 +55,10 @@ ACTIVATIONS: tuple[str, ...] = ("leaky_relu", "relu", "tanh", "gelu", "linear")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 
 
-# ---------------------------------------------------------------------------------------------
-# argument checks (shared with lightning_lyapunov.data)
-
-
-def require_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise an error naming ``name``.
-
-    Example::
-
-        depth = require_int("depth", depth, 1)
-    """
-    return check_int(name, value, minimum=minimum)
-
-
-def require_positive_ints(**values: Any) -> None:
-    """``require_int(name, value, 1)`` for every keyword argument.
-
-    Example::
-
-        require_positive_ints(width=width, depth=depth)
-    """
+def _positive_ints(**values: Any) -> None:
+    """``check_int(name, value, minimum=1)`` for every keyword argument."""
     for name, value in values.items():
-        require_int(name, value, 1)
-
-
-def require_float(
-    name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False
-) -> float:
-    """Return ``float(value)`` if it is a finite number in [low, high] (or (low, high] with ``open_low``).
-
-    Example::
-
-        lr = require_float("lr", lr, 0.0, open_low=True)
-    """
-    return check_float(name, value, minimum=low, maximum=None if high == math.inf else high, low_open=open_low)
-
-
-def require_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them.
-
-    Example::
-
-        optimizer = require_choice("optimizer", "adam", OPTIMIZERS)
-    """
-    return check_choice(name, value, choices)
+        check_int(name, value, minimum=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,9 +75,9 @@ def make_activation(activation: str, negative_slope: float = 0.1) -> nn.Module:
 
         act = make_activation("leaky_relu", 0.1)   # nn.LeakyReLU(0.1)
     """
-    require_choice("activation", activation, ACTIVATIONS)
+    check_choice("activation", activation, ACTIVATIONS)
     if activation == "leaky_relu":
-        return nn.LeakyReLU(require_float("negative_slope", negative_slope, 0.0, 1.0))
+        return nn.LeakyReLU(check_float("negative_slope", negative_slope, minimum=0.0, maximum=1.0))
     factories: dict[str, Callable[[], nn.Module]] = {
         "relu": nn.ReLU,
         "tanh": nn.Tanh,
@@ -163,7 +120,7 @@ class DeepMLP(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        require_positive_ints(in_features=in_features, out_features=out_features, width=width, depth=depth)
+        _positive_ints(in_features=in_features, out_features=out_features, width=width, depth=depth)
         check_bool("bias", bias)
         layers: list[nn.Module] = []
         d_in = in_features
@@ -224,7 +181,7 @@ class PlainCNN(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        require_positive_ints(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth)
+        _positive_ints(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth)
         check_bool("batch_norm", batch_norm), check_bool("bias", bias)
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -263,7 +220,7 @@ class BasicBlock(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        require_positive_ints(in_channels=in_channels, out_channels=out_channels, stride=stride)
+        _positive_ints(in_channels=in_channels, out_channels=out_channels, stride=stride)
         check_bool("batch_norm", batch_norm)
         self.conv1 = _conv3x3(in_channels, out_channels, stride, bias=not batch_norm)
         self.bn1 = _norm2d(out_channels, batch_norm)
@@ -311,14 +268,14 @@ class SmallResNet(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        require_positive_ints(in_channels=in_channels, num_classes=num_classes, width=width)
+        _positive_ints(in_channels=in_channels, num_classes=num_classes, width=width)
         check_bool("batch_norm", batch_norm)
         if isinstance(blocks_per_stage, (str, bytes)) or not isinstance(blocks_per_stage, Sequence):
             invalid("blocks_per_stage", blocks_per_stage, "a sequence of block counts, e.g. [2, 2, 2]")
         if len(blocks_per_stage) < 1:
             raise ValueError("blocks_per_stage=[] is invalid: give at least one stage, e.g. [2, 2, 2].")
         for i, n in enumerate(blocks_per_stage):
-            require_int(f"blocks_per_stage[{i}]", n, 1)
+            check_int(f"blocks_per_stage[{i}]", n, minimum=1)
         make_activation(activation, negative_slope)  # validate once, before building
         self.stem = nn.Sequential(
             _conv3x3(in_channels, width, bias=not batch_norm),
@@ -369,10 +326,10 @@ class _TrainableModule(pl.LightningModule):
                 f"model={model!r} is invalid: it must be a torch.nn.Module, e.g. DeepMLP(...) "
                 "(in YAML: class_path + init_args)."
             )
-        require_float("lr", lr, 0.0, open_low=True)
-        require_float("weight_decay", weight_decay, 0.0)
-        require_choice("optimizer", optimizer, OPTIMIZERS)
-        require_float("momentum", momentum, 0.0, 1.0)
+        check_float("lr", lr, minimum=0.0, low_open=True)
+        check_float("weight_decay", weight_decay, minimum=0.0)
+        check_choice("optimizer", optimizer, OPTIMIZERS)
+        check_float("momentum", momentum, minimum=0.0, maximum=1.0)
         self.model = model
         self.save_hyperparameters(ignore=["model"])
 
@@ -451,7 +408,7 @@ class RegressionModule(_TrainableModule):
 
 
 class ClassificationModule(_TrainableModule):
-    """Cross-entropy classification with torchmetrics accuracy.
+    """Cross-entropy classification with its accuracy (the fraction of argmax predictions equal to the label).
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
 
@@ -478,19 +435,17 @@ class ClassificationModule(_TrainableModule):
         momentum: float = 0.9,
     ) -> None:
         super().__init__(model, lr, weight_decay, optimizer, momentum)
-        require_int("num_classes", num_classes, 2)
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes)
+        check_int("num_classes", num_classes, minimum=2)
+        self.num_classes = num_classes
 
     def _loss(self, batch: Any, stage: str, batch_idx: int) -> Tensor:
         x, y = _split_batch(batch)
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        metric = getattr(self, f"{stage}_acc")
-        metric(logits, y)
+        accuracy = (logits.argmax(-1) == y).float().mean()
         self._log_loss(stage, loss)
-        self.log(f"{stage}/acc", metric, prog_bar=stage == "val", on_epoch=True, on_step=False)
+        # averaged over the epoch weighted by batch size: the epoch's accuracy
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage == "val", on_epoch=True, on_step=False, batch_size=len(y))
         return loss
 
 
@@ -541,7 +496,7 @@ class ScoreModule(_TrainableModule):
         momentum: float = 0.9,
     ) -> None:
         super().__init__(model, lr, weight_decay, optimizer, momentum)
-        require_float("sigma", sigma, 0.0, open_low=True)
+        check_float("sigma", sigma, minimum=0.0, low_open=True)
 
     def _loss(self, batch: Any, stage: str, batch_idx: int) -> Tensor:
         x = _split_batch(batch)[0]

@@ -1,6 +1,6 @@
 """The README's demo runs end to end (one short epoch per scheme) and writes TensorBoard logs."""
 
-from lightning_lyapunov import demo
+from lightning_lyapunov.examples import demo
 
 
 def test_demo_prints_the_comparison_and_the_tensorboard_command(tmp_path, capsys):
