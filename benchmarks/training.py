@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import Scheme
-from lightning_lyapunov.sampling import log_gain
+from lightning_lyapunov.log_norm import log_gain
 
 __all__ = [
     "StackedMLP",

@@ -42,16 +42,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_float
-from .observe import FirstCall, Forward, call_forward, preserved, stop_at
-from .sampling import log_r
+from ._forward import FirstCall, Forward, call_forward, quiet, stop_at
+from .log_norm import log_r
 from .surgery import InitPlan
 
 __all__ = ["CALIBRATIONS", "DEFAULT_TARGET", "Calibration", "CalibrationResult", "calibrate_", "check_calibrate"]
@@ -96,19 +95,6 @@ def check_calibrate(calibrate: Any, target: Any = DEFAULT_TARGET) -> None:
 
 def _rms(value: torch.Tensor) -> float:
     return float(value.detach().float().pow(2).mean().sqrt())
-
-
-@contextmanager
-def _quiet(model: nn.Module) -> Iterator[None]:
-    """Eval mode but BatchNorm on batch statistics (what the first training step sees; its running
-    statistics at init are the identity), and no_grad; training flags, buffers, gradients and RNG
-    states restored afterwards."""
-    with preserved(model), torch.no_grad():
-        model.eval()
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.train()
-        yield
 
 
 class _Runner:
@@ -260,7 +246,7 @@ def calibrate_(
     """
     check_calibrate(method, target)
     layers, runner = plan.layers, _Runner(model, example_input, forward)
-    with plan.restoring(), _quiet(model):
+    with plan.restoring(), quiet(model):
         runner.check_signal(layers[0])
         run = _calibrate_layers if method == "layers" else _calibrate_output
         factors, dead = run(runner, layers, float(target))

@@ -27,18 +27,16 @@ registration order are the fallbacks (:func:`lightning_lyapunov.activations.dete
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._rng import global_rng_preserved
+from ._forward import Forward, call_forward, preserved
 from .activations import (
     WEIGHT_LAYERS,
     SlopeInfo,
@@ -51,95 +49,11 @@ from .activations import (
     module_slope,
 )
 
-__all__ = ["find_slopes", "call_forward", "preserved", "stop_at", "Forward", "FirstCall"]
+__all__ = ["find_slopes", "observe_slopes"]
 
-Forward = Callable[[nn.Module, Any], Any]
 Tag = tuple[str, int]  # (planned layer, call number)
 # modules consumed as a whole: their input meets a linear map, not an activation
 _LINEAR_MODULES = WEIGHT_LAYERS + (nn.MultiheadAttention, nn.Bilinear)
-
-
-def call_forward(model: nn.Module, example: Any) -> Any:
-    """Run ``model`` on ``example`` the way its forward takes it.
-
-    A tuple or list is unpacked into positional arguments, a mapping into keyword arguments, when
-    the forward's signature accepts that; otherwise (and for anything else) it is passed as the
-    single argument: ``model(x)``, ``model(*args)``, ``model(**batch)`` or ``model(batch)``.
-    """
-    if isinstance(example, (tuple, list, Mapping)):
-        args, kwargs = ((), dict(example)) if isinstance(example, Mapping) else (tuple(example), {})
-        try:
-            inspect.signature(model.forward).bind(*args, **kwargs)
-        except (TypeError, ValueError):
-            return model(example)
-        return model(*args, **kwargs)
-    return model(example)
-
-
-@contextmanager
-def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore training flags, buffers (same tensors, same values), ``.grad`` and RNG states on exit."""
-    modes = [(module, module.training) for module in model.modules()]
-    buffers = [
-        (module, name, tensor, tensor.clone())
-        for module in model.modules()
-        for name, tensor in module._buffers.items()
-        if tensor is not None
-    ]
-    grads = [(parameter, parameter.grad) for parameter in model.parameters()]
-    try:
-        with global_rng_preserved():
-            yield
-    finally:
-        with torch.no_grad():
-            for module, name, tensor, saved in buffers:
-                module._buffers[name] = tensor
-                tensor.copy_(saved)
-        for module, training in modes:
-            module.training = training
-        for parameter, grad in grads:
-            parameter.grad = grad
-
-
-class _Stop(Exception):
-    """Raised by :func:`stop_at`'s hook to end the forward pass at the layer of interest."""
-
-
-class FirstCall(NamedTuple):
-    """A module's first call in a forward pass: its positional arguments and its output (``None``
-    when the pass was stopped before the module ran)."""
-
-    args: tuple[Any, ...]
-    output: Any
-
-
-def stop_at(run: Callable[[], Any], module: nn.Module, *, before: bool = False) -> tuple[FirstCall | None, Any]:
-    """Run ``run()`` (a forward pass) until ``module``'s first call, which ends it: after the module
-    ran, or just ``before`` it. Returns ``(call, None)``, or ``(None, run())`` when the module was not
-    called (the pass ran to the end). Errors of the pass propagate; the hook is always removed.
-
-    Example::
-
-        call, _ = stop_at(lambda: model(x), model.net[4])   # model.net[4]'s input and output
-    """
-    calls: list[FirstCall] = []
-
-    def after(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        calls.append(FirstCall(args, output))
-        raise _Stop
-
-    def ahead(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        calls.append(FirstCall(args, None))
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(ahead) if before else module.register_forward_hook(after)
-    try:
-        result = run()
-    except _Stop:
-        return calls[0], None
-    finally:
-        handle.remove()
-    return None, result
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

@@ -18,8 +18,9 @@ and ``output`` what ``forward(model, probe)`` returns.
   draw is better. The forward pass stops there, so a layer-wise pass costs about ``K * L / 2``
   full forward passes.
 
-``K`` defaults to ``ceil(2 sqrt(L))``. Probing runs in eval mode under ``torch.no_grad()`` (no
-dropout, no BatchNorm statistics updated) and restores every module's training flag. Candidates are
+``K`` defaults to ``ceil(2 sqrt(L))``. Probing runs as calibration does (``_forward.quiet``): eval
+mode (no dropout) but BatchNorm on the batch's statistics, as the first training step sees the
+network, under ``torch.no_grad()``; training flags, buffers and RNG states are restored. Candidates are
 drawn and written through the plan (:meth:`InitPlan.draw`, :meth:`InitPlan.write`) inside
 :meth:`InitPlan.restoring`: an error in a probe pass (a probe of the wrong shape, a ``forward``
 that raises, an interrupt) leaves every weight, bias and the generator as they were.
@@ -29,20 +30,18 @@ from __future__ import annotations
 
 import math
 import statistics
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ._checks import check_bool, check_int, check_module, describe, invalid
-from .observe import call_forward, stop_at
+from ._forward import Forward, call_forward, quiet, stop_at
+from .log_norm import log_gain
 from .surgery import InitPlan, LayerPlan, check_generator, plan_init
 
-__all__ = ["SamplingReport", "sample_lyapunov_", "log_gain"]
-
-Forward = Callable[[nn.Module, Any], torch.Tensor]
+__all__ = ["SamplingReport", "sample_lyapunov_"]
 
 
 @dataclass
@@ -65,39 +64,8 @@ class SamplingReport:
     layer_chosen: list[int] = field(default_factory=list)
 
 
-def log_gain(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
-    """``mean_b (log r(outputs_b) - log r(inputs_b))`` with ``r(v) = ||v|| / sqrt(numel per sample)``.
-
-    The batch is dim 0; computed in float32 on the tensors' device. Non-finite results (a dead
-    network, log 0) come back as ``-inf``/``nan``; :func:`sample_lyapunov_` scores them as ``inf``.
-
-    Example::
-
-        log_gain(torch.ones(8, 4), 2 * torch.ones(8, 9))   # log 2
-    """
-    return float((log_r(outputs) - log_r(inputs)).mean())
-
-
-def log_r(value: torch.Tensor) -> torch.Tensor:
-    """Per sample (dim 0) ``log r = log(||v|| / sqrt(numel per sample))``, in float32, detached."""
-    flat = value.detach().flatten(1).float()
-    return flat.norm(dim=1).log() - 0.5 * math.log(flat.shape[1])
-
-
 def _score(gain: float) -> float:
     return abs(gain) if math.isfinite(gain) else math.inf
-
-
-@contextmanager
-def _probing(model: nn.Module) -> Iterator[None]:
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class _Probe:
@@ -188,7 +156,7 @@ def sample_lyapunov_(
         plan_kwargs.setdefault("forward", forward)
     plan = plan_init(model, **plan_kwargs)
     count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
-    with plan.restoring(generator), _probing(model):
+    with plan.restoring(generator), quiet(model):
         batch = _default_probe(plan, generator) if probe is None else probe
         runner = _Probe(model, plan, batch, forward)
         if layerwise:

@@ -56,7 +56,8 @@ from . import _checks
 from . import init as _init
 from ._checks import check_bool, check_int, check_module, check_slope, check_tensor, invalid
 from .activations import WEIGHT_LAYERS, SlopeInfo
-from .observe import Forward, find_slopes
+from ._forward import Forward
+from .observe import find_slopes
 
 __all__ = ["InitPlan", "LayerPlan", "plan_init", "apply_init", "swap_activations"]
 

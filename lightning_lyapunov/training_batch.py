@@ -8,7 +8,7 @@ moved to the module's device and run through
 * otherwise ``training_step(batch, 0)``, with ``self.log``/``self.log_dict`` silenced (nothing is
   logged or recorded), under ``torch.no_grad()`` (no gradient kept, no optimizer stepped).
 
-Every pass runs inside :func:`lightning_lyapunov.observe.preserved`: training flags, buffers,
+Every pass runs inside :func:`lightning_lyapunov._forward.preserved`: training flags, buffers,
 ``.grad`` and RNG states come back as they were.
 """
 
@@ -22,9 +22,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
-from ._rng import global_rng_preserved
+from ._forward import Forward, call_forward, global_rng_preserved, preserved
 from .activations import WEIGHT_LAYERS
-from .observe import Forward, call_forward, preserved
 
 __all__ = ["training_batch", "training_call", "network_output"]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_lyapunov import apply_init
-from lightning_lyapunov.sampling import log_gain
+from lightning_lyapunov.log_norm import log_gain
 
 
 def chain(depth: int = 12, width: int = 3, d_in: int = 2, d_out: int = 2, slope: float = 0.1) -> nn.Sequential:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_lyapunov.sampling import log_gain, sample_lyapunov_
+from lightning_lyapunov.log_norm import log_gain
+from lightning_lyapunov.sampling import sample_lyapunov_
 from lightning_lyapunov.surgery import apply_init
 
 DEPTH, WIDTH, SLOPE = 30, 4, 0.1

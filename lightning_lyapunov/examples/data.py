@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_lyapunov._rng import global_rng_preserved
+from lightning_lyapunov._forward import global_rng_preserved
 from lightning_lyapunov._checks import check_float, check_int
 
 __all__ = [

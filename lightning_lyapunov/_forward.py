@@ -1,0 +1,142 @@
+"""Running a model without side effects: the one home of what observation, sampling and calibration share.
+
+* :func:`call_forward`: run a model on an example the way its forward takes it (``model(x)``,
+  ``model(*args)``, ``model(**kwargs)`` or ``model(batch)``).
+* :func:`preserved`: afterwards every module's training flag, every buffer (BatchNorm running
+  statistics, spectral norm's ``_u``/``_v``), every parameter's ``.grad`` and the global random
+  generators (torch's CPU and CUDA, Python's, NumPy's) are as before.
+* :func:`quiet`: :func:`preserved`, under ``torch.no_grad()``, in eval mode (no dropout) except
+  BatchNorm, which normalizes with the batch's statistics as in the first training step (its
+  running statistics at init would make it the identity). Sampling and calibration measure here.
+* :func:`stop_at`: end a forward pass at one module's first call (its input and output).
+* :func:`global_rng_preserved`: the global random generators alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Forward", "FirstCall", "call_forward", "global_rng_preserved", "preserved", "quiet", "stop_at"]
+
+#: ``forward(model, example)``: how to run a model on an example (default :func:`call_forward`).
+Forward = Callable[[nn.Module, Any], Any]
+
+
+def call_forward(model: nn.Module, example: Any) -> Any:
+    """Run ``model`` on ``example`` the way its forward takes it.
+
+    A tuple or list is unpacked into positional arguments, a mapping into keyword arguments, when
+    the forward's signature accepts that; otherwise (and for anything else) it is passed as the
+    single argument: ``model(x)``, ``model(*args)``, ``model(**batch)`` or ``model(batch)``.
+
+    Example::
+
+        call_forward(nn.Bilinear(2, 3, 1), (torch.randn(4, 2), torch.randn(4, 3)))   # model(x1, x2)
+    """
+    if isinstance(example, (tuple, list, Mapping)):
+        args, kwargs = ((), dict(example)) if isinstance(example, Mapping) else (tuple(example), {})
+        try:
+            inspect.signature(model.forward).bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return model(example)
+        return model(*args, **kwargs)
+    return model(example)
+
+
+@contextmanager
+def global_rng_preserved() -> Iterator[None]:
+    """Restore torch's CPU generator (and every CUDA device's, once CUDA is initialized), Python's
+    ``random`` and NumPy's global generator on exit, whatever the block drew from them."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda_devices = range(torch.cuda.device_count()) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+@contextmanager
+def preserved(model: nn.Module) -> Iterator[None]:
+    """Restore training flags, buffers (same tensors, same values), ``.grad`` and RNG states on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [
+        (module, name, tensor, tensor.clone())
+        for module in model.modules()
+        for name, tensor in module._buffers.items()
+        if tensor is not None
+    ]
+    grads = [(parameter, parameter.grad) for parameter in model.parameters()]
+    try:
+        with global_rng_preserved():
+            yield
+    finally:
+        with torch.no_grad():
+            for module, name, tensor, saved in buffers:
+                module._buffers[name] = tensor
+                tensor.copy_(saved)
+        for module, training in modes:
+            module.training = training
+        for parameter, grad in grads:
+            parameter.grad = grad
+
+
+@contextmanager
+def quiet(model: nn.Module) -> Iterator[None]:
+    """Measure ``model`` as the first training step sees it, changing nothing (module docstring)."""
+    with preserved(model), torch.no_grad():
+        model.eval()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.train()
+        yield
+
+
+class _Stop(Exception):
+    """Raised by :func:`stop_at`'s hook to end the forward pass at the module of interest."""
+
+
+class FirstCall(NamedTuple):
+    """A module's first call in a forward pass: its positional arguments and its output (``None``
+    when the pass was stopped before the module ran)."""
+
+    args: tuple[Any, ...]
+    output: Any
+
+
+def stop_at(run: Callable[[], Any], module: nn.Module, *, before: bool = False) -> tuple[FirstCall | None, Any]:
+    """Run ``run()`` (a forward pass) until ``module``'s first call, which ends it: after the module
+    ran, or just ``before`` it. Returns ``(call, None)``, or ``(None, run())`` when the module was not
+    called (the pass ran to the end). Errors of the pass propagate; the hook is always removed.
+
+    Example::
+
+        call, _ = stop_at(lambda: model(x), model.net[4])   # model.net[4]'s input and output
+    """
+    calls: list[FirstCall] = []
+
+    def after(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        calls.append(FirstCall(args, output))
+        raise _Stop
+
+    def ahead(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        calls.append(FirstCall(args, None))
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(ahead) if before else module.register_forward_hook(after)
+    try:
+        result = run()
+    except _Stop:
+        return calls[0], None
+    finally:
+        handle.remove()
+    return None, result
