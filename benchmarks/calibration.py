@@ -4,7 +4,7 @@ Every method initializes one ``DeepMLP`` per seed (Lyapunov orthogonal draw from
 ``torch.Generator().manual_seed(seed)``, then a rescaling on a batch of real inputs), all runs are
 trained together (:mod:`benchmarks.training`), full batch for the regression, minibatches with fresh
 noise for score matching. Methods through the package: ``apply_init(..., calibrate="layers" |
-"output", calibrate_target=...)`` and ``sample_lyapunov_`` + ``calibration.calibrate_``; LSUV is the
+"output", calibrate_target=...)`` and ``apply_init(sampled=True, calibrate=...)``; LSUV is the
 ``lsuv`` package (0.3.0, the benchmarks extra). The earlier variants (standard deviation or median
 instead of root-mean-square, a global factor only beyond 3x) are reported in the findings only.
 """
@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from benchmarks.common import Report
 from benchmarks.training import StackedMLP, train
-from lightning_lyapunov import apply_init, sample_lyapunov_
-from lightning_lyapunov.calibration import DEFAULT_TARGET, calibrate_
+from lightning_lyapunov import apply_init
+from lightning_lyapunov.settings import DEFAULT_TARGET
 from lightning_lyapunov.examples.data import PolynomialRegression
 from lightning_lyapunov.examples.models import DeepMLP
 
@@ -45,9 +45,9 @@ def _lyapunov(net: nn.Module, seed: int, **calibration: object) -> None:
 
 def _sampled(net: nn.Module, seed: int, probe: Tensor, calibrate: str | None = None,
              target: float = DEFAULT_TARGET) -> None:
-    report = _quiet(lambda: sample_lyapunov_(net, probe, generator=torch.Generator().manual_seed(seed)))
-    if calibrate:
-        calibrate_(net, report.plan, probe, calibrate, target)
+    calibration = {"calibrate": calibrate, "calibrate_target": target} if calibrate else {}
+    _quiet(lambda: apply_init(net, sampled=True, example_input=probe, generator=torch.Generator().manual_seed(seed),
+                              **calibration))
 
 
 def _lsuv(net: nn.Module, seed: int, probe: Tensor) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import spread
-from lightning_lyapunov.surgery import apply_init, plan_init
+from lightning_lyapunov import apply_init, plan_init
 
 
 def make_mlp(depth: int = 100, width: int = 1024, slope: float = 0.1) -> nn.Sequential:

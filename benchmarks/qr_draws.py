@@ -30,7 +30,7 @@ import json, sys, time, warnings
 import torch
 from torch import nn
 from benchmarks import init_timing
-from lightning_lyapunov import init
+from lightning_lyapunov import init, theory
 
 case, method = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
@@ -46,7 +46,7 @@ builders = {
 weights = [m.weight for m in builders[case]().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 draw = {
     "torch orthogonal_": lambda w, g: nn.init.orthogonal_(w, generator=g),
-    "orthogonal_": lambda w, g: init.orthogonal_(w, 0.1, generator=g),
+    "orthogonal_": lambda w, g: init.orthogonal_(w, theory.orthogonal_gain(0.1), generator=g),
     "lyapunov_orthogonal_": lambda w, g: init.lyapunov_orthogonal_(w, 0.1, generator=g),
     "stiefel_orthogonal_": lambda w, g: init.stiefel_orthogonal_(w, generator=g),
 }[method]

@@ -113,7 +113,7 @@ def default_calibration() -> tuple[str, float]:
     from lightning_lyapunov import LyapunovInit
 
     default = LyapunovInit()
-    return default.calibration, default.calibrate_target
+    return default.spec.calibration, default.spec.calibrate_target
 
 
 @dataclass(frozen=True)

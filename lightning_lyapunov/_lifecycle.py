@@ -66,12 +66,14 @@ def check_strategy(strategy: Any, who: str) -> None:
             )
 
 
-def check_single(callbacks: Any, cls: type, describe: Any = repr) -> None:
-    """ValueError if ``callbacks`` holds more than one instance of ``cls`` (listed with ``describe``)."""
+def check_single(callbacks: Any, cls: type, describe: Any = repr, hint: str = "") -> None:
+    """ValueError if ``callbacks`` holds more than one instance of ``cls`` (listed with ``describe``);
+    ``hint`` replaces the default fix."""
     mine = [callback for callback in callbacks if isinstance(callback, cls)]
     if len(mine) > 1:
         listed = ", ".join(describe(callback) for callback in mine)
+        fix = hint or f"keep a single {cls.__name__} in Trainer(callbacks=[...]) (and in configure_callbacks)"
         raise ValueError(
             f"the Trainer has {len(mine)} {cls.__name__} callbacks ({listed}): a model is initialized once, by one "
-            f"scheme; keep a single {cls.__name__} in Trainer(callbacks=[...]) (and in configure_callbacks)"
+            f"scheme; {fix}"
         )

@@ -35,7 +35,7 @@ Example::
     model = nn.Sequential(*[m for _ in range(40) for m in (nn.Linear(2, 2), nn.LeakyReLU(0.1))], nn.Linear(2, 1))
     plan = apply_init(model, example_input=torch.randn(256, 2), calibrate="layers",
                       generator=torch.Generator().manual_seed(0))
-    [layer.calibration for layer in plan.layers]   # the factor each weight was multiplied by
+    plan.calibration.factors   # the factor each weight was multiplied by
 """
 
 from __future__ import annotations
@@ -49,15 +49,15 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_float
+from ._warn import LyapunovWarning
 from ._forward import FirstCall, Forward, call_forward, quiet, stop_at
 from .log_norm import log_r
-from .surgery import InitPlan
+from .plan import InitPlan
+from .settings import CALIBRATIONS, DEFAULT_TARGET
 
-__all__ = ["CALIBRATIONS", "DEFAULT_TARGET", "Calibration", "CalibrationResult", "calibrate_", "check_calibrate"]
+__all__ = ["CalibrationResult", "calibrate_"]
 
 Calibration = Literal["layers", "output"]
-CALIBRATIONS: tuple[str, ...] = ("layers", "output")
-DEFAULT_TARGET = 1.0  # the output's rms after calibration (0.1: better with Adam, slower with SGD; module docstring)
 _OUTPUT_PASSES = 8
 _OUTPUT_TOLERANCE = 1e-4  # |log rms - log target| below which the "output" calibration stops
 
@@ -78,19 +78,6 @@ class CalibrationResult:
     log_gains: list[float]
     output_rms: float
     dead: list[str] = field(default_factory=list)
-
-
-def check_calibrate(calibrate: Any, target: Any = DEFAULT_TARGET) -> None:
-    """Validate ``calibrate=`` and ``calibrate_target=`` (ValueError naming the value and the fix)."""
-    if calibrate is not None:
-        check_choice("calibrate", calibrate, (*CALIBRATIONS, None))
-    target = check_float("calibrate_target", target, minimum=0.0, low_open=True,
-                         allowed="a positive finite number (the output's root-mean-square after calibration)")
-    if calibrate is None and target != DEFAULT_TARGET:
-        raise ValueError(
-            f"calibrate_target={target!r} is only used with calibrate='layers' or 'output': pass calibrate= too, "
-            "or drop calibrate_target="
-        )
 
 
 def _rms(value: torch.Tensor) -> float:
@@ -232,8 +219,8 @@ def calibrate_(
     forward: Forward | None = None,
 ) -> CalibrationResult:
     """Rescale the weights of ``plan``'s layers (forward order) on ``example_input`` by ``method``
-    (module docstring); record each layer's factor and measured log-gain in the plan's rows
-    (``plan.layers[l].calibration``, ``.measured_log_gain``) and return them. ``example_input``:
+    (module docstring); return each layer's factor and measured log-gain, also recorded as
+    ``plan.calibration`` (what was applied). ``example_input``:
     what the model's forward takes (a tensor, a tuple of positional arguments, a dict of keyword
     arguments), or anything ``forward(model, example_input)`` takes. All or nothing: on any error
     every tensor the plan writes is restored and the error re-raised. Layers whose output is all
@@ -244,18 +231,17 @@ def calibrate_(
         plan = apply_init(model, generator=torch.Generator().manual_seed(0))
         result = calibrate_(model, plan, x, method="output")   # output rms 1
     """
-    check_calibrate(method, target)
+    check_choice("method", method, CALIBRATIONS)
+    target = check_float("target", target, minimum=0.0, low_open=True,
+                         allowed="a positive finite number (the output's root-mean-square after calibration)")
     layers, runner = plan.layers, _Runner(model, example_input, forward)
     with plan.restoring(), quiet(model):
         runner.check_signal(layers[0])
         run = _calibrate_layers if method == "layers" else _calibrate_output
-        factors, dead = run(runner, layers, float(target))
+        factors, dead = run(runner, layers, target)
         log_gains, output_rms = _measure(runner, layers)
-    result = CalibrationResult(method, float(target), factors, log_gains, output_rms, dead)
-    plan.calibration = method
-    for layer, factor, gain in zip(layers, factors, log_gains, strict=True):
-        layer.calibration, layer.measured_log_gain = factor, gain
+    plan.calibration = CalibrationResult(method, target, factors, log_gains, output_rms, dead)
     if dead:
         plan.warnings.append(_dead_warning(method, dead))
-        warnings.warn(plan.warnings[-1], stacklevel=2)
-    return result
+        warnings.warn(plan.warnings[-1], LyapunovWarning, stacklevel=2)
+    return plan.calibration

@@ -35,38 +35,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-__all__ = ["LyapunovCLI", "PlanCLI", "find_lyapunov_init", "main"]
+from lightning_lyapunov._cli_text import PROG, help_text
 
-PROG = "lightning-lyapunov"
-DESCRIPTION = "Train deep narrow networks with LyapunovInit (LightningCLI), plan their init, or print the theory."
-LIGHTNING_COMMANDS = {
-    "fit": "Train a model (LightningCLI's fit).",
-    "validate": "Run one evaluation epoch over the validation set.",
-    "test": "Run one evaluation epoch over the test set.",
-    "predict": "Run inference on the predict set.",
-}
-EXTRA_COMMANDS = {
-    "plan": "Print the initialization plan of a config's model (same arguments as fit); trains nothing.",
-    "theory": "Print the theory table (Lyapunov exponents and critical scales by width and slope).",
-}
-USAGE = "%(prog)s [-h] [-c CONFIG] [--print_config[=flags]] [--KEY VALUE ...]"
-_LAZY = ("LyapunovCLI", "PlanCLI", "find_lyapunov_init")
-
-
-def help_text() -> str:
-    """The top-level ``--help``: the commands and where to find their arguments."""
-    commands = {**LIGHTNING_COMMANDS, **EXTRA_COMMANDS}
-    rows = "\n".join(f"    {name:<10}{text}" for name, text in commands.items())
-    return (
-        f"usage: {PROG} [-h] {{{','.join(commands)}}} ...\n\n{DESCRIPTION}\n\ncommands:\n{rows}\n\n"
-        f"Each command has its own --help, e.g.\n"
-        f"    {PROG} fit --help                                # every Trainer, model and data argument\n"
-        f"    {PROG} fit --trainer.callbacks.help LyapunovInit  # the callback's arguments\n"
-        f"    {PROG} fit -c configs/polynomial.yaml             # train with a config\n"
-    )
-
+__all__ = ["main"]
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``lightning-lyapunov``; ``args`` defaults to ``sys.argv[1:]``.
@@ -91,17 +63,11 @@ def main(args: Sequence[str] | None = None) -> None:
     from lightning_lyapunov import lightning_cli
 
     if command == "plan":
-        print(lightning_cli.PlanCLI(args=argv[1:]).plan)
+        cli = lightning_cli.PlanCLI(args=argv[1:])
+        note = lightning_cli.fit_note(cli.spec)
+        print(cli.plan if note is None else f"{cli.plan}\n{note}")
     else:
         lightning_cli.LyapunovCLI(args=argv)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:  # the LightningCLI classes: imported on first use
-        from lightning_lyapunov import lightning_cli
-
-        return getattr(lightning_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -75,22 +75,11 @@ import torch
 from torch import nn
 
 from lightning_lyapunov._checks import check_bool, check_int, check_module, invalid
+from lightning_lyapunov._reduce import BATCH_STATS, COLLAPSE_THRESHOLD, STAT_KEYS, _buckets, _padded_stats, signal_stats
+from lightning_lyapunov.log_norm import log_r
 
 __all__ = ["STAT_KEYS", "BATCH_STATS", "COLLAPSE_THRESHOLD", "SignalMonitor", "SignalStats", "signal_stats"]
 
-#: Names of the per-layer statistics, in the order of the rows of ``SignalStats.values``.
-STAT_KEYS: tuple[str, ...] = (
-    "log_norm_mean",
-    "log_norm_std",
-    "emp_var_mean",
-    "emp_var_collapsed",
-    "kurtosis_median",
-    "kurtosis_pooled",
-    "dead_fraction",
-    "nonfinite",
-)
-#: The statistics over the batch that need at least two samples (undefined for a batch of one).
-BATCH_STATS: tuple[str, ...] = ("log_norm_std", "emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled")
 #: Why a statistic is undefined (:meth:`SignalStats.undefined`).
 NOT_CALLED = "layer not called in the measured step"
 _BATCH_STAT_COLUMNS = np.isin(STAT_KEYS, BATCH_STATS)
@@ -101,147 +90,6 @@ SINGLE_SAMPLE = "batch of 1 sample: statistics over the batch need 2 or more"
 DEGENERATE = "0/0 from finite activations: units constant over the batch, or an all-zero output"
 FEW_LAYERS = "fewer than 2 measured layers: the slope over depth needs 2 or more"
 ZERO_OUTPUT = "a measured layer's output is exactly zero (log 0)"
-#: A unit's variance is collapsed below this fraction of the layer's mean second moment.
-COLLAPSE_THRESHOLD = 1e-3
-# A unit counts as constant for the kurtosis when std <= _CONSTANT_RTOL * |mean| (fp32 rounding).
-_CONSTANT_RTOL = 16 * torch.finfo(torch.float32).eps
-
-
-#: Layers of unequal widths are reduced together, zero-padded to the widest, while the padding adds
-#: at most this fraction to their units (:func:`_buckets`).
-_PAD_LIMIT = 1.25
-
-
-def _buckets(widths: Sequence[int]) -> list[list[int]]:
-    """Indices of the layers reduced together: widest first, a layer joins the current group while the
-    group zero-padded to its widest layer has at most ``_PAD_LIMIT`` times its units; forward order
-    within a group (equal widths always go together)."""
-    groups: list[list[int]] = []
-    for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
-        if groups:
-            group = groups[-1]
-            units = sum(widths[j] for j in group) + widths[i]
-            if widths[group[0]] * (len(group) + 1) <= _PAD_LIMIT * units:
-                group.append(i)
-                continue
-        groups.append([i])
-    return [sorted(group) for group in groups]
-
-
-@functools.lru_cache(maxsize=64)
-def _layout(widths: tuple[int, ...], device: torch.device, batch: int) -> tuple[torch.Tensor, ...]:
-    """Per widths, device and batch size, built once (fp32 on ``device``, ``L`` layers, ``W`` the widest):
-
-    - ``half_log_width`` (L, 1): ``log(w) / 2``, taken from the log-norms;
-    - ``offsets``, ``divisors`` (4, L): ``[0, 0, 0, padding]`` and ``[B w, B w, w, w]``, which turn
-      the per-layer sums of ``[s2, s4, mean^2, dead]`` into means (the padding is "dead");
-    - ``padding`` (L, W): 0 for a layer's units, ``-inf`` for its padding (added to a threshold
-      that no padding unit may pass);
-    - ``scale`` (L, n_stats): the factor of each column of the statistics (``1 / sqrt(B - 1)``
-      for the std, ``B / (B - 1)`` for the unbiased variance, ``1 / w`` for a fraction, ``B``
-      for the kurtosis median, computed from ``s4 / s2^2``), applied once at the end;
-    - ``zeros`` (L,)."""
-    width = torch.tensor(widths, dtype=torch.float32, device=device)
-    zeros = torch.zeros_like(width)
-    offsets = torch.stack((zeros, zeros, zeros, max(widths) - width))
-    divisors = torch.stack((width * batch, width * batch, width, width))
-    padding = torch.zeros((len(widths), max(widths)), device=device)
-    for row, w in zip(padding, widths):
-        row[w:] = -math.inf
-    scale = torch.ones((len(widths), len(STAT_KEYS)), device=device)
-    if batch > 1:
-        scale[:, STAT_KEYS.index("log_norm_std")] = 1 / math.sqrt(batch - 1)
-        scale[:, STAT_KEYS.index("emp_var_mean")] = batch / (batch - 1)
-        scale[:, STAT_KEYS.index("emp_var_collapsed")] = 1 / width
-        scale[:, STAT_KEYS.index("kurtosis_median")] = batch
-    return width.log().mul_(0.5).unsqueeze(1), offsets, divisors, padding, scale, zeros
-
-
-def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Statistics of ``L`` layer outputs side by side, in fp32, on ``h``'s device, no host sync.
-
-    ``h`` has shape ``(B, D)``: batch ``B``, the flattened outputs of layer ``l`` in the next
-    ``widths[l]`` columns (``sum(widths) == D``; default: one layer). Returns ``(stats, log_norms)``:
-    ``stats`` of shape ``(L, len(STAT_KEYS))`` (columns in the order of :data:`STAT_KEYS`, formulas
-    in the module docstring) and the per-sample ``log_norms = log(||h_b|| / sqrt(d))`` of shape
-    ``(L, B)``. A non-finite value stays inside its own layer.
-
-    Cost: the layers are laid out as a ``(L, B, max width)`` tensor, zero-padded (a copy, unless all
-    widths are equal), and reduced by the same few dozen kernels whatever ``L``: eight passes over
-    the data, the rest on per-unit and per-layer vectors. On the CPU the non-finite entries are
-    counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf entry
-    makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no host
-    synchronization).
-
-    Example::
-
-        stats, log_norms = signal_stats(torch.randn(4096, 8 + 3), widths=[8, 3])  # kurtosis ~ 3
-    """
-    with torch.no_grad():
-        batch, total = h.shape
-        widths = (total,) if widths is None else tuple(int(w) for w in widths)
-        if sum(widths) != total:
-            raise ValueError(f"widths={list(widths)} must sum to the number of columns of h, {total}")
-        if min(widths) < 1:
-            raise ValueError(f"widths={list(widths)} must be positive: each layer has at least one unit")
-        if len(set(widths)) == 1:
-            return _padded_stats(h.float().reshape(batch, len(widths), widths[0]).transpose(0, 1), widths, overwrite=False)
-        padded = h.new_zeros((len(widths), batch, max(widths)), dtype=torch.float32)
-        for layer, block in zip(padded, torch.split(h, widths, 1)):
-            layer[:, : block.shape[1]] = block
-        return _padded_stats(padded, widths, overwrite=True)
-
-
-def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`signal_stats` of ``h`` of shape ``(L, B, W)`` (fp32): layer ``l``'s units in
-    ``h[l, :, :widths[l]]``, zeros after them (the padding adds 0 to every sum; its "dead" units
-    are subtracted, its -inf threshold keeps it out of the collapsed count and its NaN kurtosis out
-    of the median). With ``overwrite`` (a tensor the caller discards) ``h`` itself is the scratch
-    space: in-place passes, no full-size temporary, and the padding stays zero."""
-    with torch.no_grad():
-        batch = h.shape[1]
-        half_log_width, offsets, divisors, padding, scale, zeros = _layout(widths, h.device, batch)
-        log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
-        log_mean = log_norms.mean(1)
-        dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
-        nonfinite = zeros  # counted below where there may be some
-        if h.device.type != "cpu" or not math.isfinite(float(log_mean.sum())):
-            # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
-            nonfinite = torch.mul(h, 0).nan_to_num_(1.0).sum((1, 2))
-        if batch > 1:
-            mean = h.mean(1, keepdim=True)
-            c2 = torch.sub(h, mean, out=h if overwrite else torch.empty_like(h)).square_()
-            s2 = c2.sum(1)  # B x the biased variance, per unit (L, W)
-            s4 = c2.square_().sum(1)  # B x the fourth central moment
-            mean_sq = mean.squeeze(1).square_()
-            # per layer: mean over units of m2, m4, mean^2; fraction of dead units
-            m2_mean, m4_mean, mean_sq_mean, dead_fraction = (
-                torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(divisors).unbind()
-            )
-            # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2 (= m2 mean + mean^2 mean); the
-            # padding's threshold is -inf (never passed), a NaN threshold is passed by nothing
-            threshold = torch.add(padding, torch.add(m2_mean, mean_sq_mean).unsqueeze(-1),
-                                  alpha=COLLAPSE_THRESHOLD * (batch - 1))
-            collapsed = torch.le(s2, threshold).sum(-1, dtype=torch.float32)
-            # kurtosis m4 / m2^2 = B s4 / s2^2 (B applied by scale); NaN (left out of the median)
-            # for (numerically) constant units, the padding included
-            constant = torch.le(s2, mean_sq.mul_(batch * _CONSTANT_RTOL**2))
-            kurt = s4.div_(s2.square_()).masked_fill_(constant, math.nan)
-            columns = [
-                log_mean,
-                torch.linalg.vector_norm(log_norms - log_mean.unsqueeze(1), dim=1),
-                m2_mean,
-                collapsed,
-                kurt.nanmedian(-1).values,
-                m4_mean.div_(m2_mean.square()),
-                dead_fraction,
-                nonfinite,
-            ]
-            return torch.stack(columns, dim=1).mul_(scale), log_norms
-        nan = torch.full_like(zeros, math.nan)
-        dead_fraction = dead.sum(-1).sub_(offsets[-1]).div_(divisors[-1])
-        columns = [log_mean, zeros, nan, nan, nan, nan, dead_fraction, nonfinite]
-        return torch.stack(columns, dim=1), log_norms
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -276,7 +124,8 @@ class SignalStats:
     ``names`` are the monitored layers in the order given to the monitor (forward order);
     ``values[i, k]`` is statistic ``STAT_KEYS[k]`` of layer ``names[i]`` (NaN for a layer that was
     not called while the monitor was active); ``log_norms[name]`` holds the per-sample
-    ``log(||h_b|| / sqrt(d))`` (empty for a layer that was not called).
+    ``log(||h_b|| / sqrt(d))`` (empty for a layer that was not called); ``input_log_norm`` is the
+    batch mean of ``log r`` of the first monitored layer's input (NaN unless the monitor measured it).
 
     Example::
 
@@ -286,6 +135,7 @@ class SignalStats:
     names: tuple[str, ...]
     values: np.ndarray
     log_norms: Mapping[str, np.ndarray] = field(repr=False)
+    input_log_norm: float = math.nan
 
     def column(self, key: str) -> tuple[float, ...]:
         """The values of statistic ``key`` (one of :data:`STAT_KEYS`) over the layers, in the order
@@ -425,7 +275,7 @@ _Group = tuple[list[str], torch.Tensor, tuple[int, ...]]
 
 
 class _Joint(NamedTuple):
-    """The layers of one batch size and device joined into groups (:meth:`SignalMonitor._join`),
+    """The layers of one batch size and device joined into groups (:meth:`_CaptureBuffer._join`),
     as a set, and ``name -> (group, row)`` with the groups numbered from 0."""
 
     names: list[str]
@@ -439,194 +289,86 @@ class _Joint(NamedTuple):
         return cls(names, groups, frozenset(names), where)
 
 
-class SignalMonitor:
-    """Forward hooks that measure the signal (docs/theory.md, section 6) in the named modules' outputs.
+class _CaptureBuffer:
+    """What :class:`SignalMonitor` keeps between a measured forward pass and :meth:`SignalMonitor.compute`.
 
-    Args:
-        model: the module whose submodules are monitored (plain PyTorch; Lightning not needed).
-        layer_names: qualified names (``model.named_modules()``) in forward order.
-        training_only: skip modules in eval mode (validation, sanity check, inference).
-        defer_below: outputs with fewer elements are copied (fp32) by the hook and reduced
-            together (the layers with the same batch size, in groups of similar widths) in
-            :meth:`compute`; larger outputs are reduced in the hook itself. The copies' tensor
-            is reused from one measured step to the next and freed by :meth:`remove`.
-        persistent: register the hooks once, here, and gate them by :attr:`active` (what
-            ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
-            are attached when ``active`` turns True and removed when it turns False, so steps
-            that are not measured pay nothing at all; in eager mode a registered hook, even an
-            idle one, moves every call of its module to PyTorch's slower hook path.
-
-    With persistent hooks they return immediately unless :attr:`active` is True. Set ``active``
-    only around the forward passes you want to measure; the last call of each layer while
-    active is kept until :meth:`reset`.
-
-    Example::
-
-        with SignalMonitor(model, ["fc1", "fc2"]) as monitor:
-            monitor.active = True
-            model(x)
-            stats = monitor.compute()
+    Small outputs (fewer than ``defer_below`` elements) are copied (fp32) into per-layer tensors
+    kept from one measured step to the next, which the first reduction turns into views of
+    zero-padded ``(layers, B, max width)`` group tensors (:func:`_reduce._buckets`): from then on a
+    capture is one contiguous ``copy_`` into its block and the reduction copies nothing. Larger
+    outputs are reduced at once (no copy is held).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        layer_names: Iterable[str],
-        *,
-        training_only: bool = True,
-        defer_below: int = 1 << 18,
-        persistent: bool = True,
-    ) -> None:
-        check_module("model", model)
-        if isinstance(layer_names, str):
-            raise ValueError(
-                f"layer_names must be a sequence of module names, got the string {layer_names!r}; "
-                f"wrap it in a list: [{layer_names!r}]"
-            )
-        if not isinstance(layer_names, Iterable):
-            invalid("layer_names", layer_names, "a sequence of module names")
-        names = tuple(layer_names)
-        bad = [name for name in names if not isinstance(name, str)]
-        if bad:
-            invalid("layer_names", names, "a sequence of module names (str)", "use names from model.named_modules()")
-        if not names:
-            raise ValueError("layer_names is empty; pass at least one name from model.named_modules()")
-        if len(set(names)) != len(names):
-            raise ValueError(f"layer_names contains duplicates: {names}; list each layer once")
-        modules = dict(model.named_modules())
-        unknown = [name for name in names if name not in modules]
-        if unknown:
-            hints = {name: difflib.get_close_matches(name, list(modules), n=3) for name in unknown}
-            raise ValueError(
-                f"layer_names contains names that are not modules of the model: {hints} "
-                "(unknown name: close matches); use names from model.named_modules()"
-            )
-        self.names = names
-        self.training_only = check_bool("training_only", training_only)
-        self.defer_below = check_int("defer_below", defer_below, minimum=0,
-                                     allowed="an integer >= 0 (a number of elements)")
-        self.persistent = check_bool("persistent", persistent)
-        self._active = False
-        self._removed = False
-        # deferred captures: per layer an fp32 tensor shaped like its output, kept from one measured
-        # step to the next (an output of the same shape costs one copy_), and the layers captured
-        # since the last reduction (in insertion order; values unused)
-        self._captures: dict[str, torch.Tensor] = {}
-        self._flat: dict[str, torch.Tensor] = {}  # the same tensors viewed as (B, features)
-        self._pending: dict[str, None] = {}
-        # per (batch size, device): the layers joined into groups whose blocks the captures are views
-        # of (the reduction copies nothing); see _Joint
+    def __init__(self, names: tuple[str, ...], defer_below: int) -> None:
+        self.names, self.defer_below = names, defer_below
+        self._index = {name: i for i, name in enumerate(names)}
+        # per layer an fp32 tensor shaped like its output, and the same viewed as (B, features)
+        self.captures: dict[str, torch.Tensor] = {}
+        self._flat: dict[str, torch.Tensor] = {}
+        # the layers captured since the last reduction (insertion order; values unused)
+        self.pending: dict[str, None] = {}
+        # per (batch size, device): the layers joined into groups whose blocks the captures are views of
         self._joints: dict[tuple, _Joint] = {}
         # reduced groups (names, stats (G, n_stats), log_norms (G, B)) and name -> (group, row)
         self._groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
-        self._where: dict[str, tuple[int, int]] = {}
-        self._modules = [modules[name] for name in names]
-        self._index = {name: i for i, name in enumerate(names)}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        if self.persistent:
-            self._attach()
+        self.where: dict[str, tuple[int, int]] = {}
 
-    @property
-    def active(self) -> bool:
-        """Whether the hooks measure the forward passes (set it around the steps to measure)."""
-        return self._active
-
-    @active.setter
-    def active(self, value: bool) -> None:
-        self._active = bool(value) and not self._removed
-        if not self.persistent:
-            self._attach() if self._active else self._detach()
-
-    def _attach(self) -> None:
-        if not self._handles:
-            self._handles = [
-                module.register_forward_hook(self._hook_for(name))
-                for name, module in zip(self.names, self._modules)
-            ]
-
-    def _detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _hook_for(self, name: str):
-        captures, pending, where = self._captures, self._pending, self._where  # mutated in place, never rebound
-
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self._active or (self.training_only and not module.training):
-                return
-            kept = captures.get(name)
-            if kept is not None and isinstance(output, torch.Tensor) and output.shape == kept.shape \
-                    and output.device == kept.device:
-                kept.copy_(output.detach())  # the shape of the previous capture: one contiguous copy
-                pending[name] = None
-                if where:
-                    where.pop(name, None)
-                return
-            h = output if isinstance(output, torch.Tensor) else _first_tensor(output)
-            if h is not None and h.dim() > 0 and h.numel() > 0:
-                self._capture(name, h.detach())
-
-        return hook
-
-    def _capture(self, name: str, h: torch.Tensor) -> None:
+    def keep(self, name: str, h: torch.Tensor) -> None:
         """Keep (a copy of, or the statistics of) layer ``name``'s output ``h`` (detached)."""
-        self._where.pop(name, None)
-        self._pending.pop(name, None)
+        self.where.pop(name, None)
+        self.pending.pop(name, None)
         if h.numel() >= self.defer_below:
-            if self._captures.pop(name, None) is not None:
+            if self.captures.pop(name, None) is not None:
                 self._joints.clear()
             self._flat.pop(name, None)
             stats, log_norms = signal_stats(h.reshape(h.shape[0], -1))
-            self._where[name] = (len(self._groups), 0)
+            self.where[name] = (len(self._groups), 0)
             self._groups.append(([name], stats, log_norms))
             return
-        kept = self._captures.get(name)
+        kept = self.captures.get(name)
         if kept is None or kept.shape != h.shape or kept.device != h.device:
             with torch.inference_mode(False):  # a normal tensor, even in inference mode: later steps write into it
-                kept = self._captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+                kept = self.captures[name] = torch.empty(h.shape, dtype=torch.float32, device=h.device)
                 self._flat[name] = kept.view(h.shape[0], -1)
             self._joints.clear()  # a layout changed: joined again at the next reduction
         kept.copy_(h)  # no autograd: h is detached
-        self._pending[name] = None
+        self.pending[name] = None
 
     @property
     def captured(self) -> tuple[str, ...]:
-        """Names of the layers measured since the last :meth:`reset`, in forward order."""
-        if len(self._where) + len(self._pending) == len(self.names):  # every layer (the two never share one)
+        """Names of the layers kept since the last :meth:`reset`, in forward order."""
+        if len(self.where) + len(self.pending) == len(self.names):  # every layer (the two never share one)
             return self.names
-        return tuple(n for n in self.names if n in self._where or n in self._pending)
+        return tuple(n for n in self.names if n in self.where or n in self.pending)
 
-    def _reduce_pending(self) -> None:
+    def reduce(self) -> None:
         """Reduce the deferred copies: per (batch size, device), the layers' outputs side by side in
-        zero-padded groups of similar widths (:func:`_buckets`), a few dozen kernels per group. The
-        first reduction of a set of layers copies their captures into those groups and makes the
-        captures views of them: from then on the hooks write there directly."""
-        if not self._pending:
+        zero-padded groups of similar widths, a few dozen kernels per group."""
+        if not self.pending:
             return
         groups, where = self._pending_groups()  # outside inference mode: the hooks write into these tensors
         # inference mode: the statistics never enter autograd, and their ops skip the version counters
         with torch.inference_mode():
             reduced = [(group, *_padded_stats(h, widths, overwrite=True)) for group, h, widths in groups]
         if where is not None and not self._groups:
-            self._where.update(where)  # the usual step: the rows of the layers are known
+            self.where.update(where)  # the usual step: the rows of the layers are known
         else:
             for g, (group, _, _) in enumerate(reduced, len(self._groups)):
-                self._where.update((name, (g, row)) for row, name in enumerate(group))
+                self.where.update((name, (g, row)) for row, name in enumerate(group))
         self._groups += reduced
-        self._pending.clear()
+        self.pending.clear()
 
     def _pending_groups(self) -> tuple[list[_Group], dict[str, tuple[int, int]] | None]:
         """The groups holding the pending captures (joined again where the layers or a layout
         changed) and, when they are one joint's, where each layer is in them."""
         if len(self._joints) == 1:  # the usual step: the same layers as at the last reduction
             (joint,) = self._joints.values()
-            if self._pending.keys() == joint.members:
-                return joint.groups, joint.where  # the captures are still views of these groups (a new layout clears _joints)
+            if self.pending.keys() == joint.members:
+                return joint.groups, joint.where  # the captures are still views of these groups
         by_key: dict[tuple, list[str]] = {}
         for name in self.names:
-            if name in self._pending:
-                kept = self._captures[name]
+            if name in self.pending:
+                kept = self.captures[name]
                 by_key.setdefault((kept.shape[0], kept.device), []).append(name)
         groups = []
         for key, names in by_key.items():
@@ -651,30 +393,19 @@ class SignalMonitor:
                 view = h[row, :, :width]
                 view.copy_(self._flat[name])
                 self._flat[name] = view
-                self._captures[name] = view.view(self._captures[name].shape)
+                self.captures[name] = view.view(self.captures[name].shape)
             joint.append((group, h, widths))
         return joint
 
-    def compute(self) -> SignalStats:
-        """Move the statistics of the captured layers to the host: one transfer per device.
-
-        Raises RuntimeError if no layer was captured since the last :meth:`reset` (set
-        ``monitor.active = True`` and run a forward pass in training mode first; :attr:`captured`
-        tells which layers were measured). Layers not captured get NaN statistics.
-        """
-        self._reduce_pending()
-        if not self._where:
-            raise RuntimeError(
-                "SignalMonitor.compute(): no layer was captured since the last reset(); set "
-                "monitor.active = True and run a forward pass (in training mode when training_only)"
-            )
+    def to_host(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(values, log_norms)`` of :class:`SignalStats` for the layers reduced: one transfer per device."""
         if len(self._groups) == 1 and len(self._groups[0][0]) == len(self.names):  # every layer, together, in order
             _, stats, log_norms = self._groups[0]
             host = torch.cat((stats.reshape(-1), log_norms.reshape(-1))).cpu().numpy().astype(np.float64)
             values = host[: stats.numel()].reshape(stats.shape)
-            return SignalStats(self.names, values, dict(zip(self.names, host[stats.numel() :].reshape(log_norms.shape))))
+            return values, dict(zip(self.names, host[stats.numel() :].reshape(log_norms.shape)))
         rows: dict[int, tuple[list[int], list[int]]] = {}  # group -> (layer indices, rows of the group)
-        for name, (group, row) in self._where.items():
+        for name, (group, row) in self.where.items():
             indices, group_rows = rows.setdefault(group, ([], []))
             indices.append(self._index[name])
             group_rows.append(row)
@@ -696,13 +427,179 @@ class SignalMonitor:
                 for row in group_rows:
                     log_norms_by_name[names[row]] = log_norms_host[row]
                 start = end
-        return SignalStats(self.names, values, log_norms_by_name)
+        return values, log_norms_by_name
+
+    def reset(self) -> None:
+        """Forget everything captured (the buffers are kept for reuse)."""
+        self.pending.clear()
+        self._groups.clear()
+        self.where.clear()
+
+    def free(self) -> None:
+        """Reduce what is pending (it stays available to :meth:`to_host`) and free the buffers."""
+        self.reduce()
+        self.captures.clear()
+        self._flat.clear()
+        self._joints.clear()
+
+
+class SignalMonitor:
+    """Forward hooks that measure the signal (docs/theory.md, section 6) in the named modules' outputs.
+
+    Args:
+        model: the module whose submodules are monitored (plain PyTorch; Lightning not needed).
+        layer_names: qualified names (``model.named_modules()``) in forward order.
+        training_only: skip modules in eval mode (validation, sanity check, inference).
+        defer_below: outputs with fewer elements are copied (fp32) by the hook and reduced
+            together (the layers with the same batch size, in groups of similar widths) in
+            :meth:`compute`; larger outputs are reduced in the hook itself. The copies' tensor
+            is reused from one measured step to the next and freed by :meth:`remove`.
+        persistent: register the hooks once, here, and gate them by :attr:`active` (what
+            ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
+            are attached when ``active`` turns True and removed when it turns False, so steps
+            that are not measured pay nothing at all; in eager mode a registered hook, even an
+            idle one, moves every call of its module to PyTorch's slower hook path.
+        measure_input: also measure the batch-mean log-norm of the first monitored layer's input
+            (``SignalStats.input_log_norm``) at its next call while active. Settable per step: a
+            forward pre-hook is attached for that one call (never a persistent one, so a compiled
+            graph is not changed), and the value costs one more host synchronization in :meth:`compute`.
+
+    With persistent hooks they return immediately unless :attr:`active` is True. Set ``active``
+    only around the forward passes you want to measure; the last call of each layer while
+    active is kept until :meth:`reset`.
+
+    Example::
+
+        with SignalMonitor(model, ["fc1", "fc2"]) as monitor:
+            monitor.active = True
+            model(x)
+            stats = monitor.compute()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_names: Iterable[str],
+        *,
+        training_only: bool = True,
+        defer_below: int = 1 << 18,
+        persistent: bool = True,
+        measure_input: bool = False,
+    ) -> None:
+        check_module("model", model)
+        names = _check_names(layer_names, model)
+        modules = dict(model.named_modules())
+        self.names = names
+        self.training_only = check_bool("training_only", training_only)
+        defer_below = check_int("defer_below", defer_below, minimum=0, allowed="an integer >= 0 (a number of elements)")
+        self.persistent = check_bool("persistent", persistent)
+        self._active = False
+        self._removed = False
+        self._buffer = _CaptureBuffer(names, defer_below)
+        self._input: torch.Tensor | None = None  # batch-mean log r of the first layer's input, on its device
+        self._input_handle: torch.utils.hooks.RemovableHandle | None = None
+        self._modules = [modules[name] for name in names]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        if self.persistent:
+            self._attach()
+        self.measure_input = check_bool("measure_input", measure_input)
+
+    @property
+    def measure_input(self) -> bool:
+        """Whether the next active forward pass also measures the first layer's input (see ``__init__``)."""
+        return self._input_handle is not None
+
+    @measure_input.setter
+    def measure_input(self, value: bool) -> None:
+        if value and self._input_handle is None and not self._removed:
+            self._input_handle = self._modules[0].register_forward_pre_hook(self._input_hook)
+        elif not value and self._input_handle is not None:
+            self._input_handle.remove()
+            self._input_handle = None
+
+    @property
+    def defer_below(self) -> int:
+        return self._buffer.defer_below
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks measure the forward passes (set it around the steps to measure)."""
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = bool(value) and not self._removed
+        if not self.persistent:
+            self._attach() if self._active else self._detach()
+
+    def _attach(self) -> None:
+        if not self._handles:
+            self._handles = [
+                module.register_forward_hook(self._hook_for(name))
+                for name, module in zip(self.names, self._modules)
+            ]
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _input_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self._active or (self.training_only and not module.training):
+            return
+        self.measure_input = False  # one call
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if x is not None and x.dim() > 0 and x.numel() > 0:
+            self._input = log_r(x).mean()
+
+    def _hook_for(self, name: str):
+        buffer = self._buffer
+        captures, pending, where = buffer.captures, buffer.pending, buffer.where  # mutated in place, never rebound
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not self._active or (self.training_only and not module.training):
+                return
+            kept = captures.get(name)
+            if kept is not None and isinstance(output, torch.Tensor) and output.shape == kept.shape \
+                    and output.device == kept.device:
+                kept.copy_(output.detach())  # the shape of the previous capture: one contiguous copy
+                pending[name] = None
+                if where:
+                    where.pop(name, None)
+                return
+            h = output if isinstance(output, torch.Tensor) else _first_tensor(output)
+            if h is not None and h.dim() > 0 and h.numel() > 0:
+                buffer.keep(name, h.detach())
+
+        return hook
+
+    @property
+    def captured(self) -> tuple[str, ...]:
+        """Names of the layers measured since the last :meth:`reset`, in forward order."""
+        return self._buffer.captured
+
+    def compute(self) -> SignalStats:
+        """Move the statistics of the captured layers to the host: one transfer per device (one
+        more for the input's log-norm when :attr:`measure_input` measured it).
+
+        Raises RuntimeError if no layer was captured since the last :meth:`reset` (set
+        ``monitor.active = True`` and run a forward pass in training mode first; :attr:`captured`
+        tells which layers were measured). Layers not captured get NaN statistics.
+        """
+        self._buffer.reduce()
+        if not self._buffer.where:
+            raise RuntimeError(
+                "SignalMonitor.compute(): no layer was captured since the last reset(); set "
+                "monitor.active = True and run a forward pass (in training mode when training_only)"
+            )
+        values, log_norms = self._buffer.to_host()
+        input_log_norm = float(self._input) if self._input is not None else math.nan
+        return SignalStats(self.names, values, log_norms, input_log_norm)
 
     def reset(self) -> None:
         """Forget everything captured (the deferred-copy buffers are kept for reuse)."""
-        self._pending.clear()
-        self._groups.clear()
-        self._where.clear()
+        self._buffer.reset()
+        self._input = None
 
     def remove(self) -> None:
         """Remove the hooks (idempotent), deactivate and free the buffers.
@@ -710,15 +607,41 @@ class SignalMonitor:
         What was captured stays available to :meth:`compute` until :meth:`reset`.
         """
         self._active = False
+        self.measure_input = False
         self._removed = True
         self._detach()
-        self._reduce_pending()
-        self._captures.clear()
-        self._flat.clear()
-        self._joints.clear()
+        self._buffer.free()
 
     def __enter__(self) -> SignalMonitor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
+
+
+def _check_names(layer_names: Any, model: nn.Module) -> tuple[str, ...]:
+    """The monitored layers' names as a tuple, each a module of ``model``, each once (errors name the fix)."""
+    if isinstance(layer_names, str):
+        raise ValueError(
+            f"layer_names must be a sequence of module names, got the string {layer_names!r}; "
+            f"wrap it in a list: [{layer_names!r}]"
+        )
+    if not isinstance(layer_names, Iterable):
+        invalid("layer_names", layer_names, "a sequence of module names")
+    names = tuple(layer_names)
+    bad = [name for name in names if not isinstance(name, str)]
+    if bad:
+        invalid("layer_names", names, "a sequence of module names (str)", "use names from model.named_modules()")
+    if not names:
+        raise ValueError("layer_names is empty; pass at least one name from model.named_modules()")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer_names contains duplicates: {names}; list each layer once")
+    modules = dict(model.named_modules())
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        hints = {name: difflib.get_close_matches(name, list(modules), n=3) for name in unknown}
+        raise ValueError(
+            f"layer_names contains names that are not modules of the model: {hints} "
+            "(unknown name: close matches); use names from model.named_modules()"
+        )
+    return names

@@ -14,11 +14,16 @@ Example::
     >>> w = torch.empty(2, 2)
     >>> _ = init.lyapunov_normal_(w, negative_slope=0.1, generator=torch.Generator().manual_seed(0))
 
+Names keep torch's meaning: :func:`orthogonal_` is ``torch.nn.init.orthogonal_`` (gain 1 by
+default; pass ``gain=theory.orthogonal_gain(a)`` for the Leaky-ReLU gain). Every function that
+takes the activation's slope calls it ``negative_slope`` and defaults to ``0.0`` (ReLU), as
+``torch.nn.init.kaiming_normal_``'s ``a``. ZerO's deterministic weights are
+:func:`hadamard_identity_` (``torch.nn.init.zeros_`` fills zeros; this does not).
+
 The named schemes (``SCHEMES``) are resolved per layer by :func:`resolve_init` into a
 :class:`LayerInit` (what is drawn, at which scale, and what the theory predicts), which
 :func:`init_weight_` then draws. Sampled Lyapunov init works on a whole model and a probe batch,
-so it is not a per-tensor initializer: use ``lightning_lyapunov.sample_lyapunov_`` (it builds on
-the surgery's plan, which builds on this module; ``init.sample_lyapunov_`` is no longer an alias).
+so it is not a per-tensor initializer: use ``lightning_lyapunov.apply_init(model, sampled=True, ...)``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy.linalg import hadamard
 from torch import Tensor
 
 from lightning_lyapunov import theory
@@ -51,11 +55,11 @@ __all__ = [
     "init_weight_",
     "lyapunov_normal_",
     "lyapunov_orthogonal_",
+    "hadamard_identity_",
     "orthogonal_",
     "resolve_init",
     "stiefel_orthogonal_",
     "validate_scheme",
-    "zero_",
 ]
 
 SCHEMES = ("lyapunov", "fractional", "stiefel", "he", "glorot", "orthogonal", "zero")
@@ -167,7 +171,7 @@ def _write(tensor: Tensor, matrix: Tensor, gain: float = 1.0) -> Tensor:
 @torch.no_grad()
 def lyapunov_normal_(
     tensor: Tensor,
-    negative_slope: float = 0.01,
+    negative_slope: float = 0.0,
     *,
     fans: Fans | None = None,
     generator: torch.Generator | None = None,
@@ -187,7 +191,7 @@ def lyapunov_normal_(
 @torch.no_grad()
 def lyapunov_orthogonal_(
     tensor: Tensor,
-    negative_slope: float = 0.01,
+    negative_slope: float = 0.0,
     *,
     fans: Fans | None = None,
     generator: torch.Generator | None = None,
@@ -249,24 +253,29 @@ def glorot_normal_(
 
 
 @torch.no_grad()
-def orthogonal_(
-    tensor: Tensor,
-    negative_slope: float = 0.0,
-    *,
-    gain: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Haar (semi-)orthogonal ``gain * O``; the default gain is ``sqrt(2 / (1 + a^2))``.
+def orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Generator | None = None) -> Tensor:
+    """Haar (semi-)orthogonal ``gain * O``, as :func:`torch.nn.init.orthogonal_`.
 
-    Unlike :func:`torch.nn.init.orthogonal_` this also fills non-contiguous views.
+    ``O`` is the Q factor of a Gaussian matrix with ``diag(R) > 0``, on the flattened
+    ``(size(0), numel / size(0))`` matrix: orthonormal rows if ``size(0) <= numel / size(0)``,
+    else orthonormal columns. Unlike torch's it also fills non-contiguous views, takes a CPU
+    generator for a weight on another device, and gives the same bits for any thread count.
+
+    Args:
+        tensor: the weight, 2 or more dimensions.
+        gain: the factor ``gain``; ``theory.orthogonal_gain(a)`` = ``sqrt(2 / (1 + a^2))`` keeps the
+            second moment through a Leaky ReLU of slope ``a``.
+        generator: the random generator (on the tensor's device, or the CPU).
+
+    Example::
+
+        >>> w = orthogonal_(torch.empty(3, 5), generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
+        True
     """
     _check_weight(tensor, generator, qr=True)
     rows, cols = _matrix_shape(tensor)
-    if gain is None:
-        gain = theory.orthogonal_gain(negative_slope)
-    else:
-        theory._check_slope(negative_slope)
-        gain = check_float("gain", gain)
+    gain = check_float("gain", gain)
     return _write(tensor, _haar(rows, cols, _work_dtype(tensor), tensor.device, generator), gain)
 
 
@@ -309,8 +318,8 @@ def stiefel_orthogonal_(tensor: Tensor, *, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def zero_(tensor: Tensor) -> Tensor:
-    """ZerO (Zhao et al.): deterministic identity / Hadamard weights, at the kernel centre for convs.
+def hadamard_identity_(tensor: Tensor) -> Tensor:
+    """ZerO's weights (Zhao et al.): deterministic identity / Hadamard, at the kernel centre for convs.
 
     For ``W`` of shape ``(m, n)``: ``I`` if ``m == n``; the partial identity ``I*`` if ``m < n``;
     ``c I* H_k I*`` with the Hadamard matrix ``H_k`` of size ``2^k``, ``k = ceil(log2 m)``,
@@ -322,12 +331,20 @@ def zero_(tensor: Tensor) -> Tensor:
         matrix = torch.eye(m, n, dtype=_work_dtype(tensor))
     else:
         k = math.ceil(math.log2(m))
-        h = torch.as_tensor(hadamard(2**k), dtype=_work_dtype(tensor))
+        h = _sylvester_hadamard(k, _work_dtype(tensor))
         matrix = 2.0 ** (-(k - 1) / 2.0) * h[:m, :n]
     tensor.zero_()
     centre = tuple(size // 2 for size in tensor.shape[2:])
     tensor[(slice(None), slice(None), *centre)] = matrix.to(tensor)
     return tensor
+
+
+def _sylvester_hadamard(k: int, dtype: torch.dtype) -> Tensor:
+    """The ``2^k x 2^k`` Hadamard matrix of Sylvester's construction, ``H_{2n} = [[H_n, H_n], [H_n, -H_n]]``."""
+    h = torch.ones(1, 1, dtype=dtype)
+    for _ in range(k):
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return h
 
 
 # ----------------------------------------------------------------------------- named schemes
@@ -396,28 +413,33 @@ def resolve_init(
         2.262...
     """
     validate_scheme(scheme, distribution, moment)
+    d_in, d_out = theory._check_width("d_in", d_in), theory._check_width("d_out", d_out)
+    if drawn_in is not None:
+        theory._check_width("drawn_in", drawn_in)
+    return resolve_validated(scheme, d_in, d_out, theory._check_slope(negative_slope), distribution, moment, drawn_in)
+
+
+def resolve_validated(scheme: str, d_in: int, d_out: int, a: float, distribution: str, moment: float | None,
+                      drawn_in: int | None = None) -> LayerInit:
+    """:func:`resolve_init` of arguments already validated (the plan validates its settings once,
+    in :class:`~lightning_lyapunov.settings.InitSpec`, and its fans and slopes as it finds them)."""
     if scheme in ("zero", "stiefel"):  # no prediction: deterministic, or not Haar (rows sum to sqrt(n/m))
-        theory._check_width("d_in", d_in), theory._check_width("d_out", d_out)
-        theory._check_slope(negative_slope)
         return LayerInit(scheme, scheme, None if scheme == "zero" else 1.0, None, None)
     if scheme in ("lyapunov", "fractional"):
         s = 0.0 if scheme == "lyapunov" else float(moment)
-        drawn, scale = distribution, theory.critical_scale(
-            d_in, d_out, negative_slope, distribution, s, drawn_in=drawn_in
-        )
+        drawn, scale = distribution, theory._critical_scale(d_in, d_out, a, distribution, s, drawn_in)
     elif scheme == "he":
-        drawn, scale = "gaussian", theory.he_scale(d_in, negative_slope)
+        drawn, scale = "gaussian", theory._he_scale(d_in, a)
     elif scheme == "glorot":
-        drawn, scale = "gaussian", theory.glorot_scale(d_in, d_out)
-    elif scheme == "orthogonal":
-        drawn, scale = "orthogonal", theory.orthogonal_gain(negative_slope)
-    law = "gaussian" if drawn == "gaussian" else "orthogonal"
+        drawn, scale = "gaussian", theory._glorot_scale(d_in, d_out)
+    else:  # orthogonal
+        drawn, scale = "orthogonal", theory._orthogonal_gain(a)
     return LayerInit(
         scheme=scheme,
         distribution=drawn,
         scale=scale,
-        exponent=theory.lyapunov_exponent(d_in, d_out, negative_slope, scale, law, drawn_in=drawn_in),
-        variance=theory.log_norm_variance(d_in, d_out, negative_slope, law, drawn_in=drawn_in),
+        exponent=theory._exponent(d_in, d_out, a, scale, drawn, drawn_in),
+        variance=theory._log_norm_variance(d_in, d_out, a, drawn, drawn_in),
     )
 
 
@@ -456,18 +478,9 @@ def init_weight_(
     if kind == "gaussian":
         return tensor.normal_(0.0, layer_init.scale, generator=generator)
     if kind == "orthogonal":
-        return orthogonal_(tensor, gain=layer_init.scale, generator=generator)
+        return orthogonal_(tensor, layer_init.scale, generator=generator)
     if kind == "stiefel":
         return stiefel_orthogonal_(tensor, generator=generator).mul_(layer_init.scale)
     if kind == "zero":
-        return zero_(tensor)
+        return hadamard_identity_(tensor)
     raise ValueError(f"unknown distribution {kind!r} in {layer_init!r}")
-
-
-def __getattr__(name: str):
-    if name == "sample_lyapunov_":  # it builds on surgery's plan: importing it here made an import circle
-        raise AttributeError(
-            "lightning_lyapunov.init.sample_lyapunov_ moved: it initializes a whole model, not a tensor; "
-            "use `from lightning_lyapunov import sample_lyapunov_`"
-        )
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,13 +24,19 @@ from typing import Any, Literal, Optional
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_lyapunov._cli_text import DESCRIPTION, EXTRA_COMMANDS, PROG, USAGE
+from lightning_lyapunov._lifecycle import check_single
 from lightning_lyapunov.callbacks import LyapunovInit
-from lightning_lyapunov.cli import DESCRIPTION, EXTRA_COMMANDS, PROG, USAGE
 from lightning_lyapunov.init import DISTRIBUTIONS, SCHEMES
+from lightning_lyapunov.settings import InitSpec
+from lightning_lyapunov.surgery import plan_init
 
-__all__ = ["LyapunovCLI", "PlanCLI", "find_lyapunov_init"]
+__all__ = ["LyapunovCLI", "PlanCLI"]
 
-_PLAN_KEYS = ("scheme", "distribution", "moment", "negative_slope", "include", "exclude")
+#: ``plan``'s command-line overrides of the callback's settings (the rest come from the config).
+_OVERRIDES = ("scheme", "distribution", "moment", "negative_slope")
+_CLI_HINT = ("tune the config's callback with --trainer.callbacks.scheme=... instead of adding another with "
+             "--trainer.callbacks+=LyapunovInit")
 
 
 def _parser_kwargs() -> dict[str, Any]:
@@ -117,13 +123,16 @@ class LyapunovCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # before the Trainer, whose own check of duplicate stateful callbacks is less helpful
-        find_lyapunov_init(_callbacks(self._get(self.config_init, "trainer", default={})))
+        _lyapunov_init(_callbacks(self._get(self.config_init, "trainer", default={})))
         return super().instantiate_trainer(**kwargs)
 
 
 class PlanCLI(LyapunovCLI):
     """The parser of ``fit`` (no subcommand) plus the plan's overrides; instantiates model and
-    callbacks only. :attr:`plan` is the :class:`~lightning_lyapunov.InitPlan`.
+    callbacks only. :attr:`plan` is the :class:`~lightning_lyapunov.InitPlan` of the config's
+    callback's :class:`~lightning_lyapunov.InitSpec` (the one ``fit`` applies), with the overrides;
+    :attr:`spec` that spec. ``print(cli)`` shows the plan and, when ``fit`` would sample or
+    calibrate on the first training batch, says so (this command reads no data).
 
     Example::
 
@@ -157,18 +166,18 @@ class PlanCLI(LyapunovCLI):
         )
 
     def instantiate_classes(self) -> None:
-        from lightning_lyapunov.surgery import plan_init
-
         try:
             instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # < 4.49
             self.config_init = instantiate(self.config)
             self.model = self.config_init.get("model")
-            callback = find_lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
-            settings = {key: getattr(callback, key) for key in _PLAN_KEYS} if callback else {}
-            settings.update({k: self.config[k] for k in _PLAN_KEYS if self.config.get(k) is not None})
+            callback = _lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
+            self.spec = callback.spec if callback is not None else LyapunovInit().spec
+            overrides = {k: self.config[k] for k in _OVERRIDES if self.config.get(k) is not None}
+            if overrides:
+                self.spec = self.spec.replace(**overrides)
             with warnings.catch_warnings(record=True) as caught:  # printed once, in the plan
                 warnings.simplefilter("always")
-                self.plan = plan_init(self.model, **settings)
+                self.plan = plan_init(self.model, self.spec)
         except ValueError as error:
             self.parser.error(_config_error(error))
         for warning in caught:  # anything the plan does not list is passed on
@@ -194,22 +203,23 @@ def _config_error(error: BaseException) -> str:
     return f"invalid configuration: {innermost}"
 
 
-def find_lyapunov_init(callbacks: Sequence[Any]) -> LyapunovInit | None:
-    """The :class:`~lightning_lyapunov.LyapunovInit` in ``callbacks``, or None.
+def _lyapunov_init(callbacks: Sequence[Any]) -> LyapunovInit | None:
+    """The :class:`~lightning_lyapunov.LyapunovInit` in ``callbacks``, or None; ValueError when there
+    are several (each would re-initialize the model, and the last one would win silently)."""
+    check_single(callbacks, LyapunovInit, lambda cb: f"scheme={cb.spec.scheme!r}", hint=_CLI_HINT)
+    return next((c for c in callbacks if isinstance(c, LyapunovInit)), None)
 
-    Raises ValueError when there are several: each would re-initialize the model, and the last
-    one would win silently.
 
-    Example::
-
-        find_lyapunov_init([LyapunovInit(scheme="he")]).scheme   # "he"
-    """
-    found = [c for c in callbacks if isinstance(c, LyapunovInit)]
-    if len(found) > 1:
-        schemes = ", ".join(repr(c.scheme) for c in found)
-        raise ValueError(
-            f"trainer.callbacks has {len(found)} LyapunovInit callbacks (schemes {schemes}); keep one: "
-            "tune the config's callback with --trainer.callbacks.scheme=... instead of adding another "
-            "with --trainer.callbacks+=LyapunovInit"
-        )
-    return found[0] if found else None
+def fit_note(spec: InitSpec) -> str | None:
+    """What ``fit`` does beyond this plan, on the first training batch (which ``plan`` does not read)."""
+    steps = []
+    if spec.sampling is not None:
+        steps.append(f"selects among {spec.candidates or 'ceil(2 sqrt(layers))'} draws (sampled={spec.sampling!r})")
+    if spec.calibration is not None:
+        optional = " (calibrate='auto': skipped, with a warning, if the batch cannot calibrate the draw)" \
+            if spec.calibration_optional else ""
+        steps.append(f"calibrates ({spec.calibration!r}, output root-mean-square {spec.calibrate_target:g}){optional}")
+    if not steps:
+        return None
+    return ("fit observes the first training batch, then " + " and ".join(steps)
+            + "; this plan reads no data: it shows theory's draw")

@@ -139,18 +139,22 @@ def expected_log_q(d: int, negative_slope: float) -> float:
 
     Example::
 
-        >>> round(expected_log_q(1, 1.0), 6) == round(math.log(2) + special.digamma(0.5), 6)
+        >>> round(expected_log_q(1, 1.0), 6) == round(math.log(2) + float(special.digamma(0.5)), 6)
         True
     """
-    d = _check_width("d", d)
-    a = _check_slope(negative_slope)
+    return _expected_log_q(_check_width("d", d), _check_slope(negative_slope))
+
+
+def _expected_log_q(d: int, a: float) -> float:
     return math.log(_mean_q(d, a)) + _log_moments(d, a)[0]
 
 
 def log_q_variance(d: int, negative_slope: float) -> float:
     """Var log Q_{d,a} (conditional on Q > 0 for a = 0); ``a = 1`` gives ``trigamma(d/2)``."""
-    d = _check_width("d", d)
-    a = _check_slope(negative_slope)
+    return _log_q_variance(_check_width("d", d), _check_slope(negative_slope))
+
+
+def _log_q_variance(d: int, a: float) -> float:
     mean, second = _log_moments(d, a)
     return max(second - mean * mean, 0.0)
 
@@ -190,9 +194,10 @@ def moment_q(d: int, negative_slope: float, moment: float) -> float:
         >>> round(moment_q(4, 0.0, 2.0), 12)
         2.0
     """
-    d = _check_width("d", d)
-    a = _check_slope(negative_slope)
-    s = _check_moment(moment, allow_zero=False)
+    return _moment_q(_check_width("d", d), _check_slope(negative_slope), _check_moment(moment, allow_zero=False))
+
+
+def _moment_q(d: int, a: float, s: float) -> float:
     mean = _mean_q(d, a)
     if s == 2.0:
         return mean
@@ -204,19 +209,28 @@ def moment_q(d: int, negative_slope: float, moment: float) -> float:
 
 def he_scale(d_in: int, negative_slope: float) -> float:
     """He (Kaiming, fan-in) standard deviation ``sqrt(2 / ((1 + a^2) d_in))``."""
-    d_in = _check_width("d_in", d_in)
-    a = _check_slope(negative_slope)
+    return _he_scale(_check_width("d_in", d_in), _check_slope(negative_slope))
+
+
+def _he_scale(d_in: int, a: float) -> float:
     return math.sqrt(2.0 / ((1.0 + a * a) * d_in))
 
 
 def glorot_scale(d_in: int, d_out: int) -> float:
     """Glorot (Xavier) normal standard deviation ``sqrt(2 / (d_in + d_out))``."""
-    return math.sqrt(2.0 / (_check_width("d_in", d_in) + _check_width("d_out", d_out)))
+    return _glorot_scale(_check_width("d_in", d_in), _check_width("d_out", d_out))
+
+
+def _glorot_scale(d_in: int, d_out: int) -> float:
+    return math.sqrt(2.0 / (d_in + d_out))
 
 
 def orthogonal_gain(negative_slope: float) -> float:
     """The orthogonal gain ``sqrt(2 / (1 + a^2))`` (``torch.nn.init.calculate_gain('leaky_relu', a)``)."""
-    a = _check_slope(negative_slope)
+    return _orthogonal_gain(_check_slope(negative_slope))
+
+
+def _orthogonal_gain(a: float) -> float:
     return math.sqrt(2.0 / (1.0 + a * a))
 
 
@@ -232,7 +246,7 @@ def _check_drawn_in(drawn_in: int | None) -> None:
 
 def _drawn_width(d_in: int, d_out: int, drawn_in: int | None) -> int:
     """``max(D_in, d_out)``: the larger side of the drawn orthogonal matrix (``D_in = drawn_in or d_in``)."""
-    return max(d_in if drawn_in is None else _check_width("drawn_in", drawn_in), d_out)
+    return max(d_in if drawn_in is None else drawn_in, d_out)
 
 
 def _orthogonal_offset(d_in: int, d_out: int, drawn_in: int | None = None) -> float:
@@ -277,7 +291,12 @@ def lyapunov_exponent(
     sigma = _check_scale(scale)
     _check_distribution(distribution)
     _check_drawn_in(drawn_in)
-    exponent = math.log(sigma) + 0.5 * expected_log_q(d_out, a) + 0.5 * math.log(d_in / d_out)
+    return _exponent(d_in, d_out, a, sigma, distribution, drawn_in)
+
+
+def _exponent(d_in: int, d_out: int, a: float, sigma: float, distribution: str, drawn_in: int | None) -> float:
+    """:func:`lyapunov_exponent` of validated arguments."""
+    exponent = math.log(sigma) + 0.5 * _expected_log_q(d_out, a) + 0.5 * math.log(d_in / d_out)
     if distribution == "orthogonal":
         exponent += 0.5 * _orthogonal_offset(d_in, d_out, drawn_in)
     return exponent
@@ -319,15 +338,19 @@ def critical_scale(
     a = _check_slope(negative_slope)
     _check_distribution(distribution)
     _check_drawn_in(drawn_in)
-    s = _check_moment(moment)
+    return _critical_scale(d_in, d_out, a, distribution, _check_moment(moment), drawn_in)
+
+
+def _critical_scale(d_in: int, d_out: int, a: float, distribution: str, s: float, drawn_in: int | None) -> float:
+    """:func:`critical_scale` of validated arguments."""
     ratio = 0.5 * math.log(d_out / d_in)
     big = _drawn_width(d_in, d_out, drawn_in)
     if s == 0.0:
-        log_scale = ratio - 0.5 * expected_log_q(d_out, a)
+        log_scale = ratio - 0.5 * _expected_log_q(d_out, a)
         if distribution == "orthogonal":
             log_scale += 0.5 * _log_chi2(big)
         return math.exp(log_scale)
-    log_scale = ratio - math.log(moment_q(d_out, a, s)) / s
+    log_scale = ratio - math.log(_moment_q(d_out, a, s)) / s
     if distribution == "orthogonal":
         p = s / 2.0
         log_chi2_moment = p * math.log(2.0) + special.gammaln(big / 2.0 + p) - special.gammaln(big / 2.0)
@@ -359,7 +382,12 @@ def log_norm_variance(
     a = _check_slope(negative_slope)
     _check_distribution(distribution)
     _check_drawn_in(drawn_in)
-    variance = log_q_variance(d_out, a)
+    return _log_norm_variance(d_in, d_out, a, distribution, drawn_in)
+
+
+def _log_norm_variance(d_in: int, d_out: int, a: float, distribution: str, drawn_in: int | None) -> float:
+    """:func:`log_norm_variance` of validated arguments."""
+    variance = _log_q_variance(d_out, a)
     if distribution == "orthogonal":
         variance -= float(special.polygamma(1, _drawn_width(d_in, d_out, drawn_in) / 2.0))
     return max(variance, 0.0) / 4.0

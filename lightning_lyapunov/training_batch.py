@@ -23,9 +23,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 
 from ._forward import Forward, call_forward, global_rng_preserved, preserved
-from .activations import WEIGHT_LAYERS
 
-__all__ = ["training_batch", "training_call", "network_output"]
+__all__ = ["training_batch", "training_call"]
 
 
 def training_batch(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, str | None]:
@@ -86,25 +85,3 @@ def training_call(pl_module: LightningModule, batch: Any) -> tuple[Forward | Non
         except Exception:  # noqa: BLE001 - try the next way of running the module
             continue
     return None, "the module has neither forward nor training_step"
-
-
-def network_output(call: Forward) -> Forward:
-    """``call`` returning the output of the last weight layer that ran (the network's output, for
-    :func:`~lightning_lyapunov.sample_lyapunov_`'s score, whatever ``call`` itself returns: a loss
-    from ``training_step``, a dict, ...)."""
-
-    def forward(model: nn.Module, batch: Any) -> torch.Tensor:
-        outputs: list[torch.Tensor] = []
-
-        def keep(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-            outputs.append(output)
-
-        handles = [m.register_forward_hook(keep) for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
-        try:
-            call(model, batch)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return outputs[-1] if outputs else None
-
-    return forward

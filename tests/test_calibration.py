@@ -41,21 +41,22 @@ def test_layers_gives_unit_rms_pre_activations_and_target_output() -> None:
     plan = init(model, example_input=X, calibrate="layers", calibrate_target=2.5)
     linears = [m for m in model if isinstance(m, nn.Linear)]
     h = X
-    for i, (layer, plain_layer, row) in enumerate(zip(linears, [m for m in plain if isinstance(m, nn.Linear)], plan.layers)):
+    for i, (layer, plain_layer, factor) in enumerate(zip(linears, [m for m in plain if isinstance(m, nn.Linear)],
+                                                         plan.calibration.factors)):
         pre = layer(h)
         goal = 2.5 if i == len(linears) - 1 else 1.0
         assert float(pre.pow(2).mean().sqrt()) == pytest.approx(goal, rel=1e-4)
         # the factor multiplied theory's draw (same seed) and nothing else
-        torch.testing.assert_close(layer.weight, row.calibration * plain_layer.weight)
+        torch.testing.assert_close(layer.weight, factor * plain_layer.weight)
         h = F.leaky_relu(pre, 0.1)
-    assert plan.calibration == "layers"
+    assert plan.calibration.method == "layers"
 
 
 def test_output_spreads_one_factor_and_scales_the_function_by_its_product() -> None:
     model, plain = chain(depth=20), chain(depth=20)
     init(plain)
     plan = init(model, example_input=X, calibrate="output", calibrate_target=0.5)
-    factors = [layer.calibration for layer in plan.layers]
+    factors = plan.calibration.factors
     assert max(factors) == pytest.approx(min(factors))
     with torch.no_grad():
         out = model(X)
@@ -70,10 +71,10 @@ def test_measured_log_gains_add_up_to_the_network_log_gain(method: str) -> None:
     plan = init(model, example_input=X, calibrate=method)
     with torch.no_grad():
         total = log_gain(X, model(X))
-    gains = [layer.measured_log_gain for layer in plan.layers]
+    gains = plan.calibration.log_gains
     assert sum(gains) == pytest.approx(total, abs=1e-4)
     assert "calibration" in str(plan) and "log-gain" in str(plan)
-    assert plan.to_dict()["layers"][0]["calibration"] == plan.layers[0].calibration
+    assert plan.to_dict()["calibration"]["factors"] == plan.calibration.factors
 
 
 def test_same_seed_same_weights_and_train_mode_and_buffers_restored() -> None:
@@ -166,7 +167,7 @@ def test_dead_layers_keep_factor_one_with_a_warning_and_the_rest_is_calibrated()
     with pytest.warns(UserWarning, match=r"calibrate='layers': the output of layer '8' and 3 layer\(s\) after it is all zero"):
         plan = apply_init(model, example_input=x, calibrate="layers", exclude=["6"],
                           generator=torch.Generator().manual_seed(0))
-    factors = {layer.name: layer.calibration for layer in plan.layers}
+    factors = dict(zip(plan.layer_names, plan.calibration.factors))
     assert [factors[name] for name in ("8", "10", "12", "14")] == [1.0] * 4
     for name in ("8", "10", "12", "14"):  # theory's draw, untouched
         torch.testing.assert_close(model.get_submodule(name).weight, plain.get_submodule(name).weight)
@@ -187,7 +188,7 @@ def test_dead_network_output_keeps_theorys_draw_with_calibrate_output() -> None:
     with pytest.warns(UserWarning, match="calibrate='output': the output of layer '14' is all zero"):
         plan = apply_init(model, example_input=x, calibrate="output", exclude=["6"],
                           generator=torch.Generator().manual_seed(0))
-    assert all(layer.calibration == 1.0 for layer in plan.layers)
+    assert plan.calibration.factors == [1.0] * len(plan.layers)
     for a, b in zip(weights(model), weights(plain)):
         assert torch.equal(a, b)
 
@@ -211,7 +212,7 @@ def test_bad_arguments_name_the_argument(kwargs: dict, match: str) -> None:
 
 def test_callback_calibrates_on_the_first_training_batch(tmp_path) -> None:
     import lightning.pytorch as pl
-    from conftest import DeepNarrow, loader, trainer_kwargs
+    from helpers import DeepNarrow, loader, trainer_kwargs
 
     from lightning_lyapunov import LyapunovInit
 
@@ -223,23 +224,24 @@ def test_callback_calibrates_on_the_first_training_batch(tmp_path) -> None:
     x, _ = next(iter(loader()))
     with torch.no_grad():
         assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(0.5, rel=1e-3)
-    assert callback.plan.calibration == "output"
-    assert all(layer.measured_log_gain is not None for layer in callback.plan.layers)
+    assert callback.plan.calibration.method == "output"
+    assert len(callback.plan.calibration.log_gains) == len(callback.plan.layers)
 
 
-def test_callback_sampled_then_calibrated_and_bad_argument() -> None:
-    from conftest import DeepNarrow, loader
+def test_sampled_then_calibrated_in_one_call_and_bad_argument() -> None:
+    # apply_init(sampled=..., calibrate=...) is the engine the callback uses: selection, then calibration
+    from helpers import DeepNarrow, loader
 
     from lightning_lyapunov import LyapunovInit
 
     with pytest.raises(ValueError, match="calibrate='yes' is invalid"):
         LyapunovInit(calibrate="yes")
     module = DeepNarrow()
-    callback = LyapunovInit(seed=0, sampled=True, calibrate="layers", diagnostics=False)
     x, _ = next(iter(loader()))
-    plan = callback._sample(module, torch.Generator().manual_seed(0), {"scheme": "lyapunov", "example_input": x},
-                            "layers")
-    assert plan.calibration == "layers"
+    plan = apply_init(module, sampled=True, calibrate="layers", example_input=x,
+                      generator=torch.Generator().manual_seed(0))
+    assert plan.calibration.method == "layers" and plan.sampling.mode == "network"
+    assert plan.sampling.chosen_score == min(plan.sampling.scores)
     with torch.no_grad():
         assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
 
@@ -247,13 +249,15 @@ def test_callback_sampled_then_calibrated_and_bad_argument() -> None:
 def test_cli_config_sets_calibrate() -> None:
     from pathlib import Path
 
-    from lightning_lyapunov.cli import LyapunovCLI, find_lyapunov_init
+    from helpers import the_callback
+
+    from lightning_lyapunov.lightning_cli import LyapunovCLI
 
     config = Path(__file__).parent.parent / "configs" / "polynomial.yaml"
     cli = LyapunovCLI(args=["-c", str(config), "--trainer.callbacks.calibrate=output",
                             "--trainer.callbacks.calibrate_target=2.0", "--trainer.logger=false"], run=False)
-    callback = find_lyapunov_init(cli.trainer.callbacks)
-    assert (callback.calibrate, callback.calibrate_target) == ("output", 2.0)
+    callback = the_callback(cli.trainer.callbacks)
+    assert (callback.spec.calibrate, callback.spec.calibrate_target) == ("output", 2.0)
 
 
 # ------------------------------------------------------------------------------------ callback default
@@ -261,7 +265,7 @@ def test_cli_config_sets_calibrate() -> None:
 
 def fit_callback(tmp_path, data=None, depth: int = 12, steps: int = 0, **kwargs):
     import lightning.pytorch as pl
-    from conftest import DeepNarrow, loader, trainer_kwargs
+    from helpers import DeepNarrow, loader, trainer_kwargs
 
     from lightning_lyapunov import LyapunovInit
 
@@ -272,13 +276,13 @@ def fit_callback(tmp_path, data=None, depth: int = 12, steps: int = 0, **kwargs)
 
 
 def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) -> None:
-    from conftest import DeepNarrow, loader
+    from helpers import DeepNarrow, loader
 
     x, _ = next(iter(loader()))
     for scheme, calibrated in (("lyapunov", "layers"), ("he", None)):
         module, callback = fit_callback(tmp_path, scheme=scheme)
-        assert callback.calibrate == "auto" and callback.calibration == calibrated
-        assert callback.plan.calibration == calibrated
+        assert callback.spec.calibrate == "auto" and callback.spec.calibration == calibrated
+        assert (callback.plan.calibration and callback.plan.calibration.method) == calibrated
         reference = DeepNarrow()
         init(reference, seed=0, scheme=scheme, **({"example_input": x, "calibrate": "layers"} if calibrated else {}))
         for a, b in zip(weights(module), weights(reference)):
@@ -287,12 +291,12 @@ def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) ->
             plan = callback.plan
             with torch.no_grad():  # the default target
                 assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
-            assert plan.predicted_drift == pytest.approx(sum(layer.measured_log_gain for layer in plan.layers))
+            assert plan.predicted_drift == pytest.approx(sum(plan.calibration.log_gains))
             assert abs(plan.predicted_drift - sum(layer.init.exponent for layer in plan.layers)) > 1e-3
 
 
 def test_callback_auto_calibration_falls_back_to_theorys_draw_on_a_nonfinite_batch(tmp_path) -> None:
-    from conftest import DeepNarrow
+    from helpers import DeepNarrow
 
     x = torch.full((16, 4), float("nan"))
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=8)
@@ -312,9 +316,9 @@ def test_plan_text_folds_calibrated_layers_with_the_range_of_their_log_gains() -
     plan = init(model, example_input=X, calibrate="output")
     text = plan.describe(warnings=False)
     folded = next(line for line in text.splitlines() if "(x18)" in line)
-    gains = [layer.measured_log_gain for layer in plan.layers[1:19]]
+    gains = plan.calibration.log_gains[1:19]
     assert f"{min(gains):.4f} .. {max(gains):.4f}" in folded
-    assert f"{plan.layers[1].calibration:.4f}" in folded  # 'output': one factor, shown once
+    assert f"{plan.calibration.factors[1]:.4f}" in folded  # 'output': one factor, shown once
     assert "before calibration, theory's log-norm drift" in text
     assert len(plan.describe(warnings=False, fold=0).splitlines()) == len(text.splitlines()) + 17
 
@@ -337,11 +341,12 @@ def test_batchnorm_nets_are_calibrated_on_batch_statistics_as_in_training() -> N
 def test_one_default_target_everywhere() -> None:
     import inspect
 
-    from lightning_lyapunov import LyapunovInit
-    from lightning_lyapunov.calibration import DEFAULT_TARGET, calibrate_
+    from lightning_lyapunov import InitSpec, LyapunovInit
+    from lightning_lyapunov.calibration import calibrate_
+    from lightning_lyapunov.settings import DEFAULT_TARGET
 
     assert DEFAULT_TARGET == 1.0
-    for function, name in ((apply_init, "calibrate_target"), (LyapunovInit.__init__, "calibrate_target"),
+    for function, name in ((InitSpec, "calibrate_target"), (LyapunovInit.__init__, "calibrate_target"),
                            (calibrate_, "target")):
         assert inspect.signature(function).parameters[name].default == DEFAULT_TARGET
 
@@ -350,7 +355,7 @@ def test_callback_predicted_line_is_the_measured_log_norm_on_the_calibration_bat
     # after a calibration the dashboard's predicted line (first layer's measured mean + the next
     # layers' log-gains) must be what the diagnostics measure at step 0 on that same batch
     import lightning.pytorch as pl
-    from conftest import DeepNarrow, loader, trainer_kwargs
+    from helpers import DeepNarrow, loader, trainer_kwargs
 
     from lightning_lyapunov import LyapunovInit
     from lightning_lyapunov.dashboard import predicted_log_norm
@@ -360,7 +365,7 @@ def test_callback_predicted_line_is_the_measured_log_norm_on_the_calibration_bat
         callback = LyapunovInit(seed=0, calibrate=calibrate, log_every_n_steps=1)
         trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=1))
         trainer.fit(DeepNarrow(width=2, depth=16), loader(width=2))
-        stats = callback.first_stats
+        stats = callback.report.first
         measured = stats.values[:, STAT_KEYS.index("log_norm_mean")]
         predicted = predicted_log_norm(stats, callback.plan)
         assert predicted is not None
@@ -370,9 +375,9 @@ def test_callback_predicted_line_is_the_measured_log_norm_on_the_calibration_bat
 def test_callback_does_not_warn_about_the_output_scale_a_calibration_chose(tmp_path) -> None:
     # inputs of scale 100, outputs calibrated to 1: a gap of e^-4.6 that the calibration made on purpose
     # (before, the warning blamed the scheme: "the plan predicts this: scheme='lyapunov' drifts by -4.6")
-    from conftest import loader
+    from helpers import loader
 
-    from lightning_lyapunov.callbacks import LyapunovWarning
+    from lightning_lyapunov import LyapunovWarning
 
     x, y = loader().dataset.tensors
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(100.0 * x, y), batch_size=16)

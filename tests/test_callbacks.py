@@ -14,7 +14,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from conftest import DeepNarrow, loader, trainer_kwargs
+from helpers import DeepNarrow, loader, trainer_kwargs
 from lightning_lyapunov import LyapunovInit, apply_init, theory
 from lightning_lyapunov.diagnostics import STAT_KEYS
 
@@ -71,7 +71,7 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
     assert [event.step for event in predicted] == [0, 2, 4]
     # after the default calibration: the mean of the log-gains measured on the first batch
     gains = callback.plan.layer_log_gains
-    assert callback.plan.calibration == "layers"
+    assert callback.plan.calibration.method == "layers"
     assert predicted[0].value == pytest.approx(sum(gains) / len(gains), abs=1e-5)
 
 
@@ -142,8 +142,8 @@ def test_compiled_module_gives_finite_statistics(tmp_path):
     trainer.fit(module, loader())
     assert persistent == [True]  # compiled graphs keep their hooks; eager runs attach them per step
     assert callback._last_step == 2
-    assert callback.last_stats is not None
-    assert all(math.isfinite(v) for v in callback.last_stats.as_dict()["log_norm_mean"].values())
+    assert callback.report.last is not None
+    assert all(math.isfinite(v) for v in callback.report.last.as_dict()["log_norm_mean"].values())
 
 
 def test_nonfinite_activations_warn_once_naming_layer_and_step(tmp_path):
@@ -262,7 +262,7 @@ def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(dee
     for key, value in before.items():
         assert torch.equal(state[key], value), key
     assert callback.plan is not None and callback.plan.calibration is None
-    assert callback.first_stats is not None  # the diagnostics ran
+    assert callback.report.first is not None  # the diagnostics ran
     assert "did not initialize (initialize=False)" in callback.summary()
     with pytest.raises(ValueError, match="initialize=False leaves the weights alone"):
         LyapunovInit(initialize=False, sampled=True)

@@ -15,7 +15,9 @@ from lightning.pytorch.trainer.states import TrainerStatus
 
 from lightning_lyapunov import theory
 from lightning_lyapunov.callbacks import LyapunovInit
-from lightning_lyapunov.cli import LyapunovCLI, find_lyapunov_init, main
+from lightning_lyapunov.cli import main
+from lightning_lyapunov.lightning_cli import LyapunovCLI
+from helpers import the_callback
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -75,10 +77,10 @@ def test_every_config_fits_one_step_with_the_callback(name, tmp_path):
 
     assert cli.trainer.state.status == TrainerStatus.FINISHED
     assert cli.trainer.global_step == 1
-    callback = find_lyapunov_init(cli.trainer.callbacks)
+    callback = the_callback(cli.trainer.callbacks)
     assert callback.initialized
     plan = callback.plan
-    assert (plan.scheme, plan.distribution) == (callback_args["scheme"], callback_args["distribution"])
+    assert (plan.scheme, plan.spec.distribution) == (callback_args["scheme"], callback_args["distribution"])
     assert len(plan.layers) == n_layers
     hidden = plan.layers[1]
     assert (hidden.d_in, hidden.negative_slope) == (d_hidden, slope)
@@ -91,7 +93,7 @@ def test_validate_subcommand_runs(tmp_path):
     args = ["validate", "-c", str(CONFIGS / "digits.yaml"), *_fast_args(tmp_path)]
     cli = LyapunovCLI(args=args)
     assert cli.trainer.state.status == TrainerStatus.FINISHED
-    assert not find_lyapunov_init(cli.trainer.callbacks).initialized  # initializes in fit only
+    assert not the_callback(cli.trainer.callbacks).initialized  # initializes in fit only
 
 
 def test_plan_prints_the_table_of_the_config_callback(capsys):
@@ -127,9 +129,9 @@ def test_callback_added_and_tuned_from_the_command_line(class_path, tmp_path, ca
     args = ["-c", config, f"--trainer.callbacks+={class_path}", "--trainer.callbacks.scheme=he",
             "--trainer.callbacks.init_args.distribution=gaussian"]
     cli = LyapunovCLI(args=args, run=False)
-    callback = find_lyapunov_init(cli.trainer.callbacks)
+    callback = the_callback(cli.trainer.callbacks)
     assert isinstance(callback, LyapunovInit)
-    assert (callback.scheme, callback.distribution) == ("he", "gaussian")
+    assert (callback.spec.scheme, callback.spec.distribution) == ("he", "gaussian")
 
     out = _plan(capsys, *args)
     assert "scheme='he', distribution='gaussian'" in out
@@ -158,7 +160,7 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
     [
         ("fit", "--trainer.callbacks.init_args.scheme=kaiming", "Got value: kaiming"),
         ("fit", "--model.init_args.lr=-1", "invalid configuration: lr=-1.0 is invalid"),
-        ("fit", "--trainer.callbacks+=LyapunovInit", "trainer.callbacks has 2 LyapunovInit callbacks"),
+        ("fit", "--trainer.callbacks+=LyapunovInit", "the Trainer has 2 LyapunovInit callbacks"),
         ("fit", "--trainer.callbacks.moment=5", "moment=5.0 is invalid"),
         ("plan", "--scheme=kaiming", 'Parser key "scheme"'),
         ("fit", "--trainer.callbacks.distributon=gaussian",

@@ -11,9 +11,9 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from conftest import DeepNarrow, loader, trainer_kwargs
+from helpers import DeepNarrow, loader, trainer_kwargs
 from lightning_lyapunov import LyapunovInit, dashboard, theory
-from lightning_lyapunov.callbacks import LyapunovWarning
+from lightning_lyapunov import LyapunovWarning
 from lightning_lyapunov.diagnostics import STAT_KEYS
 
 
@@ -43,7 +43,7 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
     # every layer with all_layers=True: 8 statistics x 12 layers, 12 predicted log-norms, 6 summaries
     assert sum(tag.startswith("lyapunov/") for tag in scalars) == 8 * 12 + 12 + 6
     last = {tag: events.Scalars(tag)[-1].value for tag in scalars}
-    stats = callback.last_stats.as_dict()
+    stats = callback.report.last.as_dict()
     assert last["lyapunov/max/kurtosis_median"] == pytest.approx(max(stats["kurtosis_median"].values()), rel=1e-6)
     assert last["lyapunov/max/emp_var_collapsed"] == pytest.approx(max(stats["emp_var_collapsed"].values()))
     assert last["lyapunov/total/nonfinite"] == 0
@@ -78,15 +78,15 @@ def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     callback = LyapunovInit(seed=0)
     fit(deep_narrow, tmp_path, callback, logger=False, max_steps=1)
-    figure = dashboard.depth_figure(callback.first_stats, callback.plan, "run: step 0")
+    figure = dashboard.depth_figure(callback.report.first, callback.plan, "run: step 0")
     try:
         assert figure._suptitle.get_text() == "run: step 0"
         norm, variance, kurtosis = figure.axes
-        line = dashboard.predicted_log_norm(callback.first_stats, callback.plan)
+        line = dashboard.predicted_log_norm(callback.report.first, callback.plan)
         theory_lines = {ax: [l for l in ax.get_lines() if l.get_label().startswith(("theory", "plan"))] for ax in figure.axes}
         np.testing.assert_allclose(theory_lines[norm][0].get_ydata(), line)
         widths = [layer.d_out for layer in callback.plan.layers[:-1]]
-        start = callback.first_stats.layer("net.0")["kurtosis_median"]
+        start = callback.report.first.layer("net.0")["kurtosis_median"]
         np.testing.assert_allclose(theory_lines[kurtosis][0].get_ydata(),
                                    theory.kurtosis_by_depth(widths, 0.1, initial_kurtosis=start))
         assert theory_lines[variance]
@@ -158,7 +158,7 @@ def test_failing_writers_and_loggers_never_stop_training(tmp_path):
     # histograms and figure (its scalars still work)
     assert outputs == ["custom-scalars layout", "depth figure", "histograms", "plan text", "scalars"], failures
     assert all(issubclass(w.category, LyapunovWarning) for w in caught if "training continues" in str(w.message))
-    assert callback.last_stats is not None  # the diagnostics kept measuring
+    assert callback.report.last is not None  # the diagnostics kept measuring
     assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
 
 
@@ -200,8 +200,8 @@ def test_closing_summary_says_what_was_done(tmp_path, caplog):
     assert summary in caplog.text
     lines = summary.splitlines()
     assert lines[0].startswith("LyapunovInit summary: initialized 12 layers: scheme='lyapunov', orthogonal "
-                               "weights, seed 3; sampled (network): kept candidate ")
-    first, last = callback.first_stats.exponent_estimate, callback.last_stats.exponent_estimate
+                               "weights, seed 3; sampled ('network'): kept candidate ")
+    first, last = callback.report.first.exponent_estimate, callback.report.last.exponent_estimate
     assert f"measured {first:+.3f} at the first measured step, {last:+.3f} at step 4" in lines[1]
     assert "SamplingReport(" not in caplog.text
     assert math.isfinite(first)

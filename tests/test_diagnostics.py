@@ -272,8 +272,8 @@ def test_one_host_transfer_and_statistics_stay_on_device(monkeypatch):
     monitor.active = True
     model(x)
     assert calls == {"cpu": 0, "item": 0, "tolist": 0}
-    assert all(b.device == x.device and b.dtype == torch.float32 for b in monitor._captures.values())
-    assert all(t.device == x.device for _, *tensors in monitor._groups for t in tensors)
+    assert all(b.device == x.device and b.dtype == torch.float32 for b in monitor._buffer.captures.values())
+    assert all(t.device == x.device for _, *tensors in monitor._buffer._groups for t in tensors)
     monitor.compute()
     assert calls == {"cpu": 1, "item": 0, "tolist": 0}
     monitor.remove()
@@ -540,7 +540,7 @@ def test_measuring_in_inference_mode_then_training_keeps_working():
 
 
 def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result():
-    from lightning_lyapunov.diagnostics import _padded_stats
+    from lightning_lyapunov._reduce import _padded_stats
 
     g = torch.Generator().manual_seed(4)
     for widths in ([6, 4, 3], [5, 5]):  # padded (a copy) and equal widths (a view of h)
@@ -561,7 +561,7 @@ def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result
 
 
 def test_layers_are_grouped_so_that_zero_padding_adds_at_most_a_quarter():
-    from lightning_lyapunov.diagnostics import _PAD_LIMIT, _buckets
+    from lightning_lyapunov._reduce import _PAD_LIMIT, _buckets
 
     assert _buckets([144, 7, 7, 3]) == [[0], [1, 2, 3]]  # 3 units padded to 7: 21 for 17
     assert _buckets([64] * 31 + [10]) == [list(range(32))]  # an MLP and its head: one group

@@ -1,5 +1,6 @@
 """In-place initializers: scales, structure, determinism and errors."""
 
+import inspect
 import math
 
 import pytest
@@ -55,11 +56,33 @@ def test_orthogonal_rows_or_columns_are_orthonormal_times_gain(shape):
 def test_orthogonal_fills_non_contiguous_views_and_low_precision():
     base = torch.zeros(4, 6, 3)
     view = base.transpose(0, 1)  # what the surgery passes for transposed convolutions
-    init.orthogonal_(view, 0.0, generator=gen())
+    init.orthogonal_(view, 2.0**0.5, generator=gen())
     m = view.reshape(6, -1)
     torch.testing.assert_close(m @ m.T, 2.0 * torch.eye(6), atol=1e-5, rtol=0)
     half = init.orthogonal_(torch.empty(8, 8, dtype=torch.bfloat16), generator=gen())
     assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+
+
+def test_orthogonal_has_torchs_signature_and_gain():
+    # torch's vocabulary kept exact: the second positional argument is the gain, 1 by default
+    assert list(inspect.signature(init.orthogonal_).parameters) == ["tensor", "gain", "generator"]
+    w = init.orthogonal_(torch.empty(5, 5), generator=gen())
+    torch.testing.assert_close(w @ w.T, torch.eye(5), atol=1e-5, rtol=0)
+    w = init.orthogonal_(torch.empty(5, 5), 0.5, generator=gen())
+    torch.testing.assert_close(w @ w.T, 0.25 * torch.eye(5), atol=1e-5, rtol=0)
+
+
+def test_every_slope_aware_initializer_defaults_to_relu():
+    # one negative_slope default everywhere, torch's kaiming default a=0
+    for name in init.__all__:
+        parameter = inspect.signature(getattr(init, name)).parameters.get("negative_slope") \
+            if callable(getattr(init, name)) else None
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            assert parameter.default == 0.0, name
+    torch.manual_seed(0)
+    relu = init.lyapunov_normal_(torch.empty(4000, 2), generator=gen(3))
+    explicit = init.lyapunov_normal_(torch.empty(4000, 2), negative_slope=0.0, generator=gen(3))
+    assert torch.equal(relu, explicit)
 
 
 def test_orthogonal_is_haar_not_biased():
@@ -98,12 +121,12 @@ def test_stiefel_deep_relu_net_has_no_dead_unit():
 
 
 def test_zero_is_identity_partial_identity_and_hadamard():
-    torch.testing.assert_close(init.zero_(torch.empty(4, 4)), torch.eye(4))
-    torch.testing.assert_close(init.zero_(torch.empty(3, 5)), torch.eye(3, 5))
-    w = init.zero_(torch.empty(6, 3))
+    torch.testing.assert_close(init.hadamard_identity_(torch.empty(4, 4)), torch.eye(4))
+    torch.testing.assert_close(init.hadamard_identity_(torch.empty(3, 5)), torch.eye(3, 5))
+    w = init.hadamard_identity_(torch.empty(6, 3))
     k = 3  # ceil(log2 6)
     assert torch.all(w.abs() == 2.0 ** (-(k - 1) / 2))
-    conv = init.zero_(torch.empty(4, 4, 3, 3))
+    conv = init.hadamard_identity_(torch.empty(4, 4, 3, 3))
     torch.testing.assert_close(conv[:, :, 1, 1], torch.eye(4))
     assert conv.abs().sum().item() == 4
 
@@ -154,14 +177,6 @@ def test_resolve_init_errors(kwargs, match):
 def test_one_dimensional_tensor_is_rejected():
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         init.lyapunov_normal_(torch.empty(5))
-
-
-def test_init_does_not_import_sampling_and_names_where_sample_lyapunov_went():
-    # init -> sampling -> surgery -> init was an import circle; the alias now says where to look
-    with pytest.raises(AttributeError, match="from lightning_lyapunov import sample_lyapunov_"):
-        init.sample_lyapunov_
-    with pytest.raises(AttributeError, match="no attribute 'kaiming_'"):
-        init.kaiming_
 
 
 def _stiefel_by_two_qrs(m, n, g):

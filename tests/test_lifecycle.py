@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 import lightning_lyapunov.callbacks as callbacks_module
-import lightning_lyapunov.sampling as sampling_module
-from conftest import DeepNarrow, loader, trainer_kwargs
+import lightning_lyapunov.sampling as sampling_module  # select_: sampled draws
+from helpers import DeepNarrow, loader, trainer_kwargs
 from lightning_lyapunov import LyapunovInit
 
 
@@ -38,7 +38,7 @@ def checkpoint(tmp_path):
 def spy(monkeypatch):
     """Count calls of the initializers the callback can use."""
     calls = []
-    for module, name in ((callbacks_module, "apply_init"), (sampling_module, "sample_lyapunov_")):
+    for module, name in ((callbacks_module, "initialize_"), (sampling_module, "select_")):
         original = getattr(module, name)
 
         def recorded(*args, _original=original, _name=name, **kwargs):
@@ -96,7 +96,7 @@ def test_fit_without_checkpoint_still_initializes(tmp_path, monkeypatch):
     calls = spy(monkeypatch)
     callback = LyapunovInit(seed=None)
     rng_before, rng_after, _ = resume(tmp_path, callback, max_steps=1)
-    assert calls == ["apply_init"] and callback.initialized
+    assert calls == ["initialize_"] and callback.initialized
     assert not torch.equal(rng_before, rng_after)  # seed=None draws its seed from the global generator
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_lyapunov.observe import find_slopes
-from lightning_lyapunov.surgery import apply_init, plan_init
+from lightning_lyapunov import apply_init, plan_init
 
 SEEDS = (0, 1, 2, 3)
 TOLERANCE = 0.1  # measured s.e. <= 0.02 below; a wrong slope (0 or 0.1 <-> 1) moves the gain by >= 0.3
@@ -414,7 +414,7 @@ def _fit(module, tmp_path, callback, dict_batch: bool = False):
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from conftest import trainer_kwargs
+    from helpers import trainer_kwargs
 
     g = gen(0)
     x, y = torch.randn(32, 4, generator=g), torch.randn(32, 1, generator=g)
@@ -465,7 +465,7 @@ def test_callback_reading_the_batch_leaves_the_global_generator_alone(tmp_path) 
         import lightning.pytorch as pl
         from torch.utils.data import DataLoader
 
-        from conftest import trainer_kwargs
+        from helpers import trainer_kwargs
 
         torch.manual_seed(5)
         draw = Draw()
@@ -480,7 +480,7 @@ def test_callback_without_a_batch_falls_back_to_fx_and_the_plan_says_so(tmp_path
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader
 
-    from conftest import trainer_kwargs
+    from helpers import trainer_kwargs
     from lightning_lyapunov import LyapunovInit
 
     callback = LyapunovInit(diagnostics=False, seed=0)
@@ -494,7 +494,7 @@ def test_callback_without_a_batch_falls_back_to_fx_and_the_plan_says_so(tmp_path
 def test_callback_with_forward_and_tuple_batch_observes(tmp_path) -> None:
     import lightning.pytorch as pl
 
-    from conftest import DeepNarrow, loader, trainer_kwargs
+    from helpers import DeepNarrow, loader, trainer_kwargs
     from lightning_lyapunov import LyapunovInit
 
     callback = LyapunovInit(diagnostics=False, seed=0)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from lightning_lyapunov.log_norm import log_gain
-from lightning_lyapunov.sampling import sample_lyapunov_
-from lightning_lyapunov.surgery import apply_init
+from lightning_lyapunov import sample_lyapunov_
+from lightning_lyapunov import apply_init
 
 DEPTH, WIDTH, SLOPE = 30, 4, 0.1
 
@@ -61,7 +61,8 @@ def plain_median(probe: torch.Tensor) -> float:
 
 def test_network_level_selection_beats_the_median(probe: torch.Tensor, plain_median: float) -> None:
     model = deep_mlp()
-    report = sample_lyapunov_(model, probe, generator=gen(0))
+    plan = sample_lyapunov_(model, probe, generator=gen(0))
+    report = plan.sampling
     assert len(report.scores) == math.ceil(2 * math.sqrt(DEPTH + 1)) and not report.layerwise
     assert report.chosen_score == min(report.scores) == report.scores[report.chosen]
     # the model is left with the chosen network: measured independently
@@ -69,12 +70,12 @@ def test_network_level_selection_beats_the_median(probe: torch.Tensor, plain_med
     assert report.chosen_score < report.median_score
     assert report.median_score == pytest.approx(statistics.median(report.scores))
     assert report.chosen_score < 0.5 * plain_median
-    assert report.plan.scheme == "lyapunov"
+    assert plan.scheme == "lyapunov" and report.mode == "network"
 
 
 def test_layerwise_selection_keeps_running_gain_near_zero(probe: torch.Tensor, plain_median: float) -> None:
     model = deep_mlp()
-    report = sample_lyapunov_(model, probe, layerwise=True, candidates=6, generator=gen(1))
+    report = sample_lyapunov_(model, probe, layerwise=True, candidates=6, generator=gen(1)).sampling
     assert report.layerwise and len(report.layer_scores) == DEPTH + 1
     assert all(len(scores) == 6 for scores in report.layer_scores)
     assert [min(s) for s in report.layer_scores] == [s[i] for s, i in zip(report.layer_scores, report.layer_chosen)]
@@ -87,7 +88,7 @@ def test_layerwise_selection_keeps_running_gain_near_zero(probe: torch.Tensor, p
 def test_same_generator_same_choice_and_default_probe() -> None:
     def run(seed: int, layerwise: bool) -> tuple[list[float], list[torch.Tensor]]:
         model = deep_mlp()
-        report = sample_lyapunov_(model, None, candidates=3, layerwise=layerwise, generator=gen(seed))
+        report = sample_lyapunov_(model, None, candidates=3, layerwise=layerwise, generator=gen(seed)).sampling
         return report.scores, [p.detach().clone() for p in model.parameters()]
 
     for layerwise in (False, True):
@@ -104,7 +105,7 @@ def test_probing_is_eval_no_grad_and_restores_modes(probe: torch.Tensor) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = sample_lyapunov_(model, {"x": probe}, candidates=4, forward=lambda m, b: m(b["x"]),
-                                  generator=gen(2))
+                                  generator=gen(2)).sampling
     assert torch.equal(model[1].running_mean, stats)
     assert [m.training for m in model.modules()] == [True, True, True, False, True, True]
     assert model[0].weight.grad is None and len(report.scores) == 4
@@ -116,8 +117,13 @@ def test_sampling_errors() -> None:
         sample_lyapunov_(conv)
     with pytest.raises(ValueError, match="candidates"):
         sample_lyapunov_(deep_mlp(), candidates=0)
-    with pytest.raises(ValueError, match="not a tensor"):
-        sample_lyapunov_(deep_mlp(), forward=lambda m, b: (m(b),), candidates=2)
+    with pytest.raises(ValueError, match="were not called by forward"):
+        sample_lyapunov_(deep_mlp(), torch.randn(8, WIDTH), forward=lambda m, b: b, candidates=2)
+    # what the forward returns does not matter: the score reads the last planned layer's output
+    probe = torch.randn(64, WIDTH, generator=gen(5))
+    tupled = sample_lyapunov_(deep_mlp(), probe, forward=lambda m, b: (m(b),), candidates=3, generator=gen(4))
+    plain = sample_lyapunov_(deep_mlp(), probe, candidates=3, generator=gen(4))
+    assert tupled.sampling.scores == plain.sampling.scores
     with pytest.raises(ValueError, match="scheme"):
         sample_lyapunov_(deep_mlp(), scheme="kaiming")
 

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from conftest import DeepNarrow, loader, trainer_kwargs
+from helpers import DeepNarrow, loader, trainer_kwargs
 from lightning_lyapunov import LyapunovInit, SignalMonitor
 from lightning_lyapunov.diagnostics import BATCH_STATS, STAT_KEYS
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_lyapunov import surgery, theory
-from lightning_lyapunov.surgery import apply_init, plan_init, swap_activations
+from lightning_lyapunov import apply_init, plan_init, swap_activations
 
 SLOPE = 0.1
 

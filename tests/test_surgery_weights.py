@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_lyapunov.surgery import apply_init, plan_init
+from lightning_lyapunov import apply_init, plan_init
 
 
 def gen(seed: int) -> torch.Generator:
@@ -201,7 +201,7 @@ def test_an_interrupt_between_writes_restores_every_weight(monkeypatch: pytest.M
 
 @pytest.mark.parametrize("layerwise", [False, True])
 def test_sampling_with_a_bad_probe_or_a_raising_forward_changes_nothing(layerwise: bool) -> None:
-    from lightning_lyapunov.sampling import sample_lyapunov_
+    from lightning_lyapunov import sample_lyapunov_
 
     def boom(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         out = model(batch)
@@ -228,7 +228,7 @@ def centre(weight: torch.Tensor) -> torch.Tensor:
 def test_stiefel_conv_is_a_delta_kernel_with_mean_calibrated_centre(c_in: int, c_out: int, groups: int) -> None:
     conv = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups)
     plan = quiet(apply_init, nn.Sequential(conv, nn.ReLU()), scheme="stiefel", generator=gen(0))
-    assert plan.conv == "delta" and plan.layers[0].taps == ((1, 1),) and "stiefel delta" in str(plan)
+    assert plan.spec.conv_draw == "delta" and plan.layers[0].taps == ((1, 1),) and "stiefel delta" in str(plan)
     assert (plan.layers[0].d_in, plan.layers[0].d_out) == (c_in // groups, c_out // groups)
     w = conv.weight.detach()
     mask = torch.ones(3, 3, dtype=torch.bool)
@@ -298,11 +298,11 @@ def test_conv_argument_is_validated() -> None:
     from lightning_lyapunov import LyapunovInit
 
     model = nn.Sequential(nn.Conv2d(2, 2, 3), nn.ReLU())
-    with pytest.raises(ValueError, match="conv='centre' is not a conv draw"):
+    with pytest.raises(ValueError, match=r"conv='centre' is invalid \(unknown conv\)"):
         plan_init(model, conv="centre")
     with pytest.raises(ValueError, match="conv='full' with scheme='stiefel'"):
         plan_init(model, scheme="stiefel", conv="full")
-    with pytest.raises(ValueError, match="conv=1 is not a conv draw"):
+    with pytest.raises(ValueError, match=r"conv=1 is invalid \(unknown conv\)"):
         LyapunovInit(conv=1)
     linear = quiet(plan_init, nn.Sequential(nn.Linear(3, 3), nn.ReLU()), conv="delta")
     assert linear.layers[0].taps is None and (linear.layers[0].d_in, linear.layers[0].d_out) == (3, 3)

@@ -76,7 +76,7 @@ def run(label: str, seed: int, epochs: int, logdir: Path) -> tuple[float, float]
                              lr=1e-3, weight_decay=1e-4)
     trainer.fit(model, data)
     loss = float(trainer.callback_metrics["val/loss"])
-    measured = callback.first_stats.exponent_estimate if callback.first_stats else float("nan")
+    measured = callback.report.first.exponent_estimate if callback.report and callback.report.first else float("nan")
     return loss, measured
 
 

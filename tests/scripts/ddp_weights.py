@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from conftest import DeepNarrow, loader
+from helpers import DeepNarrow, loader
 from lightning_lyapunov import LyapunovInit
 
 

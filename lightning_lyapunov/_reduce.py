@@ -1,0 +1,175 @@
+"""The reduction kernels of the diagnostics: per-layer signal statistics of many layers at once.
+
+:func:`signal_stats` computes, for ``L`` layer outputs side by side, the statistics of
+:data:`STAT_KEYS` (formulas in :mod:`lightning_lyapunov.diagnostics`) in fp32 on the activations'
+device with no host synchronization. The layers are laid out as one zero-padded
+``(layers, batch, max width)`` tensor (:func:`_buckets` groups layers of similar widths so that the
+padding adds at most a quarter to their units) and reduced by the same few dozen kernels whatever
+``L`` (:func:`_padded_stats`); :class:`~lightning_lyapunov.SignalMonitor` keeps its captures in such
+tensors, so a measured step copies nothing before reducing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["BATCH_STATS", "COLLAPSE_THRESHOLD", "STAT_KEYS", "signal_stats"]
+
+#: Names of the per-layer statistics, in the order of the rows of ``SignalStats.values``.
+STAT_KEYS: tuple[str, ...] = (
+    "log_norm_mean",
+    "log_norm_std",
+    "emp_var_mean",
+    "emp_var_collapsed",
+    "kurtosis_median",
+    "kurtosis_pooled",
+    "dead_fraction",
+    "nonfinite",
+)
+#: The statistics over the batch that need at least two samples (undefined for a batch of one).
+BATCH_STATS: tuple[str, ...] = ("log_norm_std", "emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled")
+#: A unit's variance is collapsed below this fraction of the layer's mean second moment.
+COLLAPSE_THRESHOLD = 1e-3
+# A unit counts as constant for the kurtosis when std <= _CONSTANT_RTOL * |mean| (fp32 rounding).
+_CONSTANT_RTOL = 16 * torch.finfo(torch.float32).eps
+
+
+#: Layers of unequal widths are reduced together, zero-padded to the widest, while the padding adds
+#: at most this fraction to their units (:func:`_buckets`).
+_PAD_LIMIT = 1.25
+
+
+def _buckets(widths: Sequence[int]) -> list[list[int]]:
+    """Indices of the layers reduced together: widest first, a layer joins the current group while the
+    group zero-padded to its widest layer has at most ``_PAD_LIMIT`` times its units; forward order
+    within a group (equal widths always go together)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
+        if groups:
+            group = groups[-1]
+            units = sum(widths[j] for j in group) + widths[i]
+            if widths[group[0]] * (len(group) + 1) <= _PAD_LIMIT * units:
+                group.append(i)
+                continue
+        groups.append([i])
+    return [sorted(group) for group in groups]
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(widths: tuple[int, ...], device: torch.device, batch: int) -> tuple[torch.Tensor, ...]:
+    """Per widths, device and batch size, built once (fp32 on ``device``, ``L`` layers, ``W`` the widest):
+
+    - ``half_log_width`` (L, 1): ``log(w) / 2``, taken from the log-norms;
+    - ``offsets``, ``divisors`` (4, L): ``[0, 0, 0, padding]`` and ``[B w, B w, w, w]``, which turn
+      the per-layer sums of ``[s2, s4, mean^2, dead]`` into means (the padding is "dead");
+    - ``padding`` (L, W): 0 for a layer's units, ``-inf`` for its padding (added to a threshold
+      that no padding unit may pass);
+    - ``scale`` (L, n_stats): the factor of each column of the statistics (``1 / sqrt(B - 1)``
+      for the std, ``B / (B - 1)`` for the unbiased variance, ``1 / w`` for a fraction, ``B``
+      for the kurtosis median, computed from ``s4 / s2^2``), applied once at the end;
+    - ``zeros`` (L,)."""
+    width = torch.tensor(widths, dtype=torch.float32, device=device)
+    zeros = torch.zeros_like(width)
+    offsets = torch.stack((zeros, zeros, zeros, max(widths) - width))
+    divisors = torch.stack((width * batch, width * batch, width, width))
+    padding = torch.zeros((len(widths), max(widths)), device=device)
+    for row, w in zip(padding, widths):
+        row[w:] = -math.inf
+    scale = torch.ones((len(widths), len(STAT_KEYS)), device=device)
+    if batch > 1:
+        scale[:, STAT_KEYS.index("log_norm_std")] = 1 / math.sqrt(batch - 1)
+        scale[:, STAT_KEYS.index("emp_var_mean")] = batch / (batch - 1)
+        scale[:, STAT_KEYS.index("emp_var_collapsed")] = 1 / width
+        scale[:, STAT_KEYS.index("kurtosis_median")] = batch
+    return width.log().mul_(0.5).unsqueeze(1), offsets, divisors, padding, scale, zeros
+
+
+def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics of ``L`` layer outputs side by side, in fp32, on ``h``'s device, no host sync.
+
+    ``h`` has shape ``(B, D)``: batch ``B``, the flattened outputs of layer ``l`` in the next
+    ``widths[l]`` columns (``sum(widths) == D``; default: one layer). Returns ``(stats, log_norms)``:
+    ``stats`` of shape ``(L, len(STAT_KEYS))`` (columns in the order of :data:`STAT_KEYS`, formulas
+    in the module docstring) and the per-sample ``log_norms = log(||h_b|| / sqrt(d))`` of shape
+    ``(L, B)``. A non-finite value stays inside its own layer.
+
+    Cost: the layers are laid out as a ``(L, B, max width)`` tensor, zero-padded (a copy, unless all
+    widths are equal), and reduced by the same few dozen kernels whatever ``L``: eight passes over
+    the data, the rest on per-unit and per-layer vectors. On the CPU the non-finite entries are
+    counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf entry
+    makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no host
+    synchronization).
+
+    Example::
+
+        stats, log_norms = signal_stats(torch.randn(4096, 8 + 3), widths=[8, 3])  # kurtosis ~ 3
+    """
+    with torch.no_grad():
+        batch, total = h.shape
+        widths = (total,) if widths is None else tuple(int(w) for w in widths)
+        if sum(widths) != total:
+            raise ValueError(f"widths={list(widths)} must sum to the number of columns of h, {total}")
+        if min(widths) < 1:
+            raise ValueError(f"widths={list(widths)} must be positive: each layer has at least one unit")
+        if len(set(widths)) == 1:
+            return _padded_stats(h.float().reshape(batch, len(widths), widths[0]).transpose(0, 1), widths, overwrite=False)
+        padded = h.new_zeros((len(widths), batch, max(widths)), dtype=torch.float32)
+        for layer, block in zip(padded, torch.split(h, widths, 1)):
+            layer[:, : block.shape[1]] = block
+        return _padded_stats(padded, widths, overwrite=True)
+
+
+def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`signal_stats` of ``h`` of shape ``(L, B, W)`` (fp32): layer ``l``'s units in
+    ``h[l, :, :widths[l]]``, zeros after them (the padding adds 0 to every sum; its "dead" units
+    are subtracted, its -inf threshold keeps it out of the collapsed count and its NaN kurtosis out
+    of the median). With ``overwrite`` (a tensor the caller discards) ``h`` itself is the scratch
+    space: in-place passes, no full-size temporary, and the padding stays zero."""
+    with torch.no_grad():
+        batch = h.shape[1]
+        half_log_width, offsets, divisors, padding, scale, zeros = _layout(widths, h.device, batch)
+        log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
+        log_mean = log_norms.mean(1)
+        dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
+        nonfinite = zeros  # counted below where there may be some
+        if h.device.type != "cpu" or not math.isfinite(float(log_mean.sum())):
+            # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
+            nonfinite = torch.mul(h, 0).nan_to_num_(1.0).sum((1, 2))
+        if batch > 1:
+            mean = h.mean(1, keepdim=True)
+            c2 = torch.sub(h, mean, out=h if overwrite else torch.empty_like(h)).square_()
+            s2 = c2.sum(1)  # B x the biased variance, per unit (L, W)
+            s4 = c2.square_().sum(1)  # B x the fourth central moment
+            mean_sq = mean.squeeze(1).square_()
+            # per layer: mean over units of m2, m4, mean^2; fraction of dead units
+            m2_mean, m4_mean, mean_sq_mean, dead_fraction = (
+                torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(divisors).unbind()
+            )
+            # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2 (= m2 mean + mean^2 mean); the
+            # padding's threshold is -inf (never passed), a NaN threshold is passed by nothing
+            threshold = torch.add(padding, torch.add(m2_mean, mean_sq_mean).unsqueeze(-1),
+                                  alpha=COLLAPSE_THRESHOLD * (batch - 1))
+            collapsed = torch.le(s2, threshold).sum(-1, dtype=torch.float32)
+            # kurtosis m4 / m2^2 = B s4 / s2^2 (B applied by scale); NaN (left out of the median)
+            # for (numerically) constant units, the padding included
+            constant = torch.le(s2, mean_sq.mul_(batch * _CONSTANT_RTOL**2))
+            kurt = s4.div_(s2.square_()).masked_fill_(constant, math.nan)
+            columns = [
+                log_mean,
+                torch.linalg.vector_norm(log_norms - log_mean.unsqueeze(1), dim=1),
+                m2_mean,
+                collapsed,
+                kurt.nanmedian(-1).values,
+                m4_mean.div_(m2_mean.square()),
+                dead_fraction,
+                nonfinite,
+            ]
+            return torch.stack(columns, dim=1).mul_(scale), log_norms
+        nan = torch.full_like(zeros, math.nan)
+        dead_fraction = dead.sum(-1).sub_(offsets[-1]).div_(divisors[-1])
+        columns = [log_mean, zeros, nan, nan, nan, nan, dead_fraction, nonfinite]
+        return torch.stack(columns, dim=1), log_norms

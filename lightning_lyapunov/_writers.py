@@ -1,0 +1,99 @@
+"""What :class:`~lightning_lyapunov.LyapunovInit` writes to its loggers, each output isolated.
+
+Scalars go to every logger through Lightning's ``log_metrics``; the plan text, the custom-scalars
+layout, the log-norm histograms and the depth figure need a ``TensorBoardLogger`` (its
+``SummaryWriter``). A logger or writer that fails (a full disk, a logger that rejects the
+``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
+switched off for that logger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from . import dashboard
+from .diagnostics import SignalStats
+
+__all__ = ["Writers", "tensorboards"]
+
+
+def tensorboards(loggers: Sequence[Any]) -> list[TensorBoardLogger]:
+    """The TensorBoard loggers among ``loggers``."""
+    return [logger for logger in loggers if isinstance(logger, TensorBoardLogger)]
+
+
+class Writers:
+    """The callback's outputs; ``warn(message)`` reports a failure (once per logger and output)."""
+
+    def __init__(self, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        self._off: set[tuple[int, str]] = set()  # (id(logger), output) switched off after a failure
+        self._distribution_steps: set[int] = set()
+
+    def emit(self, logger: Any, output: str, write: Callable[[Any], None]) -> None:
+        """``write(logger.experiment)`` (``write(logger)`` for scalars); a failure warns once and
+        switches this output off for this logger: observability never stops training."""
+        key = (id(logger), output)
+        if key in self._off:
+            return
+        try:
+            write(logger if output == "scalars" else logger.experiment)
+        except Exception as error:  # noqa: BLE001 - any logger failure (full disk, rejected keys, ...)
+            self._off.add(key)
+            self._warn(
+                f"{type(logger).__name__} failed to write the {output} ({type(error).__name__}: {error}); "
+                f"LyapunovInit stops writing its {output} to this logger, training continues"
+            )
+
+    def scalars(self, loggers: Sequence[Any], scalars: dict[str, float], step: int) -> None:
+        for logger in loggers:
+            self.emit(logger, "scalars", lambda lg: lg.log_metrics(scalars, step=step))
+
+    def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None) -> None:
+        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout."""
+        block = "\n".join("    " + line for line in text.splitlines())  # monospace in TensorBoard's markdown
+        for logger in tensorboards(loggers):
+            self.emit(logger, "plan text", lambda w: w.add_text("lyapunov/plan", block, 0))
+            if layers is not None:
+                layout = dashboard.layout(layers)
+                self.emit(logger, "custom-scalars layout", lambda w: w.add_custom_scalars(layout))
+
+    def distributions(self, loggers: Sequence[Any], stats: SignalStats, plan: Any, layers: Sequence[str],
+                      step: int) -> None:
+        """Histograms of ``layers``' per-sample log-norms and the depth figure, once per step."""
+        boards = tensorboards(loggers)
+        if not boards or step in self._distribution_steps:
+            return
+        self._distribution_steps.add(step)
+
+        def histograms(writer: Any) -> None:
+            for name in layers:
+                values = stats.log_norms.get(name, np.zeros(0))
+                finite = values[np.isfinite(values)]
+                if finite.size:
+                    writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
+
+        figure = None
+        if (-1, "depth figure") not in self._off:
+            try:
+                figure = dashboard.depth_figure(stats, plan, f"{_run_name(boards[0])}, scheme={plan.scheme!r}: step {step}")
+            except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
+                self._off.add((-1, "depth figure"))
+                self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
+        for logger in boards:
+            self.emit(logger, "histograms", histograms)
+            if figure is not None:
+                self.emit(logger, "depth figure", lambda w: w.add_figure("lyapunov/depth_profile", figure, step, close=False))
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+
+def _run_name(logger: Any) -> str:
+    version = logger.version
+    return f"{logger.name}/{version if isinstance(version, str) else f'version_{version}'}"

@@ -1,0 +1,160 @@
+"""The initialization engine: plan, draw or select, write, calibrate, in one all-or-nothing scope.
+
+:func:`initialize_` is the one place that strings the stages together; :func:`apply_init`,
+:func:`sample_lyapunov_`, the :class:`~lightning_lyapunov.LyapunovInit` callback and the benchmarks
+call it:
+
+1. **plan** (:func:`~lightning_lyapunov.plan_init`): the layers, their activations (observed on
+   ``example_input`` when given) and theory's scale per layer; every setting validated first
+   (:class:`~lightning_lyapunov.InitSpec`);
+2. **draw** (:meth:`InitPlan.draw`, on the CPU from one generator) or, with ``sampled=``, **select**
+   the best of ``K`` draws on the batch (:func:`lightning_lyapunov.sampling.select_`);
+3. **write** every weight and zero the planned biases;
+4. **calibrate** on the batch (:func:`lightning_lyapunov.calibration.calibrate_`), when the spec
+   asks for it. An ``"auto"`` calibration is optional: without a batch it is skipped, and when the
+   batch cannot calibrate the draw (an all-zero input, non-finite outputs, a layer it never
+   reaches) the draw is kept, with a warning that says why.
+
+On any error (``KeyboardInterrupt`` included) every weight, every planned bias and the generator's
+state are as before: one :meth:`InitPlan.restoring` scope around stages 2-4. What was applied is
+recorded on the plan that is returned: ``plan.sampling`` and ``plan.calibration``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._checks import check_bool
+from ._forward import Forward
+from ._warn import LyapunovWarning
+from .calibration import calibrate_
+from .plan import InitPlan, check_generator
+from .sampling import default_probe, select_
+from .settings import InitSpec
+from .surgery import plan_init, spec_of
+
+__all__ = ["apply_init", "initialize_", "sample_lyapunov_"]
+
+
+def initialize_(
+    model: nn.Module,
+    spec: InitSpec,
+    *,
+    example_input: Any = None,
+    forward: Forward | None = None,
+    generator: torch.Generator | None = None,
+) -> InitPlan:
+    """Initialize ``model`` in place as ``spec`` says (module docstring) and return the applied plan.
+
+    ``example_input``: a batch the model's forward takes (a tensor, a tuple of arguments, a dict of
+    keyword arguments), or what ``forward(model, example_input)`` takes: observed to find each
+    layer's activation, probed by sampling, and used to calibrate. ``generator``: a CPU
+    ``torch.Generator`` (default: torch's default generator); the same state gives the same weights.
+
+    Example::
+
+        plan = initialize_(model, InitSpec(calibrate="layers"), example_input=x,
+                           generator=torch.Generator().manual_seed(0))
+    """
+    check_generator(generator)
+    if spec.calibration is not None and not spec.calibration_optional and example_input is None:
+        raise ValueError(f"calibrate={spec.calibrate!r} needs example_input= (a batch of real inputs); "
+                         "pass one, or calibrate=None")
+    plan = plan_init(model, spec, example_input=example_input, forward=forward)
+    with plan.restoring(generator):
+        if spec.sampling is not None:
+            probe = default_probe(plan, generator) if example_input is None else example_input
+            plan.sampling = select_(model, plan, probe, forward=forward, layerwise=spec.sampling == "layerwise",
+                                    candidates=spec.candidates, generator=generator)
+        else:
+            plan.write(plan.draw(generator))
+        if spec.calibration is not None and example_input is not None:
+            _calibrate(model, plan, example_input, forward)
+    return plan
+
+
+def _calibrate(model: nn.Module, plan: InitPlan, example_input: Any, forward: Forward | None) -> None:
+    """Calibrate the drawn plan; an optional (``"auto"``) calibration that the batch cannot do keeps
+    the draw (``calibrate_`` has put its own writes back) and says why."""
+    spec = plan.spec
+    try:
+        calibrate_(model, plan, example_input, spec.calibration, spec.calibrate_target, forward)
+    except ValueError as error:
+        if not spec.calibration_optional:
+            raise
+        message = f"calibrate='auto' skipped, theory's draw kept: {error}"
+        plan.warnings.append(message)
+        warnings.warn(message, LyapunovWarning, stacklevel=3)
+
+
+def apply_init(
+    model: nn.Module,
+    spec: InitSpec | None = None,
+    *,
+    example_input: Any = None,
+    forward: Forward | None = None,
+    generator: torch.Generator | None = None,
+    **settings: Any,
+) -> InitPlan:
+    """Initialize ``model`` in place and return the plan applied (``print(plan)`` shows a table).
+
+    ``spec`` and ``settings``: as :func:`~lightning_lyapunov.plan_init` (``scheme=``,
+    ``distribution=``, ``negative_slope=``, ``sampled=``, ``calibrate=``, ...). All-or-nothing:
+    every setting is validated and every new weight drawn (on the CPU, in plan order, from
+    ``generator``, or torch's default CPU generator) before any parameter is written, and what is
+    written over is copied first: on any error (``KeyboardInterrupt`` included) every weight, bias
+    and the generator's state are as before. The same seed or generator state gives bit-identical
+    weights on every device. Biases of planned layers are set to 0.
+
+    ``example_input``/``forward``: a real batch, observed to find each layer's activation (see
+    :func:`~lightning_lyapunov.plan_init`); ``sampled=`` selects among candidate draws on it
+    (standard normal inputs without one, for a first Linear layer); ``calibrate="layers"`` or
+    ``"output"`` rescales the drawn weights on it: ``"layers"``: each layer's output to
+    root-mean-square 1 in forward order (the last to ``calibrate_target``); ``"output"``: one
+    factor ``c^{1/L}`` on every layer so that the output's root-mean-square is ``calibrate_target``
+    (:mod:`lightning_lyapunov.calibration`). ``plan.calibration`` records each layer's factor and
+    its log-gain measured after calibration; ``plan.sampling`` the candidates' scores.
+
+    Formula (Lyapunov scheme, Gaussian weights): ``sigma = sqrt(d_out / d_in) exp(-1/2 E log Q_{d_out,a})``,
+    the scale at which the expected log-norm ``E log(||x|| / sqrt(d))`` neither grows nor shrinks.
+
+    Example::
+
+        model = nn.Sequential(*[m for _ in range(50) for m in (nn.Linear(4, 4), nn.LeakyReLU(0.1))])
+        plan = apply_init(model, scheme="lyapunov", generator=torch.Generator().manual_seed(0))
+        plan.predicted_drift  # ~0: the log-norm neither grows nor shrinks with depth
+    """
+    return initialize_(model, spec_of(spec, settings), example_input=example_input, forward=forward,
+                       generator=generator)
+
+
+def sample_lyapunov_(
+    model: nn.Module,
+    probe: Any = None,
+    *,
+    layerwise: bool = False,
+    candidates: int | None = None,
+    forward: Forward | None = None,
+    generator: torch.Generator | None = None,
+    **settings: Any,
+) -> InitPlan:
+    """Sampled Lyapunov init: ``apply_init(model, sampled="network" or "layerwise", example_input=probe, ...)``.
+
+    Keeps the best of ``candidates`` (default ``ceil(2 sqrt(L))``) draws, the one whose batch-mean
+    log-gain ``mean_b (log r(output_b) - log r(input_b))`` on ``probe`` is closest to 0
+    (:mod:`lightning_lyapunov.sampling`); ``probe=None``: 64 standard normal inputs (first layer
+    Linear). ``plan.sampling`` holds the scores.
+
+    Example::
+
+        model = nn.Sequential(*[m for _ in range(40) for m in (nn.Linear(4, 4), nn.LeakyReLU(0.1))])
+        plan = sample_lyapunov_(model, generator=torch.Generator().manual_seed(0))
+        plan.sampling.chosen_score <= plan.sampling.median_score   # True
+    """
+    sampled = "layerwise" if check_bool("layerwise", layerwise) else "network"
+    return apply_init(model, sampled=sampled, candidates=candidates, example_input=probe, forward=forward,
+                      generator=generator, **settings)

@@ -1,0 +1,366 @@
+"""The initialization plan: per layer, what is drawn and what theory predicts; and what was applied.
+
+:func:`~lightning_lyapunov.plan_init` builds an :class:`InitPlan` (one :class:`LayerPlan` per weight
+layer, in forward order) without touching a weight. The plan draws (:meth:`InitPlan.draw`, on the
+CPU, from one generator), writes all or nothing (:meth:`InitPlan.write`) and restores on error
+(:meth:`InitPlan.restoring`). After :func:`~lightning_lyapunov.apply_init` it also records what was
+applied: :attr:`InitPlan.sampling` (the selection among candidate draws) and
+:attr:`InitPlan.calibration` (the factors and the log-gains measured on the batch).
+``print(plan)`` shows it as a table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from . import _checks
+from . import init as _init
+from ._checks import check_bool, check_int, check_tensor, invalid
+from .settings import InitSpec
+
+if TYPE_CHECKING:  # results attached by the initialization engine
+    from .calibration import CalibrationResult
+    from .sampling import SamplingReport
+
+__all__ = ["InitPlan", "LayerPlan", "check_generator"]
+
+
+@dataclass
+class LayerPlan:
+    """What the plan does to one weight layer (``module`` is the layer itself).
+
+    ``shared_with``: the other layers whose weight is this very Parameter (tied weights): it is
+    drawn once, here, and their biases are zeroed too, except those in ``kept_biases`` (a bias also held
+    by a module that the plan leaves alone is left alone). ``taps``: for a delta conv, the kernel
+    positions that hold a drawn matrix (every other tap is 0); None for a full draw. ``slope_source``
+    says what was found after the layer, ``slope_from`` how (``"observed"``, ``"fx"``, ``"module
+    order"``, ``"override"``); ``calls``: how often the layer ran in the observed pass.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    d_in: int
+    d_out: int
+    groups: int
+    negative_slope: float
+    slope_source: str
+    init: _init.LayerInit
+    zero_bias: bool
+    transposed: bool = False
+    shared_with: tuple[str, ...] = ()
+    taps: tuple[tuple[int, ...], ...] | None = None
+    module: nn.Module | None = field(default=None, repr=False, compare=False)
+    sharers: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
+    slope_from: str = "fx"
+    calls: int | None = None
+    kept_biases: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (no module) for logging."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("module", "sharers", "init")}
+        out["shape"] = list(self.shape)
+        out["shared_with"] = list(self.shared_with)
+        out["kept_biases"] = list(self.kept_biases)
+        out["taps"] = None if self.taps is None else [list(tap) for tap in self.taps]
+        out["init"] = asdict(self.init)
+        return out
+
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A new weight for this layer, drawn on the CPU in float32 (whatever the layer's dtype, so
+        the same generator gives the same weights, up to rounding, in every precision and on every
+        device); nothing is written.
+
+        Each group is drawn separately in conv layout; a transposed conv's group is drawn as
+        ``(C_out/groups, C_in/groups, *kernel)`` and stored transposed. A delta conv draws one
+        ``(C_out/groups, C_in/groups)`` matrix per tap in ``taps`` and zeros the others.
+        """
+        check_generator(generator)
+        dtype = torch.float32
+        with torch.no_grad():
+            out = torch.empty(self.shape, dtype=dtype)
+            rows = self.shape[0] // self.groups
+            for g in range(self.groups):
+                block = out[g * rows:(g + 1) * rows]
+                piece = torch.empty(block.transpose(0, 1).shape, dtype=dtype) if self.transposed else block
+                if self.taps is None:
+                    _init.init_weight_(piece, self.init, generator=generator)  # the scale already holds the fans
+                else:
+                    piece.zero_()
+                    for tap in self.taps:
+                        _init.init_weight_(piece[(slice(None), slice(None), *tap)], self.init, generator=generator)
+                if self.transposed:
+                    block.copy_(piece.transpose(0, 1))
+        return out
+
+    def targets(self) -> list[torch.Tensor]:
+        """The tensors :meth:`write` writes over: the weight and every bias it zeroes."""
+        holders = zip((self.name, *self.shared_with), (self.module, *self.sharers))
+        biases = [m.bias for n, m in holders if zeroable_bias(m) and n not in self.kept_biases] if self.zero_bias else []
+        return [self.module.weight, *biases]
+
+    def write(self, weight: torch.Tensor) -> None:
+        """Copy a drawn weight into the layer (to its device and dtype) and zero the biases.
+
+        Not all-or-nothing on its own: call it inside :meth:`InitPlan.restoring` (as
+        :meth:`InitPlan.write` does) so that an error restores what was written before it.
+        """
+        check_tensor("weight", weight, min_dim=1)
+        if tuple(weight.shape) != self.shape:
+            raise ValueError(f"weight of shape {tuple(weight.shape)} for layer {self.name!r} of shape {self.shape}: "
+                             "pass what LayerPlan.draw returns")
+        weight_tensor, *biases = self.targets()
+        with torch.no_grad():
+            weight_tensor.copy_(weight)
+            for bias in biases:
+                bias.zero_()
+
+
+@dataclass
+class InitPlan:
+    """The per-layer plan: ``layers`` in forward order, ``skipped`` (name, reason), ``warnings``; the
+    ``spec`` it was made from; and, once applied, ``sampling`` and ``calibration`` (None otherwise).
+
+    ``predicted_drift`` = sum of the per-layer exponents (the expected change of log r, r = ||x|| /
+    sqrt(d), from input to output; after a calibration, the sum of the measured log-gains,
+    ``layer_log_gains``) and ``predicted_spread`` = sqrt(sum of per-layer variances) (the standard
+    deviation of theory's draw by the CLT); None when the theory does not apply to some layer (ZerO).
+    """
+
+    spec: InitSpec
+    layers: list[LayerPlan]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    sampling: SamplingReport | None = None
+    calibration: CalibrationResult | None = None
+
+    @property
+    def scheme(self) -> str:
+        return self.spec.scheme
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def layer_log_gains(self) -> list[float | None]:
+        """Per layer, the change of log r the plan expects at step 0: theory's exponent, or after a
+        calibration the log-gain measured on the calibration batch (where it is finite)."""
+        measured = self.calibration.log_gains if self.calibration is not None else [None] * len(self.layers)
+        return [gain if _finite(gain) else layer.init.exponent for layer, gain in zip(self.layers, measured)]
+
+    @property
+    def predicted_drift(self) -> float | None:
+        gains = self.layer_log_gains
+        return None if any(g is None for g in gains) else float(sum(gains))
+
+    @property
+    def predicted_spread(self) -> float | None:
+        variances = [layer.init.variance for layer in self.layers]
+        return None if any(v is None for v in variances) else math.sqrt(sum(variances))
+
+    def draw(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """New weights for every planned layer, drawn in plan order from one CPU generator (or
+        torch's default CPU generator); nothing is written. See :meth:`LayerPlan.draw`."""
+        check_generator(generator)
+        return [layer.draw(generator) for layer in self.layers]
+
+    def write(self, weights: Sequence[torch.Tensor]) -> None:
+        """Write drawn weights into every planned layer and zero their biases, all or nothing: on
+        any exception (``KeyboardInterrupt`` included) every weight and bias is restored."""
+        if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence):
+            invalid("weights", weights, "a list of tensors, one per planned layer (what InitPlan.draw returns)")
+        if len(weights) != len(self.layers):
+            raise ValueError(f"weights has {len(weights)} tensors for {len(self.layers)} planned layers")
+        with self.restoring():
+            for layer, weight in zip(self.layers, weights):
+                layer.write(weight)
+
+    @contextlib.contextmanager
+    def restoring(self, generator: torch.Generator | None = None) -> Iterator[None]:
+        """Context: on any exception inside it (``KeyboardInterrupt`` included), put back every tensor
+        the plan writes (weights and zeroed biases, copied on entry) and the state of ``generator``
+        (torch's default CPU generator when None), then re-raise. Nested scopes each restore what
+        they saw on entry.
+
+        Example::
+
+            with plan.restoring(generator):
+                plan.write(plan.draw(generator))
+                check(model)   # raising here leaves the model and the generator as they were
+        """
+        check_generator(generator)
+        rng = generator if generator is not None else torch.default_generator
+        rng_state = rng.get_state()
+        targets = list({id(t): t for layer in self.layers for t in layer.targets()}.values())
+        with torch.no_grad():
+            saved = [t.detach().clone() for t in targets]
+        try:
+            yield
+        except BaseException:
+            _restore(targets, saved)
+            rng.set_state(rng_state)
+            raise
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values for logging (JSON/YAML serializable)."""
+        return {
+            **self.spec.settings(),
+            "conv": self.spec.conv_draw,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [list(item) for item in self.skipped],
+            "warnings": list(self.warnings),
+            "predicted_drift": self.predicted_drift,
+            "predicted_spread": self.predicted_spread,
+            "sampling": None if self.sampling is None else self.sampling.summary(),
+            "calibration": None if self.calibration is None else asdict(self.calibration),
+        }
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, warnings: bool = True, fold: int = 3) -> str:
+        """The plan as a table; ``print(plan)`` shows ``describe()``.
+
+        The header names what is drawn (``distribution`` is the weights' law of every layer,
+        e.g. ``'gaussian'`` for He whatever ``distribution=`` was given; ``moment`` only for
+        ``fractional``). ``fold``: runs of at least this many consecutive layers identical but for
+        their names are shown as one row (``3-38  net.6 ... net.76 (x36)  Linear  2x2 ...``; 0
+        shows every layer); after a calibration a folded row shows the range of the factors and
+        measured log-gains (``-0.9977 .. 1.3048``). ``warnings=False`` leaves out the plan's
+        warnings (already emitted as Python warnings by :func:`~lightning_lyapunov.plan_init`).
+        """
+        check_bool("warnings", warnings)
+        check_int("fold", fold, minimum=0, allowed="an integer >= 0 (0 shows every layer)")
+        header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "calls", "draw", "scale",
+                  "exponent", "variance", "shared with")
+        body = [_row(i, layer) for i, layer in enumerate(self.layers)]
+        if all(row[-1] == "-" for row in body):  # no tied weights: no column for them
+            header, body = header[:-1], [row[:-1] for row in body]
+        if all(row[8] in ("-", "1") for row in body):  # no layer called twice: no column for the calls
+            header, body = _drop(header, 8), [_drop(row, 8) for row in body]
+        calibration = self.calibration
+        if calibration is not None:
+            header += ("calibration", "log-gain")
+            body = [row + (_fmt(factor), _fmt(gain))
+                    for row, factor, gain in zip(body, calibration.factors, calibration.log_gains)]
+        rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0)
+        widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        draws = sorted({layer.init.distribution for layer in self.layers})
+        spec = self.spec
+        moment = f", moment={spec.moment!r}" if spec.scheme == "fractional" else ""
+        lines = [
+            f"InitPlan: scheme={spec.scheme!r}, distribution={'/'.join(draws)!r}{moment}"
+            + (f", conv={spec.conv_draw!r}" if any(layer.taps is not None for layer in self.layers) else "") + "; "
+            f"{len(self.layers)} layers, biases of planned layers set to 0"
+        ]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(2, "  ".join("-" * w for w in widths))
+        if self.sampling is not None:
+            lines.append(self.sampling.summary())
+        exponents = [layer.init.exponent for layer in self.layers]
+        spread = self.predicted_spread
+        theory = ("n/a (theory does not apply to every layer)" if None in exponents or spread is None
+                  else f"{sum(exponents):+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
+        if calibration is not None:
+            gains = calibration.log_gains
+            measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
+            lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times the "
+                         f"'calibration' factor; measured sum of layer log-gains {measured:+.3f} "
+                         "(the diagnostics' prediction from here on)")
+        lines.append(("before calibration, theory's" if calibration is not None else "predicted")
+                     + f" log-norm drift input -> output: {theory}")
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.skipped:
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            lines.append(f"skipped {shown}: {reason}")
+        if warnings:
+            lines += [f"warning: {message}" for message in self.warnings]
+        return "\n".join(lines)
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    """Weights are drawn on the CPU: refuse a generator on another device, naming the fix."""
+    _checks.check_generator("generator", generator)
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"generator on {generator.device} is not supported: weights are drawn on the CPU for reproducibility "
+            "and copied to the parameters' device; pass a torch.Generator() (CPU)"
+        )
+
+
+def zeroable_bias(module: nn.Module) -> bool:
+    """Whether the plan zeroes ``module``'s bias: it has one, and it is trainable."""
+    bias = getattr(module, "bias", None)
+    return isinstance(bias, torch.Tensor) and bias.requires_grad
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _restore(targets: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    """Copy saved values back; a tensor that cannot be written (the cause of the error) was not."""
+    with torch.no_grad():
+        for tensor, value in zip(targets, saved):
+            try:
+                tensor.copy_(value)
+            except Exception:  # noqa: BLE001 - unwritable, hence unchanged; the original error propagates
+                pass
+
+
+# ---------------------------------------------------------------------- the table
+
+
+def _drop(row: tuple[str, ...], column: int) -> tuple[str, ...]:
+    return row[:column] + row[column + 1:]
+
+
+def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0) -> list[tuple[str, ...]]:
+    """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one.
+    The last ``ranged`` columns (measured values) may differ within a run: a folded row shows their
+    range ``min .. max``."""
+    cut = len(rows[0]) - ranged if rows else 0
+    out: list[tuple[str, ...]] = []
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and rows[end][2:cut] == rows[start][2:cut]:
+            end += 1
+        if fold and end - start >= fold:
+            first, last = rows[start], rows[end - 1]
+            spans = tuple(_span([row[c] for row in rows[start:end]]) for c in range(cut, len(first)))
+            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {last[1]} (x{end - start})", *first[2:cut], *spans))
+        else:
+            out += rows[start:end]
+        start = end
+    return out
+
+
+def _span(cells: list[str]) -> str:
+    values = sorted(set(cells), key=lambda cell: float(cell) if cell not in ("-", "nan") else math.inf)
+    return values[0] if len(values) == 1 else f"{values[0]} .. {values[-1]}"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{0.0 if abs(value) < 5e-5 else value:.4f}"
+
+
+def _row(index: int, layer: LayerPlan) -> tuple[str, ...]:
+    groups = f" g={layer.groups}" if layer.groups > 1 else ""
+    found = layer.slope_source if layer.slope_from in layer.slope_source else f"{layer.slope_from}: {layer.slope_source}"
+    return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
+            str(layer.d_out), f"{layer.negative_slope:g}", found, "-" if layer.calls is None else str(layer.calls),
+            layer.init.distribution + (" delta" if layer.taps is not None else ""),
+            _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance),
+            ", ".join(layer.shared_with) or "-")
