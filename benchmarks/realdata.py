@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.classification import ALL_SCHEMES
-from benchmarks.common import Scheme
 from benchmarks.training import StackedMLP
 from lightning_lyapunov import apply_init
 from lightning_lyapunov.examples.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_ENV, MNIST_MEAN, MNIST_STD, read_cifar10, read_mnist

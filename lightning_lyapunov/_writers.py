@@ -54,7 +54,14 @@ class Writers:
             self.emit(logger, "scalars", lambda lg: lg.log_metrics(scalars, step=step))
 
     def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None) -> None:
-        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout."""
+        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout; says
+        when there is no logger, or no TensorBoard logger for what needs one."""
+        if not loggers:
+            self._warn("no logger, so the signal diagnostics are measured but not logged")
+            return
+        if layers is not None and not tensorboards(loggers):
+            self._warn("the plan text, the log-norm histograms and the depth figure need a TensorBoardLogger; "
+                       "the other loggers get the scalars only")
         block = "\n".join("    " + line for line in text.splitlines())  # monospace in TensorBoard's markdown
         for logger in tensorboards(loggers):
             self.emit(logger, "plan text", lambda w: w.add_text("lyapunov/plan", block, 0))

@@ -10,6 +10,13 @@ the engine's (:func:`lightning_lyapunov.initialize.initialize_`), the statistics
 On the console it prints the plan once (compact), at most one warning per measured step that finds
 something new, and a closing summary at the end of ``fit``. Its warnings have the category
 :class:`~lightning_lyapunov.LyapunovWarning` and are printed without a ``file:line:`` prefix.
+
+In a LightningCLI config::
+
+    trainer:
+      callbacks:
+        - class_path: lightning_lyapunov.LyapunovInit
+          init_args: {scheme: lyapunov, distribution: gaussian}
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from ._checks import check_bool, check_int
 from ._lifecycle import check_single, check_strategy, checkpoint_to_restore
 from ._warn import LyapunovWarning
-from ._writers import Writers, tensorboards
+from ._writers import Writers
 from .dashboard import featured_layers, figure_due
 from .diagnosis import SignalReport
 from .diagnostics import SignalMonitor
@@ -32,7 +39,7 @@ from .initialize import initialize_
 from .plan import InitPlan
 from .settings import DEFAULT_TARGET, InitSpec
 from .surgery import plan_init
-from .training_batch import training_batch, training_call
+from .training_batch import observation
 
 __all__ = ["LyapunovInit"]
 
@@ -49,38 +56,32 @@ def _info(message: str) -> None:
 class LyapunovInit(Callback):
     r"""Initialize every weight layer by theory at the start of ``fit`` and log the signal live.
 
-    At ``setup(stage="fit")``, once (never when ``fit(ckpt_path=...)`` restores a checkpoint, on a
-    second ``fit``, or in validate/test/predict), the callback plans the scheme per layer
-    (:func:`~lightning_lyapunov.plan_init`) on the first training batch, writes the weights and, by
-    default, calibrates them on that batch. The Lyapunov scheme sets each layer's scale so that the
-    log-norm of the signal has zero drift: ``E log r(x_{l+1}) = log r(x_l)`` with
-    ``r(x) = ||x|| / sqrt(d)``. While training, forward hooks measure per layer the log-norm,
-    empirical variance, kurtosis and dead units on logging steps.
+    At ``setup(stage="fit")``, once (never over a checkpoint ``fit(ckpt_path=...)`` restores, nor on a
+    second ``fit``), the callback plans the scheme per layer on the first training batch, writes the
+    weights and, by default, calibrates them on that batch. The Lyapunov scheme sets each layer's
+    scale so that the log-norm ``log r(x)``, ``r(x) = ||x|| / sqrt(d)``, has zero drift. While
+    training, forward hooks measure per layer the log-norm, empirical variance, kurtosis and dead
+    units on logging steps.
 
-    Args (the initialization settings are :class:`~lightning_lyapunov.InitSpec`'s):
+    Args (the initialization settings are :class:`~lightning_lyapunov.InitSpec`'s, which says more):
         scheme: ``"lyapunov"``, ``"fractional"``, ``"stiefel"``, ``"he"``, ``"glorot"``,
             ``"orthogonal"`` or ``"zero"``.
         distribution: ``"gaussian"`` or ``"orthogonal"`` weights (for ``lyapunov`` and ``fractional``).
         moment: the moment order ``s`` in (0, 2] for ``scheme="fractional"`` (``s = 2`` is He).
-        sampled: ``False``; ``True`` or ``"network"`` to keep the best of ``candidates`` candidate
-            networks on the training batch; ``"layerwise"`` to choose each layer's draw.
         negative_slope: ``None`` (detect the activation after each layer), a slope in [0, 1] for
             every layer, or a mapping ``{regex: slope}`` on qualified module names.
         include: regex or list of regexes: only these layers (qualified names, ``re.search``).
         exclude: regex or list of regexes: leave these layers alone.
-        conv: how convolutions are drawn: ``"full"`` kernel or ``"delta"`` (a matrix at the centre
-            tap); ``None``: ``"delta"`` for Stiefel, ``"full"`` otherwise (see ``plan_init``).
+        conv: ``"full"`` kernel or ``"delta"`` (a matrix at the centre tap); ``None``: the scheme's.
+        sampled: ``True``/``"network"``: keep the best of ``candidates`` draws on the training
+            batch; ``"layerwise"``: choose each layer's draw in turn.
         candidates: how many draws ``sampled`` compares (``None``: ``ceil(2 sqrt(layers))``).
-        calibrate: after the draw, rescale the planned layers on the first training batch:
-            ``"layers"`` (each layer's output to root-mean-square 1, the last to
-            ``calibrate_target``), ``"output"`` (one factor spread over all layers so the output's
-            root-mean-square is ``calibrate_target``) or ``None`` (theory's draw only). The default
-            ``"auto"`` is ``"layers"`` for ``scheme="lyapunov"`` and ``None`` for the other schemes
-            (the baselines stay the published ones), and keeps theory's draw (with a warning) when
-            the batch cannot calibrate it. Under DDP every rank calibrates in ``setup`` and DDP then
-            copies rank 0's weights to all ranks.
-        calibrate_target: the output's root-mean-square after calibration (``0.1`` starts near
-            the zero function: more deep narrow nets train with Adam, plain SGD starts slower).
+        calibrate: rescale the draw on the first training batch: ``"layers"`` (each layer's output
+            to root-mean-square 1, the last to ``calibrate_target``), ``"output"`` (one factor on
+            every layer) or ``None``. ``"auto"``: ``"layers"`` for ``scheme="lyapunov"``, ``None``
+            for the baselines, and theory's draw kept (with a warning) when the batch cannot
+            calibrate it. Under DDP every rank calibrates alike before DDP copies rank 0's weights.
+        calibrate_target: the output's root-mean-square after calibration.
         diagnostics: measure and log the signal statistics.
         log_every_n_steps: measuring cadence; ``None`` uses the Trainer's ``log_every_n_steps``.
         seed: seed of the weights' generator; ``None`` draws one from torch's global generator
@@ -99,13 +100,6 @@ class LyapunovInit(Callback):
     Example::
 
         trainer = Trainer(callbacks=[LyapunovInit(scheme="lyapunov", distribution="orthogonal")])
-
-    In a LightningCLI config::
-
-        trainer:
-          callbacks:
-            - class_path: lightning_lyapunov.LyapunovInit
-              init_args: {scheme: lyapunov, distribution: gaussian}
     """
 
     def __init__(
@@ -139,12 +133,8 @@ class LyapunovInit(Callback):
         self.all_layers = check_bool("all_layers", all_layers)
         self.initialize = check_bool("initialize", initialize)
         if not initialize:
-            unused = [f"{name}={value!r}" for name, value, default in (
-                ("sampled", sampled, False), ("candidates", candidates, None), ("calibrate", calibrate, "auto"),
-                ("calibrate_target", calibrate_target, DEFAULT_TARGET)) if value != default]
-            if unused:
-                raise ValueError(f"initialize=False leaves the weights alone, so {', '.join(unused)} would do "
-                                 f"nothing: drop {'it' if len(unused) == 1 else 'them'}, or use initialize=True")
+            _refuse_unused(sampled=(sampled, False), candidates=(candidates, None), calibrate=(calibrate, "auto"),
+                           calibrate_target=(calibrate_target, DEFAULT_TARGET))
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
@@ -177,6 +167,17 @@ class LyapunovInit(Callback):
         if stage != "fit":
             return
         check_strategy(trainer.strategy, "LyapunovInit")
+        if self.plan is None or not self.initialized:
+            self.plan = self._initialize_or_plan(trainer, pl_module)
+        if self.diagnostics and self.monitor is None:
+            # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
+            # registered once and gated, since attaching hooks would change the compiled graph
+            self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
+            self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names)
+
+    def _initialize_or_plan(self, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
+        """Initialize the model on its first training batch, once; or, when its weights come from a
+        checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
         checkpoint = None if self.initialized else checkpoint_to_restore(trainer)
         if checkpoint is not None:
             # the checkpoint's weights overwrite the model right after setup: draw nothing (the
@@ -186,47 +187,24 @@ class LyapunovInit(Callback):
         elif not self.initialize and not self.initialized:
             _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
             self.initialized = True
-        if not self.initialized or self.plan is None:
-            batch, call, missing = self._observation(trainer, pl_module)
-        if not self.initialized:
-            self._used_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-            self.plan = initialize_(pl_module, self._spec_for(batch), example_input=batch, forward=call,
-                                    generator=torch.Generator().manual_seed(self._used_seed))
-            self.initialized = self._initialized_here = True
-        elif self.plan is None:  # for the diagnostics' predictions only
-            self.plan = plan_init(pl_module, self.spec, example_input=batch, forward=call)
-        else:
-            missing = None
+        batch, call, missing = observation(trainer, pl_module)
         if missing is not None:
-            self.plan.warnings.append(missing)
-        if self.diagnostics and self.monitor is None:
-            # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
-            # registered once and gated, since attaching hooks would change the compiled graph
-            self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
-            self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names)
-
-    def _observation(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Any, Any, str | None]:
-        """The first training batch and how to run the module on it (``forward``, else
-        ``training_step``), or ``(None, None, why not)`` with a warning (slopes from torch.fx then)."""
-        batch, why = training_batch(trainer, pl_module)
-        call = None
-        if batch is not None:
-            call, why = training_call(pl_module, batch)
-        if call is None:
-            missing = (f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing, or module "
-                       "registration order where tracing fails")
             rank_zero_warn(missing, category=LyapunovWarning)
-            return None, None, missing
-        return batch, call, None
-
-    def _spec_for(self, batch: Any) -> InitSpec:
-        """The spec, without its calibration when there is no batch to calibrate on (said unless optional)."""
         spec = self.spec
-        if batch is not None or spec.calibration is None:
-            return spec
-        if not spec.calibration_optional:
-            self._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
-        return spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
+        if self.initialized:
+            plan = plan_init(pl_module, spec, example_input=batch, forward=call)
+        else:
+            if batch is None and spec.calibration is not None:  # nothing to calibrate on
+                if not spec.calibration_optional:
+                    self._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
+                spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
+            self._used_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+            plan = initialize_(pl_module, spec, example_input=batch, forward=call,
+                               generator=torch.Generator().manual_seed(self._used_seed))
+            self.initialized = self._initialized_here = True
+        if missing is not None:
+            plan.warnings.append(missing)
+        return plan
 
     # ------------------------------------------------------------------ measuring and logging
 
@@ -240,13 +218,7 @@ class LyapunovInit(Callback):
         self._announced = True
         plan_text = self.plan.describe(warnings=False)  # plan_init has emitted its warnings already
         _info(f"LyapunovInit plan:\n{plan_text}")
-        if not trainer.loggers:
-            self._warn("no logger, so the signal diagnostics are measured but not logged")
-            return
         self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None)
-        if self.diagnostics and not tensorboards(trainer.loggers):
-            self._warn("the plan text, the log-norm histograms and the depth figure need a TensorBoardLogger; "
-                       "the other loggers get the scalars only")
 
     def _should_measure(self, trainer: Trainer) -> bool:
         every = self.log_every_n_steps or trainer.log_every_n_steps
@@ -285,36 +257,34 @@ class LyapunovInit(Callback):
             self._warn(message)
         self._writers.scalars(trainer.loggers, self.report.scalars(stats), step)
         if first:
-            self._writers.distributions(trainer.loggers, stats, self.plan, self._logged_layers(), step)
+            self._distributions(trainer)
+
+    def _distributions(self, trainer: Trainer) -> None:
+        """The latest statistics' histograms and depth figure (once per measured step)."""
+        if self.report is not None and self.report.last is not None:
+            self._writers.distributions(trainer.loggers, self.report.last, self.plan, self._logged_layers(),
+                                        self._last_step or 0)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.monitor is not None:
             self.monitor.active = False
-        if self.report is not None and self.report.last is not None and figure_due(trainer.current_epoch):
-            self._writers.distributions(trainer.loggers, self.report.last, self.plan, self._logged_layers(),
-                                        self._last_step or 0)
+        if figure_due(trainer.current_epoch):
+            self._distributions(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.report is not None and self.report.last is not None:
-            self._writers.distributions(trainer.loggers, self.report.last, self.plan, self._logged_layers(),
-                                        self._last_step or 0)
+        self._distributions(trainer)
         if self.plan is not None and trainer.is_global_zero:
             _info(self.summary())
 
     def summary(self) -> str:
         """The closing summary printed at the end of ``fit``: what was initialized, then the report's
         (the measured exponent against the plan's, the output's scale, the layers that collapsed)."""
-        plan = self.plan
-        draws = "/".join(sorted({layer.init.distribution for layer in plan.layers}))
         if self._initialized_here:
-            what = f"initialized {len(plan.layers)} layers: scheme={plan.scheme!r}, {draws} weights, seed {self._used_seed}"
-            what += f"; {plan.sampling.summary()}" if plan.sampling is not None else ""
-            if plan.calibration is not None:
-                what += f"; calibrated ({plan.calibration.method!r}) on the first training batch"
+            what = self.plan.applied(f"seed {self._used_seed}", "the first training batch")
         else:
             why = "initialize=False" if not self.initialize else "weights from a checkpoint or an earlier fit"
-            what = f"did not initialize ({why}); plan: scheme={plan.scheme!r}"
-        return (self.report or SignalReport(plan)).summary(what)
+            what = f"did not initialize ({why}); plan: scheme={self.plan.scheme!r}"
+        return (self.report or SignalReport(self.plan)).summary(what)
 
     def _warn(self, message: str) -> None:
         rank_zero_warn(f"LyapunovInit: {message}", category=LyapunovWarning)
@@ -331,6 +301,14 @@ class LyapunovInit(Callback):
         if self.monitor is not None:
             self.monitor.remove()
             self.monitor = None
+
+
+def _refuse_unused(**settings: tuple[Any, Any]) -> None:
+    """``initialize=False``: a setting away from its default (``name=(value, default)``) would do nothing."""
+    unused = [f"{name}={value!r}" for name, (value, default) in settings.items() if value != default]
+    if unused:
+        raise ValueError(f"initialize=False leaves the weights alone, so {', '.join(unused)} would do nothing: "
+                         f"drop {'it' if len(unused) == 1 else 'them'}, or use initialize=True")
 
 
 def _is_compiled(module: torch.nn.Module) -> bool:

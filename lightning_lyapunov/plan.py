@@ -208,6 +208,17 @@ class InitPlan:
             rng.set_state(rng_state)
             raise
 
+    def applied(self, seed: str = "", batch: str = "the example input") -> str:
+        """One line: what applying this plan did (``initialized 41 layers: scheme='lyapunov', orthogonal
+        weights, seed 3; sampled (...); calibrated ('layers') on <batch>``)."""
+        draws = "/".join(sorted({layer.init.distribution for layer in self.layers}))
+        line = f"initialized {len(self.layers)} layers: scheme={self.scheme!r}, {draws} weights" + (f", {seed}" if seed else "")
+        if self.sampling is not None:
+            line += f"; {self.sampling.summary()}"
+        if self.calibration is not None:
+            line += f"; calibrated ({self.calibration.method!r}) on {batch}"
+        return line
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values for logging (JSON/YAML serializable)."""
         return {

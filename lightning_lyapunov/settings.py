@@ -77,9 +77,9 @@ class InitSpec:
     scheme: Literal["lyapunov", "fractional", "stiefel", "he", "glorot", "orthogonal", "zero"] = "lyapunov"
     distribution: Literal["gaussian", "orthogonal"] = "orthogonal"
     moment: float | None = None
-    negative_slope: SlopeOverride = None
-    include: Patterns = None
-    exclude: Patterns = None
+    negative_slope: float | dict[str, float] | None = None
+    include: str | list[str] | None = None
+    exclude: str | list[str] | None = None
     conv: Literal["full", "delta"] | None = None
     sampled: bool | Literal["network", "layerwise"] = False
     candidates: int | None = None

@@ -24,7 +24,7 @@ from torch import nn
 
 from ._forward import Forward, call_forward, global_rng_preserved, preserved
 
-__all__ = ["training_batch", "training_call"]
+__all__ = ["observation", "training_batch", "training_call"]
 
 
 def training_batch(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, str | None]:
@@ -85,3 +85,16 @@ def training_call(pl_module: LightningModule, batch: Any) -> tuple[Forward | Non
         except Exception:  # noqa: BLE001 - try the next way of running the module
             continue
     return None, "the module has neither forward nor training_step"
+
+
+def observation(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, Forward | None, str | None]:
+    """``(batch, how to run the module on it, None)`` for the first training batch, or ``(None, None,
+    why not)``: the message says that the plan falls back to torch.fx tracing."""
+    batch, why = training_batch(trainer, pl_module)
+    call = None
+    if batch is not None:
+        call, why = training_call(pl_module, batch)
+    if call is None:
+        return None, None, (f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing, or "
+                            "module registration order where tracing fails")
+    return batch, call, None

@@ -16,7 +16,7 @@ logs="${OUT:-benchmarks/results}"
 mkdir -p "$logs"
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'on', torch.cuda.get_device_name())" | tee "$logs/cuda_check.log"
 status=0
-"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests/test_diagnostics.py tests/test_init.py tests/test_callbacks.py \
+"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests/test_diagnostics.py tests/test_reduce.py tests/test_init.py tests/test_callbacks.py \
     2>&1 | tee -a "$logs/cuda_check.log" || status=1
 "$PYTHON" -m benchmarks overhead --device cuda "$@" 2>&1 | tee -a "$logs/cuda_check.log" || status=1
 if [ -n "${OUT:-}" ]; then

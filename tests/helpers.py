@@ -3,10 +3,12 @@ the one LyapunovInit of a callback list. Imported by test modules (conftest hold
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -53,6 +55,20 @@ def loader(width: int = 4, n: int = 64, batch_size: int = 16, seed: int = 0) -> 
     return DataLoader(TensorDataset(x, y), batch_size=batch_size)
 
 
+class HelperNet(nn.Module):
+    """Width 4, F.leaky_relu(0.1) in forward: invisible to module order."""
+
+    def __init__(self, width: int = 4, depth: int = 4) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = F.leaky_relu(layer(x), 0.1)
+        return self.head(x)
+
+
 def trainer_kwargs(tmp_path, **overrides):
     kwargs = dict(
         default_root_dir=tmp_path, accelerator="cpu", devices=1, max_steps=6, log_every_n_steps=2,
@@ -60,6 +76,28 @@ def trainer_kwargs(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+def quiet(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` with every warning silenced (plans warn about expected things)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args, **kwargs)
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer."""
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the parameters and buffers that differ from ``before`` (a :func:`snapshot`)."""
+    return [k for k, v in model.state_dict(keep_vars=True).items() if not torch.equal(v.detach(), before[k])]
 
 
 def the_callback(callbacks: list[Any]) -> LyapunovInit:

@@ -6,11 +6,8 @@ import math
 import pytest
 import torch
 
+from helpers import gen
 from lightning_lyapunov import init, theory
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize(

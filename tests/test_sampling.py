@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_lyapunov.log_norm import log_gain
+from helpers import gen
 from lightning_lyapunov import sample_lyapunov_
 from lightning_lyapunov import apply_init
 
@@ -22,10 +22,6 @@ def deep_mlp() -> nn.Sequential:
     for _ in range(DEPTH):
         layers += [nn.Linear(WIDTH, WIDTH), nn.LeakyReLU(SLOPE)]
     return nn.Sequential(*layers, nn.Linear(WIDTH, 3))
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def own_score(model: nn.Module, probe: torch.Tensor) -> float:
@@ -128,5 +124,3 @@ def test_sampling_errors() -> None:
         sample_lyapunov_(deep_mlp(), scheme="kaiming")
 
 
-def test_log_gain_formula() -> None:
-    assert log_gain(torch.ones(8, 4), 2 * torch.ones(8, 3, 3)) == pytest.approx(math.log(2))

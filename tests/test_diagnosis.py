@@ -1,5 +1,6 @@
-"""Batch size 1 and one-layer models: statistics that are undefined are not logged (no NaN), and
-one warning says why."""
+"""Tests of lightning_lyapunov.diagnosis: the report on the measured steps, without Lightning and in the
+callback; batch size 1 and one-layer models: statistics that are undefined are not logged (no NaN),
+and one warning says why."""
 
 import csv
 import math
@@ -8,12 +9,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from helpers import DeepNarrow, loader, trainer_kwargs
-from lightning_lyapunov import LyapunovInit, SignalMonitor
+from lightning_lyapunov import LyapunovInit, SignalMonitor, SignalReport, apply_init
 from lightning_lyapunov.diagnostics import BATCH_STATS, STAT_KEYS
 
 
@@ -100,3 +102,36 @@ def test_defined_only_drops_exactly_the_undefined_keys():
     assert set(full) - set(defined) == {f"lyapunov/{k}" for k in stats.undefined()}
     assert len(full) - len(defined) == 2 * len(BATCH_STATS)
     assert all(np.isfinite(v) for v in defined.values())
+
+
+def test_the_report_diagnoses_a_plain_pytorch_loop() -> None:
+    # no Lightning: the monitor measures, the report warns once per new problem and sums up the run
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(11) for m in (nn.Linear(2, 2), nn.LeakyReLU(0.1))], nn.Linear(2, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = apply_init(model, scheme="he", generator=torch.Generator().manual_seed(0))
+    monitor, report = SignalMonitor(model, plan.layer_names, measure_input=True), SignalReport(plan)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 2), torch.randn(64, 1)
+    messages = []
+    for step in range(4):
+        monitor.active = step % 2 == 0
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if monitor.active:
+            messages.append(report.update(monitor.compute(), step))
+            monitor.reset()
+    # He at width 2 over 12 layers: the output's scale at step 0 is far below the input's, and the plan says why
+    assert messages[0] is not None and "scheme='he' drifts by" in messages[0] and messages[1] is None
+    gap = report.start_gap()
+    assert gap == pytest.approx(report.first.column("log_norm_mean")[-1] - report.first.input_log_norm)
+    assert math.isfinite(report.first.input_log_norm) and math.isnan(report.last.input_log_norm)  # measured once
+    summary = report.summary()
+    assert summary.startswith("signal summary:")
+    assert f"exponent per layer: plan {plan.predicted_drift / len(plan.layers):+.3f}" in summary
+    assert "at step 2" in summary and f"{math.exp(gap):.3g} x the input's" in summary
+    scalars = report.scalars(report.last)
+    assert scalars["lyapunov/predicted/exponent"] == pytest.approx(plan.predicted_drift / len(plan.layers))

@@ -1,0 +1,52 @@
+"""Tests of lightning_lyapunov.activations: the activation after each layer, by torch.fx or module order."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_lyapunov import plan_init
+from lightning_lyapunov.activations import classify_call, module_slope
+
+
+def test_module_and_function_policies_agree() -> None:
+    # one activation kind, one slope, whichever way it was found (module or function, fx or observed)
+    for module, function in ((nn.ReLU(), F.relu), (nn.GELU(), F.gelu), (nn.Tanh(), torch.tanh), (nn.SiLU(), F.silu)):
+        by_module = module_slope(module, "x", "observed")
+        verdict, by_function = classify_call(function, (), {}, "x", "observed")
+        assert verdict == "act" and by_module.slope == by_function.slope, module
+    assert module_slope(nn.LeakyReLU(-0.3), "x", "fx").slope == 0.3  # the theory sees a**2
+    assert module_slope(nn.LeakyReLU(3.0), "x", "fx").slope == 1.0  # |a| > 1 clipped, with a warning
+    assert "clipped" in module_slope(nn.LeakyReLU(3.0), "x", "fx").warning
+    assert module_slope(nn.Linear(2, 2), "x", "fx") is None
+
+
+def test_activation_detection_with_fx() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+            self.d, self.e, self.f = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.norm, self.prelu, self.gelu = nn.BatchNorm1d(4), nn.PReLU(init=0.3), nn.GELU()
+
+        def forward(self, x):
+            x = F.leaky_relu(F.dropout(self.a(x), 0.1), negative_slope=0.2)
+            x = self.b(x).view(-1, 4).relu()
+            x = self.prelu(self.norm(self.c(x)))
+            x = torch.tanh(self.d(x))
+            x = self.gelu(self.e(x))
+            return self.f(x)
+
+    model = Net()
+    with pytest.warns(UserWarning) as record:
+        plan = plan_init(model, scheme="he")
+    got = {l.name: (round(l.negative_slope, 6), l.slope_source) for l in plan.layers}
+    assert got == {"a": (0.2, "fx"), "b": (0.0, "fx"), "c": (0.3, "fx"), "d": (1.0, "policy:Tanh"),
+                   "e": (0.0, "policy:GELU"), "f": (1.0, "no activation")}
+    messages = [str(w.message) for w in record]
+    assert any("'e'" in m and "GELU" in m for m in messages) and any("'d'" in m and "Tanh" in m for m in messages)
+    assert ("norm", "BatchNorm1d: not a Linear/Conv weight layer, left alone") in plan.skipped
+
+    with pytest.warns(UserWarning, match="per-channel PReLU"):
+        plan = plan_init(nn.Sequential(nn.Linear(3, 4), nn.PReLU(4, init=0.2), nn.Linear(4, 1)))
+    assert plan.layers[0].negative_slope == pytest.approx(0.2)

@@ -1,0 +1,76 @@
+"""Tests of lightning_lyapunov._forward: running a model without side effects."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_lyapunov._forward import call_forward, preserved, quiet, stop_at
+
+
+class TwoInputs(nn.Module):
+    def forward(self, a, b=None):
+        return a if b is None else a + b
+
+
+def test_call_forward_unpacks_what_the_signature_takes() -> None:
+    a, b = torch.ones(2), 2 * torch.ones(2)
+    model = TwoInputs()
+    assert torch.equal(call_forward(model, (a, b)), 3 * torch.ones(2))  # model(a, b)
+    assert torch.equal(call_forward(model, {"a": a, "b": b}), 3 * torch.ones(2))  # model(a=a, b=b)
+    assert torch.equal(call_forward(model, a), a)  # model(a)
+    packed = nn.Identity()
+    assert call_forward(packed, (a, b)) == (a, b)  # Identity(x) takes one argument: the tuple as is
+
+
+def test_preserved_restores_flags_buffers_grads_and_every_global_generator() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
+    model.train()
+    model[2].eval()
+    model[0].weight.grad = torch.ones(3, 3)
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    stats = model[1].running_mean.clone()
+    with preserved(model):
+        model.eval()
+        model(torch.randn(8, 3))
+        model.train()
+        model(torch.randn(8, 3))  # updates the running statistics
+        model[0].weight.grad = None
+        random.random(), np.random.rand()
+    assert torch.equal(model[1].running_mean, stats)
+    assert [m.training for m in model.modules()] == [True, True, True, False]
+    assert torch.equal(model[0].weight.grad, torch.ones(3, 3))
+    assert torch.equal(torch.get_rng_state(), states[0]) and random.getstate() == states[1]
+    assert (np.random.get_state()[1] == states[2]).all()
+
+
+def test_quiet_normalizes_with_the_batch_statistics_without_dropout_and_changes_nothing() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.9))
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * 5 + 3
+    stats = model[1].running_mean.clone()
+    with quiet(model):
+        out = model(x)
+        assert not torch.is_grad_enabled()
+    # BatchNorm on the batch: each unit has mean 0 and variance 1 over the batch; no dropout zeros
+    torch.testing.assert_close(out.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    assert (out != 0).all()
+    assert torch.equal(model[1].running_mean, stats) and model.training
+
+
+def test_stop_at_ends_the_pass_at_the_first_call() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    x = torch.randn(4, 2)
+    call, result = stop_at(lambda: model(x), model[1])
+    assert result is None and torch.equal(call.args[0], model[0](x)) and torch.equal(call.output, model[1](model[0](x)))
+    call, _ = stop_at(lambda: model(x), model[2], before=True)
+    assert call.output is None and call.args[0].shape == (4, 2)
+    call, result = stop_at(lambda: model(x), nn.ReLU())  # never called: the pass runs to its end
+    assert call is None and result.shape == (4, 1)
+    assert not model[1]._forward_hooks and not model[2]._forward_pre_hooks
+    with pytest.raises(ZeroDivisionError):
+        stop_at(lambda: 1 / 0, model[1])
+    assert not model[1]._forward_hooks
