@@ -23,6 +23,10 @@ __all__ = ["BATCH_STATS", "COLLAPSE_THRESHOLD", "STAT_KEYS", "signal_stats"]
 STAT_KEYS: tuple[str, ...] = (
     "log_norm_mean",
     "log_norm_std",
+    "centred_log_norm_mean",
+    "centred_log_norm_std",
+    "log_rms",
+    "input_share",
     "emp_var_mean",
     "emp_var_collapsed",
     "kurtosis_median",
@@ -31,7 +35,8 @@ STAT_KEYS: tuple[str, ...] = (
     "nonfinite",
 )
 #: The statistics over the batch that need at least two samples (undefined for a batch of one).
-BATCH_STATS: tuple[str, ...] = ("log_norm_std", "emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled")
+BATCH_STATS: tuple[str, ...] = ("log_norm_std", "centred_log_norm_mean", "centred_log_norm_std", "input_share",
+                                 "emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled")
 #: A unit's variance is collapsed below this fraction of the layer's mean second moment.
 COLLAPSE_THRESHOLD = 1e-3
 # A unit counts as constant for the kurtosis when std <= _CONSTANT_RTOL * |mean| (fp32 rounding).
@@ -82,6 +87,7 @@ def _layout(widths: tuple[int, ...], device: torch.device, batch: int) -> tuple[
     scale = torch.ones((len(widths), len(STAT_KEYS)), device=device)
     if batch > 1:
         scale[:, STAT_KEYS.index("log_norm_std")] = 1 / math.sqrt(batch - 1)
+        scale[:, STAT_KEYS.index("centred_log_norm_std")] = 1 / math.sqrt(batch - 1)
         scale[:, STAT_KEYS.index("emp_var_mean")] = batch / (batch - 1)
         scale[:, STAT_KEYS.index("emp_var_collapsed")] = 1 / width
         scale[:, STAT_KEYS.index("kurtosis_median")] = batch
@@ -98,7 +104,7 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
     ``(L, B)``. A non-finite value stays inside its own layer.
 
     Cost: the layers are laid out as a ``(L, B, max width)`` tensor, zero-padded (a copy, unless all
-    widths are equal), and reduced by the same few dozen kernels whatever ``L``: eight passes over
+    widths are equal), and reduced by the same few dozen kernels whatever ``L``: nine passes over
     the data, the rest on per-unit and per-layer vectors. On the CPU the non-finite entries are
     counted (three more passes) only when a layer's mean log-norm is not finite (a NaN/Inf entry
     makes its sample's norm NaN/Inf; no sync to avoid there); on other devices always (no host
@@ -142,6 +148,9 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
         if batch > 1:
             mean = h.mean(1, keepdim=True)
             c2 = torch.sub(h, mean, out=h if overwrite else torch.empty_like(h)).square_()
+            # per sample, log(||h_b - mean_b h|| / sqrt(d)): the input-dependent part (the padding adds 0)
+            centred = c2.sum(-1).log_().mul_(0.5).sub_(half_log_width)  # (L, B)
+            centred_mean = centred.mean(1)
             s2 = c2.sum(1)  # B x the biased variance, per unit (L, W)
             s4 = c2.square_().sum(1)  # B x the fourth central moment
             mean_sq = mean.squeeze(1).square_()
@@ -149,10 +158,10 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
             m2_mean, m4_mean, mean_sq_mean, dead_fraction = (
                 torch.stack((s2, s4, mean_sq, dead)).sum(-1).sub_(offsets).div_(divisors).unbind()
             )
-            # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2 (= m2 mean + mean^2 mean); the
-            # padding's threshold is -inf (never passed), a NaN threshold is passed by nothing
-            threshold = torch.add(padding, torch.add(m2_mean, mean_sq_mean).unsqueeze(-1),
-                                  alpha=COLLAPSE_THRESHOLD * (batch - 1))
+            mean_square = m2_mean + mean_sq_mean  # mean_bj h_bj^2 = mean_j (m2_j + mean_j^2)
+            # collapsed: v_j = s2_j / (B - 1) <= 1e-3 * mean_bj h_bj^2; the padding's threshold is -inf
+            # (never passed), a NaN threshold is passed by nothing
+            threshold = torch.add(padding, mean_square.unsqueeze(-1), alpha=COLLAPSE_THRESHOLD * (batch - 1))
             collapsed = torch.le(s2, threshold).sum(-1, dtype=torch.float32)
             # kurtosis m4 / m2^2 = B s4 / s2^2 (B applied by scale); NaN (left out of the median)
             # for (numerically) constant units, the padding included
@@ -161,6 +170,10 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
             columns = [
                 log_mean,
                 torch.linalg.vector_norm(log_norms - log_mean.unsqueeze(1), dim=1),
+                centred_mean,
+                torch.linalg.vector_norm(centred.sub_(centred_mean.unsqueeze(1)), dim=1),
+                mean_square.log().mul_(0.5),
+                torch.div(m2_mean, mean_square).sqrt_(),
                 m2_mean,
                 collapsed,
                 kurt.nanmedian(-1).values,
@@ -171,5 +184,6 @@ def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> 
             return torch.stack(columns, dim=1).mul_(scale), log_norms
         nan = torch.full_like(zeros, math.nan)
         dead_fraction = dead.sum(-1).sub_(offsets[-1]).div_(divisors[-1])
-        columns = [log_mean, zeros, nan, nan, nan, nan, dead_fraction, nonfinite]
+        # one sample: its root-mean-square is its r; nothing over the batch is defined
+        columns = [log_mean, zeros, nan, nan, log_mean, nan, nan, nan, nan, nan, dead_fraction, nonfinite]
         return torch.stack(columns, dim=1), log_norms

@@ -50,6 +50,10 @@ _SUMMARY = (
 _CHART_TITLES = {
     "log_norm_mean": "log-norm, batch mean (measured; predicted/ = the plan's line)",
     "log_norm_std": "log-norm, batch std",
+    "centred_log_norm_mean": "centred log-norm (input-dependent part), batch mean",
+    "centred_log_norm_std": "centred log-norm, batch std",
+    "log_rms": "log root-mean-square",
+    "input_share": "input-dependent share of the root-mean-square",
     "emp_var_mean": "empirical variance, mean over units",
     "emp_var_collapsed": "fraction of units with collapsed empirical variance",
     "kurtosis_median": "kurtosis, median over units",

@@ -15,7 +15,17 @@ For a hooked output ``h`` of shape ``(B, ...)`` the features of each sample are 
 ============================  =====================================================================
 ``log_norm_mean``/``_std``    mean / std (``B - 1`` denominator; 0 when ``B = 1``) over the batch of
                               ``log r_b = log(||h_b|| / sqrt(d))``; the per-sample values are kept
-                              (``SignalStats.log_norms``) for histograms.
+                              (``SignalStats.log_norms``) for histograms. The typical sample, all
+                              of ``h``: once training moves the biases they carry it.
+``centred_log_norm_mean``/    the same of the **input-dependent part** ``h_b - mean_b h`` (what is
+``centred_log_norm_std``      left when the batch mean, the part every sample shares, is taken
+                              away): ``log(||h_b - mean_b h|| / sqrt(d))``, typical sample.
+``log_rms``                   ``log sqrt(mean_bj h_bj^2)``: the log of the layer's root-mean-square
+                              over batch and units (what ``calibrate=`` sets to 1).
+``input_share``               ``sqrt(mean_j m2_j / mean_bj h_bj^2)`` in [0, 1] (``m2_j`` the biased
+                              variance over the batch): the share of the root-mean-square that
+                              depends on the input; 1 for a zero-mean signal, 0 when every sample
+                              gives the same output (the batch mean carries the rest).
 ``emp_var_mean``              mean over units of the unbiased variance over the batch,
                               ``v_j = sum_b (h_bj - mean_j)^2 / (B - 1)``.
 ``emp_var_collapsed``         fraction of units with ``v_j <= 1e-3 * mean_bj h_bj^2`` (the layer's
@@ -44,7 +54,7 @@ last call is kept.
 Cost: small outputs (fewer than ``defer_below`` elements) are copied by the hook (fp32) into one
 tensor kept from one measured step to the next, ``(layers, B, max width)``, zero-padded: layers of
 one batch size and similar widths (the padding adds at most a quarter) side by side, each a block
-of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in eight passes and a
+of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in nine passes and a
 few dozen small kernels for all its layers instead of ~40 tiny ones per layer. Larger outputs are
 reduced in the hook (no copy is held). See ``benchmarks/diagnostics_overhead.py`` and
 ``benchmarks/overhead.py`` for the measured cost.
@@ -78,7 +88,8 @@ from lightning_lyapunov._checks import check_bool, check_int, check_module, inva
 from lightning_lyapunov._reduce import BATCH_STATS, COLLAPSE_THRESHOLD, STAT_KEYS, _buckets, _padded_stats, signal_stats
 from lightning_lyapunov.log_norm import log_r
 
-__all__ = ["STAT_KEYS", "BATCH_STATS", "COLLAPSE_THRESHOLD", "SignalMonitor", "SignalStats", "signal_stats"]
+__all__ = ["STAT_KEYS", "BATCH_STATS", "COLLAPSE_THRESHOLD", "COLLAPSED_SHARE", "SignalMonitor", "SignalStats",
+           "signal_stats"]
 
 #: Why a statistic is undefined (:meth:`SignalStats.undefined`).
 NOT_CALLED = "layer not called in the measured step"
@@ -86,10 +97,15 @@ _BATCH_STAT_COLUMNS = np.isin(STAT_KEYS, BATCH_STATS)
 _NO_SAMPLES = np.zeros(0)  # the log-norms of a layer not called
 _NO_SAMPLES.flags.writeable = False
 _LOG_NORM_MEAN, _NONFINITE = STAT_KEYS.index("log_norm_mean"), STAT_KEYS.index("nonfinite")
+_CENTRED_MEAN, _SHARE = STAT_KEYS.index("centred_log_norm_mean"), STAT_KEYS.index("input_share")
+#: A layer whose input-dependent part is below this share of its root-mean-square (``input_share``)
+#: has collapsed: a thousandth, i.e. an empirical variance below 1e-6 of the layer's mean square.
+COLLAPSED_SHARE = 1e-3
 SINGLE_SAMPLE = "batch of 1 sample: statistics over the batch need 2 or more"
 DEGENERATE = "0/0 from finite activations: units constant over the batch, or an all-zero output"
 FEW_LAYERS = "fewer than 2 measured layers: the slope over depth needs 2 or more"
 ZERO_OUTPUT = "a measured layer's output is exactly zero (log 0)"
+CONSTANT = "every sample gives the same output in all but one measured layer (no input-dependent part)"
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -191,18 +207,38 @@ class SignalStats:
 
     @functools.cached_property
     def exponent_estimate(self) -> float:
-        """Least-squares slope of ``log_norm_mean`` over the layer index (estimated Lyapunov exponent).
+        """Least-squares slope of ``log_norm_mean`` over the layer index (estimated Lyapunov exponent of
+        all of ``h``, the typical sample, biases included).
 
         ``slope = sum_i (i - mean i)(y_i - mean y) / sum_i (i - mean i)^2`` over the layers that
         were captured (``i`` = position in ``names``). NaN with fewer than 2 captured layers or
         when a captured mean log-norm is not finite (a dead or overflowing signal).
         """
-        if self._fewest_samples > 0:  # every layer measured (the usual case)
+        return self._slope(_LOG_NORM_MEAN, finite_only=False)
+
+    @functools.cached_property
+    def centred_exponent(self) -> float:
+        """Least-squares slope of ``centred_log_norm_mean`` over the layer index: the exponent of the
+        input-dependent part ``h - mean_b h`` (typical sample), what the dashboard leads with.
+
+        The same formula as :attr:`exponent_estimate`, over the captured layers where the value is
+        finite: a layer whose samples are all equal (``-inf``, collapsed) is left out, and
+        :attr:`collapsed_from` says where that starts. NaN with fewer than 2 such layers.
+        """
+        return self._slope(_CENTRED_MEAN, finite_only=True)
+
+    def _slope(self, k: int, finite_only: bool) -> float:
+        """Least-squares slope of column ``k`` over the layer index (:attr:`exponent_estimate`)."""
+        if self._fewest_samples > 0 and (not finite_only or self._all_finite):  # the usual case
             x, x_squared = _centered_index(len(self.names))
-            y = self._columns[_LOG_NORM_MEAN]
+            y = self._columns[k]
         else:
-            index = np.flatnonzero(self._samples)
-            x, y = (index - index.mean()).tolist(), self.values[index, _LOG_NORM_MEAN].tolist()
+            column = self.values[:, k]
+            keep = (self._samples > 0) & (np.isfinite(column) if finite_only else True)
+            index = np.flatnonzero(keep)
+            if index.size < 2:
+                return math.nan
+            x, y = (index - index.mean()).tolist(), column[index].tolist()
             x_squared = sum(v * v for v in x)
         if len(x) < 2:
             return math.nan
@@ -211,16 +247,35 @@ class SignalStats:
         return slope if math.isfinite(slope) else math.nan
 
     @functools.cached_property
+    def collapsed_from(self) -> int | None:
+        """Index (in ``names``) of the first layer of the collapsed tail, or None: from that layer to
+        the last measured one, every measured layer's ``input_share`` is below
+        :data:`COLLAPSED_SHARE` (or its output is exactly zero), i.e. the output no longer depends
+        on the input. A batch of one sample defines no share: None."""
+        if self._fewest_samples > 1 and self._all_finite and self._columns[_SHARE][-1] >= COLLAPSED_SHARE:
+            return None  # the usual case: the last layer depends on its input
+        first = None
+        for i in reversed(range(len(self.names))):
+            count, share, nonfinite = self._counts[i], self.values[i, _SHARE], self.values[i, _NONFINITE]
+            if count == 0:
+                continue  # not called: neither breaks nor extends the tail
+            if count < 2 or nonfinite > 0 or share >= COLLAPSED_SHARE:
+                break
+            first = i  # below the threshold, or NaN from an all-zero output
+        return first
+
+    @functools.cached_property
     def _samples(self) -> np.ndarray:
         """:attr:`_counts` as an array (the paths that find a layer not called or undefined statistics)."""
         return np.array(self._counts, dtype=np.int64)
 
     def undefined(self) -> dict[str, str]:
-        """``{"<stat>/<layer>" or "exponent_estimate": why}`` for the statistics that this measurement
+        """``{"<stat>/<layer>", "exponent_estimate" or "centred_exponent": why}`` for the statistics that this measurement
         cannot define (NaN, or 0 for ``log_norm_std`` of one sample, by construction rather than by
         the signal): a layer not called, a batch of one sample (:data:`BATCH_STATS` need two), 0/0
         from finite activations (constant units, an all-zero output), and for ``exponent_estimate``
-        fewer than 2 measured layers or an all-zero layer output. A NaN of a layer with NaN/Inf
+        fewer than 2 measured layers or an all-zero layer output (for ``centred_exponent``: fewer
+        than 2 layers with a finite centred log-norm). A NaN of a layer with NaN/Inf
         activations (``nonfinite > 0``) is not listed: it is what the network computed.
 
         Example::
@@ -253,16 +308,21 @@ class SignalStats:
             reasons["exponent_estimate"] = FEW_LAYERS
         elif np.any(np.isneginf(self.values[:, _LOG_NORM_MEAN]) & clean & called):
             reasons["exponent_estimate"] = ZERO_OUTPUT
+        if np.count_nonzero(called & np.isfinite(self.values[:, _CENTRED_MEAN])) < 2:
+            reasons["centred_exponent"] = (FEW_LAYERS if np.count_nonzero(called) < 2
+                                           else SINGLE_SAMPLE if np.any(samples[called] == 1) else CONSTANT)
         return reasons
 
     def to_scalars(self, prefix: str = "lyapunov", *, defined_only: bool = False) -> dict[str, float]:
-        """Flat ``{"<prefix>/<stat>/<layer>": value}`` plus ``"<prefix>/exponent_estimate"``.
+        """Flat ``{"<prefix>/<stat>/<layer>": value}`` plus ``"<prefix>/exponent_estimate"`` and
+        ``"<prefix>/centred_exponent"``.
 
         These are the documented logger keys; layer names keep their dots. ``defined_only`` leaves
         out the statistics listed by :meth:`undefined` (log nothing rather than NaN).
         """
         scalars = dict(zip(_scalar_keys(prefix, self.names), self.values.T.ravel().tolist()))
         scalars[f"{prefix}/exponent_estimate"] = self.exponent_estimate
+        scalars[f"{prefix}/centred_exponent"] = self.centred_exponent
         if defined_only:
             for key in self.undefined():
                 del scalars[f"{prefix}/{key}"]

@@ -40,8 +40,8 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
     fit(deep_narrow, tmp_path, callback, logger=logger, max_steps=5)
     events = read_events(logger.log_dir)
     scalars = events.Tags()["scalars"]
-    # every layer with all_layers=True: 8 statistics x 12 layers, 12 predicted log-norms, 6 summaries
-    assert sum(tag.startswith("lyapunov/") for tag in scalars) == 8 * 12 + 12 + 6
+    # every layer with all_layers=True: 12 statistics x 12 layers, 12 predicted log-norms, 6 summaries
+    assert sum(tag.startswith("lyapunov/") for tag in scalars) == len(STAT_KEYS) * 12 + 12 + 6
     last = {tag: events.Scalars(tag)[-1].value for tag in scalars}
     stats = callback.report.last.as_dict()
     assert last["lyapunov/max/kurtosis_median"] == pytest.approx(max(stats["kurtosis_median"].values()), rel=1e-6)

@@ -16,7 +16,7 @@ from torch import nn
 
 from helpers import DeepNarrow, loader, trainer_kwargs
 from lightning_lyapunov import LyapunovInit, SignalMonitor, SignalReport, apply_init
-from lightning_lyapunov.diagnostics import BATCH_STATS, STAT_KEYS
+from lightning_lyapunov.diagnostics import BATCH_STATS, CONSTANT, STAT_KEYS
 
 
 def run(tmp_path, depth, batch_size, max_steps=4):
@@ -55,7 +55,7 @@ def test_one_layer_model_logs_no_exponent_and_says_why_once(tmp_path):
 def test_both_reasons_in_one_warning(tmp_path):
     logged, undefined = run(tmp_path, depth=1, batch_size=1, max_steps=3)
     measured = {key for key in logged if not key.startswith(("lyapunov/predicted/", "lyapunov/max/", "lyapunov/total/"))}
-    assert measured == {f"lyapunov/{k}/net.0" for k in ("log_norm_mean", "dead_fraction", "nonfinite")}
+    assert measured == {f"lyapunov/{k}/net.0" for k in ("log_norm_mean", "log_rms", "dead_fraction", "nonfinite")}
     summary = {key for key in logged if key.startswith(("lyapunov/max/", "lyapunov/total/"))}
     assert summary == {"lyapunov/max/dead_fraction", "lyapunov/total/nonfinite"}  # no undefined kurtosis
     assert len(undefined) == 1 and "batch of 1 sample" in undefined[0] and "fewer than 2" in undefined[0]
@@ -84,8 +84,12 @@ def test_undefined_lists_each_case_and_keeps_real_nan():
         model[2].weight.zero_()
         model[2].bias.fill_(1.0)  # constant units: kurtosis 0/0
     stats = measure(model[:3], torch.randn(8, 4), ["0", "2"])
-    assert stats.undefined() == {"kurtosis_median/2": "0/0 from finite activations: units constant over the batch, "
-                                 "or an all-zero output", "kurtosis_pooled/2": stats.undefined()["kurtosis_pooled/2"]}
+    degenerate = "0/0 from finite activations: units constant over the batch, or an all-zero output"
+    # every sample gives the same output in layer 2: its centred log-norm is -inf (a real value: nothing
+    # depends on the input), its std 0/0, and the centred exponent has one layer to fit
+    assert stats.undefined() == {"kurtosis_median/2": degenerate, "kurtosis_pooled/2": degenerate,
+                                 "centred_log_norm_std/2": degenerate, "centred_exponent": CONSTANT}
+    assert stats.layer("2")["centred_log_norm_mean"] == -math.inf and stats.collapsed_from == 1
     not_called = measure(FirstOnly(), torch.randn(8, 4), ["a", "b"])  # layer b never runs
     assert {k for k in not_called.undefined() if k.endswith("/b")} == {f"{k}/b" for k in STAT_KEYS}
     assert not_called.undefined()["exponent_estimate"].startswith("fewer than 2")
@@ -100,7 +104,7 @@ def test_defined_only_drops_exactly_the_undefined_keys():
     stats = measure(model, torch.randn(1, 4), ["0", "2"])
     full, defined = stats.to_scalars(), stats.to_scalars(defined_only=True)
     assert set(full) - set(defined) == {f"lyapunov/{k}" for k in stats.undefined()}
-    assert len(full) - len(defined) == 2 * len(BATCH_STATS)
+    assert len(full) - len(defined) == 2 * len(BATCH_STATS) + 1  # and the centred exponent
     assert all(np.isfinite(v) for v in defined.values())
 
 

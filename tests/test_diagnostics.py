@@ -34,9 +34,14 @@ def direct_stats(h: np.ndarray) -> dict[str, float]:
     m2, m4 = (c**2).mean(0), (c**4).mean(0)
     var = h.var(0, ddof=1)
     kurt = np.sort((m4 / m2**2)[m2 > 0])
+    centred_log_r = np.log(np.linalg.norm(c, axis=1) / math.sqrt(d))
     return {
         "log_norm_mean": log_r.mean(),
         "log_norm_std": log_r.std(ddof=1),
+        "centred_log_norm_mean": centred_log_r.mean(),
+        "centred_log_norm_std": centred_log_r.std(ddof=1),
+        "log_rms": math.log(math.sqrt(np.mean(h**2))),
+        "input_share": math.sqrt(np.mean(c**2) / np.mean(h**2)),
         "emp_var_mean": var.mean(),
         "emp_var_collapsed": np.mean(var <= 1e-3 * np.mean(h**2)),
         "kurtosis_median": kurt[(kurt.size - 1) // 2] if kurt.size else math.nan,  # lower median
@@ -69,6 +74,7 @@ def test_every_statistic_matches_direct_computation(shape, device):
     flat[:, d // 5 : d // 3] = -flat[:, d // 5 : d // 3].abs()  # dead units
     flat[:, -2:] **= 3  # heavy-tailed units: kurtosis varies over units
     flat[:, -4:-2] *= torch.tensor([0.015, 0.06])  # either side of the collapse threshold
+    flat += torch.linspace(-2, 3, d)  # a batch mean (biases) that the centred statistics take away
     got = measure(h, device)
     want = direct_stats(h.numpy())
     assert 0 < want["emp_var_collapsed"] < 1 and 0 < want["dead_fraction"] < 1
@@ -117,7 +123,9 @@ def test_batch_of_one_gives_zero_std_and_nan_batch_statistics():
     got = measure(torch.tensor([[3.0, 4.0]]))
     assert got["log_norm_mean"] == pytest.approx(math.log(5 / math.sqrt(2)), abs=1e-6)
     assert got["log_norm_std"] == 0.0
-    for key in ("emp_var_mean", "emp_var_collapsed", "kurtosis_median", "kurtosis_pooled"):
+    assert got["log_rms"] == got["log_norm_mean"]  # one sample: its root-mean-square is its r
+    for key in ("centred_log_norm_mean", "centred_log_norm_std", "input_share", "emp_var_mean", "emp_var_collapsed",
+                "kurtosis_median", "kurtosis_pooled"):
         assert math.isnan(got[key]), key
 
 
@@ -196,7 +204,7 @@ def test_stats_container_api_and_scalar_keys():
     assert "lyapunov/log_norm_mean/block.0" in scalars and "lyapunov/nonfinite/block.2" in scalars
     slope = table["log_norm_mean"]["block.2"] - table["log_norm_mean"]["block.0"]
     assert scalars["lyapunov/exponent_estimate"] == pytest.approx(slope, abs=1e-6)
-    assert len(scalars) == len(STAT_KEYS) * 2 + 1
+    assert len(scalars) == len(STAT_KEYS) * 2 + 2  # and the two exponents
     assert set(stats.to_scalars(prefix="x")) == {k.replace("lyapunov/", "x/", 1) for k in scalars}
     with pytest.raises(KeyError, match="block.0"):
         stats.layer("block.O")
@@ -520,3 +528,61 @@ def test_measuring_in_inference_mode_then_training_keeps_working():
     monitor.remove()
 
 
+
+
+def bias_carried_net(width: int = 4, depth: int = 8, cut: int = 3, leak: float = 0.0) -> nn.Sequential:
+    """A LeakyReLU MLP whose layer ``cut`` multiplies its input by ``leak`` (0: the input is lost there)
+    while every layer has a bias of order 1: from ``cut`` on the biases carry the log-norm."""
+    torch.manual_seed(0)
+    layers = [m for _ in range(depth) for m in (nn.Linear(width, width), nn.LeakyReLU(0.1))]
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for i, layer in enumerate(model[::2]):
+            nn.init.orthogonal_(layer.weight, gain=1.5)
+            layer.bias.uniform_(0.5, 1.5)
+            if i == cut:
+                layer.weight.mul_(leak)
+    return model
+
+
+@pytest.mark.parametrize("leak", [0.0, 1e-9])
+def test_a_net_whose_biases_carry_the_norm_reads_collapsed(leak):
+    # exactly constant from layer 3 (leak 0), or carrying 1e-9 of the input (below fp32's resolution
+    # after a few layers): the raw log-norm looks healthy, the centred one and the share do not
+    model = bias_carried_net(leak=leak)
+    names = [str(i) for i in range(0, len(model), 2)]
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(torch.randn(64, 4))
+        stats = monitor.compute()
+    raw, centred = np.array(stats.column("log_norm_mean")), np.array(stats.column("centred_log_norm_mean"))
+    share = np.array(stats.column("input_share"))
+    assert np.all(raw > -1.0) and abs(stats.exponent_estimate) < 0.2  # the biases keep |h| of order 1
+    assert np.all(share[:3] > 0.05) and np.all((share[3:] < 1e-3) | np.isnan(share[3:]))
+    assert stats.collapsed_from == 3
+    assert np.all(centred[3:] < centred[:3].min() - 10)  # -inf or rounding noise
+    # the centred exponent is the least-squares slope over the layers where it is finite
+    finite = np.flatnonzero(np.isfinite(centred))
+    want = np.polyfit(finite, centred[finite], 1)[0] if finite.size >= 2 else math.nan
+    assert stats.centred_exponent == pytest.approx(want, rel=1e-9, nan_ok=True)
+
+
+def test_the_centred_exponent_of_a_linear_orthogonal_net_is_log_gain():
+    # no bias, no activation, orthogonal weights times 0.8: every sample's norm, and that of every
+    # sample less the batch mean, shrinks by exactly 0.8 per layer
+    torch.manual_seed(1)
+    model = nn.Sequential(*[nn.Linear(16, 16, bias=False) for _ in range(10)])
+    with torch.no_grad():
+        for layer in model:
+            nn.init.orthogonal_(layer.weight, gain=0.8)
+    with SignalMonitor(model, [str(i) for i in range(10)]) as monitor:
+        monitor.active = True
+        model(torch.randn(256, 16) + 3.0)
+        stats = monitor.compute()
+    centred = np.array(stats.column("centred_log_norm_mean"))
+    assert stats.centred_exponent == pytest.approx(np.polyfit(np.arange(10), centred, 1)[0], rel=1e-9)
+    assert stats.centred_exponent == pytest.approx(math.log(0.8), abs=1e-5)
+    assert stats.exponent_estimate == pytest.approx(math.log(0.8), abs=1e-5)
+    share = np.array(stats.column("input_share"))  # the mean 3 keeps its share: sqrt(1 / (1 + 9))
+    np.testing.assert_allclose(share, share[0], rtol=1e-4)
+    assert stats.collapsed_from is None
