@@ -185,6 +185,7 @@ class SlopeInfo:
     residual: bool = False
     found_by: str = "fx"
     calls: int | None = None
+    policy: str | None = None  # the kind of activation treated by policy (its warning is policy_warning's)
 
 
 def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
@@ -196,12 +197,44 @@ def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
 
 
 def _policy(kind: str, slope: float, layer: str, source: str) -> SlopeInfo:
-    meaning = "ReLU (slope 0)" if slope == 0.0 else "linear (slope 1)" if slope == 1.0 else f"slope {slope:g}"
-    message = (
-        f"layer {layer!r} is followed by {kind}, which is not a Leaky ReLU: treated as {meaning} by policy; "
-        f"pass negative_slope={{{layer!r}: ...}} to override"
-    )
-    return SlopeInfo(slope, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message)
+    message = policy_warning([(layer, kind, slope)])
+    return SlopeInfo(slope, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message, policy=kind)
+
+
+def _meaning(slope: float) -> str:
+    return "ReLU (slope 0)" if slope == 0.0 else "linear (slope 1)" if slope == 1.0 else f"slope {slope:g}"
+
+
+def policy_warning(found: Sequence[tuple[str, str, float]]) -> str:
+    """One warning for every layer followed by something that is not a Leaky ReLU, treated by policy:
+    ``found`` lists ``(layer, kind, slope)`` (``kind``: the activation or operation, e.g. ``"GELU"``).
+
+    Example::
+
+        policy_warning([("fc1", "GELU", 0.0), ("fc2", "SiLU", 0.0)])
+        # "layers 'fc1', 'fc2' are followed by activations that are not Leaky ReLUs, treated by policy as
+        #  ReLU (slope 0): GELU after 'fc1'; SiLU after 'fc2'. Override with negative_slope={regex: slope}, ..."
+    """
+    if len(found) == 1:
+        layer, kind, slope = found[0]
+        return (f"layer {layer!r} is followed by {kind}, which is not a Leaky ReLU: treated as {_meaning(slope)} by "
+                f"policy; pass negative_slope={{{layer!r}: ...}} to override")
+    by_slope: dict[float, dict[str, list[str]]] = {}
+    for layer, kind, slope in found:
+        by_slope.setdefault(slope, {}).setdefault(kind, []).append(layer)
+    parts = []
+    for slope, kinds in by_slope.items():
+        after = "; ".join(f"{kind} after {_listed(layers)}" for kind, layers in kinds.items())
+        parts.append(f"as {_meaning(slope)}: {after}")
+    layers = [layer for layer, _, _ in found]
+    example = "|".join(re.escape(layer) for layer in layers[:2])
+    return (f"{len(layers)} layers are followed by activations that are not Leaky ReLUs, treated by policy "
+            + "; and ".join(parts) + f". Override with negative_slope={{regex: slope}}, e.g. negative_slope={{'^({example})$': ...}}")
+
+
+def _listed(layers: Sequence[str], shown: int = 6) -> str:
+    text = ", ".join(repr(layer) for layer in layers[:shown])
+    return text + (f" and {len(layers) - shown} more" if len(layers) > shown else "")
 
 
 def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None:
@@ -289,9 +322,7 @@ def classify_call(
             if target in table:
                 return verdict, None
         kind = getattr(target, "__name__", str(target))
-    message = (f"layer {layer!r} is followed by {kind}, not a known activation: treated as linear (slope 1); "
-               f"pass negative_slope={{{layer!r}: ...}} to override")
-    return "unknown", SlopeInfo(1.0, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message)
+    return "unknown", _policy(kind, 1.0, layer, source)
 
 
 def _classify(node: fx.Node, modules: dict[str, nn.Module], layer: str) -> tuple[str, SlopeInfo | None]:
@@ -308,10 +339,7 @@ def _classify(node: fx.Node, modules: dict[str, nn.Module], layer: str) -> tuple
             return "act", info
         if isinstance(module, _PASS_MODULES):
             return "pass", None
-        kind = type(module).__name__
-        message = (f"layer {layer!r} is followed by {kind}, not a known activation: treated as linear (slope 1); "
-                   f"pass negative_slope={{{layer!r}: ...}} to override")
-        return "stop", SlopeInfo(1.0, f"policy:{kind}", message)
+        return "stop", _policy(type(module).__name__, 1.0, layer, "fx")
     if node.op not in ("call_function", "call_method"):
         return "ignore", None
     target = str(node.target) if node.op == "call_method" else node.target
@@ -343,7 +371,7 @@ def merge_findings(layer: str, found: list[SlopeInfo], residual: bool = False, w
             f"layer {layer!r} {what} several activations with different slopes [{listed}]: using the first, "
             f"{first.slope:g}; one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
         )
-    return SlopeInfo(first.slope, first.source, warning, residual)
+    return SlopeInfo(first.slope, first.source, warning, residual, policy=first.policy if warning is first.warning else None)
 
 
 def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeInfo:

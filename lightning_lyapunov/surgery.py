@@ -42,7 +42,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import warnings
 from collections import Counter
 from typing import Any, Sequence
 
@@ -52,8 +51,8 @@ from torch.nn.utils import parametrize
 from . import init as _init
 from ._checks import check_module, invalid
 from ._forward import Forward
-from ._warn import LyapunovWarning
-from .activations import WEIGHT_LAYERS, SlopeInfo
+from ._warn import warn
+from .activations import WEIGHT_LAYERS, SlopeInfo, policy_warning
 from .observe import find_slopes
 from .plan import InitPlan, LayerPlan, zeroable_bias
 from .settings import InitSpec
@@ -258,11 +257,14 @@ def plan_init(
     modules = dict(model.named_modules())
     layers: list[LayerPlan] = []
     drawn: dict[int, LayerPlan] = {}  # id(weight) -> the layer that draws it (the first in forward order)
+    by_policy: list[tuple[str, str, float]] = []  # one warning for all the layers treated by policy
     for name in order:
         module = modules[name]
         forced = spec.slope_for(name)
         info = SlopeInfo(forced, "override", found_by="override") if forced is not None else slopes[name]
-        if info.warning:
+        if info.policy is not None:
+            by_policy.append((name, info.policy, info.slope))
+        elif info.warning:
             warnings_.append(info.warning)
         if module.bias is not None and not module.bias.requires_grad:
             warnings_.append(f"layer {name!r}: frozen bias left alone (the schemes assume a zero bias)")
@@ -273,9 +275,11 @@ def plan_init(
         drawn[id(module.weight)] = _layer_plan(name, module, info, spec)
         layers.append(drawn[id(module.weight)])
     _keep_shared_biases(model, layers, warnings_)
+    if by_policy:
+        warnings_.append(policy_warning(by_policy))
     plan = InitPlan(spec, layers, skipped, warnings_)
     for message in warnings_:
-        warnings.warn(message, LyapunovWarning, stacklevel=2)
+        warn(message)  # attributed to the user's line
     return plan
 
 

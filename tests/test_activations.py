@@ -50,3 +50,30 @@ def test_activation_detection_with_fx() -> None:
     with pytest.warns(UserWarning, match="per-channel PReLU"):
         plan = plan_init(nn.Sequential(nn.Linear(3, 4), nn.PReLU(4, init=0.2), nn.Linear(4, 1)))
     assert plan.layers[0].negative_slope == pytest.approx(0.2)
+
+
+def test_layers_treated_by_policy_get_one_warning_naming_them_all() -> None:
+    # 7 layers followed by GELU or SiLU: one warning, not 7
+    import warnings
+
+    from lightning_lyapunov import LyapunovWarning
+    from lightning_lyapunov.activations import policy_warning
+
+    layers = [m for i in range(7) for m in (nn.Linear(8, 8), nn.GELU() if i % 2 else nn.SiLU())]
+    model = nn.Sequential(*layers, nn.Linear(8, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_init(model, example_input=torch.randn(16, 8))
+    policy = [str(w.message) for w in caught if "by policy" in str(w.message)]
+    assert all(issubclass(w.category, LyapunovWarning) for w in caught)
+    assert len(policy) == 1 and policy == [m for m in plan.warnings if "by policy" in m]
+    message = policy[0]
+    assert message.startswith("7 layers are followed by activations that are not Leaky ReLUs, treated by policy as "
+                              "ReLU (slope 0): SiLU after '0', '4', '8', '12'; GELU after '2', '6', '10'. ")
+    for kind, names in (("SiLU", ["0", "4", "8", "12"]), ("GELU", ["2", "6", "10"])):
+        assert f"{kind} after " + ", ".join(repr(n) for n in names) in message
+    assert "negative_slope={regex: slope}" in message
+    # one layer: the layer's own override
+    assert policy_warning([("fc", "GELU", 0.0)]) == ("layer 'fc' is followed by GELU, which is not a Leaky ReLU: "
+                                                     "treated as ReLU (slope 0) by policy; pass "
+                                                     "negative_slope={'fc': ...} to override")
