@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 
 from . import dashboard
 from .diagnostics import SignalStats
@@ -53,11 +54,16 @@ class Writers:
         for logger in loggers:
             self.emit(logger, "scalars", lambda lg: lg.log_metrics(scalars, step=step))
 
-    def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None) -> None:
-        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout; says
-        when there is no logger, or no TensorBoard logger for what needs one."""
+    def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None,
+             relu_layers: Sequence[str] | None = None) -> None:
+        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout (dead-unit
+        charts for ``relu_layers``); says when there is no logger, or no TensorBoard logger for what
+        needs one. Lightning's ``DummyLogger`` (``fast_dev_run`` swaps it in for the configured
+        loggers) is nobody's choice: nothing is said about it."""
         if not loggers:
             self._warn("no logger, so the signal diagnostics are measured but not logged")
+            return
+        if all(isinstance(logger, DummyLogger) for logger in loggers):
             return
         if layers is not None and not tensorboards(loggers):
             self._warn("the plan text, the log-norm histograms and the depth figure need a TensorBoardLogger; "
@@ -66,12 +72,13 @@ class Writers:
         for logger in tensorboards(loggers):
             self.emit(logger, "plan text", lambda w: w.add_text("lyapunov/plan", block, 0))
             if layers is not None:
-                layout = dashboard.layout(layers)
+                layout = dashboard.layout(layers, relu_layers)
                 self.emit(logger, "custom-scalars layout", lambda w: w.add_custom_scalars(layout))
 
     def distributions(self, loggers: Sequence[Any], stats: SignalStats, plan: Any, layers: Sequence[str],
-                      step: int) -> None:
-        """Histograms of ``layers``' per-sample log-norms and the depth figure, once per step."""
+                      step: int, verdict: Any = None) -> None:
+        """Histograms of ``layers``' per-sample log-norms and the depth figure (its title names the
+        ``verdict``), once per step."""
         boards = tensorboards(loggers)
         if not boards or step in self._distribution_steps:
             return
@@ -87,7 +94,9 @@ class Writers:
         figure = None
         if (-1, "depth figure") not in self._off:
             try:
-                figure = dashboard.depth_figure(stats, plan, f"{_run_name(boards[0])}, scheme={plan.scheme!r}: step {step}")
+                title = f"{_run_name(boards[0])}, scheme={plan.scheme!r}: step {step}" + (
+                    f", verdict: {verdict}" if verdict is not None else "")
+                figure = dashboard.depth_figure(stats, plan, title)
             except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
                 self._off.add((-1, "depth figure"))
                 self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")

@@ -1,28 +1,34 @@
 """What :class:`~lightning_lyapunov.LyapunovInit` writes to its loggers: a dashboard, not 400 cards.
 
-Scalars, to every logger, at every measured step:
+Scalars, to every logger, at every measured step (statistics in
+:mod:`lightning_lyapunov.diagnostics`; "typical sample": the batch mean of a per-sample log-norm,
+"root-mean-square": over batch and units):
 
-- the summary: ``lyapunov/exponent_estimate`` (the measured Lyapunov exponent, the slope of the
-  mean log-norm over depth) next to ``lyapunov/predicted/exponent`` (the plan's mean per-layer
-  exponent); ``lyapunov/max/emp_var_collapsed`` (the worst layer's fraction of units whose
-  empirical variance collapsed), ``lyapunov/max/kurtosis_median`` (the largest per-layer median
-  kurtosis), ``lyapunov/max/dead_fraction`` (the worst layer's fraction of dead units) and
-  ``lyapunov/total/nonfinite`` (NaN/Inf values in all layers); a value that is not finite (e.g. a
-  kurtosis with batch size 1) is left out;
+- the run's **verdict** (``lyapunov/verdict``: the code of :data:`VERDICTS`, 0 healthy, 1 dead units,
+  2 vanishing, 3 exploding, 4 collapsed, 5 NaN/Inf, added by :class:`~lightning_lyapunov.SignalReport`)
+  and ``lyapunov/input_depth``, the number of layers the input reaches (the layers before the
+  collapsed tail; all of them when none collapsed);
+- the exponents per layer: ``lyapunov/centred_exponent``, the slope over depth of the centred
+  log-norm (the input-dependent part ``h - mean_b h``, typical sample), what the dashboard leads
+  with; ``lyapunov/exponent_estimate``, the same of ``h`` itself (biases included: once training
+  moves them they carry it); ``lyapunov/predicted/exponent``, the plan's (:func:`plan_exponent`);
+- the worst layers: ``lyapunov/max/emp_var_collapsed`` (fraction of units whose empirical
+  variance collapsed), ``lyapunov/max/kurtosis_median``, ``lyapunov/max/dead_fraction`` (over the
+  layers followed by a ReLU-like activation, slope 0: a unit can die only there) and
+  ``lyapunov/total/nonfinite``; a value that is not finite (e.g. a kurtosis with batch size 1) is
+  left out;
 - per layer, for the first, middle and last planned layer (every layer with ``all_layers=True``):
   ``lyapunov/<stat>/<layer>`` for each statistic of
-  :data:`~lightning_lyapunov.diagnostics.STAT_KEYS`, and ``lyapunov/predicted/log_norm/<layer>``,
-  the plan's log-norm line through the first layer's measured value,
-  ``m_0 + sum_{k=1..l} lambda_k``.
+  :data:`~lightning_lyapunov.diagnostics.STAT_KEYS` (``dead_fraction`` only where a unit can die),
+  and ``lyapunov/predicted/log_norm/<layer>``, the plan's log-norm line through the first layer's
+  measured typical sample, ``m_0 + sum_{k=1..l} lambda_k``.
 
-With a TensorBoard logger, also: a custom-scalars layout (TensorBoard's CUSTOM SCALARS tab): the
-summary charts first, then one chart per statistic with a line per logged layer, measured and
-predicted log-norms in one chart; the plan as text (``lyapunov/plan``); and, at the first measured
-step, at the end of epochs 1, 2, 4, 8, ... and at the end of training, the per-sample log-norm
-histograms of the same layers (``lyapunov/log_norm_hist/<layer>``) and one depth-profile figure
-(``lyapunov/depth_profile``, titled with the run and the step): the log-norm with the theory line
-and its +-2 sqrt(l) s band, the empirical variance with the theory ``exp(2 x predicted drift)``,
-and the kurtosis with the recursion of :func:`~lightning_lyapunov.theory.kurtosis_by_depth`.
+With a TensorBoard logger, also: a custom-scalars layout (TensorBoard's CUSTOM SCALARS tab) whose
+summary charts hold one line per run (one tag each), each logged layer in a category of its own;
+the plan as text (``lyapunov/plan``); and, at the first measured step, at the end of epochs 1, 2,
+4, 8, ... and at the end of training, the per-sample log-norm histograms of the same layers
+(``lyapunov/log_norm_hist/<layer>``) and the depth profile (``lyapunov/depth_profile``, titled with
+the run, the step and the verdict, :func:`depth_figure`).
 
 Example::
 
@@ -37,30 +43,31 @@ from typing import Any
 
 import numpy as np
 
-from lightning_lyapunov.diagnostics import STAT_KEYS, SignalStats
+from lightning_lyapunov.diagnostics import COLLAPSED_SHARE, STAT_KEYS, SignalStats
 
-__all__ = ["featured_layers", "summary_scalars", "layer_scalars", "StepScalars", "layout", "depth_figure", "figure_due"]
+__all__ = ["VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars", "StepScalars",
+           "layout", "depth_figure", "figure_due"]
+
+#: The verdicts, by their code in ``lyapunov/verdict`` (worse ones higher, for sorting runs).
+VERDICTS: tuple[str, ...] = ("healthy", "dead units", "vanishing", "exploding", "collapsed", "NaN/Inf")
 
 _SUMMARY = (
-    ("max", "emp_var_collapsed", "worst layer: fraction of units with collapsed empirical variance"),
+    ("max", "emp_var_collapsed", "worst layer: fraction of units whose empirical variance collapsed"),
     ("max", "kurtosis_median", "largest median kurtosis of a layer"),
-    ("max", "dead_fraction", "worst layer: fraction of dead units"),
+    ("max", "dead_fraction", "worst ReLU layer: fraction of dead units"),
     ("total", "nonfinite", "NaN/Inf values, all layers"),
 )
-_CHART_TITLES = {
-    "log_norm_mean": "log-norm, batch mean (measured; predicted/ = the plan's line)",
-    "log_norm_std": "log-norm, batch std",
-    "centred_log_norm_mean": "centred log-norm (input-dependent part), batch mean",
-    "centred_log_norm_std": "centred log-norm, batch std",
-    "log_rms": "log root-mean-square",
-    "input_share": "input-dependent share of the root-mean-square",
-    "emp_var_mean": "empirical variance, mean over units",
-    "emp_var_collapsed": "fraction of units with collapsed empirical variance",
-    "kurtosis_median": "kurtosis, median over units",
-    "kurtosis_pooled": "kurtosis, pooled",
-    "dead_fraction": "fraction of dead units",
-    "nonfinite": "NaN/Inf values",
-}
+#: Per-layer charts: title, statistics (tags) and whether the plan's log-norm line joins.
+_LAYER_CHARTS = (
+    ("centred log-norm, typical sample: the input-dependent part h - batch mean", ("centred_log_norm_mean",)),
+    ("log-norm of h, typical sample (biases included), and the plan's line", ("log_norm_mean", "predicted/log_norm")),
+    ("log root-mean-square of h", ("log_rms",)),
+    ("input-dependent share of the root-mean-square (0: the batch mean carries everything)", ("input_share",)),
+    ("empirical variance over the batch, mean over units", ("emp_var_mean",)),
+    ("kurtosis, median over units", ("kurtosis_median",)),
+    ("fraction of dead units (ReLU layers)", ("dead_fraction",)),
+)
+_DEAD = STAT_KEYS.index("dead_fraction")
 
 
 def featured_layers(names: Sequence[str]) -> list[str]:
@@ -76,6 +83,22 @@ def _plan_exponents(plan: Any) -> np.ndarray | None:
     return None if any(e is None for e in exponents) else np.array(exponents, dtype=float)
 
 
+def plan_exponent(plan: Any) -> float | None:
+    """The plan's exponent per layer: its predicted drift over the number of layers,
+    ``sum_l lambda_l / L`` (theory's exponents, or after a calibration the log-gains measured on the
+    batch; :attr:`~lightning_lyapunov.InitPlan.layer_log_gains`), the value the plan table's drift
+    line, the closing summary and ``lyapunov/predicted/exponent`` show. None without a prediction.
+
+    Example::
+
+        plan_exponent(plan_init(model, scheme="he"))   # -0.8170 at width 2, depth 41 (each hidden layer -0.8216)
+    """
+    exponents = _plan_exponents(plan)
+    if exponents is None or exponents.size == 0:
+        return None
+    return float(exponents.mean())
+
+
 def summary_scalars(stats: SignalStats, plan: Any) -> dict[str, float]:
     """The handful of summary scalars of one measured step (module docstring); finite values only."""
     return StepScalars(plan, stats.names, ()).summary(stats)
@@ -86,6 +109,14 @@ def layer_scalars(stats: SignalStats, plan: Any, layers: Sequence[str]) -> dict[
     plan's predicted log-norm line through the first layer's measured mean,
     ``lyapunov/predicted/log_norm/<layer>``."""
     return StepScalars(plan, stats.names, layers).layers(stats)
+
+
+def _can_die(plan: Any, names: Sequence[str]) -> list[bool]:
+    """Per layer, whether a unit can die: the plan says it is followed by a ReLU-like activation
+    (slope 0). Without a plan of these layers, every layer."""
+    if plan is None or list(plan.layer_names) != list(names):
+        return [True] * len(names)
+    return [layer.negative_slope == 0.0 for layer in plan.layers]
 
 
 class StepScalars:
@@ -101,16 +132,20 @@ class StepScalars:
     def __init__(self, plan: Any, names: Sequence[str], layers: Sequence[str]) -> None:
         self.names = tuple(names)
         exponents = _plan_exponents(plan)
-        self._predicted_exponent = None if exponents is None else float(exponents.mean())
+        self._predicted_exponent = plan_exponent(plan)
         # m_0 + sum_{k=1..l} lambda_k, less m_0 (the first layer's measured mean, known per step)
         self._line = (np.concatenate([[0.0], np.cumsum(exponents[1:])])
                       if exponents is not None and len(exponents) == len(self.names) else None)
+        self._can_die = _can_die(plan, self.names)
+        self._dying = [i for i, mortal in enumerate(self._can_die) if mortal]
         chosen = set(layers)
         self._rows = [i for i, name in enumerate(self.names) if name in chosen]
-        # statistic-major, the order of stats.to_scalars(defined_only=True)
-        self._keys = [(f"{key}/{self.names[i]}", f"lyapunov/{key}/{self.names[i]}") for key in STAT_KEYS for i in self._rows]
+        # statistic-major, the order of stats.to_scalars(defined_only=True); no dead units where none can die
+        positions = [(k, i) for k in range(len(STAT_KEYS)) for i in self._rows if k != _DEAD or self._can_die[i]]
+        self._keys = [(f"{STAT_KEYS[k]}/{self.names[i]}", f"lyapunov/{STAT_KEYS[k]}/{self.names[i]}")
+                      for k, i in positions]
         self._full_keys = [key for _, key in self._keys]
-        self._positions = [(k, i) for k in range(len(STAT_KEYS)) for i in self._rows]
+        self._positions = positions
         self._line_at_rows = self._line[self._rows].tolist() if self._line is not None else None
         self._line_keys = [f"lyapunov/predicted/log_norm/{self.names[i]}" for i in self._rows]
         self._summary_keys = [f"lyapunov/{reduce}/{key}" for reduce, key, _ in _SUMMARY]
@@ -122,13 +157,18 @@ class StepScalars:
 
     def summary(self, stats: SignalStats) -> dict[str, float]:
         """:func:`summary_scalars`."""
-        scalars = {"lyapunov/exponent_estimate": stats.exponent_estimate}
+        collapsed = stats.collapsed_from
+        scalars = {"lyapunov/centred_exponent": stats.centred_exponent,
+                   "lyapunov/exponent_estimate": stats.exponent_estimate,
+                   "lyapunov/input_depth": float(len(stats.names) if collapsed is None else collapsed)}
         if self._predicted_exponent is not None:
             scalars["lyapunov/predicted/exponent"] = self._predicted_exponent
         # Python floats, not numpy calls: this runs right after the backward pass, when a dozen small
         # numpy calls cost more than reading a few hundred floats
         for summary_key, (reduce, key, _) in zip(self._summary_keys, _SUMMARY):
             column = stats.column(key)
+            if key == "dead_fraction" and len(self._dying) < len(column):
+                column = [column[i] for i in self._dying]
             finite = column if math.isfinite(sum(column)) else [v for v in column if math.isfinite(v)]
             if finite:
                 scalars[summary_key] = max(finite) if reduce == "max" else sum(finite)
@@ -174,18 +214,37 @@ def predicted_log_norm(stats: SignalStats, plan: Any) -> np.ndarray | None:
     return StepScalars(plan, stats.names, ()).predicted_log_norm(stats)
 
 
-def layout(layers: Sequence[str]) -> dict[str, dict[str, list]]:
-    """The custom-scalars layout (``SummaryWriter.add_custom_scalars``): tags are regexes."""
-    summary = {"exponent per layer: measured vs plan": [
-        "Multiline", [r"^lyapunov/exponent_estimate$", r"^lyapunov/predicted/exponent$"]]}
+def layout(layers: Sequence[str], relu_layers: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
+    """The custom-scalars layout (``SummaryWriter.add_custom_scalars``; tags are regexes). Every
+    summary chart has one tag, so one line per run; each of ``layers`` gets a category of its own.
+    The dead-unit charts appear for ``relu_layers`` only (None: for every layer)."""
+    codes = ", ".join(f"{code} {name}" for code, name in enumerate(VERDICTS))
+    summary = {
+        f"verdict ({codes})": ["Multiline", [r"^lyapunov/verdict$"]],
+        "layers the input reaches (all of them: nothing collapsed)": ["Multiline", [r"^lyapunov/input_depth$"]],
+        "exponent per layer of the input-dependent part (slope of the centred log-norm, typical sample)":
+            ["Multiline", [r"^lyapunov/centred_exponent$"]],
+        "the plan's exponent per layer (its drift / layers)": ["Multiline", [r"^lyapunov/predicted/exponent$"]],
+        "exponent per layer of h, biases included (slope of the log-norm, typical sample)":
+            ["Multiline", [r"^lyapunov/exponent_estimate$"]],
+    }
     for reduce, key, title in _SUMMARY:
-        summary[title] = ["Multiline", [rf"^lyapunov/{reduce}/{key}$"]]
-    per_layer = {}
-    for key in STAT_KEYS:
-        tags = [rf"^lyapunov/{key}/"] + ([r"^lyapunov/predicted/log_norm/"] if key == "log_norm_mean" else [])
-        per_layer[_CHART_TITLES[key]] = ["Multiline", tags]
-    shown = ", ".join(layers)
-    return {"lyapunov: summary": summary, f"lyapunov: per layer ({shown})": per_layer}
+        if key != "dead_fraction" or relu_layers is None or relu_layers:
+            summary[title] = ["Multiline", [rf"^lyapunov/{reduce}/{key}$"]]
+    categories = {"lyapunov: verdict and summary (one line per run)": summary}
+    for name in layers:
+        escaped = _regex(name)
+        charts = {}
+        for title, keys in _LAYER_CHARTS:
+            if keys == ("dead_fraction",) and relu_layers is not None and name not in relu_layers:
+                continue
+            charts[f"{title} [{name}]"] = ["Multiline", [rf"^lyapunov/{key}/{escaped}$" for key in keys]]
+        categories[f"lyapunov: layer {name}"] = charts
+    return categories
+
+
+def _regex(name: str) -> str:
+    return "".join("\\" + c if c in ".^$*+?()[]{}|\\" else c for c in name)
 
 
 def figure_due(epoch: int) -> bool:
@@ -194,7 +253,16 @@ def figure_due(epoch: int) -> bool:
 
 
 def depth_figure(stats: SignalStats, plan: Any, title: str):
-    """Three panels against depth, each with its theory: log-norm, empirical variance, kurtosis.
+    """The depth profile: four panels against the layers (named on the axis), each with its theory.
+
+    1. The signal: the centred log-norm (the input-dependent part, typical sample), the log-norm of
+       ``h`` (biases included) and its log root-mean-square, the plan's line with its +-2 sqrt(l) s band;
+       the collapsed tail shaded.
+    2. The input-dependent share of the root-mean-square, with the collapse threshold.
+    3. The empirical variance with theory's ``exp(2 x predicted drift)`` (a caption explains a
+       calibrated net's level).
+    4. The kurtosis with the recursion of the vanishing-empirical-variance paper (a note says where its
+       line leaves the plot).
 
     Returns a matplotlib figure (the caller closes it), or None without matplotlib.
     """
@@ -205,54 +273,117 @@ def depth_figure(stats: SignalStats, plan: Any, title: str):
         import matplotlib.pyplot as plt
     except Exception:  # noqa: BLE001 - matplotlib is optional (the dev extra)
         return None
-    from lightning_lyapunov import theory
-
     table = stats.as_dict()
     column = {key: np.array([table[key][n] for n in stats.names]) for key in STAT_KEYS}
-    depth = np.arange(1, len(stats.names) + 1)
-    line = predicted_log_norm(stats, plan)
-    figure, (ax_norm, ax_var, ax_kurt) = plt.subplots(1, 3, figsize=(15, 4.4), dpi=80)
-    figure.suptitle(title, fontsize=13)
+    figure, axes = plt.subplots(2, 2, figsize=(16, 10), dpi=80, sharex=True)
+    figure.suptitle(title, fontsize=14)
+    depth = np.arange(len(stats.names))
+    _signal_panel(axes[0, 0], depth, column, stats, plan)
+    _share_panel(axes[0, 1], depth, column, stats)
+    _variance_panel(axes[1, 0], depth, column, plan)
+    _kurtosis_panel(axes[1, 1], depth, column, stats, plan)
+    for axis in axes.flat:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=9, loc="best")
+    ticks = _ticks(len(stats.names))
+    for axis in axes[1]:
+        axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=8)
+    figure.subplots_adjust(left=0.05, right=0.99, top=0.92, bottom=0.16, wspace=0.12, hspace=0.25)
+    return figure
 
-    ax_norm.errorbar(depth, column["log_norm_mean"], yerr=column["log_norm_std"], fmt="o-", ms=3,
-                     label="measured (batch mean +- std)")
+
+def _ticks(count: int, most: int = 21) -> list[int]:
+    """At most ``most`` layer positions to name on the axis, the first and last included."""
+    if count <= most:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
+
+
+def _shade_collapse(axis: Any, stats: SignalStats) -> None:
+    start = stats.collapsed_from
+    if start is not None:
+        axis.axvspan(start - 0.5, len(stats.names) - 0.5, color="tab:red", alpha=0.08,
+                     label=f"collapsed from {stats.names[start]!r}")
+
+
+def _signal_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], stats: SignalStats, plan: Any) -> None:
+    centred = column["centred_log_norm_mean"]
+    shown = np.where(np.isfinite(centred), centred, np.nan)  # -inf: every sample alike, nothing to draw
+    axis.errorbar(depth, shown, yerr=column["centred_log_norm_std"], fmt="o-", ms=4, lw=2, color="tab:blue",
+                  label="centred log-norm: h - batch mean, typical sample (batch mean +- std)")
+    axis.plot(depth, column["log_norm_mean"], "s-", ms=3, lw=1, color="tab:orange",
+              label="log-norm of h, typical sample (biases included)")
+    axis.plot(depth, column["log_rms"], ":", lw=1.5, color="tab:gray", label="log root-mean-square of h")
+    line = predicted_log_norm(stats, plan)
     if line is not None:
         variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
         band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
-        ax_norm.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if getattr(plan, "calibration", None)
-                     else "theory: sum of exponents")
-        ax_norm.fill_between(depth, line - band, line + band, color="k", alpha=0.12, label="+-2 sqrt(l) s")
-    ax_norm.set(title="log-norm  log(||h|| / sqrt(d))", xlabel="layer")
+        calibrated = getattr(plan, "calibration", None) is not None
+        axis.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if calibrated
+                  else "plan: sum of theory's exponents")
+        axis.fill_between(depth, line - band, line + band, color="k", alpha=0.1, label="plan +-2 sqrt(l) s")
+    _shade_collapse(axis, stats)
+    axis.set(title="signal per layer: log(||x|| / sqrt(d))", ylabel="log-norm")
 
+
+def _share_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], stats: SignalStats) -> None:
+    share = column["input_share"]
+    axis.semilogy(depth, np.where(share > 0, share, np.nan), "o-", ms=4, color="tab:blue",
+                  label="input-dependent share: sqrt(empirical variance / mean square)")
+    common = np.sqrt(np.clip(1.0 - share**2, 0.0, None))
+    axis.semilogy(depth, np.where(common > 0, common, np.nan), "s-", ms=3, lw=1, color="tab:orange",
+                  label="share of the batch mean (the part every sample shares, biases)")
+    axis.axhline(COLLAPSED_SHARE, color="tab:red", ls=":", label=f"collapsed below {COLLAPSED_SHARE:g}")
+    _shade_collapse(axis, stats)
+    axis.set(title="what the root-mean-square of h is made of", ylabel="share", ylim=(None, 1.5))
+
+
+def _variance_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], plan: Any) -> None:
     variance = column["emp_var_mean"]
     positive = np.where(variance > 0, variance, np.nan)
-    ax_var.semilogy(depth, positive, "o-", ms=3, label="measured: mean over units")
+    axis.semilogy(depth, positive, "o-", ms=4, label="measured: mean over units of the variance over the batch")
     collapsed = column["emp_var_collapsed"] >= 0.5
     if collapsed.any():
-        ax_var.semilogy(depth[collapsed], positive[collapsed], "rx", ms=8, label="half of the units collapsed")
+        axis.semilogy(depth[collapsed], positive[collapsed], "rx", ms=8,
+                      label="half of the units below 1e-3 of the mean square")
+    line = None
+    if plan is not None and len(plan.layers) == len(depth) and None not in plan.layer_log_gains:
+        gains = np.array(plan.layer_log_gains, dtype=float)
+        line = np.concatenate([[0.0], np.cumsum(gains[1:])])
     if line is not None and np.isfinite(positive[0]):
-        ax_var.semilogy(depth, positive[0] * np.exp(2.0 * (line - line[0])), "k--",
-                        label="theory: exp(2 x predicted drift)")
-    ax_var.set(title="empirical variance over the batch", xlabel="layer")
+        axis.semilogy(depth, positive[0] * np.exp(2.0 * line), "k--", label="theory: first layer x exp(2 x predicted drift)")
+    if getattr(plan, "calibration", None) is not None:
+        share = column["input_share"][1:]
+        share = share[np.isfinite(share)]
+        level = float(np.median(share**2)) if share.size else math.nan
+        axis.text(0.01, 0.02, "calibrated: every layer's mean square is 1 = empirical variance + squared batch mean;\n"
+                  f"the variance is the input-dependent part, here a median {level:.2g} of it (the rest is the batch mean)",
+                  transform=axis.transAxes, fontsize=9, va="bottom", bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    axis.set(title="empirical variance over the batch", ylabel="variance")
 
-    ax_kurt.semilogy(depth, column["kurtosis_median"], "o-", ms=3, label="measured: median over units")
-    ax_kurt.semilogy(depth, column["kurtosis_pooled"], "s-", ms=2, alpha=0.5, label="measured: pooled")
-    if plan is not None and len(plan.layers) == len(stats.names) and len(depth) > 1:
-        start = column["kurtosis_median"][0]
-        start = start if np.isfinite(start) and start >= 1 else 3.0
+
+def _kurtosis_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], stats: SignalStats, plan: Any) -> None:
+    from lightning_lyapunov import theory
+
+    median = column["kurtosis_median"]
+    axis.semilogy(depth, median, "o-", ms=4, label="measured: median over units")
+    axis.semilogy(depth, column["kurtosis_pooled"], "s-", ms=2, alpha=0.5, label="measured: pooled")
+    batch = next((v.size for v in stats.log_norms.values() if v.size), 0)
+    if batch > 1:
+        axis.axhline(batch, color="gray", ls=":", label=f"largest measurable over a batch of {batch}")
+    measured = median[np.isfinite(median)]
+    top = 10.0 * max(float(measured.max()) if measured.size else 3.0, batch, 3.0)
+    if plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
+        start = median[0] if np.isfinite(median[0]) and median[0] >= 1 else 3.0
         widths = [layer.d_out for layer in plan.layers[:-1]]
         slopes = [layer.negative_slope for layer in plan.layers[:-1]]
         predicted = theory.kurtosis_by_depth(widths, slopes, initial_kurtosis=start)
-        ax_kurt.semilogy(depth, predicted, "k--", label="theory: over random Gaussian weights (recursion)")
-    batch = next((v.size for v in stats.log_norms.values() if v.size), 0)
-    if batch > 1:
-        ax_kurt.axhline(batch, color="gray", ls=":", label=f"largest measurable over a batch of {batch}")
-    measured = column["kurtosis_median"][np.isfinite(column["kurtosis_median"])]
-    if measured.size:  # the theory line may leave the top: the batch cannot show larger values
-        ax_kurt.set_ylim(top=10.0 * max(float(measured.max()), batch, 3.0))
-    ax_kurt.set(title="kurtosis  E(h - mean)^4 / var^2", xlabel="layer")
-    for axis in (ax_norm, ax_var, ax_kurt):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.subplots_adjust(left=0.04, right=0.99, top=0.86, bottom=0.12, wspace=0.16)  # tight_layout: 2x the cost
-    return figure
+        axis.semilogy(depth, predicted, "k--", label="theory: over random Gaussian weights (recursion)")
+        above = np.flatnonzero(predicted > top)
+        if above.size:  # the batch cannot show larger values: say where the line goes
+            axis.text(0.99, 0.97, f"theory leaves the plot at {stats.names[above[0]]!r} and reaches "
+                      f"{predicted[-1]:.2g} at the output;\na batch of {batch} cannot show a kurtosis above ~{batch}",
+                      transform=axis.transAxes, fontsize=9, ha="right", va="top",
+                      bbox=dict(facecolor="white", alpha=0.8, lw=0))
+    axis.set_ylim(top=top)
+    axis.set(title="kurtosis over the batch: E(h - mean)^4 / var^2", ylabel="kurtosis")

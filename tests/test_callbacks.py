@@ -55,20 +55,23 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
     events.Reload()
     tags = events.Tags()
     for stat in STAT_KEYS:  # first, middle and last layer only, by default
-        for layer in ("net.0", "net.10", "net.22"):
-            assert f"lyapunov/{stat}/{layer}" in tags["scalars"], stat
+        for layer in ("net.0", "net.10", "net.22"):  # no unit can die before a LeakyReLU(0.1) or none
+            assert (f"lyapunov/{stat}/{layer}" in tags["scalars"]) == (stat != "dead_fraction"), stat
         assert f"lyapunov/{stat}/net.4" not in tags["scalars"], stat
-    for key in ("exponent_estimate", "predicted/exponent", "predicted/log_norm/net.10", "max/kurtosis_median"):
+    for key in ("verdict", "input_depth", "centred_exponent", "exponent_estimate", "predicted/exponent",
+                "predicted/log_norm/net.10", "max/kurtosis_median"):
         assert f"lyapunov/{key}" in tags["scalars"], key
     assert "lyapunov/log_norm_hist/net.0" in tags["histograms"]
     assert "lyapunov/log_norm_hist/net.4" not in tags["histograms"]
     assert "lyapunov/depth_profile" in tags["images"]
     assert any("lyapunov/plan" in tag for tag in tags["tensors"])
-    # measured on steps 0, 2, 4 (log_every_n_steps=2); the plan's exponent next to each measurement
+    # measured on steps 0, 2, 4 (log_every_n_steps=2) and the early step 1; the plan's exponent and the
+    # verdict next to each measurement
     steps = [event.step for event in events.Scalars("lyapunov/log_norm_mean/net.0")]
-    assert steps == [0, 2, 4]
+    assert steps == [0, 1, 2, 4]
     predicted = events.Scalars("lyapunov/predicted/exponent")
-    assert [event.step for event in predicted] == [0, 2, 4]
+    assert [event.step for event in predicted] == [0, 1, 2, 4]
+    assert [event.value for event in events.Scalars("lyapunov/verdict")] == [0, 0, 0, 0]
     # after the default calibration: the mean of the log-gains measured on the first batch
     gains = callback.plan.layer_log_gains
     assert callback.plan.calibration.method == "layers"
@@ -123,7 +126,7 @@ def test_bf16_autocast_gives_finite_statistics(deep_narrow, tmp_path):
     rows = [line.split(",") for line in Path(logger.log_dir, "metrics.csv").read_text().splitlines()]
     column = rows[0].index("lyapunov/log_norm_mean/net.0")
     measured = [float(row[column]) for row in rows[1:] if row[column]]
-    assert len(measured) == 3 and all(math.isfinite(v) for v in measured)
+    assert len(measured) == 4 and all(math.isfinite(v) for v in measured)  # steps 0, 1, 2, 4
 
 
 def test_compiled_module_gives_finite_statistics(tmp_path):
@@ -214,20 +217,42 @@ def test_ddp_two_cpu_processes_have_identical_weights(tmp_path, calibrate):
         assert torch.equal(first[key], second[key]), key
 
 
-def test_collapsed_empirical_variance_warns_once_naming_layers_and_step(tmp_path):
+def test_a_collapse_warns_once_naming_the_layer_and_step(tmp_path):
     torch.manual_seed(0)
     module = DeepNarrow(depth=4)
     x = torch.ones(16, 4)
-    x[:, 0] = torch.linspace(-1, 1, 16)  # identity (ZerO) weights pass 3 constant features through
+    x[:, 0] += 1e-5 * torch.linspace(-1, 1, 16)  # identity (ZerO) weights pass an input that hardly varies
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=16)
-    trainer = pl.Trainer(callbacks=[LyapunovInit(scheme="zero", log_every_n_steps=1)],
-                         **trainer_kwargs(tmp_path, logger=CSVLogger(tmp_path), max_steps=3, log_every_n_steps=1))
+    callback = LyapunovInit(scheme="zero", log_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=CSVLogger(tmp_path), max_steps=3,
+                                                                log_every_n_steps=1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(module, data)
-    messages = [str(w.message) for w in caught if "empirical variance" in str(w.message)]
+    messages = [str(w.message) for w in caught if "collapsed" in str(w.message)]
     assert len(messages) == 1, messages
-    assert "step 0" in messages[0] and "layers 'net.0', 'net.2', 'net.4'" in messages[0]
+    assert "at step 0" in messages[0] and "collapsed from layer 'net.0' (#0)" in messages[0]
+    assert callback.report.collapsed == {"net.0": 0, "net.2": 0, "net.4": 0, "net.6": 0}
+
+
+def test_units_with_a_collapsed_variance_are_charted_not_a_verdict(tmp_path):
+    # identity weights pass 3 constant features: 3 of 4 units have no variance, but the layer's
+    # input-dependent part (its one varying unit) reaches the output
+    torch.manual_seed(0)
+    x = torch.ones(16, 4)
+    x[:, 0] = torch.linspace(-1, 1, 16)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(16, 1)), batch_size=16)
+    logger = CSVLogger(tmp_path)
+    callback = LyapunovInit(scheme="zero", log_every_n_steps=1)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=logger, max_steps=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DeepNarrow(depth=4), data)
+    assert not [w for w in caught if "collapsed" in str(w.message)]
+    assert callback.report.verdict.label == "healthy"
+    rows = Path(logger.log_dir, "metrics.csv").read_text().splitlines()
+    header, values = rows[0].split(","), rows[1].split(",")
+    assert float(values[header.index("lyapunov/max/emp_var_collapsed")]) == 0.75
 
 
 class HooksPerStep(pl.Callback):
@@ -249,7 +274,9 @@ def test_hooks_attached_only_on_measured_steps_and_kept_between_consecutive_ones
     spy = HooksPerStep()
     fit(deep_narrow, tmp_path, [LyapunovInit(seed=0, log_every_n_steps=every), spy], logger=False, max_steps=7)
     assert len(spy.seen) == 7
-    assert [bool(hooks) for hooks in spy.seen] == [step % every == 0 for step in range(7)]
+    # every `every`-th step, and the early steps 1, 2, 4, ... below it
+    measured = {1: [0, 1, 2, 3, 4, 5, 6], 3: [0, 1, 2, 3, 6]}[every]
+    assert [bool(hooks) for hooks in spy.seen] == [step in measured for step in range(7)]
     if every == 1:  # attached once per epoch (4 batches; detached at its end), not once per step
         assert len(set(spy.seen)) == 2
     assert all(not m._forward_hooks for m in deep_narrow.modules())
@@ -270,3 +297,42 @@ def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(dee
         LyapunovInit(initialize=False, calibrate="output")
     with pytest.raises(ValueError, match="initialize"):
         LyapunovInit(initialize="no")
+
+
+def test_measured_steps_are_the_cadence_and_the_early_powers_of_two():
+    from lightning_lyapunov.callbacks import measured_step
+
+    assert [step for step in range(120) if measured_step(step, 50)] == [0, 1, 2, 4, 8, 16, 32, 50, 100]
+    assert all(measured_step(step, 1) for step in range(20))
+
+
+def test_a_warning_starts_on_a_line_of_its_own_under_the_progress_bar(tmp_path, capsys, monkeypatch):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    torch.manual_seed(0)
+    # the bar first: at step 0 it is drawn before the callback's warning
+    callbacks = [TQDMProgressBar(), LyapunovInit(scheme="he", seed=0)]
+    trainer = pl.Trainer(callbacks=callbacks, **trainer_kwargs(tmp_path, logger=False, max_steps=2,
+                                                                enable_progress_bar=True))
+    monkeypatch.setattr(sys, "stdout", sys.stderr)  # the bar and the warning on one stream, as in a terminal
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        # printed to stderr, as outside pytest (which records them); catch_warnings restores its own
+        warnings._showwarnmsg_impl = lambda msg: sys.stderr.write(warnings._formatwarnmsg(msg))
+        trainer.fit(DeepNarrow(width=2, depth=20), loader(width=2))
+    err = capsys.readouterr().err
+    before, found, _ = err.partition("LyapunovInit: at step 0:")
+    assert found and "it/s]" in before  # the bar was drawn before the warning
+    # the bar's line was cleared ("\r", spaces, "\r"): the warning starts at the beginning of the line
+    assert before.endswith("\r") and before.rstrip("\r").endswith(" "), repr(before[-80:])
+
+
+def test_fast_dev_run_does_not_ask_for_the_tensorboard_logger_it_replaced(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = pl.Trainer(callbacks=[LyapunovInit(seed=0)], **trainer_kwargs(tmp_path, logger=logger,
+                                                                                 fast_dev_run=True))
+        trainer.fit(DeepNarrow(), loader())
+    assert trainer.loggers and type(trainer.loggers[0]).__name__ == "DummyLogger"
+    assert not [w for w in caught if "TensorBoardLogger" in str(w.message) or "no logger" in str(w.message)]

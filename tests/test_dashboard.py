@@ -40,13 +40,18 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
     fit(deep_narrow, tmp_path, callback, logger=logger, max_steps=5)
     events = read_events(logger.log_dir)
     scalars = events.Tags()["scalars"]
-    # every layer with all_layers=True: 12 statistics x 12 layers, 12 predicted log-norms, 6 summaries
-    assert sum(tag.startswith("lyapunov/") for tag in scalars) == len(STAT_KEYS) * 12 + 12 + 6
+    # every layer with all_layers=True: the statistics x 12 layers (no dead units: LeakyReLU(0.1) and a
+    # linear output, where no unit can die), 12 predicted log-norms, 8 summaries (no dead units either)
+    assert sum(tag.startswith("lyapunov/") for tag in scalars) == (len(STAT_KEYS) - 1) * 12 + 12 + 8
+    assert not any("dead_fraction" in tag for tag in scalars)
     last = {tag: events.Scalars(tag)[-1].value for tag in scalars}
     stats = callback.report.last.as_dict()
     assert last["lyapunov/max/kurtosis_median"] == pytest.approx(max(stats["kurtosis_median"].values()), rel=1e-6)
     assert last["lyapunov/max/emp_var_collapsed"] == pytest.approx(max(stats["emp_var_collapsed"].values()))
     assert last["lyapunov/total/nonfinite"] == 0
+    assert last["lyapunov/verdict"] == callback.report.verdict.code == dashboard.VERDICTS.index("healthy")
+    assert last["lyapunov/input_depth"] == 12
+    assert last["lyapunov/centred_exponent"] == pytest.approx(callback.report.last.centred_exponent, rel=1e-6)
     # the plan's line through the first layer's measured log-norm: m_0 + sum of the next exponents
     # (after the default calibration the plan's log-gains are the ones measured on the first batch)
     exponents = callback.plan.layer_log_gains
@@ -57,39 +62,80 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
     config = layout_pb2.Layout()
     config.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     titles = [category.title for category in config.category]
-    assert titles[0] == "lyapunov: summary" and titles[1].startswith("lyapunov: per layer")
+    assert titles[0] == "lyapunov: verdict and summary (one line per run)"
+    assert titles[1:] == [f"lyapunov: layer {name}" for name in callback.plan.layer_names]
     import re
+
+    def matched(chart):
+        return sorted(t for r in chart.multiline.tag for t in scalars if re.search(r, t))
 
     for category in config.category:  # every chart shows at least one logged tag
         for chart in category.chart:
-            assert any(re.search(regex, tag) for regex in chart.multiline.tag for tag in scalars), chart.title
-    first_chart = config.category[0].chart[0]
-    assert sorted(t for r in first_chart.multiline.tag for t in scalars if re.search(r, t)) == [
-        "lyapunov/exponent_estimate", "lyapunov/predicted/exponent"]
+            assert matched(chart), chart.title
+    # the summary charts: one tag each, so one line per run; the verdict first, its codes in the title
+    for chart in config.category[0].chart:
+        assert len(matched(chart)) == 1, chart.title
+    assert matched(config.category[0].chart[0]) == ["lyapunov/verdict"]
+    assert "0 healthy" in config.category[0].chart[0].title and "4 collapsed" in config.category[0].chart[0].title
+    # a layer's charts name the layer and show that layer only (net.1 is not net.10's prefix)
+    for chart in config.category[2].chart:
+        assert chart.title.endswith("[net.2]") and all(t.endswith("/net.2") for t in matched(chart)), chart.title
 
     images = events.Images("lyapunov/depth_profile")
     # first measured step, end of epoch 1 (its last measured step), end of training
     assert [image.step for image in images] == [0, 2, 4]
-    assert 20_000 < len(images[0].encoded_image_string) < 150_000
-    assert images[0].width >= 1000
+    assert 20_000 < len(images[0].encoded_image_string) < 250_000
+    assert images[0].width >= 1200 and images[0].height >= 700
 
 
 def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     callback = LyapunovInit(seed=0)
     fit(deep_narrow, tmp_path, callback, logger=False, max_steps=1)
-    figure = dashboard.depth_figure(callback.report.first, callback.plan, "run: step 0")
+    stats = callback.report.first
+    figure = dashboard.depth_figure(stats, callback.plan, "run: step 0")
     try:
         assert figure._suptitle.get_text() == "run: step 0"
-        norm, variance, kurtosis = figure.axes
-        line = dashboard.predicted_log_norm(callback.report.first, callback.plan)
+        signal, share, variance, kurtosis = figure.axes
+        line = dashboard.predicted_log_norm(stats, callback.plan)
         theory_lines = {ax: [l for l in ax.get_lines() if l.get_label().startswith(("theory", "plan"))] for ax in figure.axes}
-        np.testing.assert_allclose(theory_lines[norm][0].get_ydata(), line)
+        np.testing.assert_allclose(theory_lines[signal][0].get_ydata(), line)
+        (centred,) = [c for c in signal.containers if c.get_label().startswith("centred log-norm")]
+        np.testing.assert_allclose(centred.lines[0].get_ydata(), stats.column("centred_log_norm_mean"))
+        shares = [l for l in share.get_lines() if l.get_label().startswith("input-dependent share")]
+        np.testing.assert_allclose(shares[0].get_ydata(), stats.column("input_share"))
         widths = [layer.d_out for layer in callback.plan.layers[:-1]]
-        start = callback.report.first.layer("net.0")["kurtosis_median"]
+        start = stats.layer("net.0")["kurtosis_median"]
         np.testing.assert_allclose(theory_lines[kurtosis][0].get_ydata(),
                                    theory.kurtosis_by_depth(widths, 0.1, initial_kurtosis=start))
         assert theory_lines[variance]
+        # the kurtosis theory leaves the plot (width 4, 12 layers, a batch of 16): a note says where
+        notes = " ".join(text.get_text() for text in kurtosis.texts)
+        assert "theory leaves the plot at 'net." in notes and "batch of 16" in notes
+        # calibrated: a caption says why the empirical variance sits below the calibrated mean square of 1
+        assert any("calibrated: every layer's mean square is 1" in text.get_text() for text in variance.texts)
+        # the layers are named on the axis
+        assert [t.get_text() for t in kurtosis.get_xticklabels()] == list(callback.plan.layer_names)
+    finally:
+        matplotlib.pyplot.close(figure)
+
+
+def test_depth_figure_shades_a_collapse_and_names_it():
+    matplotlib = pytest.importorskip("matplotlib")
+    from test_diagnostics import bias_carried_net
+
+    from lightning_lyapunov import SignalMonitor
+
+    model = bias_carried_net()
+    names = [str(i) for i in range(0, len(model), 2)]
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(torch.randn(64, 4))
+        stats = monitor.compute()
+    figure = dashboard.depth_figure(stats, None, "collapsed")
+    try:
+        labels = [patch.get_label() for ax in figure.axes[:2] for patch in ax.patches]
+        assert labels == ["collapsed from '6'", "collapsed from '6'"]
     finally:
         matplotlib.pyplot.close(figure)
 
@@ -111,7 +157,7 @@ def test_featured_layers_and_figure_cadence():
 
 
 def test_warnings_are_grouped_per_step_and_printed_without_a_file_prefix(tmp_path):
-    # width 4, 32 layers, LeakyReLU(0.01), seed 1: Lyapunov init, but this draw's output is e^6.3 x the input
+    # width 4, 32 layers, LeakyReLU(0.01), seed 1: Lyapunov init, but this draw's output is e^-9.3 x the input
     torch.manual_seed(0)
     module = DeepNarrow(width=4, depth=32, slope=0.01)
     with warnings.catch_warnings(record=True) as caught:
@@ -121,7 +167,8 @@ def test_warnings_are_grouped_per_step_and_printed_without_a_file_prefix(tmp_pat
     at_step_0 = [w for w in ours if "at step 0" in str(w.message)]
     assert len(at_step_0) == 1
     message = str(at_step_0[0].message)
-    assert "the output's scale is" in message and "times the input's" in message
+    assert message.startswith("LyapunovInit: at step 0:\n  - vanishing: the input-dependent part")
+    assert "the output's typical sample is" in message and "times the input's" in message
     assert "e^(+-2 sqrt(L) s) = e^(+-13.6)" in message  # 2 sqrt(sum of the plan's variances)
     assert "calibrate=" in message and "sampled=True" in message
     text = warnings.formatwarning(at_step_0[0].message, LyapunovWarning, "callbacks.py", 304)
@@ -135,7 +182,7 @@ def test_he_at_width_2_is_told_to_use_lyapunov(tmp_path):
         warnings.simplefilter("always")
         fit(module, tmp_path, LyapunovInit(scheme="he", seed=0), width=2, logger=False,
             max_steps=1)
-    messages = [str(w.message) for w in caught if "output's scale" in str(w.message)]
+    messages = [str(w.message) for w in caught if "output's typical sample" in str(w.message)]
     assert len(messages) == 1 and "scheme='he' drifts by -16" in messages[0] and "scheme='lyapunov'" in messages[0]
 
 
@@ -149,10 +196,13 @@ def test_closing_summary_says_what_was_done(tmp_path, caplog):
     lines = summary.splitlines()
     assert lines[0].startswith("LyapunovInit summary: initialized 12 layers: scheme='lyapunov', orthogonal "
                                "weights, seed 3; sampled ('network'): kept candidate ")
-    first, last = callback.report.first.exponent_estimate, callback.report.last.exponent_estimate
-    assert f"measured {first:+.3f} at the first measured step, {last:+.3f} at step 4" in lines[1]
+    first, last = callback.report.first, callback.report.last
+    assert lines[1].startswith(f"  verdict at step 4 (the last measured): {callback.report.verdict}: ")
+    assert (f"at the first measured step / step 4: input-dependent part {first.centred_exponent:+.3f} / "
+            f"{last.centred_exponent:+.3f}; h with its biases {first.exponent_estimate:+.3f} / "
+            f"{last.exponent_estimate:+.3f}; plan {dashboard.plan_exponent(callback.plan):+.4f}") in lines[2]
     assert "SamplingReport(" not in caplog.text
-    assert math.isfinite(first)
+    assert math.isfinite(first.exponent_estimate)
 
 
 def test_step_scalars_built_once_equal_the_functions_and_refuse_other_layers():
@@ -166,10 +216,16 @@ def test_step_scalars_built_once_equal_the_functions_and_refuse_other_layers():
     values[:, STAT_KEYS.index("nonfinite")] = 0.0
     values[2, STAT_KEYS.index("kurtosis_median")] = math.nan  # undefined: left out, and out of the max
     stats = SignalStats(names, values, {n: g.normal(size=5) for n in names})
-    plan = SimpleNamespace(layer_log_gains=[0.1, -0.2, 0.05, 0.0])
+    slopes = (0.0, 0.0, 0.1, 1.0)  # units can die after a and b only
+    plan = SimpleNamespace(layer_log_gains=[0.1, -0.2, 0.05, 0.0], layer_names=list(names),
+                           layers=[SimpleNamespace(negative_slope=a) for a in slopes])
     step = dashboard.StepScalars(plan, names, ["a", "c"])
     want = dashboard.summary_scalars(stats, plan) | dashboard.layer_scalars(stats, plan, ["a", "c"])
     assert step(stats) == want
+    dead = values[:, STAT_KEYS.index("dead_fraction")]
+    assert "lyapunov/dead_fraction/a" in want and "lyapunov/dead_fraction/c" not in want
+    assert want["lyapunov/max/dead_fraction"] == max(dead[:2])
+    assert want["lyapunov/predicted/exponent"] == pytest.approx((0.1 - 0.2 + 0.05) / 4)
     assert "lyapunov/kurtosis_median/c" not in want and "lyapunov/kurtosis_median/a" in want
     assert want["lyapunov/max/kurtosis_median"] == np.nanmax(values[:, STAT_KEYS.index("kurtosis_median")])
     first = values[0, STAT_KEYS.index("log_norm_mean")]
