@@ -236,40 +236,51 @@ class InitPlan:
     def __str__(self) -> str:
         return self.describe()
 
-    def describe(self, warnings: bool = True, fold: int = 3) -> str:
-        """The plan as a table; ``print(plan)`` shows ``describe()``.
+    def describe(self, warnings: bool = True, fold: int = 3, details: bool = False) -> str:
+        """The plan as a table; ``print(plan)`` shows ``describe()``, which fits 120 columns for the usual
+        model (``details=True``: every column, in full).
 
         The header names what is drawn (``distribution`` is the weights' law of every layer,
         e.g. ``'gaussian'`` for He whatever ``distribution=`` was given; ``moment`` only for
         ``fractional``). ``fold``: runs of at least this many consecutive layers identical but for
-        their names are shown as one row (``3-38  net.6 ... net.76 (x36)  Linear  2x2 ...``; 0
-        shows every layer); after a calibration a folded row shows the range of the factors and
-        measured log-gains (``-0.9977 .. 1.3048``). ``warnings=False`` leaves out the plan's
-        warnings (already emitted as Python warnings by :func:`~lightning_lyapunov.plan_init`).
+        their names are shown as one row (``3-38  net.6 ... 76 (x36)  2x2 ...``; 0 shows every layer);
+        after a calibration a folded row shows the range of the factors and measured log-gains
+        (``-0.9977 .. 1.3048``). Without ``details`` the columns that say nothing new are left out: the
+        type and the draw when every layer has the same (the header says which), ``d_in``/``d_out``
+        (the shape holds them), and ``slope from`` says how the slope was found (``observed``,
+        ``fx``, ``module order``, ``override``, or ``policy:GELU``) without what was found.
+        ``warnings=False`` leaves out the plan's warnings (already emitted as Python warnings by
+        :func:`~lightning_lyapunov.plan_init`).
         """
         check_bool("warnings", warnings)
         check_int("fold", fold, minimum=0, allowed="an integer >= 0 (0 shows every layer)")
+        check_bool("details", details)
         header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "calls", "draw", "scale",
                   "exponent", "variance", "shared with")
-        body = [_row(i, layer) for i, layer in enumerate(self.layers)]
-        if all(row[-1] == "-" for row in body):  # no tied weights: no column for them
-            header, body = header[:-1], [row[:-1] for row in body]
-        if all(row[8] in ("-", "1") for row in body):  # no layer called twice: no column for the calls
-            header, body = _drop(header, 8), [_drop(row, 8) for row in body]
+        body = [_row(i, layer, details) for i, layer in enumerate(self.layers)]
+        unused = [c for c, name in enumerate(header) if name in ("shared with", "calls") and
+                  all(row[c] in ("-", "1") for row in body)]  # no tied weights, no layer called twice
+        if not details:
+            unused += [c for c, name in enumerate(header) if name in ("d_in", "d_out") or
+                       name in ("type", "draw") and len({row[c] for row in body}) == 1]
+        header, body = _drop(header, unused), [_drop(row, unused) for row in body]
         calibration = self.calibration
         if calibration is not None:
             header += ("calibration", "log-gain")
             body = [row + (_fmt(factor), _fmt(gain))
                     for row, factor, gain in zip(body, calibration.factors, calibration.log_gains)]
-        rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0)
+        rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0, short=not details)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
+        kinds = sorted({layer.kind for layer in self.layers})
         spec = self.spec
         moment = f", moment={spec.moment!r}" if spec.scheme == "fractional" else ""
+        plural = "s" if len(self.layers) != 1 else ""
+        what = f"{len(self.layers)} {kinds[0] + ' ' if len(kinds) == 1 and 'type' not in header else ''}layer{plural}"
         lines = [
             f"InitPlan: scheme={spec.scheme!r}, distribution={'/'.join(draws)!r}{moment}"
             + (f", conv={spec.conv_draw!r}" if any(layer.taps is not None for layer in self.layers) else "") + "; "
-            f"{len(self.layers)} layers, biases of planned layers set to 0"
+            f"{what}, biases of planned layers set to 0"
         ]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(2, "  ".join("-" * w for w in widths))
@@ -278,15 +289,18 @@ class InitPlan:
         exponents = [layer.init.exponent for layer in self.layers]
         spread = self.predicted_spread
         theory = ("n/a (theory does not apply to every layer)" if None in exponents or spread is None
-                  else f"{sum(exponents):+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
+                  else f"{_signed(sum(exponents), 3)} ({_signed(sum(exponents) / len(exponents), 4)} per layer) "
+                       f"+- {spread:.3f} (sqrt of the summed variances)")
         if calibration is not None:
             gains = calibration.log_gains
             measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
-            lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times the "
-                         f"'calibration' factor; measured sum of layer log-gains {measured:+.3f} "
-                         "(the diagnostics' prediction from here on)")
-        lines.append(("before calibration, theory's" if calibration is not None else "predicted")
-                     + f" log-norm drift input -> output: {theory}")
+            lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times 'calibration'; "
+                         f"the 'log-gain's measured there sum to {measured:+.3f}")
+            lines.append(f"predicted log-norm drift input -> output: {_signed(measured, 3)} "
+                         f"({_signed(measured / len(self.layers), 4)} per layer): the diagnostics' prediction from here on")
+            lines.append(f"before calibration, theory's log-norm drift: {theory}")
+        else:
+            lines.append(f"predicted log-norm drift input -> output: {theory}")
         by_reason: dict[str, list[str]] = {}
         for name, reason in self.skipped:
             by_reason.setdefault(reason, []).append(name)
@@ -331,14 +345,15 @@ def _restore(targets: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
 # ---------------------------------------------------------------------- the table
 
 
-def _drop(row: tuple[str, ...], column: int) -> tuple[str, ...]:
-    return row[:column] + row[column + 1:]
+def _drop(row: tuple[str, ...], columns: Sequence[int]) -> tuple[str, ...]:
+    return tuple(cell for c, cell in enumerate(row) if c not in columns)
 
 
-def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0) -> list[tuple[str, ...]]:
+def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0, short: bool = False) -> list[tuple[str, ...]]:
     """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one.
     The last ``ranged`` columns (measured values) may differ within a run: a folded row shows their
-    range ``min .. max``."""
+    range ``min .. max``. ``short``: the last name without the prefix it shares with the first
+    (``model.net.2 ... 78``)."""
     cut = len(rows[0]) - ranged if rows else 0
     out: list[tuple[str, ...]] = []
     start = 0
@@ -349,16 +364,32 @@ def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0) -> list[
         if fold and end - start >= fold:
             first, last = rows[start], rows[end - 1]
             spans = tuple(_span([row[c] for row in rows[start:end]]) for c in range(cut, len(first)))
-            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {last[1]} (x{end - start})", *first[2:cut], *spans))
+            shown = _suffix(first[1], last[1]) if short else last[1]
+            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {shown} (x{end - start})", *first[2:cut], *spans))
         else:
             out += rows[start:end]
         start = end
     return out
 
 
+def _suffix(first: str, last: str) -> str:
+    """``last`` less the dotted prefix it shares with ``first`` (``model.net.78`` after ``model.net.2``: ``78``)."""
+    shared = 0
+    for a, b in zip(first.split("."), last.split(".")[:-1]):
+        if a != b:
+            break
+        shared += len(a) + 1
+    return last[shared:]
+
+
 def _span(cells: list[str]) -> str:
     values = sorted(set(cells), key=lambda cell: float(cell) if cell not in ("-", "nan") else math.inf)
     return values[0] if len(values) == 1 else f"{values[0]} .. {values[-1]}"
+
+
+def _signed(value: float, digits: int) -> str:
+    """``+0.0130``; ``+0.0000``, never ``-0.0000``."""
+    return f"{0.0 if abs(value) < 0.5 * 10**-digits else value:+.{digits}f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -367,9 +398,11 @@ def _fmt(value: float | None) -> str:
     return f"{0.0 if abs(value) < 5e-5 else value:.4f}"
 
 
-def _row(index: int, layer: LayerPlan) -> tuple[str, ...]:
+def _row(index: int, layer: LayerPlan, details: bool = True) -> tuple[str, ...]:
     groups = f" g={layer.groups}" if layer.groups > 1 else ""
     found = layer.slope_source if layer.slope_from in layer.slope_source else f"{layer.slope_from}: {layer.slope_source}"
+    if not details:  # how, not what: the slope column says what
+        found = layer.slope_source.split(" (")[0] if layer.slope_source.startswith("policy:") else layer.slope_from
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
             str(layer.d_out), f"{layer.negative_slope:g}", found, "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),

@@ -20,12 +20,30 @@ def deep_mlp(depth: int = 40, width: int = 2, slope: float = 0.1) -> nn.Sequenti
 def test_plan_folds_runs_of_identical_layers_and_names_what_is_drawn():
     plan = plan_init(deep_mlp(), scheme="he", distribution="orthogonal")
     lines = str(plan).splitlines()
-    assert lines[0].startswith("InitPlan: scheme='he', distribution='gaussian'; 40 layers")  # He draws Gaussian
+    assert lines[0].startswith("InitPlan: scheme='he', distribution='gaussian'; 40 Linear layers")  # He draws Gaussian
     assert len(lines) == 3 + 3 + 1  # header, column names, rule; first, 38 folded, last; drift
     assert lines[4].split()[:5] == ["1-38", "2", "...", "76", "(x38)"]
     assert "shared with" not in lines[1]  # no tied weights: no column for them
     full = plan.describe(fold=0).splitlines()
     assert len(full) == 3 + 40 + 1 and full[-2].split()[:2] == ["39", "78"]
+
+
+def test_the_plan_table_fits_120_columns_and_gives_every_column_on_request():
+    model = nn.Sequential(deep_mlp(), nn.Sequential(nn.Linear(1, 2), nn.LeakyReLU(0.1), nn.Linear(2, 1)))
+    plan = quiet(apply_init, model, example_input=torch.linspace(-1, 1, 64)[:, None], calibrate="layers",
+                 generator=gen(0))
+    text = str(plan)
+    assert max(map(len, text.splitlines())) <= 120, text
+    header = text.splitlines()[1].split()
+    assert "d_in" not in header and "type" not in header and "draw" not in header  # in the header line
+    assert "0.1    observed" in text and "41 Linear layers" not in text and "42 Linear layers" in text
+    assert "0.2 ... 76 (x38)" in text  # a folded run names its last layer after the prefix they share
+    detailed = plan.describe(details=True)
+    assert {"type", "d_in", "d_out", "draw"} <= set(detailed.splitlines()[1].split())
+    assert "0.2 ... 0.76 (x38)" in detailed and "no activation (observed)" in detailed
+    # one value per quantity: the drift per layer is the sum of the log-gains over the layers
+    gains = plan.calibration.log_gains
+    assert f"({sum(gains) / len(gains):+.4f} per layer): the diagnostics' prediction" in text
 
 
 def test_plan_moment_only_for_the_fractional_scheme():

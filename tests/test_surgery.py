@@ -503,7 +503,7 @@ def centre(weight: torch.Tensor) -> torch.Tensor:
 def test_stiefel_conv_is_a_delta_kernel_with_mean_calibrated_centre(c_in: int, c_out: int, groups: int) -> None:
     conv = nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups)
     plan = quiet(apply_init, nn.Sequential(conv, nn.ReLU()), scheme="stiefel", generator=gen(0))
-    assert plan.spec.conv_draw == "delta" and plan.layers[0].taps == ((1, 1),) and "stiefel delta" in str(plan)
+    assert plan.spec.conv_draw == "delta" and plan.layers[0].taps == ((1, 1),) and "stiefel delta" in plan.describe(details=True) and "conv='delta'" in str(plan)
     assert (plan.layers[0].d_in, plan.layers[0].d_out) == (c_in // groups, c_out // groups)
     w = conv.weight.detach()
     mask = torch.ones(3, 3, dtype=torch.bool)
