@@ -14,12 +14,16 @@ switched on with ``trainer.callbacks`` (``class_path: lightning_lyapunov.Lyapuno
 YAML file or ``--trainer.callbacks+=LyapunovInit`` on the command line; ``--trainer.callbacks.ARG=V``
 sets an argument of the last callback in the list. A value that a constructor rejects (a
 ``ValueError``, e.g. ``--model.init_args.lr=-1``) or an argument it does not have (a typo) is
-reported like a parse error: one message and exit status 2, no traceback.
+reported like a parse error: one message and exit status 2, no traceback; so is a value of the wrong
+type or not among the allowed ones (``invalid value 'lyapunv' for LyapunovInit's 'scheme': expected one
+of 'lyapunov', ...``). Data that is not where the config says (a ``FileNotFoundError``, e.g. CIFAR-10
+without ``data/cifar10``) ends the command with one line and exit status 1.
 
 ``plan`` takes the same arguments as ``fit``, builds the model (nothing is trained, no data is
 read) and prints :func:`~lightning_lyapunov.plan_init` with the settings of the config's last
 :class:`~lightning_lyapunov.LyapunovInit` callback (the defaults without one), overridden by
-``--scheme``, ``--distribution``, ``--moment`` and ``--negative_slope``. ``theory`` is
+``--scheme``, ``--distribution``, ``--moment`` and ``--negative_slope`` (``--details=true``: every
+column of the table, not the 120-column default). ``theory`` is
 ``python -m lightning_lyapunov.theory``.
 
 This module imports neither torch nor Lightning: ``--help`` and ``theory`` start in a fraction of
@@ -65,9 +69,14 @@ def main(args: Sequence[str] | None = None) -> None:
     if command == "plan":
         cli = lightning_cli.PlanCLI(args=argv[1:])
         note = lightning_cli.fit_note(cli.spec)
-        print(cli.plan if note is None else f"{cli.plan}\n{note}")
-    else:
+        table = cli.plan.describe(details=bool(cli.config.get("details")))
+        print(table if note is None else f"{table}\n{note}")
+        return
+    try:
         lightning_cli.LyapunovCLI(args=argv)
+    except FileNotFoundError as error:  # data not where the config says: the message says where to get it
+        sys.stderr.write(f"{PROG} {command}: error: {error}\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

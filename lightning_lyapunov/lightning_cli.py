@@ -17,6 +17,7 @@ import difflib
 import importlib
 import inspect
 import re
+import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Optional
@@ -31,7 +32,7 @@ from lightning_lyapunov.init import DISTRIBUTIONS, SCHEMES
 from lightning_lyapunov.settings import InitSpec
 from lightning_lyapunov.surgery import plan_init
 
-__all__ = ["LyapunovCLI", "PlanCLI"]
+__all__ = ["LyapunovCLI", "PlanCLI", "invalid_value_message", "unknown_argument_message"]
 
 #: ``plan``'s command-line overrides of the callback's settings (the rest come from the config).
 _OVERRIDES = ("scheme", "distribution", "moment", "negative_slope")
@@ -71,11 +72,57 @@ def unknown_argument_message(message: str) -> str | None:
     return f"unknown argument {argument!r} of {name}, {hint}"
 
 
+_KEY = re.compile(r'Parser key "([^"]+)":')
+_EXPECTED = re.compile(r"Expected an? (.+?)(?:\. Got value: (.*))?$", re.MULTILINE)
+_GIVEN = re.compile(r"Given value: (.*)$", re.MULTILINE)
+_ONE_LINE = re.compile(r"invalid value (.+?) for ('[^']+': expected .*)$", re.MULTILINE)
+
+
+def _allowed(kind: str) -> str:
+    """``typing.Literal['a', 'b']`` -> ``one of 'a', 'b'``; ``<class 'float'>`` -> ``a float``; NoneType -> ``None``."""
+    if kind.startswith("typing.Literal["):
+        return "one of " + kind[len("typing.Literal["):-1]
+    found = re.fullmatch(r"<class '([\w.]+)'>", kind)
+    name = found.group(1).rsplit(".", 1)[-1] if found else kind
+    return "None" if name == "NoneType" else f"a{'n' if name[:1] in 'aeiou' else ''} {name}"
+
+
+def invalid_value_message(message: str) -> str | None:
+    """``invalid value 'lyapunv' for LyapunovInit's 'scheme': expected one of 'lyapunov', ... or None`` for
+    jsonargparse's (nested) union error about a value of the wrong type or not among the allowed ones,
+    or None for other errors. Only the first class path's problem counts (jsonargparse then tries the
+    base class, which accepts no argument at all)."""
+    start = message.find("Problem with given class_path")
+    owner, block = "", message
+    if start >= 0:
+        found = re.match(r"Problem with given class_path '([\w.]+)':", message[start:])
+        if found is None:
+            return None
+        owner = found.group(1).rsplit(".", 1)[-1] + "'s "
+        end = message.find("\n    - ", start)  # the next alternative of the outer union
+        block = message[start:end if end >= 0 else None]
+    nested = _ONE_LINE.search(block)  # a nested parser (the class's own) has said it in one line already
+    if nested is not None:
+        return f"invalid value {nested.group(1)} for {owner}{nested.group(2)}"
+    keys = _KEY.findall(block)
+    expected = _EXPECTED.findall(block)
+    if not keys or not expected:
+        return None
+    value = next((got for _, got in expected if got), None)
+    if value is None:
+        given = _GIVEN.search(block)
+        if given is None:
+            return None
+        value = given.group(1)
+    kinds = list(dict.fromkeys(_allowed(kind) for kind, _ in expected))
+    return f"invalid value {value.strip()!r} for {owner}{keys[-1]!r}: expected {' or '.join(kinds)}"
+
+
 class LyapunovArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose error for a misspelt constructor argument is one line."""
+    """LightningArgumentParser whose error for a misspelt constructor argument or an invalid value is one line."""
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-        return super().error(unknown_argument_message(message) or message, ex)
+        return super().error(unknown_argument_message(message) or invalid_value_message(message) or message, ex)
 
 
 class LyapunovCLI(LightningCLI):
@@ -164,6 +211,9 @@ class PlanCLI(LyapunovCLI):
             "--negative_slope", type=Optional[float], default=None,
             help="slope in [0, 1] for every layer instead of the detected ones",
         )
+        parser.add_argument("--details", type=bool, default=False,
+                            help="every column of the plan table (d_in, d_out, type, draw, what each slope was found "
+                                 "from), not the 120-column default")
 
     def instantiate_classes(self) -> None:
         try:
@@ -221,5 +271,5 @@ def fit_note(spec: InitSpec) -> str | None:
         steps.append(f"calibrates ({spec.calibration!r}, output root-mean-square {spec.calibrate_target:g}){optional}")
     if not steps:
         return None
-    return ("fit observes the first training batch, then " + " and ".join(steps)
-            + "; this plan reads no data: it shows theory's draw")
+    return textwrap.fill("fit observes the first training batch, then " + " and ".join(steps)
+                         + "; this plan reads no data: it shows theory's draw", width=120)

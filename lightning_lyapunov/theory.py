@@ -511,12 +511,31 @@ def theory_table(
     return "\n".join(rows) + note
 
 
+#: What each column of :func:`theory_table` means (``theory --help``).
+COLUMNS = """columns (one row per width d and slope a; square layers, d_in = d_out = d):
+  lambda He / Glorot / orth  the exponent per layer of He, Glorot and orthogonal-with-gain init: the
+                             expected change of the log-norm log(||x|| / sqrt(d)) through one layer
+  sigma He                   He's weight standard deviation, sqrt(2 / ((1 + a^2) d))
+  sigma Lyap                 the Gaussian weight standard deviation whose exponent is 0 (Lyapunov init)
+  eta Lyap                   the gain of Haar orthogonal weights whose exponent is 0 (W = eta O)
+  s^2 gauss                  the per-layer variance of the log-norm's change (Gaussian weights): one
+                             draw's log-norm spreads like N(L lambda, L s^2) over L layers
+  He drift over depth        depth x lambda He: the typical log-norm change over --depth layers"""
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """``python -m lightning_lyapunov.theory [--widths 2 4 16] [--slopes 0.01 0.1] [--depth 40]``."""
-    parser = argparse.ArgumentParser(prog=prog, description=theory_table.__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[2, 4, 16, 64, 256])
-    parser.add_argument("--slopes", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.2])
-    parser.add_argument("--depth", type=int, default=40)
+    description = ("Print the theory as a markdown table: per-layer exponents of He, Glorot and orthogonal-with-gain "
+                   "init for square layers, the critical (Lyapunov) scales, and He's log-norm drift over --depth layers.")
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=COLUMNS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", type=int, nargs="+", default=[2, 4, 16, 64, 256], metavar="D",
+                        help="layer widths, one row each (default: 2 4 16 64 256)")
+    parser.add_argument("--slopes", type=float, nargs="+", default=[0.0, 0.01, 0.1, 0.2], metavar="A",
+                        help="Leaky ReLU negative slopes in [0, 1] (0: ReLU, 1: linear), one row each per width "
+                             "(default: 0 0.01 0.1 0.2)")
+    parser.add_argument("--depth", type=int, default=40, metavar="L",
+                        help="number of layers of the last column's drift (default: 40)")
     args = parser.parse_args(argv)
     print(theory_table(args.widths, args.slopes, args.depth))
 

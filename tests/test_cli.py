@@ -98,10 +98,13 @@ def test_validate_subcommand_runs(tmp_path):
 
 def test_plan_prints_the_table_of_the_config_callback(capsys):
     out = _plan(capsys, "-c", str(CONFIGS / "polynomial.yaml"))
-    assert "InitPlan: scheme='lyapunov', distribution='orthogonal'; 41 layers" in out
+    assert "InitPlan: scheme='lyapunov', distribution='orthogonal'; 41 Linear layers" in out
     assert "model.net.80" in out  # the output layer of the depth-40 net
     scale = theory.critical_scale(2, 2, 0.1, "orthogonal")
     assert f"  {scale:.4f}  " in out
+    assert max(map(len, out.splitlines())) <= 120 and "d_in" not in out
+    detailed = _plan(capsys, "-c", str(CONFIGS / "polynomial.yaml"), "--details=true")
+    assert "d_in  d_out" in detailed and "model.net.2 ... model.net.78 (x39)" in detailed
 
 
 def test_plan_overrides(capsys):
@@ -158,11 +161,14 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
 @pytest.mark.parametrize(
     "command, override, expected",
     [
-        ("fit", "--trainer.callbacks.init_args.scheme=kaiming", "Got value: kaiming"),
+        ("fit", "--trainer.callbacks.init_args.scheme=kaiming",
+         "error: invalid value 'kaiming' for LyapunovInit's 'scheme': expected one of 'lyapunov', 'fractional', "),
+        ("fit", "--trainer.callbacks.moment=abc", "error: invalid value 'abc' for LyapunovInit's 'moment': "
+                                                  "expected a float or None"),
         ("fit", "--model.init_args.lr=-1", "invalid configuration: lr=-1.0 is invalid"),
         ("fit", "--trainer.callbacks+=LyapunovInit", "the Trainer has 2 LyapunovInit callbacks"),
         ("fit", "--trainer.callbacks.moment=5", "moment=5.0 is invalid"),
-        ("plan", "--scheme=kaiming", 'Parser key "scheme"'),
+        ("plan", "--scheme=kaiming", "error: invalid value 'kaiming' for 'scheme': expected one of 'lyapunov'"),
         ("fit", "--trainer.callbacks.distributon=gaussian",
          "error: unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?"),
     ],
@@ -181,6 +187,38 @@ def test_a_typo_in_a_config_file_names_the_argument_and_the_fix(tmp_path, capsys
     err = _rejected(capsys, ["fit", "-c", str(path)])
     assert "error: unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?" in err
     assert "Union" not in err and len(err.splitlines()) <= 3
+
+
+def test_a_misspelt_value_in_a_config_file_is_one_line_with_the_allowed_values(tmp_path, capsys):
+    config = (CONFIGS / "polynomial.yaml").read_text().replace("scheme: lyapunov", "scheme: lyapunv")
+    path = tmp_path / "typo.yaml"
+    path.write_text(config)
+    err = _rejected(capsys, ["fit", "-c", str(path)])
+    assert ("error: invalid value 'lyapunv' for LyapunovInit's 'scheme': expected one of 'lyapunov', 'fractional', "
+            "'stiefel', 'he', 'glorot', 'orthogonal', 'zero'") in err
+    assert "Union" not in err and len(err.splitlines()) <= 3
+
+
+def test_missing_data_ends_the_command_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/cifar10 here
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(CONFIGS / "cifar10.yaml"), *_fast_args(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert line.startswith("lightning-lyapunov fit: error: CIFAR-10 not found") and "synthetic=True" in line
+
+
+def test_theory_help_describes_its_flags_and_columns(capsys):
+    with pytest.raises(SystemExit):
+        main(["theory", "--help"])
+    out = capsys.readouterr().out
+    for flag, words in (("--widths", "layer widths"), ("--slopes", "negative slopes"), ("--depth", "number of layers")):
+        assert flag in out and words in out, flag
+    for column in ("lambda He", "sigma He", "sigma Lyap", "eta Lyap", "s^2 gauss", "He drift over depth"):
+        assert f"\n  {column}" in out, column
+    assert "gain of Haar orthogonal weights" in out  # eta
 
 
 def test_help_and_theory_start_without_lightning():
