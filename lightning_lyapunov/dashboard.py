@@ -284,7 +284,7 @@ def depth_figure(stats: SignalStats, plan: Any, title: str):
     _kurtosis_panel(axes[1, 1], depth, column, stats, plan)
     for axis in axes.flat:
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=9, loc="best")
+        axis.legend(fontsize=9, loc="lower left")
     ticks = _ticks(len(stats.names))
     for axis in axes[1]:
         axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=8)

@@ -124,7 +124,8 @@ class SignalReport:
         first: the statistics of the first measured step (the signal at initialization), or None.
         last: those of the latest measured step; ``last_step``: its step.
         verdict: the latest measured step's :class:`Verdict` (None before the first).
-        verdicts: ``[(step, verdict)]`` at the first measured step and wherever the verdict changed.
+        verdicts: ``[(step, verdict)]`` at the first measured step and wherever the verdict's label changed
+            (``collapsed`` from one layer, then from another, is one entry).
         collapsed: ``{layer: the first step it was in the collapsed tail}`` (its input-dependent part
             below ``COLLAPSED_SHARE`` of the root-mean-square, down to the output).
     """
@@ -156,7 +157,7 @@ class SignalReport:
             self.first = stats
         self.last, self.last_step = stats, step
         self.verdict = found = self.judge(stats)
-        if not self.verdicts or str(self.verdicts[-1][1]) != str(found):
+        if not self.verdicts or self.verdicts[-1][1].label != found.label:
             self.verdicts.append((step, found))
         if found.label == "collapsed":
             for name in stats.names[found.index:]:

@@ -208,6 +208,8 @@ def test_the_report_warns_once_per_verdict_and_keeps_where_it_changed():
     message = report.update(collapsed, 5)
     assert message.startswith("at step 5:\n  - collapsed from layer '6' (#3): down to the output")
     assert report.update(collapsed, 10) is None  # said once
+    later = stats_of(bias_carried_net(cut=4), x)
+    assert report.update(later, 12) is None and str(report.verdict) == "collapsed from layer '8' (#4)"
     report.update(healthy, 15)
     assert [(step, v.label) for step, v in report.verdicts] == [(0, "healthy"), (5, "collapsed"), (15, "healthy")]
     assert report.collapsed == {"6": 5, "8": 5, "10": 5, "12": 5, "14": 5}
