@@ -91,23 +91,29 @@ class Writers:
                 if finite.size:
                     writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
 
-        figure = None
+        figures: dict[str, Any] = {}
         if (-1, "depth figure") not in self._off:
             try:
                 title = f"{_run_name(boards[0])}, scheme={plan.scheme!r}: step {step}" + (
                     f", verdict: {verdict}" if verdict is not None else "")
-                figure = dashboard.depth_figure(stats, plan, title)
+                figures = dashboard.depth_figures(stats, plan, title)
             except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
                 self._off.add((-1, "depth figure"))
                 self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
+
+        def depth(writer: Any) -> None:
+            for panel, figure in figures.items():
+                writer.add_figure(f"lyapunov/depth/{panel}", figure, step, close=False)
+
         for logger in boards:
             self.emit(logger, "histograms", histograms)
-            if figure is not None:
-                self.emit(logger, "depth figure", lambda w: w.add_figure("lyapunov/depth_profile", figure, step, close=False))
-        if figure is not None:
+            if figures:
+                self.emit(logger, "depth figure", depth)
+        if figures:
             import matplotlib.pyplot as plt
 
-            plt.close(figure)
+            for figure in figures.values():
+                plt.close(figure)
 
 
 def _run_name(logger: Any) -> str:

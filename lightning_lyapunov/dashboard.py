@@ -27,8 +27,9 @@ With a TensorBoard logger, also: a custom-scalars layout (TensorBoard's CUSTOM S
 summary charts hold one line per run (one tag each), each logged layer in a category of its own;
 the plan as text (``lyapunov/plan``); and, at the first measured step, at the end of epochs 1, 2,
 4, 8, ... and at the end of training, the per-sample log-norm histograms of the same layers
-(``lyapunov/log_norm_hist/<layer>``) and the depth profile (``lyapunov/depth_profile``, titled with
-the run, the step and the verdict, :func:`depth_figure`).
+(``lyapunov/log_norm_hist/<layer>``) and the depth profile, one image per panel
+(``lyapunov/depth/<panel>``, :data:`PANELS`, titled with the run, the step and the verdict,
+:func:`depth_figures`).
 
 Example::
 
@@ -45,8 +46,8 @@ import numpy as np
 
 from lightning_lyapunov.diagnostics import COLLAPSED_SHARE, STAT_KEYS, SignalStats
 
-__all__ = ["VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars", "StepScalars",
-           "layout", "depth_figure", "figure_due"]
+__all__ = ["PANELS", "VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars",
+           "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
 
 #: The verdicts, by their code in ``lyapunov/verdict`` (worse ones higher, for sorting runs).
 VERDICTS: tuple[str, ...] = ("healthy", "dead units", "vanishing", "exploding", "collapsed", "NaN/Inf")
@@ -252,8 +253,13 @@ def figure_due(epoch: int) -> bool:
     return (epoch + 1) & epoch == 0
 
 
+#: The depth profile's panels, in order: TensorBoard's tag ``lyapunov/depth/<panel>`` for each.
+PANELS = ("1_signal", "2_share", "3_variance", "4_kurtosis")
+
+
 def depth_figure(stats: SignalStats, plan: Any, title: str):
-    """The depth profile: four panels against the layers (named on the axis), each with its theory.
+    """The depth profile: four panels against the layers (named on the axis), each with its theory,
+    in one 1280 x 800 figure (:func:`depth_figures` gives each panel a figure of its own).
 
     1. The signal: the centred log-norm (the input-dependent part, typical sample), the log-norm of
        ``h`` (biases included) and its log root-mean-square, the plan's line with its +-2 sqrt(l) s band;
@@ -266,6 +272,39 @@ def depth_figure(stats: SignalStats, plan: Any, title: str):
 
     Returns a matplotlib figure (the caller closes it), or None without matplotlib.
     """
+    plt = _pyplot()
+    if plt is None:
+        return None
+    figure, axes = plt.subplots(2, 2, figsize=(16, 10), dpi=80, sharex=True)
+    figure.suptitle(title, fontsize=14)
+    _draw_panels(list(axes.flat), stats, plan)
+    for axis in axes[0]:
+        axis.tick_params(labelbottom=False)
+    figure.subplots_adjust(left=0.05, right=0.99, top=0.92, bottom=0.16, wspace=0.12, hspace=0.25)
+    return figure
+
+
+def depth_figures(stats: SignalStats, plan: Any, title: str) -> dict[str, Any]:
+    """The panels of :func:`depth_figure`, one 800 x 560 figure each with large type, keyed by
+    :data:`PANELS`: what TensorBoard shows (a card of the IMAGES tab is about 350 pixels wide, where one
+    panel stays readable and four do not; the cards of one panel line the runs up side by side).
+    Empty without matplotlib; the caller closes them."""
+    plt = _pyplot()
+    if plt is None:
+        return {}
+    figures = {}
+    with plt.rc_context({"font.size": 14, "axes.titlesize": 16, "legend.fontsize": 12}):
+        for panel in PANELS:
+            figure, axis = plt.subplots(figsize=(8, 5.6), dpi=100)
+            figure.suptitle(title, fontsize=13)
+            figures[panel] = (figure, axis)
+        _draw_panels([axis for _, axis in figures.values()], stats, plan, fontsize=12, legend="best")
+        for figure, _ in figures.values():
+            figure.subplots_adjust(left=0.14, right=0.98, top=0.86, bottom=0.2)
+    return {panel: figure for panel, (figure, _) in figures.items()}
+
+
+def _pyplot():
     try:
         import matplotlib
 
@@ -273,23 +312,23 @@ def depth_figure(stats: SignalStats, plan: Any, title: str):
         import matplotlib.pyplot as plt
     except Exception:  # noqa: BLE001 - matplotlib is optional (the dev extra)
         return None
+    return plt
+
+
+def _draw_panels(axes: list[Any], stats: SignalStats, plan: Any, fontsize: int = 9, legend: str = "lower left") -> None:
+    """The four panels on ``axes`` (signal, share, variance, kurtosis), the layers named below each."""
     table = stats.as_dict()
     column = {key: np.array([table[key][n] for n in stats.names]) for key in STAT_KEYS}
-    figure, axes = plt.subplots(2, 2, figsize=(16, 10), dpi=80, sharex=True)
-    figure.suptitle(title, fontsize=14)
     depth = np.arange(len(stats.names))
-    _signal_panel(axes[0, 0], depth, column, stats, plan)
-    _share_panel(axes[0, 1], depth, column, stats)
-    _variance_panel(axes[1, 0], depth, column, plan)
-    _kurtosis_panel(axes[1, 1], depth, column, stats, plan)
-    for axis in axes.flat:
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=9, loc="lower left")
+    _signal_panel(axes[0], depth, column, stats, plan)
+    _share_panel(axes[1], depth, column, stats)
+    _variance_panel(axes[2], depth, column, plan)
+    _kurtosis_panel(axes[3], depth, column, stats, plan)
     ticks = _ticks(len(stats.names))
-    for axis in axes[1]:
-        axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=8)
-    figure.subplots_adjust(left=0.05, right=0.99, top=0.92, bottom=0.16, wspace=0.12, hspace=0.25)
-    return figure
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=fontsize, loc=legend)
+        axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=fontsize - 1)
 
 
 def _ticks(count: int, most: int = 21) -> list[int]:
@@ -321,7 +360,8 @@ def _signal_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], s
         calibrated = getattr(plan, "calibration", None) is not None
         axis.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if calibrated
                   else "plan: sum of theory's exponents")
-        axis.fill_between(depth, line - band, line + band, color="k", alpha=0.1, label="plan +-2 sqrt(l) s")
+        if not calibrated:  # a calibration measured this draw's gains: theory's spread between draws is moot
+            axis.fill_between(depth, line - band, line + band, color="k", alpha=0.1, label="plan +-2 sqrt(l) s")
     _shade_collapse(axis, stats)
     axis.set(title="signal per layer: log(||x|| / sqrt(d))", ylabel="log-norm")
 
@@ -356,9 +396,10 @@ def _variance_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray],
         share = column["input_share"][1:]
         share = share[np.isfinite(share)]
         level = float(np.median(share**2)) if share.size else math.nan
-        axis.text(0.01, 0.02, "calibrated: every layer's mean square is 1 = empirical variance + squared batch mean;\n"
-                  f"the variance is the input-dependent part, here a median {level:.2g} of it (the rest is the batch mean)",
-                  transform=axis.transAxes, fontsize=9, va="bottom", bbox=dict(facecolor="white", alpha=0.8, lw=0))
+        # a note in the legend: placed with it, away from the data
+        axis.plot([], [], " ", label="calibrated: every layer's mean square is 1 = empirical variance +\n"
+                  f"squared batch mean; the variance, the input-dependent part, is\na median {level:.2g} of it here "
+                  "(the rest is the batch mean)")
     axis.set(title="empirical variance over the batch", ylabel="variance")
 
 
@@ -380,10 +421,8 @@ def _kurtosis_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray],
         predicted = theory.kurtosis_by_depth(widths, slopes, initial_kurtosis=start)
         axis.semilogy(depth, predicted, "k--", label="theory: over random Gaussian weights (recursion)")
         above = np.flatnonzero(predicted > top)
-        if above.size:  # the batch cannot show larger values: say where the line goes
-            axis.text(0.99, 0.97, f"theory leaves the plot at {stats.names[above[0]]!r} and reaches "
-                      f"{predicted[-1]:.2g} at the output;\na batch of {batch} cannot show a kurtosis above ~{batch}",
-                      transform=axis.transAxes, fontsize=9, ha="right", va="top",
-                      bbox=dict(facecolor="white", alpha=0.8, lw=0))
+        if above.size:  # the batch cannot show larger values: say where the line goes (a note in the legend)
+            axis.plot([], [], " ", label=f"theory leaves the plot at {stats.names[above[0]]!r}, {predicted[-1]:.2g} at the\n"
+                      f"output; a batch of {batch} cannot show a kurtosis above ~{batch}")
     axis.set_ylim(top=top)
     axis.set(title="kurtosis over the batch: E(h - mean)^4 / var^2", ylabel="kurtosis")

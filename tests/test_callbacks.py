@@ -63,7 +63,7 @@ def test_tensorboard_event_files_hold_the_documented_tags(deep_narrow, tmp_path)
         assert f"lyapunov/{key}" in tags["scalars"], key
     assert "lyapunov/log_norm_hist/net.0" in tags["histograms"]
     assert "lyapunov/log_norm_hist/net.4" not in tags["histograms"]
-    assert "lyapunov/depth_profile" in tags["images"]
+    assert "lyapunov/depth/1_signal" in tags["images"] and "lyapunov/depth/4_kurtosis" in tags["images"]
     assert any("lyapunov/plan" in tag for tag in tags["tensors"])
     # measured on steps 0, 2, 4 (log_every_n_steps=2) and the early step 1; the plan's exponent and the
     # verdict next to each measurement

@@ -81,11 +81,41 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
     for chart in config.category[2].chart:
         assert chart.title.endswith("[net.2]") and all(t.endswith("/net.2") for t in matched(chart)), chart.title
 
-    images = events.Images("lyapunov/depth_profile")
-    # first measured step, end of epoch 1 (its last measured step), end of training
-    assert [image.step for image in images] == [0, 2, 4]
-    assert 20_000 < len(images[0].encoded_image_string) < 250_000
-    assert images[0].width >= 1200 and images[0].height >= 700
+    # one image per panel of the depth profile, so that a 350-pixel card of TensorBoard shows one panel
+    assert sorted(t for t in events.Tags()["images"] if t.startswith("lyapunov/")) == [
+        f"lyapunov/depth/{panel}" for panel in dashboard.PANELS]
+    for panel in dashboard.PANELS:
+        images = events.Images(f"lyapunov/depth/{panel}")
+        # first measured step, end of epoch 1 (its last measured step), end of training
+        assert [image.step for image in images] == [0, 2, 4]
+        assert 10_000 < len(images[0].encoded_image_string) < 150_000
+        assert (images[0].width, images[0].height) == (800, 560)
+
+
+def test_each_panel_figure_names_the_run_step_and_verdict():
+    matplotlib = pytest.importorskip("matplotlib")
+    from test_diagnostics import bias_carried_net
+
+    from lightning_lyapunov import SignalMonitor
+
+    model = bias_carried_net()
+    names = [str(i) for i in range(0, len(model), 2)]
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(torch.randn(64, 4))
+        stats = monitor.compute()
+    figures = dashboard.depth_figures(stats, None, "run: step 3, verdict: collapsed from layer '6' (#3)")
+    try:
+        assert list(figures) == list(dashboard.PANELS)
+        for figure in figures.values():
+            assert figure._suptitle.get_text().endswith("verdict: collapsed from layer '6' (#3)")
+            (axis,) = figure.axes
+            assert [t.get_text() for t in axis.get_xticklabels()] == names
+        signal, share = figures["1_signal"].axes[0], figures["2_share"].axes[0]
+        assert [p.get_label() for p in signal.patches + share.patches] == ["collapsed from '6'"] * 2
+    finally:
+        for figure in figures.values():
+            matplotlib.pyplot.close(figure)
 
 
 def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
@@ -110,10 +140,11 @@ def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
                                    theory.kurtosis_by_depth(widths, 0.1, initial_kurtosis=start))
         assert theory_lines[variance]
         # the kurtosis theory leaves the plot (width 4, 12 layers, a batch of 16): a note says where
-        notes = " ".join(text.get_text() for text in kurtosis.texts)
+        notes = " ".join(text.get_text() for text in kurtosis.get_legend().get_texts())
         assert "theory leaves the plot at 'net." in notes and "batch of 16" in notes
         # calibrated: a caption says why the empirical variance sits below the calibrated mean square of 1
-        assert any("calibrated: every layer's mean square is 1" in text.get_text() for text in variance.texts)
+        captions = " ".join(text.get_text() for text in variance.get_legend().get_texts())
+        assert "calibrated: every layer's mean square is 1" in captions
         # the layers are named on the axis
         assert [t.get_text() for t in kurtosis.get_xticklabels()] == list(callback.plan.layer_names)
     finally:
