@@ -104,3 +104,14 @@ def the_callback(callbacks: list[Any]) -> LyapunovInit:
     """The one LyapunovInit among ``callbacks``."""
     (callback,) = [c for c in callbacks if isinstance(c, LyapunovInit)]
     return callback
+
+
+def measured(model: nn.Module, x: torch.Tensor, names: list[str] | None = None):
+    """The SignalStats of one forward pass of ``model`` on ``x`` (default: every Linear layer)."""
+    from lightning_lyapunov import SignalMonitor
+
+    names = names or [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    with SignalMonitor(model, names) as monitor:
+        monitor.active = True
+        model(x)
+        return monitor.compute()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from helpers import DeepNarrow, loader, trainer_kwargs
+from helpers import DeepNarrow, loader, measured, trainer_kwargs
 from lightning_lyapunov import LyapunovInit, dashboard, theory
 from lightning_lyapunov import LyapunovWarning
 from lightning_lyapunov.diagnostics import STAT_KEYS
@@ -92,32 +92,6 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
         assert (images[0].width, images[0].height) == (800, 560)
 
 
-def test_each_panel_figure_names_the_run_step_and_verdict():
-    matplotlib = pytest.importorskip("matplotlib")
-    from test_diagnostics import bias_carried_net
-
-    from lightning_lyapunov import SignalMonitor
-
-    model = bias_carried_net()
-    names = [str(i) for i in range(0, len(model), 2)]
-    with SignalMonitor(model, names) as monitor:
-        monitor.active = True
-        model(torch.randn(64, 4))
-        stats = monitor.compute()
-    figures = dashboard.depth_figures(stats, None, "run: step 3, verdict: collapsed from layer '6' (#3)")
-    try:
-        assert list(figures) == list(dashboard.PANELS)
-        for figure in figures.values():
-            assert figure._suptitle.get_text().endswith("verdict: collapsed from layer '6' (#3)")
-            (axis,) = figure.axes
-            assert [t.get_text() for t in axis.get_xticklabels()] == names
-        signal, share = figures["1_signal"].axes[0], figures["2_share"].axes[0]
-        assert [p.get_label() for p in signal.patches + share.patches] == ["collapsed from '6'"] * 2
-    finally:
-        for figure in figures.values():
-            matplotlib.pyplot.close(figure)
-
-
 def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     callback = LyapunovInit(seed=0)
@@ -151,24 +125,27 @@ def test_depth_figure_panels_carry_the_theory(deep_narrow, tmp_path):
         matplotlib.pyplot.close(figure)
 
 
-def test_depth_figure_shades_a_collapse_and_names_it():
+def test_depth_figures_shade_a_collapse_and_name_the_run_step_verdict_and_layers():
     matplotlib = pytest.importorskip("matplotlib")
     from test_diagnostics import bias_carried_net
 
-    from lightning_lyapunov import SignalMonitor
-
-    model = bias_carried_net()
-    names = [str(i) for i in range(0, len(model), 2)]
-    with SignalMonitor(model, names) as monitor:
-        monitor.active = True
-        model(torch.randn(64, 4))
-        stats = monitor.compute()
-    figure = dashboard.depth_figure(stats, None, "collapsed")
+    stats = measured(bias_carried_net(), torch.randn(64, 4))
+    names = list(stats.names)
+    title = "run: step 3, verdict: collapsed from layer '6' (#3)"
+    figure, figures = dashboard.depth_figure(stats, None, title), dashboard.depth_figures(stats, None, title)
     try:
         labels = [patch.get_label() for ax in figure.axes[:2] for patch in ax.patches]
         assert labels == ["collapsed from '6'", "collapsed from '6'"]
+        assert list(figures) == list(dashboard.PANELS)
+        for panel in figures.values():  # one panel each, titled, its layers named
+            assert panel._suptitle.get_text() == title
+            (axis,) = panel.axes
+            assert [t.get_text() for t in axis.get_xticklabels()] == names
+        signal, share = figures["1_signal"].axes[0], figures["2_share"].axes[0]
+        assert [p.get_label() for p in signal.patches + share.patches] == ["collapsed from '6'"] * 2
     finally:
-        matplotlib.pyplot.close(figure)
+        for each in (figure, *figures.values()):
+            matplotlib.pyplot.close(each)
 
 
 def test_kurtosis_recursion_takes_one_slope_per_layer():

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
-from helpers import DeepNarrow, loader, trainer_kwargs
+from helpers import DeepNarrow, loader, measured, trainer_kwargs
 from lightning_lyapunov import LyapunovInit, SignalMonitor, SignalReport, apply_init
 from lightning_lyapunov.diagnosis import verdict
 from lightning_lyapunov.diagnostics import BATCH_STATS, CONSTANT, STAT_KEYS
@@ -148,14 +148,6 @@ def test_the_report_diagnoses_a_plain_pytorch_loop() -> None:
 # ------------------------------------------------------------------ the verdict
 
 
-def stats_of(model, x, names=None):
-    names = names or [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    with SignalMonitor(model, names) as monitor:
-        monitor.active = True
-        model(x)
-        return monitor.compute()
-
-
 def chain(depth=12, width=4, gain=1.0, activation=lambda: nn.LeakyReLU(0.1), bias=False, seed=0):
     torch.manual_seed(seed)
     layers = [m for _ in range(depth) for m in (nn.Linear(width, width, bias=bias), activation())]
@@ -171,31 +163,31 @@ def test_the_verdict_on_constructed_nets():
 
     x = torch.randn(128, 4)
     # the biases carry the norm from layer 3 on: the log-norm of h reads healthy, the verdict does not
-    collapsed = stats_of(bias_carried_net(cut=3), x)
+    collapsed = measured(bias_carried_net(cut=3), x)
     assert abs(collapsed.exponent_estimate) < 0.2
     found = verdict(collapsed)
     assert (found.label, found.index, found.layer, found.code) == ("collapsed", 3, "6", 4)
     assert str(found) == "collapsed from layer '6' (#3)" and "no longer depends on the input" in found.detail
     # an orthogonal LeakyReLU chain at the gain that keeps the input-dependent part: healthy
-    healthy = stats_of(chain(gain=math.sqrt(2 / (1 + 0.1**2))), x)
+    healthy = measured(chain(gain=math.sqrt(2 / (1 + 0.1**2))), x)
     assert verdict(healthy).label == "healthy" and verdict(healthy).code == 0
     # the same chain scaled by 0.5 / 2 per layer: e^(-+0.69 x 11) beyond a factor 100
-    shrinking, growing = stats_of(chain(gain=0.5), x), stats_of(chain(gain=5.0), x)
+    shrinking, growing = measured(chain(gain=0.5), x), measured(chain(gain=5.0), x)
     assert verdict(shrinking).label == "vanishing" and "shrinks by e^-" in verdict(shrinking).detail
     assert verdict(growing).label == "exploding" and verdict(growing).code == 3
     # ReLU: units die; LeakyReLU: the same outputs have no dead unit (a unit <= 0 still passes 0.1 of it)
     relu = chain(depth=4, width=8, gain=1.0, activation=nn.ReLU, bias=True, seed=1)
     with torch.no_grad():
         relu[2].bias[:6] = -100.0  # 6 of 8 units of layer 1 are <= 0 on every sample
-    dead = stats_of(relu, x.repeat(1, 2))
+    dead = measured(relu, x.repeat(1, 2))
     assert verdict(dead, slopes=[0.0] * 4).label == "dead units" and verdict(dead, slopes=[0.0] * 4).index == 1
     assert verdict(dead, slopes=[0.1] * 4).label != "dead units" and verdict(dead).label != "dead units"
     # NaN/Inf first
-    broken = stats_of(healthy_model := chain(gain=1.0), x)
+    broken = measured(healthy_model := chain(gain=1.0), x)
     assert verdict(broken).label != "NaN/Inf"
     with torch.no_grad():
         healthy_model[4].weight[0, 0] = math.inf
-    assert str(verdict(stats_of(healthy_model, x))) == "NaN/Inf from layer '4' (#2)"
+    assert str(verdict(measured(healthy_model, x))) == "NaN/Inf from layer '4' (#2)"
 
 
 def test_the_report_warns_once_per_verdict_and_keeps_where_it_changed():
@@ -203,12 +195,12 @@ def test_the_report_warns_once_per_verdict_and_keeps_where_it_changed():
 
     x = torch.randn(64, 4)
     report = SignalReport(None)
-    healthy, collapsed = stats_of(chain(gain=1.35), x), stats_of(bias_carried_net(), x)
+    healthy, collapsed = measured(chain(gain=1.35), x), measured(bias_carried_net(), x)
     assert report.update(healthy, 0) is None
     message = report.update(collapsed, 5)
     assert message.startswith("at step 5:\n  - collapsed from layer '6' (#3): down to the output")
     assert report.update(collapsed, 10) is None  # said once
-    later = stats_of(bias_carried_net(cut=4), x)
+    later = measured(bias_carried_net(cut=4), x)
     assert report.update(later, 12) is None and str(report.verdict) == "collapsed from layer '8' (#4)"
     report.update(healthy, 15)
     assert [(step, v.label) for step, v in report.verdicts] == [(0, "healthy"), (5, "collapsed"), (15, "healthy")]
