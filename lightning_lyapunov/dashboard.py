@@ -21,7 +21,9 @@ Scalars, to every logger, at every measured step (statistics in
   ``lyapunov/<stat>/<layer>`` for each statistic of
   :data:`~lightning_lyapunov.diagnostics.STAT_KEYS` (``dead_fraction`` only where a unit can die),
   and ``lyapunov/predicted/log_norm/<layer>``, the plan's log-norm line through the first layer's
-  measured typical sample, ``m_0 + sum_{k=1..l} lambda_k``.
+  measured typical sample, ``m_0 + sum_{k=1..l} lambda_k``; a value that is not finite is left out
+  (a chart cannot draw it, and one ``-inf`` blanks TensorBoard's chart for every run; the verdict
+  says collapsed or NaN/Inf).
 
 With a TensorBoard logger, also: a custom-scalars layout (TensorBoard's CUSTOM SCALARS tab) whose
 summary charts hold one line per run (one tag each), each logged layer in a category of its own;
@@ -181,10 +183,11 @@ class StepScalars:
         columns = [stats.column(key) for key in STAT_KEYS]
         values = [columns[k][i] for k, i in self._positions]
         undefined = stats.undefined()
-        if undefined:
-            scalars = {key: value for (short, key), value in zip(self._keys, values) if short not in undefined}
-        else:  # the usual step
+        if not undefined and math.isfinite(sum(values)):  # the usual step
             scalars = dict(zip(self._full_keys, values))
+        else:  # leave out what is undefined, and what a chart cannot draw (-inf: a layer whose samples are all alike)
+            scalars = {key: value for (short, key), value in zip(self._keys, values)
+                       if short not in undefined and math.isfinite(value)}
         first = self._first_mean(stats)
         if self._line_at_rows is not None and math.isfinite(first):
             scalars.update(zip(self._line_keys, [first + value for value in self._line_at_rows]))
@@ -296,7 +299,7 @@ def depth_figures(stats: SignalStats, plan: Any, title: str) -> dict[str, Any]:
     with plt.rc_context({"font.size": 14, "axes.titlesize": 16, "legend.fontsize": 12}):
         for panel in PANELS:
             figure, axis = plt.subplots(figsize=(8, 5.6), dpi=100)
-            figure.suptitle(title, fontsize=13)
+            figure.suptitle(title, fontsize=11)
             figures[panel] = (figure, axis)
         _draw_panels([axis for _, axis in figures.values()], stats, plan, fontsize=12, legend="best")
         for figure, _ in figures.values():

@@ -238,6 +238,13 @@ def test_step_scalars_built_once_equal_the_functions_and_refuse_other_layers():
     assert want["lyapunov/max/kurtosis_median"] == np.nanmax(values[:, STAT_KEYS.index("kurtosis_median")])
     first = values[0, STAT_KEYS.index("log_norm_mean")]
     assert want["lyapunov/predicted/log_norm/c"] == pytest.approx(first - 0.2 + 0.05)
+    # -inf (every sample alike) and NaN are left out of the layer's keys, the rest stays
+    broken = values.copy()
+    broken[0, STAT_KEYS.index("centred_log_norm_mean")] = -math.inf
+    broken[2, STAT_KEYS.index("nonfinite")], broken[2, STAT_KEYS.index("log_rms")] = 1.0, math.nan
+    logged = step.layers(SignalStats(names, broken, stats.log_norms))
+    assert "lyapunov/centred_log_norm_mean/a" not in logged and "lyapunov/log_rms/c" not in logged
+    assert logged["lyapunov/log_rms/a"] == want["lyapunov/log_rms/a"] and logged["lyapunov/nonfinite/c"] == 1.0
     other = SignalStats(("a", "b"), values[:2], {n: g.normal(size=5) for n in ("a", "b")})
     with pytest.raises(ValueError, match="build one for these layers"):
         step(other)
