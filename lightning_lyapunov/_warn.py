@@ -13,6 +13,7 @@ recorded (``warnings.catch_warnings(record=True)``, ``-W error``, ``filterwarnin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -40,11 +41,11 @@ warnings.formatwarning = _format_warning
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 #: Packages whose frames stand between the user's call and ours (when imported).
-_FRAMEWORKS = ("lightning", "lightning_fabric", "pytorch_lightning", "torch", "jsonargparse")
+_FRAMEWORKS = ("lightning", "lightning_fabric", "lightning_utilities", "pytorch_lightning", "torch", "jsonargparse")
 
 
 def _internal_prefixes() -> tuple[str, ...]:
-    prefixes = [_PACKAGE]
+    prefixes = [_PACKAGE, os.path.abspath(contextlib.__file__)]  # a warning from a context manager's exit
     for name in _FRAMEWORKS:
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
@@ -55,8 +56,8 @@ def _internal_prefixes() -> tuple[str, ...]:
 
 def warn(message: str) -> None:
     """``warnings.warn(message, LyapunovWarning)`` attributed to the user's line: the first frame,
-    outward from the caller, outside this package, Lightning, torch and jsonargparse (the outermost
-    frame when there is none, e.g. under ``python -m``).
+    outward from the caller, outside this package, Lightning, torch, jsonargparse and ``contextlib``
+    (the outermost frame when there is none, e.g. under ``python -m``).
 
     Example::
 

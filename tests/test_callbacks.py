@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from helpers import DeepNarrow, loader, trainer_kwargs
-from lightning_lyapunov import LyapunovInit, apply_init, theory
+from lightning_lyapunov import LyapunovInit, LyapunovWarning, apply_init, theory
 from lightning_lyapunov.diagnostics import STAT_KEYS
 
 
@@ -336,3 +336,15 @@ def test_fast_dev_run_does_not_ask_for_the_tensorboard_logger_it_replaced(tmp_pa
         trainer.fit(DeepNarrow(), loader())
     assert trainer.loggers and type(trainer.loggers[0]).__name__ == "DummyLogger"
     assert not [w for w in caught if "TensorBoardLogger" in str(w.message) or "no logger" in str(w.message)]
+
+
+def test_the_callbacks_warnings_are_attributed_to_the_fit_call(tmp_path):
+    torch.manual_seed(0)
+    trainer = pl.Trainer(callbacks=[LyapunovInit(scheme="he", seed=0)], **trainer_kwargs(tmp_path, logger=False,
+                                                                                          max_steps=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(DeepNarrow(width=2, depth=20), loader(width=2)); line = sys._getframe().f_lineno  # noqa: E702
+    ours = [w for w in caught if issubclass(w.category, LyapunovWarning)]
+    assert any("at step 0" in str(w.message) for w in ours)
+    assert all((w.filename, w.lineno) == (__file__, line) for w in ours), [(w.filename, w.lineno) for w in ours]
