@@ -328,13 +328,16 @@ def _draw_panels(axes: list[Any], stats: SignalStats, plan: Any, fontsize: int =
     _variance_panel(axes[2], depth, column, plan)
     _kurtosis_panel(axes[3], depth, column, stats, plan)
     ticks = _ticks(len(stats.names))
+    from matplotlib.ticker import NullFormatter
+
     for axis in axes:
+        axis.yaxis.set_minor_formatter(NullFormatter())  # log axes: no minor labels (mathtext costs the most)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=fontsize, loc=legend)
         axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=fontsize - 1)
 
 
-def _ticks(count: int, most: int = 21) -> list[int]:
+def _ticks(count: int, most: int = 15) -> list[int]:
     """At most ``most`` layer positions to name on the axis, the first and last included."""
     if count <= most:
         return list(range(count))
