@@ -112,7 +112,7 @@ def default_calibration() -> tuple[str, float]:
     from lightning_lyapunov import LyapunovInit
 
     default = LyapunovInit()
-    return default.spec.calibration, default.spec.calibrate_target
+    return default.spec.calibration_method, default.spec.calibrate_target
 
 
 @dataclass(frozen=True)

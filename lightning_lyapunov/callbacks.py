@@ -194,7 +194,7 @@ class LyapunovInit(Callback):
         if self.initialized:
             plan = plan_init(pl_module, spec, example_input=batch, forward=call)
         else:
-            if batch is None and spec.calibration is not None:  # nothing to calibrate on
+            if batch is None and spec.calibration_method is not None:  # nothing to calibrate on
                 if not spec.calibration_optional:
                     self._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
                 spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)

@@ -61,7 +61,7 @@ def initialize_(
                            generator=torch.Generator().manual_seed(0))
     """
     check_generator(generator)
-    if spec.calibration is not None and not spec.calibration_optional and example_input is None:
+    if spec.calibration_method is not None and not spec.calibration_optional and example_input is None:
         raise ValueError(f"calibrate={spec.calibrate!r} needs example_input= (a batch of real inputs); "
                          "pass one, or calibrate=None")
     plan = plan_init(model, spec, example_input=example_input, forward=forward)
@@ -72,7 +72,7 @@ def initialize_(
                                     candidates=spec.candidates, generator=generator)
         else:
             plan.write(plan.draw(generator))
-        if spec.calibration is not None and example_input is not None:
+        if spec.calibration_method is not None and example_input is not None:
             _calibrate(model, plan, example_input, forward)
     return plan
 
@@ -82,7 +82,7 @@ def _calibrate(model: nn.Module, plan: InitPlan, example_input: Any, forward: Fo
     the draw (``calibrate_`` has put its own writes back) and says why."""
     spec = plan.spec
     try:
-        calibrate_(model, plan, example_input, spec.calibration, spec.calibrate_target, forward)
+        calibrate_(model, plan, example_input, spec.calibration_method, spec.calibrate_target, forward)
     except ValueError as error:
         if not spec.calibration_optional:
             raise

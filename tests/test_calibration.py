@@ -281,7 +281,7 @@ def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) ->
     x, _ = next(iter(loader()))
     for scheme, calibrated in (("lyapunov", "layers"), ("he", None)):
         module, callback = fit_callback(tmp_path, scheme=scheme)
-        assert callback.spec.calibrate == "auto" and callback.spec.calibration == calibrated
+        assert callback.spec.calibrate == "auto" and callback.spec.calibration_method == calibrated
         assert (callback.plan.calibration and callback.plan.calibration.method) == calibrated
         reference = DeepNarrow()
         init(reference, seed=0, scheme=scheme, **({"example_input": x, "calibrate": "layers"} if calibrated else {}))

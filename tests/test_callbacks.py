@@ -268,5 +268,5 @@ def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(dee
         LyapunovInit(initialize=False, sampled=True)
     with pytest.raises(ValueError, match="initialize=False leaves the weights alone"):
         LyapunovInit(initialize=False, calibrate="output")
-    with pytest.raises(ValueError, match="initialize"):
+    with pytest.raises(TypeError, match="initialize"):
         LyapunovInit(initialize="no")
