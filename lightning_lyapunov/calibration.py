@@ -112,7 +112,7 @@ class _Runner:
                              "input; pass a batch of real inputs")
 
 
-def _finite(name: str, measured: float) -> float:
+def _require_finite(name: str, measured: float) -> float:
     if not math.isfinite(measured):
         raise ValueError(f"calibrate: the output of {name} has root-mean-square {measured!r} on example_input "
                          "(non-finite); cannot rescale it. Check the batch for NaN/inf, or use calibrate=None")
@@ -131,7 +131,7 @@ def _calibrate_layers(runner: _Runner, layers: list[Any], target: float) -> tupl
     for i, layer in enumerate(layers):
         goal = target if i == len(layers) - 1 else 1.0
         call = runner.first_call(layer)
-        out_rms = _finite(f"layer {layer.name!r}", _rms(call.output))
+        out_rms = _require_finite(f"layer {layer.name!r}", _rms(call.output))
         in_rms = _rms(call.args[0]) if call.args and isinstance(call.args[0], torch.Tensor) else math.nan
         if out_rms == 0.0 or in_rms == 0.0:
             factors.append(1.0)
@@ -148,7 +148,7 @@ def _calibrate_output(runner: _Runner, layers: list[Any], target: float) -> tupl
     slope ``d log rms / dt`` starts at ``L`` (a positively homogeneous chain) and is re-measured.
     An all-zero output (a dead network on this batch) leaves every factor 1 and returns the last layer."""
     def log_rms() -> float:
-        rms = _finite("the model", _rms(runner.first_call(layers[-1]).output))
+        rms = _require_finite("the model", _rms(runner.first_call(layers[-1]).output))
         return math.log(rms) if rms > 0 else -math.inf
 
     t, slope, current = 0.0, float(len(layers)), log_rms()

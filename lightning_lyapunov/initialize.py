@@ -32,7 +32,7 @@ from ._checks import check_bool
 from ._forward import Forward
 from ._warn import LyapunovWarning
 from .calibration import calibrate_
-from .plan import InitPlan, check_generator
+from .plan import InitPlan, check_cpu_generator
 from .sampling import default_probe, select_
 from .settings import InitSpec
 from .surgery import plan_init, spec_of
@@ -60,7 +60,7 @@ def initialize_(
         plan = initialize_(model, InitSpec(calibrate="layers"), example_input=x,
                            generator=torch.Generator().manual_seed(0))
     """
-    check_generator(generator)
+    check_cpu_generator(generator)
     if spec.calibration_method is not None and not spec.calibration_optional and example_input is None:
         raise ValueError(f"calibrate={spec.calibrate!r} needs example_input= (a batch of real inputs); "
                          "pass one, or calibrate=None")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # results attached by the initialization engine
     from .calibration import CalibrationResult
     from .sampling import SamplingReport
 
-__all__ = ["InitPlan", "LayerPlan", "check_generator"]
+__all__ = ["InitPlan", "LayerPlan", "check_cpu_generator"]
 
 
 @dataclass
@@ -39,7 +39,7 @@ class LayerPlan:
     drawn once, here, and their biases are zeroed too, except those in ``kept_biases`` (a bias also held
     by a module that the plan leaves alone is left alone). ``taps``: for a delta conv, the kernel
     positions that hold a drawn matrix (every other tap is 0); None for a full draw. ``slope_source``
-    says what was found after the layer, ``slope_from`` how (``"observed"``, ``"fx"``, ``"module
+    says what was found after the layer, ``slope_found_by`` how (``"observed"``, ``"fx"``, ``"module
     order"``, ``"override"``); ``calls``: how often the layer ran in the observed pass.
     """
 
@@ -58,7 +58,7 @@ class LayerPlan:
     taps: tuple[tuple[int, ...], ...] | None = None
     module: nn.Module | None = field(default=None, repr=False, compare=False)
     sharers: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
-    slope_from: str = "fx"
+    slope_found_by: str = "fx"
     calls: int | None = None
     kept_biases: tuple[str, ...] = ()
 
@@ -81,7 +81,7 @@ class LayerPlan:
         ``(C_out/groups, C_in/groups, *kernel)`` and stored transposed. A delta conv draws one
         ``(C_out/groups, C_in/groups)`` matrix per tap in ``taps`` and zeros the others.
         """
-        check_generator(generator)
+        check_cpu_generator(generator)
         dtype = torch.float32
         with torch.no_grad():
             out = torch.empty(self.shape, dtype=dtype)
@@ -168,7 +168,7 @@ class InitPlan:
     def draw(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """New weights for every planned layer, drawn in plan order from one CPU generator (or
         torch's default CPU generator); nothing is written. See :meth:`LayerPlan.draw`."""
-        check_generator(generator)
+        check_cpu_generator(generator)
         return [layer.draw(generator) for layer in self.layers]
 
     def write(self, weights: Sequence[torch.Tensor]) -> None:
@@ -195,7 +195,7 @@ class InitPlan:
                 plan.write(plan.draw(generator))
                 check(model)   # raising here leaves the model and the generator as they were
         """
-        check_generator(generator)
+        check_cpu_generator(generator)
         rng = generator if generator is not None else torch.default_generator
         rng_state = rng.get_state()
         targets = list({id(t): t for layer in self.layers for t in layer.targets()}.values())
@@ -298,7 +298,7 @@ class InitPlan:
         return "\n".join(lines)
 
 
-def check_generator(generator: torch.Generator | None) -> None:
+def check_cpu_generator(generator: torch.Generator | None) -> None:
     """Weights are drawn on the CPU: refuse a generator on another device, naming the fix."""
     _checks.check_generator("generator", generator)
     if generator is not None and generator.device.type != "cpu":
@@ -369,7 +369,7 @@ def _fmt(value: float | None) -> str:
 
 def _row(index: int, layer: LayerPlan) -> tuple[str, ...]:
     groups = f" g={layer.groups}" if layer.groups > 1 else ""
-    found = layer.slope_source if layer.slope_from in layer.slope_source else f"{layer.slope_from}: {layer.slope_source}"
+    found = layer.slope_source if layer.slope_found_by in layer.slope_source else f"{layer.slope_found_by}: {layer.slope_source}"
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
             str(layer.d_out), f"{layer.negative_slope:g}", found, "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),

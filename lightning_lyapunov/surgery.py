@@ -87,7 +87,7 @@ def _unusable(module: nn.Module) -> str | None:
     return None
 
 
-def _fans(module: nn.Module, delta: bool = False) -> tuple[int, int, int]:
+def _layer_fans(module: nn.Module, delta: bool = False) -> tuple[int, int, int]:
     """(d_in, d_out, groups) per group, as in the module docstring."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, 1
@@ -317,12 +317,12 @@ def _share(first: LayerPlan, name: str, module: nn.Module, info: SlopeInfo, warn
 
 def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, spec: InitSpec) -> LayerPlan:
     delta = spec.conv_draw == "delta" and not isinstance(module, nn.Linear) and spec.scheme != "zero"
-    d_in, d_out, groups = _fans(module, delta)
+    d_in, d_out, groups = _layer_fans(module, delta)
     layer_init = _init.resolve_validated(spec.scheme, d_in, d_out, info.slope, spec.distribution, spec.moment,
                                          _drawn_in(module, delta))
     bias = module.bias
     return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), d_in, d_out, groups, info.slope,
                      info.source, layer_init, bias is not None and bias.requires_grad,
                      isinstance(module, _TRANSPOSED), taps=_delta_taps(module) if delta else None, module=module,
-                     slope_from=info.found_by, calls=info.calls)
+                     slope_found_by=info.found_by, calls=info.calls)
 

@@ -63,7 +63,7 @@ def test_callback_observes_training_step_of_a_module_without_forward(tmp_path) -
     callback = LyapunovInit(diagnostics=False, seed=0, calibrate=None)
     probe = _fit(module, tmp_path, callback)
     layers = callback.plan.layers
-    assert [(l.negative_slope, l.slope_from) for l in layers[:4]] == [(0.1, "observed")] * 4
+    assert [(l.negative_slope, l.slope_found_by) for l in layers[:4]] == [(0.1, "observed")] * 4
     assert layers[0].init.scale == pytest.approx(1.862, abs=1e-3)  # the case: not 1.0
     assert probe.logged == [] and all(g is None for g in probe.grads)  # silent, nothing kept
     # the weights at train start are the plan's draw: no optimizer step happened during planning
@@ -80,7 +80,7 @@ def test_callback_sampled_with_a_dict_batch(tmp_path, sampled) -> None:
     callback = LyapunovInit(diagnostics=False, seed=0, sampled=sampled)
     probe = _fit(module, tmp_path, callback, dict_batch=True)
     assert [l.negative_slope for l in callback.plan.layers] == [0.1] * 4 + [1.0]
-    assert {l.slope_from for l in callback.plan.layers} == {"observed"}
+    assert {l.slope_found_by for l in callback.plan.layers} == {"observed"}
     assert probe.logged == []
 
 
@@ -119,7 +119,7 @@ def test_callback_without_a_batch_falls_back_to_fx_and_the_plan_says_so(tmp_path
     with pytest.warns(UserWarning, match=r"observed no training pass \(no training batch \(StopIteration\)\)"):
         trainer.fit(NoForward(), DataLoader([], batch_size=4))
     assert any("observed no training pass" in w for w in callback.plan.warnings)
-    assert {l.slope_from for l in callback.plan.layers} == {"module order"}
+    assert {l.slope_found_by for l in callback.plan.layers} == {"module order"}
 
 
 def test_callback_with_forward_and_tuple_batch_observes(tmp_path) -> None:
@@ -132,5 +132,5 @@ def test_callback_with_forward_and_tuple_batch_observes(tmp_path) -> None:
     module = DeepNarrow(depth=4)  # forward(x), batches (x, y): runs through training_step
     trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, max_steps=1, logger=False))
     trainer.fit(module, loader())
-    assert [(l.negative_slope, l.slope_from) for l in callback.plan.layers] == [(0.1, "observed")] * 3 + [
+    assert [(l.negative_slope, l.slope_found_by) for l in callback.plan.layers] == [(0.1, "observed")] * 3 + [
         (1.0, "observed")]
