@@ -27,8 +27,9 @@ after 5 epochs vs 42.2% at target 1).
 The passes run in eval mode (no dropout) but with BatchNorm on the batch's statistics, as in the
 first training step (its running statistics at init would make it the identity), under
 ``torch.no_grad()``; training flags, buffers, gradients and RNG states are restored, and on any
-error every planned weight is restored too (all or nothing). No random numbers are drawn,
-so the result is as deterministic as the draw.
+error every planned weight is restored too (all or nothing). No random numbers are drawn, and the
+root-mean-squares are reduced in an order that does not depend on the number of threads
+(:func:`lightning_lyapunov.log_norm.rms`), so the result is as deterministic as the draw.
 
 Example::
 
@@ -51,7 +52,7 @@ from torch import nn
 from ._checks import check_choice, check_float
 from ._warn import LyapunovWarning
 from ._forward import FirstCall, Forward, call_forward, quiet, stop_at
-from .log_norm import log_r
+from .log_norm import log_r, rms
 from .plan import InitPlan
 from .settings import CALIBRATIONS, DEFAULT_TARGET
 
@@ -80,10 +81,6 @@ class CalibrationResult:
     dead: list[str] = field(default_factory=list)
 
 
-def _rms(value: torch.Tensor) -> float:
-    return float(value.detach().float().pow(2).mean().sqrt())
-
-
 class _Runner:
     """Forward passes of ``model`` on ``example_input`` that end at one planned layer's first call."""
 
@@ -107,7 +104,7 @@ class _Runner:
     def check_signal(self, layer: Any) -> None:
         """A clear error when the batch gives the first planned layer an all-zero input."""
         args = self.first_call(layer).args
-        if args and isinstance(args[0], torch.Tensor) and _rms(args[0]) == 0.0:
+        if args and isinstance(args[0], torch.Tensor) and rms(args[0]) == 0.0:
             raise ValueError(f"calibrate: example_input gives the first planned layer {layer.name!r} an all-zero "
                              "input; pass a batch of real inputs")
 
@@ -131,8 +128,8 @@ def _calibrate_layers(runner: _Runner, layers: list[Any], target: float) -> tupl
     for i, layer in enumerate(layers):
         goal = target if i == len(layers) - 1 else 1.0
         call = runner.first_call(layer)
-        out_rms = _require_finite(f"layer {layer.name!r}", _rms(call.output))
-        in_rms = _rms(call.args[0]) if call.args and isinstance(call.args[0], torch.Tensor) else math.nan
+        out_rms = _require_finite(f"layer {layer.name!r}", rms(call.output))
+        in_rms = rms(call.args[0]) if call.args and isinstance(call.args[0], torch.Tensor) else math.nan
         if out_rms == 0.0 or in_rms == 0.0:
             factors.append(1.0)
             dead.append(layer.name)
@@ -148,8 +145,8 @@ def _calibrate_output(runner: _Runner, layers: list[Any], target: float) -> tupl
     slope ``d log rms / dt`` starts at ``L`` (a positively homogeneous chain) and is re-measured.
     An all-zero output (a dead network on this batch) leaves every factor 1 and returns the last layer."""
     def log_rms() -> float:
-        rms = _require_finite("the model", _rms(runner.first_call(layers[-1]).output))
-        return math.log(rms) if rms > 0 else -math.inf
+        measured = _require_finite("the model", rms(runner.first_call(layers[-1]).output))
+        return math.log(measured) if measured > 0 else -math.inf
 
     t, slope, current = 0.0, float(len(layers)), log_rms()
     if current == -math.inf:
@@ -193,7 +190,7 @@ def _measure(runner: _Runner, layers: list[Any]) -> tuple[list[float], float]:
         for handle in handles:
             handle.remove()
     logs = [means.get(i, math.nan) for i in range(-1, len(layers))]
-    return [b - a for a, b in zip(logs[:-1], logs[1:])], _rms(output)
+    return [b - a for a, b in zip(logs[:-1], logs[1:])], rms(output)
 
 
 def _alive_mean(values: torch.Tensor) -> float:

@@ -387,3 +387,25 @@ def test_callback_does_not_warn_about_the_output_scale_a_calibration_chose(tmp_p
             fit_callback(tmp_path, data, steps=1, calibrate=calibrate, diagnostics=True, log_every_n_steps=1)
         scale = [w for w in caught if issubclass(w.category, LyapunovWarning) and "times the input's" in str(w.message)]
         assert bool(scale) == warned, (calibrate, [str(w.message) for w in scale])
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+@pytest.mark.parametrize("method", ["layers", "output"])
+def test_same_bits_whatever_the_number_of_threads(method: str) -> None:
+    # a realistic batch: the whole-tensor reductions split over threads above 32768 elements
+    x = torch.randn(1024, 96, generator=torch.Generator().manual_seed(1))
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            model = nn.Sequential(*[m for _ in range(5) for m in (nn.Linear(96, 96), nn.LeakyReLU(0.1))],
+                                  nn.Linear(96, 1))
+            plan = init(model, example_input=x, calibrate=method)
+        finally:
+            torch.set_num_threads(1)
+        results.append((plan.calibration.factors, plan.calibration.log_gains, weights(model)))
+    (factors1, gains1, weights1), (factors2, gains2, weights2) = results
+    assert factors1 == factors2 and gains1 == gains2
+    assert all(torch.equal(a, b) for a, b in zip(weights1, weights2))
