@@ -9,6 +9,7 @@
   BatchNorm, which normalizes with the batch's statistics as in the first training step (its
   running statistics at init would make it the identity). Sampling and calibration measure here.
 * :func:`stop_at`: end a forward pass at one module's first call (its input and output).
+* :func:`called`: which of some modules a forward pass calls, in the order of their first call.
 * :func:`global_rng_preserved`: the global random generators alone.
 """
 
@@ -18,13 +19,13 @@ import inspect
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Forward", "FirstCall", "call_forward", "global_rng_preserved", "preserved", "quiet", "stop_at"]
+__all__ = ["Forward", "FirstCall", "call_forward", "called", "global_rng_preserved", "preserved", "quiet", "stop_at"]
 
 #: ``forward(model, example)``: how to run a model on an example (default :func:`call_forward`).
 Forward = Callable[[nn.Module, Any], Any]
@@ -140,3 +141,28 @@ def stop_at(run: Callable[[], Any], module: nn.Module, *, before: bool = False) 
     finally:
         handle.remove()
     return None, result
+
+
+def called(run: Callable[[], Any], modules: Sequence[nn.Module]) -> list[int]:
+    """Run ``run()`` (a forward pass) once; the indices of ``modules`` that it calls, in the order of
+    their first call. Errors of the pass propagate; the hooks are always removed.
+
+    Example::
+
+        called(lambda: model(x), [model.aux, model.net[0]])   # [1]: the forward never calls model.aux
+    """
+    order: list[int] = []
+
+    def hook(index: int) -> Callable[..., None]:
+        def record(_module: nn.Module, _args: tuple[Any, ...]) -> None:
+            if index not in order:
+                order.append(index)
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(index)) for index, module in enumerate(modules)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order

@@ -257,10 +257,11 @@ class InitPlan:
         if all(row[8] in ("-", "1") for row in body):  # no layer called twice: no column for the calls
             header, body = _drop(header, 8), [_drop(row, 8) for row in body]
         calibration = self.calibration
+        uncalled = set(calibration.uncalled) if calibration is not None else set()
         if calibration is not None:
             header += ("calibration", "log-gain")
-            body = [row + (_fmt(factor), _fmt(gain))
-                    for row, factor, gain in zip(body, calibration.factors, calibration.log_gains)]
+            body = [row + (("-", "-") if layer.name in uncalled else (_fmt(factor), _fmt(gain)))
+                    for row, layer, factor, gain in zip(body, self.layers, calibration.factors, calibration.log_gains)]
         rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
@@ -280,11 +281,14 @@ class InitPlan:
         theory = ("n/a (theory does not apply to every layer)" if None in exponents or spread is None
                   else f"{sum(exponents):+.3f} +- {spread:.3f} (sum of exponents +- sqrt(sum of variances))")
         if calibration is not None:
-            gains = calibration.log_gains
+            gains = [g for layer, g in zip(self.layers, calibration.log_gains) if layer.name not in uncalled]
             measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
             lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times the "
                          f"'calibration' factor; measured sum of layer log-gains {measured:+.3f} "
                          "(the diagnostics' prediction from here on)")
+            if uncalled:
+                lines.append(f"not calibrated, theory's draw kept: {', '.join(sorted(uncalled, key=self.layer_names.index))}"
+                             " (not called by the forward pass on the example input; '-' above)")
         lines.append(("before calibration, theory's" if calibration is not None else "predicted")
                      + f" log-norm drift input -> output: {theory}")
         by_reason: dict[str, list[str]] = {}

@@ -74,3 +74,14 @@ def test_stop_at_ends_the_pass_at_the_first_call() -> None:
     with pytest.raises(ZeroDivisionError):
         stop_at(lambda: 1 / 0, model[1])
     assert not model[1]._forward_hooks
+
+
+def test_called_lists_the_modules_a_pass_calls_in_the_order_of_their_first_call() -> None:
+    from lightning_lyapunov._forward import called
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    unused = nn.Linear(2, 2)
+    x = torch.randn(3, 2)
+    assert called(lambda: model(x), [model[2], unused, model[0]]) == [2, 0]
+    assert called(lambda: (model(x), model[2](x)), [model[2]]) == [0]  # once, however often it runs
+    assert not model[0]._forward_pre_hooks and not unused._forward_pre_hooks
