@@ -6,7 +6,7 @@ cost longer than a small training step), to any other logger through Lightning's
 The plan text, the custom-scalars layout, the log-norm histograms and the depth figure need a
 ``TensorBoardLogger`` (its ``SummaryWriter``). A logger or writer that fails (a full disk, a logger that rejects the
 ``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
-switched off for that logger.
+switched off for that logger. Without matplotlib there is no depth figure, which is said once.
 """
 
 from __future__ import annotations
@@ -95,6 +95,11 @@ class Writers:
             except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
                 self._off.add((-1, "depth figure"))
                 self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
+            else:
+                if figure is None:  # matplotlib does not import: said once, not at every figure
+                    self._off.add((-1, "depth figure"))
+                    self._warn("the depth figure needs matplotlib, which does not import here: pip install "
+                               "matplotlib (it is in the dev extra); the scalars and histograms are written without it")
         for logger in boards:
             self.emit(logger, "histograms", histograms)
             if figure is not None:

@@ -51,7 +51,7 @@ from torch import nn
 
 from ._checks import check_choice, check_float
 from ._warn import LyapunovWarning
-from ._forward import FirstCall, Forward, call_forward, called, quiet, stop_at
+from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_r, rms
 from .plan import InitPlan
 from .settings import CALIBRATIONS, DEFAULT_TARGET
@@ -245,7 +245,7 @@ def calibrate_(
     target = check_float("target", target, minimum=0.0, low_open=True,
                          allowed="a positive finite number (the output's root-mean-square after calibration)")
     runner = _Runner(model, example_input, forward)
-    with plan.restoring(), quiet(model):
+    with plan.restoring(), quiet(model), shapes_checked(model):
         ran = [plan.layers[i] for i in called(runner.run, [layer.module for layer in plan.layers])]
         if not ran:
             raise ValueError("calibrate: no planned layer was called by the forward pass on example_input; pass "

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ._checks import check_bool
-from ._forward import Forward
+from ._forward import Forward, InputShapeError
 from ._warn import LyapunovWarning
 from .calibration import calibrate_
 from .plan import InitPlan, check_cpu_generator
@@ -156,5 +156,8 @@ def sample_lyapunov_(
         plan.sampling.chosen_score <= plan.sampling.median_score   # True
     """
     sampled = "layerwise" if check_bool("layerwise", layerwise) else "network"
-    return apply_init(model, sampled=sampled, candidates=candidates, example_input=probe, forward=forward,
-                      generator=generator, **settings)
+    try:
+        return apply_init(model, sampled=sampled, candidates=candidates, example_input=probe, forward=forward,
+                          generator=generator, **settings)
+    except InputShapeError as error:  # the batch is this function's probe=
+        raise error.renamed("probe") from None

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._forward import Forward, call_forward, preserved
+from ._forward import Forward, InputShapeError, call_forward, preserved, shapes_checked
 from .activations import (
     WEIGHT_LAYERS,
     SlopeInfo,
@@ -230,11 +230,12 @@ def observe_slopes(
     """Slopes of the named layers that run in one forward pass on ``example_input`` (module docstring).
 
     ``forward(model, example_input)`` runs the model (default :func:`call_forward`). Raises whatever
-    the forward raises; the model's state is restored in every case.
+    the forward raises (:class:`~lightning_lyapunov._forward.InputShapeError` for a batch of the
+    wrong width); the model's state is restored in every case.
     """
     observer = _Observer(model, names)
     try:
-        with preserved(model), torch.no_grad(), observer:
+        with preserved(model), torch.no_grad(), shapes_checked(model), observer:
             output = (forward or call_forward)(model, example_input)
             observer.output(output)
     finally:
@@ -249,7 +250,8 @@ def find_slopes(
 
     Returns ``(slopes, order, warnings)`` as :func:`lightning_lyapunov.activations.detect_slopes`.
     Layers the observed pass never calls are planned by registration order (one warning names them);
-    if the observed pass fails, the fx fallback is used and a warning says why.
+    if the observed pass fails, the fx fallback is used and a warning says why; a batch of the wrong
+    width for a weight layer raises :class:`~lightning_lyapunov._forward.InputShapeError` (a ValueError).
 
     Example::
 
@@ -261,6 +263,8 @@ def find_slopes(
         return detect_slopes(model, names)
     try:
         slopes, order = observe_slopes(model, names, example_input, forward)
+    except InputShapeError:  # a batch no layer can take is a wrong argument, not a failed observation
+        raise
     except Exception as error:  # noqa: BLE001 - a failed observation means: use the fallback
         slopes, order, warnings_ = detect_slopes(model, names)
         how = "forward(model, example_input)" if forward is not None else f"{type(model).__name__}(example_input)"

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ._checks import describe
-from ._forward import Forward, call_forward, called, quiet, stop_at
+from ._forward import Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_gain
 from .plan import InitPlan, LayerPlan
 
@@ -159,7 +159,7 @@ def select_(
     Not all-or-nothing on its own: the engine calls it inside :meth:`InitPlan.restoring`.
     """
     count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
-    with quiet(model):
+    with quiet(model), shapes_checked(model):
         runner = _Probe(model, plan, probe, forward or call_forward)
         if layerwise:
             return _layerwise(plan, runner, count, generator)

@@ -270,3 +270,12 @@ def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(dee
         LyapunovInit(initialize=False, calibrate="output")
     with pytest.raises(TypeError, match="initialize"):
         LyapunovInit(initialize="no")
+
+
+def test_calibrate_auto_is_spelt_in_lower_case_and_initialize_false_refuses_a_target():
+    with pytest.raises(ValueError, match=r"calibrate='Auto' is invalid .*'auto', 'layers', 'output', None; "
+                                         r"did you mean 'auto'\?"):
+        LyapunovInit(calibrate="Auto")
+    with pytest.raises(ValueError, match=r"initialize=False leaves the weights alone, so calibrate_target=0.1 "
+                                         r"would do nothing"):
+        LyapunovInit(initialize=False, calibrate_target=0.1)

@@ -346,8 +346,13 @@ def test_example_input_forms_and_failed_observation_falls_back() -> None:
     assert plan.layers[0].negative_slope == 0.3
     slopes, order, _ = find_slopes(Keywords(), ["a", "b"], (torch.randn(5, 4), 3.0))
     assert (order, slopes["a"].slope) == (["a", "b"], 0.3)
-    with pytest.warns(UserWarning, match="could not observe a forward pass: Keywords\\(example_input\\) raised"):
-        plan = plan_init(Keywords(), example_input=torch.randn(5, 7))
+    with pytest.warns(UserWarning, match="could not observe a forward pass: Keywords\\(example_input\\) raised "
+                                         "TypeError"):
+        plan = plan_init(Keywords(), example_input={"picture": torch.randn(5, 4)})
     assert {l.slope_found_by for l in plan.layers} == {"fx"}
+    # a batch no weight layer can take is a wrong argument: a clear error, not a fallback
+    with pytest.raises(ValueError, match=r"example_input gives layer 'a' \(Linear\) inputs of shape \(5, 7\); it "
+                                         r"takes \(\.\.\., 4\)"):
+        plan_init(Keywords(), example_input=torch.randn(5, 7))
 
 

@@ -96,3 +96,15 @@ def test_tensorboard_gets_each_measured_step_in_one_event_with_the_tags_log_metr
     assert [step for step, _ in mine] == [3, 5]  # one event per measured step
     assert sorted(v for _, values in mine for v in values) == sorted(v for _, values in theirs for v in values)
     assert ("run-lyapunov/b/net.2", -0.25) in mine[0][1]  # the logger's prefix, as log_metrics adds it
+
+
+def test_without_matplotlib_the_missing_depth_figure_is_said_once(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(DeepNarrow(depth=4), tmp_path, LyapunovInit(seed=0), logger=logger, max_steps=4)
+    said = [str(w.message) for w in caught if "matplotlib" in str(w.message)]
+    assert len(said) == 1 and "depth figure" in said[0] and "pip install matplotlib" in said[0]
