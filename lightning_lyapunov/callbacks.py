@@ -168,43 +168,12 @@ class LyapunovInit(Callback):
             return
         check_strategy(trainer.strategy, "LyapunovInit")
         if self.plan is None or not self.initialized:
-            self.plan = self._initialize_or_plan(trainer, pl_module)
+            self.plan = _initialize_or_plan(self, trainer, pl_module)
         if self.diagnostics and self.monitor is None:
             # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
             # registered once and gated, since attaching hooks would change the compiled graph
             self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
             self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names)
-
-    def _initialize_or_plan(self, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
-        """Initialize the model on its first training batch, once; or, when its weights come from a
-        checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
-        checkpoint = None if self.initialized else checkpoint_to_restore(trainer)
-        if checkpoint is not None:
-            # the checkpoint's weights overwrite the model right after setup: draw nothing (the
-            # global generator stays untouched) and never initialize this model later
-            _info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
-            self.initialized = True
-        elif not self.initialize and not self.initialized:
-            _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
-            self.initialized = True
-        batch, call, missing = observation(trainer, pl_module)
-        if missing is not None:
-            rank_zero_warn(missing, category=LyapunovWarning)
-        spec = self.spec
-        if self.initialized:
-            plan = plan_init(pl_module, spec, example_input=batch, forward=call)
-        else:
-            if batch is None and spec.calibration_method is not None:  # nothing to calibrate on
-                if not spec.calibration_optional:
-                    self._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
-                spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
-            self._used_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-            plan = initialize_(pl_module, spec, example_input=batch, forward=call,
-                               generator=torch.Generator().manual_seed(self._used_seed))
-            self.initialized = self._initialized_here = True
-        if missing is not None:
-            plan.warnings.append(missing)
-        return plan
 
     # ------------------------------------------------------------------ measuring and logging
 
@@ -301,6 +270,38 @@ class LyapunovInit(Callback):
         if self.monitor is not None:
             self.monitor.remove()
             self.monitor = None
+
+
+def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
+    """Initialize the model on its first training batch, once; or, when its weights come from a
+    checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
+    checkpoint = None if callback.initialized else checkpoint_to_restore(trainer)
+    if checkpoint is not None:
+        # the checkpoint's weights overwrite the model right after setup: draw nothing (the
+        # global generator stays untouched) and never initialize this model later
+        _info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
+        callback.initialized = True
+    elif not callback.initialize and not callback.initialized:
+        _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
+        callback.initialized = True
+    batch, call, missing = observation(trainer, pl_module)
+    if missing is not None:
+        rank_zero_warn(missing, category=LyapunovWarning)
+    spec = callback.spec
+    if callback.initialized:
+        plan = plan_init(pl_module, spec, example_input=batch, forward=call)
+    else:
+        if batch is None and spec.calibration_method is not None:  # nothing to calibrate on
+            if not spec.calibration_optional:
+                callback._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
+            spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
+        callback._used_seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        plan = initialize_(pl_module, spec, example_input=batch, forward=call,
+                           generator=torch.Generator().manual_seed(callback._used_seed))
+        callback.initialized = callback._initialized_here = True
+    if missing is not None:
+        plan.warnings.append(missing)
+    return plan
 
 
 def _refuse_unused(**settings: tuple[Any, Any]) -> None:
