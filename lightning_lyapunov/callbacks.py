@@ -35,7 +35,7 @@ from ._writers import Writers
 from .dashboard import featured_layers, figure_due
 from .diagnosis import SignalReport
 from .diagnostics import SignalMonitor
-from .initialize import initialize_
+from .initialize import initialize_, measured_state, restore_measured
 from .plan import InitPlan
 from .settings import DEFAULT_TARGET, InitSpec
 from .surgery import plan_init
@@ -144,6 +144,7 @@ class LyapunovInit(Callback):
         self._last_step: int | None = None
         self._used_seed: int | None = None
         self._initialized_here = False
+        self._measured: dict[str, Any] | None = None  # a loaded state, until there is a plan to restore it on
 
     # ------------------------------------------------------------------ state
 
@@ -153,12 +154,17 @@ class LyapunovInit(Callback):
         return self._generate_state_key(scheme=spec.scheme, distribution=spec.distribution, moment=spec.moment)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initialized": bool(self.initialized), "scheme": str(self.spec.scheme)}
+        """``initialized``, the scheme and what the plan measured (the calibration's factors and
+        log-gains, the sampling's scores), as plain Python values."""
+        state = {"initialized": bool(self.initialized), "scheme": str(self.spec.scheme)}
+        return {**state, **measured_state(self.plan)} if self.plan is not None else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initialized = bool(state_dict.get("initialized", False))
         if self.initialized:
             self._announced = True  # resumed: the plan was logged by the run that initialized
+        self._measured = state_dict  # Lightning restores callbacks after setup has planned
+        _restore(self)
 
     # ------------------------------------------------------------------ setup
 
@@ -169,6 +175,7 @@ class LyapunovInit(Callback):
         check_strategy(trainer.strategy, "LyapunovInit")
         if self.plan is None or not self.initialized:
             self.plan = _initialize_or_plan(self, trainer, pl_module)
+            _restore(self)
         if self.diagnostics and self.monitor is None:
             # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
             # registered once and gated, since attaching hooks would change the compiled graph
@@ -302,6 +309,15 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
     if missing is not None:
         plan.warnings.append(missing)
     return plan
+
+
+def _restore(callback: LyapunovInit) -> None:
+    """A resumed run predicts from what the initializing run measured (its state), not theory's draw."""
+    if callback.plan is not None and callback._measured is not None:
+        message = restore_measured(callback.plan, callback._measured)
+        callback._measured = None
+        if message:
+            callback._warn(message)
 
 
 def _refuse_unused(**settings: tuple[Any, Any]) -> None:

@@ -17,12 +17,15 @@ call it:
 
 On any error (``KeyboardInterrupt`` included) every weight, every planned bias and the generator's
 state are as before: one :meth:`InitPlan.restoring` scope around stages 2-4. What was applied is
-recorded on the plan that is returned: ``plan.sampling`` and ``plan.calibration``.
+recorded on the plan that is returned: ``plan.sampling`` and ``plan.calibration``;
+:func:`measured_state` gives them as plain Python values (a checkpoint's callback state) and
+:func:`restore_measured` puts them back on a plan of the same layers (a resumed run).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -31,13 +34,13 @@ from torch import nn
 from ._checks import check_bool
 from ._forward import Forward, InputShapeError
 from ._warn import LyapunovWarning
-from .calibration import calibrate_
+from .calibration import CalibrationResult, calibrate_
 from .plan import InitPlan, check_cpu_generator
-from .sampling import default_probe, select_
+from .sampling import SamplingReport, default_probe, select_
 from .settings import InitSpec
 from .surgery import plan_init, spec_of
 
-__all__ = ["apply_init", "initialize_", "sample_lyapunov_"]
+__all__ = ["apply_init", "initialize_", "measured_state", "restore_measured", "sample_lyapunov_"]
 
 
 def initialize_(
@@ -161,3 +164,37 @@ def sample_lyapunov_(
                           generator=generator, **settings)
     except InputShapeError as error:  # the batch is this function's probe=
         raise error.renamed("probe") from None
+
+
+def measured_state(plan: InitPlan) -> dict[str, Any]:
+    """What applying ``plan`` measured, as plain Python values (``torch.load(..., weights_only=True)``
+    reads them back): the planned layers' names, ``plan.calibration`` and ``plan.sampling`` as dicts
+    (None when not applied).
+
+    Example::
+
+        state = measured_state(apply_init(model, example_input=x, calibrate="layers"))
+        state["calibration"]["factors"]   # one float per planned layer
+    """
+    return {
+        "layers": list(plan.layer_names),
+        "calibration": None if plan.calibration is None else asdict(plan.calibration),
+        "sampling": None if plan.sampling is None else asdict(plan.sampling),
+    }
+
+
+def restore_measured(plan: InitPlan, state: dict[str, Any]) -> str | None:
+    """Put what :func:`measured_state` recorded back on ``plan`` (``plan.calibration``,
+    ``plan.sampling``), so that its predictions are the measured ones again. A state of other layers
+    (another model) changes nothing: the returned message says why; None when restored (or when the
+    state holds no measurement, as a checkpoint written before it was recorded)."""
+    if "layers" not in state:
+        return None
+    if list(state["layers"]) != plan.layer_names:
+        return (f"the checkpoint's calibration was measured on other layers ({len(state['layers'])} layers, "
+                f"{len(plan.layer_names)} planned here), so it is not restored: the "
+                "predictions are theory's")
+    calibration, sampling = state.get("calibration"), state.get("sampling")
+    plan.calibration = None if calibration is None else CalibrationResult(**calibration)
+    plan.sampling = None if sampling is None else SamplingReport(**sampling)
+    return None

@@ -196,7 +196,17 @@ def test_state_dict_is_plain_python(deep_narrow, tmp_path):
     callback = LyapunovInit(seed=0)
     fit(deep_narrow, tmp_path, [callback], logger=False)
     state = callback.state_dict()
-    assert state == {"initialized": True, "scheme": "lyapunov"}
+    assert {k: state[k] for k in ("initialized", "scheme")} == {"initialized": True, "scheme": "lyapunov"}
+    plain = (bool, int, float, str, type(None))
+
+    def is_plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(is_plain(v) for v in value)
+        return type(value) in plain
+
+    assert is_plain(state) and state["calibration"]["method"] == "layers"
 
 
 @pytest.mark.parametrize("calibrate", [[], pytest.param(["layers"], marks=pytest.mark.slow)])
@@ -270,6 +280,37 @@ def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(dee
         LyapunovInit(initialize=False, calibrate="output")
     with pytest.raises(TypeError, match="initialize"):
         LyapunovInit(initialize="no")
+
+
+def test_resume_restores_what_the_plan_measured(tmp_path):
+    # a calibrated run saves its factors and log-gains (plain Python, weights_only loading); the
+    # resumed run predicts from them, and does not advise the calibration it already has
+    settings = dict(calibrate="layers", calibrate_target=0.01, log_every_n_steps=1)
+    first = LyapunovInit(seed=1, **settings)
+    trainer, _ = fit(DeepNarrow(depth=6), tmp_path, [first], logger=False, max_steps=2)
+    ckpt = tmp_path / "calibrated.ckpt"
+    trainer.save_checkpoint(ckpt)
+    (state,) = [s for s in torch.load(ckpt, weights_only=True)["callbacks"].values() if "initialized" in s]
+    assert state["calibration"]["factors"] == first.plan.calibration.factors
+    resumed = LyapunovInit(seed=2, **settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(DeepNarrow(depth=6), tmp_path, [resumed], ckpt_path=ckpt, logger=False, max_steps=3)
+    assert resumed.plan.calibration == first.plan.calibration
+    assert resumed.plan.predicted_drift == first.plan.predicted_drift
+    assert not [w for w in caught if "calibrate=" in str(w.message)]
+    assert "calibrated ('layers')" in resumed.plan.describe()
+
+
+def test_resume_ignores_a_measurement_of_other_layers(tmp_path):
+    callback = LyapunovInit(seed=0)
+    fit(DeepNarrow(depth=6), tmp_path, [callback], logger=False, max_steps=1)
+    state = callback.state_dict()
+    other = LyapunovInit(seed=0, calibrate=None)
+    fit(DeepNarrow(depth=4), tmp_path, [other], logger=False, max_steps=1)
+    with pytest.warns(UserWarning, match="checkpoint's calibration .* other layers"):
+        other.load_state_dict(state)
+    assert other.plan.calibration is None
 
 
 def test_calibrate_auto_is_spelt_in_lower_case_and_initialize_false_refuses_a_target():

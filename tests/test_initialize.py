@@ -123,3 +123,20 @@ def test_a_batch_of_the_wrong_width_names_the_argument_and_the_shape_it_takes() 
         with pytest.raises(ValueError, match=match):
             quiet(run, model, x)
         assert changed(model, before) == []
+
+
+def test_what_a_plan_measured_survives_a_weights_only_checkpoint(tmp_path) -> None:
+    from lightning_lyapunov.initialize import measured_state, restore_measured
+    from lightning_lyapunov.surgery import plan_init
+
+    plan = quiet(apply_init, chain(), sampled="layerwise", candidates=2, calibrate="layers", example_input=X,
+                 generator=gen(3))
+    torch.save(measured_state(plan), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh = quiet(plan_init, chain())
+    assert restore_measured(fresh, state) is None
+    assert fresh.calibration == plan.calibration and fresh.sampling == plan.sampling
+    assert fresh.predicted_drift == plan.predicted_drift and fresh.predicted_drift != 0.0
+    other = quiet(plan_init, chain(depth=4))
+    assert "other layers" in restore_measured(other, state) and other.calibration is None
+    assert restore_measured(other, {"initialized": True}) is None  # a state from before it was recorded
