@@ -172,7 +172,7 @@ class LyapunovInit(Callback):
         check_single(trainer.callbacks, LyapunovInit, lambda cb: f"scheme={cb.spec.scheme!r}")
         if stage != "fit":
             return
-        check_strategy(trainer.strategy, "LyapunovInit")
+        check_strategy(trainer.strategy, "LyapunovInit", pl_module)
         if self.plan is None or not self.initialized:
             self.plan = _initialize_or_plan(self, trainer, pl_module)
             _restore(self)
