@@ -10,6 +10,7 @@
   running statistics at init would make it the identity). Sampling and calibration measure here.
 * :func:`stop_at`: end a forward pass at one module's first call (its input and output).
 * :func:`called`: which of some modules a forward pass calls, in the order of their first call.
+* :func:`tensors`: every tensor in a (nested) batch.
 * :func:`shapes_checked`: a pass that fails because a weight layer was given an input of the wrong
   width raises :class:`InputShapeError`, which names the layer and the shape it takes, instead of
   torch's ``mat1 and mat2 shapes cannot be multiplied``.
@@ -30,7 +31,7 @@ from torch import nn
 
 __all__ = [
     "Forward", "FirstCall", "InputShapeError", "call_forward", "called", "global_rng_preserved", "preserved", "quiet",
-    "shapes_checked", "stop_at",
+    "shapes_checked", "stop_at", "tensors",
 ]
 
 #: ``forward(model, example)``: how to run a model on an example (default :func:`call_forward`).
@@ -56,6 +57,23 @@ def call_forward(model: nn.Module, example: Any) -> Any:
             return model(example)
         return model(*args, **kwargs)
     return model(example)
+
+
+def tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict, in order.
+
+    Example::
+
+        list(tensors({"x": x, "pair": (y, 3.0)}))   # [x, y]
+    """
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from tensors(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from tensors(item)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ In a LightningCLI config::
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -39,7 +39,7 @@ from .initialize import initialize_, measured_state, restore_measured
 from .plan import InitPlan
 from .settings import DEFAULT_TARGET, InitSpec
 from .surgery import plan_init
-from .training_batch import observation
+from .training_batch import check_observation, observation
 
 __all__ = ["LyapunovInit"]
 
@@ -90,6 +90,13 @@ class LyapunovInit(Callback):
             first, middle and last planned layer's (the summary and the depth figure cover all).
         initialize: ``False`` leaves the weights alone (pretrained weights, fine-tuning): the plan
             is made for the diagnostics' predictions only.
+        example_input: observe, sample and calibrate on this batch instead of the first training
+            batch: a tensor, or a tuple, list or dict of them (what ``forward`` takes). Python only:
+            a tensor cannot come from a YAML config.
+        forward: ``forward(module, batch)`` runs the network on the batch, e.g. ``lambda module,
+            batch: module.net(batch["image"])``; ``None``: found once (the module's ``forward`` with
+            the batch mapped to its arguments, else one neutralized ``training_step``; see
+            :mod:`lightning_lyapunov.training_batch`). In a YAML config: the import path of a function.
 
     Attributes:
         spec: the :class:`~lightning_lyapunov.InitSpec` built from the initialization settings.
@@ -120,6 +127,8 @@ class LyapunovInit(Callback):
         seed: int | None = None,
         all_layers: bool = False,
         initialize: bool = True,
+        example_input: Any = None,
+        forward: Callable[[torch.nn.Module, Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.spec = InitSpec(scheme=scheme, distribution=distribution, moment=moment, negative_slope=negative_slope,
@@ -132,6 +141,8 @@ class LyapunovInit(Callback):
                               allowed="an integer in [0, 2**63) or None (None: drawn from torch's global generator)")
         self.all_layers = check_bool("all_layers", all_layers)
         self.initialize = check_bool("initialize", initialize)
+        check_observation(example_input, forward)
+        self.example_input, self.forward = example_input, forward
         if not initialize:
             _refuse_unused(sampled=(sampled, False), candidates=(candidates, None), calibrate=(calibrate, "auto"),
                            calibrate_target=(calibrate_target, DEFAULT_TARGET))
@@ -144,6 +155,7 @@ class LyapunovInit(Callback):
         self._last_step: int | None = None
         self._used_seed: int | None = None
         self._initialized_here = False
+        self._observed = "the first training batch"  # what the initialization ran the network on
         self._measured: dict[str, Any] | None = None  # a loaded state, until there is a plan to restore it on
 
     # ------------------------------------------------------------------ state
@@ -256,7 +268,7 @@ class LyapunovInit(Callback):
         """The closing summary printed at the end of ``fit``: what was initialized, then the report's
         (the measured exponent against the plan's, the output's scale, the layers that collapsed)."""
         if self._initialized_here:
-            what = self.plan.applied(f"seed {self._used_seed}", "the first training batch")
+            what = self.plan.applied(f"seed {self._used_seed}", self._observed)
         else:
             why = "initialize=False" if not self.initialize else "weights from a checkpoint or an earlier fit"
             what = f"did not initialize ({why}); plan: scheme={self.plan.scheme!r}"
@@ -280,8 +292,8 @@ class LyapunovInit(Callback):
 
 
 def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
-    """Initialize the model on its first training batch, once; or, when its weights come from a
-    checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
+    """Initialize the model on what the callback observes (the first training batch), once; or, when
+    its weights come from a checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
     checkpoint = None if callback.initialized else checkpoint_to_restore(trainer)
     if checkpoint is not None:
         # the checkpoint's weights overwrite the model right after setup: draw nothing (the
@@ -291,23 +303,24 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
     elif not callback.initialize and not callback.initialized:
         _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
         callback.initialized = True
-    batch, call, missing = observation(trainer, pl_module)
-    if missing is not None:
-        rank_zero_warn(missing, category=LyapunovWarning)
+    seen = observation(trainer, pl_module, callback.spec, callback.example_input, callback.forward)
+    if seen.missing is not None:
+        rank_zero_warn(seen.missing, category=LyapunovWarning)
     spec = callback.spec
     if callback.initialized:
-        plan = plan_init(pl_module, spec, example_input=batch, forward=call)
+        plan = plan_init(pl_module, spec, example_input=seen.example, forward=seen.forward)
     else:
-        if batch is None and spec.calibration_method is not None:  # nothing to calibrate on
+        if seen.example is None and spec.calibration_method is not None:  # nothing to calibrate on
             if not spec.calibration_optional:
-                callback._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
+                callback._warn(f"no training pass observed, so calibrate={spec.calibrate!r} is skipped")
             spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
-        callback._used_seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        plan = initialize_(pl_module, spec, example_input=batch, forward=call,
-                           generator=torch.Generator().manual_seed(callback._used_seed))
+        seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        plan = initialize_(pl_module, spec, example_input=seen.example, forward=seen.forward,
+                           generator=torch.Generator().manual_seed(seed))
         callback.initialized = callback._initialized_here = True
-    if missing is not None:
-        plan.warnings.append(missing)
+        callback._used_seed, callback._observed = seed, seen.how
+    if seen.missing is not None:
+        plan.warnings.append(seen.missing)
     return plan
 
 

@@ -58,7 +58,7 @@ from .observe import find_slopes
 from .plan import InitPlan, LayerPlan, zeroable_bias
 from .settings import InitSpec
 
-__all__ = ["plan_init"]
+__all__ = ["eligible_layers", "plan_init"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -277,6 +277,18 @@ def plan_init(
     for message in warnings_:
         warnings.warn(message, LyapunovWarning, stacklevel=2)
     return plan
+
+
+def eligible_layers(model: nn.Module, spec: InitSpec) -> list[str]:
+    """The qualified names of the weight layers ``plan_init(model, spec)`` plans (registration
+    order), found without running the model and without a warning: what observing a model must reach.
+    Raises ValueError as ``plan_init`` does for an ``include``/``exclude`` pattern that matches nothing.
+
+    Example::
+
+        eligible_layers(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)), InitSpec())   # ['0', '2']
+    """
+    return _discover(model, spec.include_patterns, spec.exclude_patterns)[0]
 
 
 def spec_of(spec: InitSpec | None, settings: dict[str, Any]) -> InitSpec:

@@ -104,3 +104,8 @@ def the_callback(callbacks: list[Any]) -> LyapunovInit:
     """The one LyapunovInit among ``callbacks``."""
     (callback,) = [c for c in callbacks if isinstance(c, LyapunovInit)]
     return callback
+
+
+def net_on_inputs(module: Any, batch: Any) -> Any:
+    """A ``forward=`` a config can name (``helpers.net_on_inputs``): the module on the batch's inputs."""
+    return module(batch[0])

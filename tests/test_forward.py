@@ -95,16 +95,14 @@ def test_shapes_checked_names_the_layer_and_the_shape_it_takes() -> None:
         assert model(torch.randn(4, 3)).shape == (4, 2, 1)
         assert model[3](torch.randn(2, 5)).shape == (2, 5)  # an unbatched (C, L) input fits
     with pytest.raises(InputShapeError, match=r"example_input gives layer '0' \(Linear\) inputs of shape "
-                                              r"\(4, 5\); it takes \(\.\.\., 3\)") as raised:
-        with shapes_checked(model):
-            model(torch.randn(4, 5))
+                                              r"\(4, 5\); it takes \(\.\.\., 3\)") as raised, shapes_checked(model):
+        model(torch.randn(4, 5))
     assert isinstance(raised.value.__cause__, RuntimeError)  # torch's own error, kept as the cause
     assert "probe gives layer '0'" in str(raised.value.renamed("probe"))
-    with pytest.raises(ValueError, match=r"layer '3' \(Conv1d\) inputs of shape \(4, 3, 1\); it takes \(N, 2, L\)"):
-        with shapes_checked(model):
-            model[3](torch.randn(4, 3, 1))
-    with pytest.raises(ZeroDivisionError):  # other errors pass through
-        with shapes_checked(model):
-            model(torch.randn(4, 3))
-            1 / 0
+    conv_error = r"layer '3' \(Conv1d\) inputs of shape \(4, 3, 1\); it takes \(N, 2, L\)"
+    with pytest.raises(ValueError, match=conv_error), shapes_checked(model):
+        model[3](torch.randn(4, 3, 1))
+    with pytest.raises(KeyError), shapes_checked(model):  # other errors pass through
+        model(torch.randn(4, 3))
+        raise KeyError("not a shape")
     assert all(not m._forward_pre_hooks for m in model.modules())
