@@ -226,7 +226,13 @@ def shapes_checked(model: nn.Module) -> Iterator[None]:
     """Inside the block, an error of a forward pass whose last Linear or convolution of ``model`` was
     given an input of the wrong width (or channels) becomes :class:`InputShapeError` (from torch's
     error). The hooks only keep a reference to each layer's input: no tensor operation runs during
-    the pass (an observer's ``TorchFunctionMode`` sees none); the check runs on the error."""
+    the pass (an observer's ``TorchFunctionMode`` sees none); the check runs on the error.
+
+    Example::
+
+        with shapes_checked(model):
+            model(torch.randn(8, 3))   # InputShapeError: ... layer '0' (Linear) ... it takes (..., 2)
+    """
     last: list[tuple[str, nn.Module, Any]] = []  # the weight layer entered last, and its input
 
     def record(name: str) -> Callable[..., None]:

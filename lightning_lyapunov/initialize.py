@@ -187,7 +187,14 @@ def restore_measured(plan: InitPlan, state: dict[str, Any]) -> str | None:
     """Put what :func:`measured_state` recorded back on ``plan`` (``plan.calibration``,
     ``plan.sampling``), so that its predictions are the measured ones again. A state of other layers
     (another model) changes nothing: the returned message says why; None when restored (or when the
-    state holds no measurement, as a checkpoint written before it was recorded)."""
+    state holds no measurement, as a checkpoint written before it was recorded).
+
+    Example::
+
+        plan = plan_init(model)                       # a resumed run: planned, not applied
+        restore_measured(plan, measured_state(applied))
+        plan.predicted_drift                          # the calibration's measured drift again
+    """
     if "layers" not in state:
         return None
     if list(state["layers"]) != plan.layer_names:

@@ -91,7 +91,13 @@ def training_batch(trainer: Trainer, pl_module: LightningModule) -> tuple[Any, s
 def observation(trainer: Trainer, pl_module: LightningModule, spec: InitSpec, example_input: Any = None,
                 forward: Forward | None = None) -> Observation:
     """How to run ``pl_module``'s network (module docstring), found once; the training batch is read
-    only when ``example_input`` is None."""
+    only when ``example_input`` is None.
+
+    Example::
+
+        seen = observation(trainer, module, InitSpec())   # in the callback's setup
+        plan_init(module, example_input=seen.example, forward=seen.forward)
+    """
     if example_input is not None:
         return Observation(move_data_to_device(example_input, pl_module.device), forward, "example_input")
     batch, why = training_batch(trainer, pl_module)
