@@ -113,6 +113,11 @@ def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def plural(k: int, unit: str = "seeds") -> str:
+    """``"1 seed"``, ``"3 seeds"``."""
+    return f"{k} {unit[:-1] if k == 1 and unit.endswith('s') else unit}"
+
+
 def number(value: float, style: str = "g") -> str:
     """A number in a sentence: ``"g"`` 3 significant digits, ``"percent"`` a fraction as ``"91.2%"``,
     ``"points"`` a difference of fractions as ``"+1.2 points"``, ``"signed"`` ``"+0.0123"``-like."""
@@ -168,8 +173,8 @@ class Paired:
         diff_style = {"percent": "points", "g": "signed"}.get(style, style)
         numbers = (f"median {number(self.median_a, style)} vs {number(self.median_b, style)}, paired difference "
                    f"{number(self.difference, diff_style)} [{number(self.lo, diff_style)}, "
-                   f"{number(self.hi, diff_style)}] ({100 * self.level:.0f}% bootstrap), {self.wins} seeds better, "
-                   f"{self.losses} worse, {self.ties} tied, sign test p = {self.p:.2g}, n = {self.n} seeds")
+                   f"{number(self.hi, diff_style)}] ({100 * self.level:.0f}% bootstrap), {plural(self.wins)} better, "
+                   f"{self.losses} worse, {self.ties} tied, sign test p = {self.p:.2g}, n = {plural(self.n)}")
         verdict = self.verdict
         if verdict is None:
             return f"{self.a} and {self.b} are not distinguishable in {metric} ({numbers})"
@@ -177,8 +182,8 @@ class Paired:
             return f"{self.a} beats {self.b} in {metric}: {numbers}"
         flipped = (f"median {number(self.median_b, style)} vs {number(self.median_a, style)}, paired difference "
                    f"{number(-self.difference, diff_style)} [{number(-self.hi, diff_style)}, "
-                   f"{number(-self.lo, diff_style)}] ({100 * self.level:.0f}% bootstrap), {self.losses} seeds better, "
-                   f"{self.wins} worse, {self.ties} tied, sign test p = {self.p:.2g}, n = {self.n} seeds")
+                   f"{number(-self.lo, diff_style)}] ({100 * self.level:.0f}% bootstrap), {plural(self.losses)} better, "
+                   f"{self.wins} worse, {self.ties} tied, sign test p = {self.p:.2g}, n = {plural(self.n)}")
         return f"{self.b} beats {self.a} in {metric}: {flipped}"
 
 
@@ -235,8 +240,8 @@ def compare_counts(a_flags: Sequence[bool] | np.ndarray, b_flags: Sequence[bool]
     x, y = np.asarray(a_flags, dtype=bool), np.asarray(b_flags, dtype=bool)
     only_a, only_b = int((x & ~y).sum()), int((y & ~x).sum())
     p = sign_test(only_a, only_b)
-    numbers = (f"{a} {count(x)}, {b} {count(y)} (95% Wilson intervals); {what} for {a} only on {only_a} {unit}, "
-               f"for {b} only on {only_b}, sign test p = {p:.2g}")
+    numbers = (f"{a} {count(x)}, {b} {count(y)} (95% Wilson intervals); {what} for {a} only on "
+               f"{plural(only_a, unit)}, for {b} only on {only_b}, sign test p = {p:.2g}")
     if p < alpha:
         winner, loser = (a, b) if only_a > only_b else (b, a)
         return f"{winner} is {what} more often than {loser}: {numbers}"
