@@ -49,6 +49,7 @@ class Result:
     cpu_seconds: float | None
     wall_seconds: float | None
     summary: list[str]
+    partial: str = ""  # the ``--only`` groups of a partial rerun
 
 
 def read_result(md: Path) -> Result | None:
@@ -63,7 +64,9 @@ def read_result(md: Path) -> Result | None:
     if "\n## Summary\n" in text:
         block = text.split("\n## Summary\n", 1)[1].split("\n## ", 1)[0]
         summary = [line[2:].strip() for line in block.strip().splitlines() if line.startswith("- ")]
-    return Result(float(cpu.group(1)) if cpu else None, float(wall.group(1)) if wall else None, summary)
+    only = re.search(r"--only ([\w,-]+)", header)
+    return Result(float(cpu.group(1)) if cpu else None, float(wall.group(1)) if wall else None, summary,
+                  only.group(1) if only else "")
 
 
 def _cell(text: str) -> str:
@@ -74,7 +77,7 @@ def _seconds(result: Result | None) -> str:
     if result is None:
         return "not run"
     if result.cpu_seconds is not None:
-        return f"{result.cpu_seconds:.0f} s"
+        return f"{result.cpu_seconds:.0f} s" + (f" (rerun of `--only {result.partial}`)" if result.partial else "")
     return f"not recorded (wall {result.wall_seconds:.0f} s)" if result.wall_seconds is not None else "not recorded"
 
 
@@ -141,8 +144,11 @@ def overhead_table(results: Path = RESULTS) -> str:
             continue
         ratio, lo, hi = (float(r[k]) for k in ("ratio", "ratio_q25", "ratio_q75"))
         spread = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
-        target = r["target"] or "-"
-        lines.append(f"| {_cell(r['group'])} | {_cell(r['case'])} | {ratio:.2f}x{spread} | {_cell(target)} | "
+        reference = ": torch orthogonal_" in r["case"]  # torch's own QR init: a reference (older tables gave it a target)
+        target = "-" if reference or not r["target"] else r["target"]
+        measured = (f"{ratio:.2f}x{spread}" if r["target"] or reference else  # no target: a time against its reference
+                    f"{float(r['ms']):.3g} ms against {float(r['reference_ms']):.3g} ms ({ratio:.3g}x)")
+        lines.append(f"| {_cell(r['group'])} | {_cell(r['case'])} | {measured} | {_cell(target)} | "
                      f"{_met(ratio, target)} |")
     for call, ms in theory.items():
         lines.append(f"| theory.critical_scale | {call}, uncached, slowest width | {ms:.2f} ms | < 50 ms | "

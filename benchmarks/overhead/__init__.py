@@ -443,7 +443,8 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
                   "`(previous run)` are kept from the table written before.")
     findings = _findings(rows, raw_theory)
     return Report(name="overhead", title=TITLE, setup=setup, rows=rows, findings=findings,
-                  figure=_figure(rows, raw_theory), summary=findings[:2],
+                  figure=_figure(rows, raw_theory),
+                  summary=[line for line in findings if line.startswith(("Lightning", "Benchmark engine"))],
                   command=f"python -m benchmarks overhead --only {','.join(only)}" if only else None)
 
 
