@@ -175,9 +175,18 @@ def _fit_seconds_per_step(config: dict, data, root: str, steps: int, device: str
 def _lightning_rows(size: Size, device: str = "cpu") -> list[dict[str, object]]:
     import logging
 
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the Trainer's banners, for the length of these fits
+    try:
+        return _lightning_fits(size, device)
+    finally:
+        logger.setLevel(level)
+
+
+def _lightning_fits(size: Size, device: str) -> list[dict[str, object]]:
     from torch.utils.data import DataLoader
 
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 64, generator=generator), torch.randint(0, 10, (128,), generator=generator)
     data = DataLoader([(x, y)] * size.trainer_steps, batch_size=None)  # the same batch, no collation
