@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from benchmarks._lib.engine import Adam, Draws, mse
 from benchmarks._lib.package import DeepMLP, PolynomialRegression
-from benchmarks._lib.protocol import grid_figure, grid_findings, grid_rows, train_grid
+from benchmarks._lib.protocol import Grid, grid_figure, grid_findings, grid_rows, train_grid
 from benchmarks._lib.report import Report, Sizes
 from benchmarks._lib.schemes import DEEP_NARROW
 
@@ -39,20 +39,26 @@ SIZES = Sizes(quick=Size(seeds=2, steps=60, lrs=(1e-3, 1e-2), eval_every=20),
               full=Size(seeds=20, steps=3000, lrs=(3e-4, 1e-3, 3e-3, 1e-2), eval_every=100))
 
 
+def train(size: Size, build, objective, data, evals, probe) -> tuple[Grid, list[int]]:
+    """The deep narrow protocol (``score_learning`` shares it): every (lr, scheme, seed) run with Adam on
+    minibatches drawn with replacement, one stream per seed; each scheme's learning rate by the median
+    final ``evals["val"]`` over seeds."""
+    grid = train_grid(build, DEEP_NARROW, tuple(range(size.seeds)), objective, data, evals,
+                      optimizer=lambda lr: Adam(lr, weight_decay=WEIGHT_DECAY), lrs=size.lrs, steps=size.steps,
+                      order=lambda streams: Draws(BATCH_SIZE, seed=0, streams=streams),
+                      record=range(0, size.steps + 1, size.eval_every), probe=probe, measure_gain=True,
+                      nonfinite="skip")
+    return grid, grid.select("val", higher_is_better=False)
+
+
 def run(size: Size) -> Report:
     seeds = tuple(range(size.seeds))
     splits = PolynomialRegression(in_features=1, degree=5, seed=0).build()
     x, y = splits["train"]
     baseline = float((splits["test"][1] - y.mean()).pow(2).mean())  # the best constant predictor's test MSE
     threshold = baseline / 10
-    grid = train_grid(
-        lambda: DeepMLP(1, 1, width=WIDTH, depth=DEPTH, negative_slope=SLOPE), DEEP_NARROW, seeds, mse, (x, y),
-        {"val": (splits["val"], mse), "test": (splits["test"], mse)},
-        optimizer=lambda lr: Adam(lr, weight_decay=WEIGHT_DECAY), lrs=size.lrs, steps=size.steps,
-        order=lambda streams: Draws(BATCH_SIZE, seed=0, streams=streams),
-        record=range(0, size.steps + 1, size.eval_every), probe=x[:PROBE_SIZE], measure_gain=True, nonfinite="skip",
-    )
-    chosen = grid.select("val", higher_is_better=False)
+    grid, chosen = train(size, lambda: DeepMLP(1, 1, width=WIDTH, depth=DEPTH, negative_slope=SLOPE), mse, (x, y),
+                         {"val": (splits["val"], mse), "test": (splits["test"], mse)}, x[:PROBE_SIZE])
 
     def trained(final):
         return final < threshold

@@ -11,20 +11,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from benchmarks._lib.engine import Adam, Draws, Stack
+from benchmarks import deep_narrow_regression
+from benchmarks._lib.engine import Stack
 from benchmarks._lib.package import DeepMLP, GaussianMixtureScore
-from benchmarks._lib.protocol import grid_figure, grid_findings, grid_rows, train_grid
+from benchmarks._lib.protocol import grid_figure, grid_findings, grid_rows
 from benchmarks._lib.report import Report
 from benchmarks._lib.schemes import DEEP_NARROW
 from benchmarks._lib.stats import median
-from benchmarks.deep_narrow_regression import STIEFEL_WIDTH_2
-from benchmarks.deep_narrow_regression import SIZES as SIZES  # the same protocol, the same sizes
+from benchmarks.deep_narrow_regression import BATCH_SIZE, PROBE_SIZE, STIEFEL_WIDTH_2, WEIGHT_DECAY, Size, train
 
 WIDTH, DEPTH, SLOPE = 2, 30, 0.1
 TITLE = f"Score learning: 3-Gaussian mixture, width {WIDTH}, depth {DEPTH}"
 SIGMA = 0.5
-WEIGHT_DECAY, BATCH_SIZE, PROBE_SIZE = 1e-4, 128, 256
 TRAINED = 0.9  # relative score error below which a run counts as trained (>= 10% of the score explained)
+SIZES = deep_narrow_regression.SIZES  # the same protocol, the same sizes
 
 
 def dsm_loss(model: Stack, batch: tuple[Tensor, ...], generator: torch.Generator | None = None) -> Tensor:
@@ -60,18 +60,12 @@ def noisy_data(probe_size: int):
     return data, x, fixed, noisy_test, probe
 
 
-def run(size) -> Report:  # a deep_narrow_regression.Size
+def run(size: Size) -> Report:
     seeds = tuple(range(size.seeds))
     data, x, fixed, noisy_test, probe = noisy_data(PROBE_SIZE)
-    grid = train_grid(
-        lambda: DeepMLP(2, 2, width=WIDTH, depth=DEPTH, negative_slope=SLOPE), DEEP_NARROW, seeds, dsm_loss, (x,),
-        {"val": (fixed["val"], dsm_loss), "test": (fixed["test"], dsm_loss),
-         "score": ((noisy_test, data.score(noisy_test, sigma=SIGMA)), relative_score_error)},
-        optimizer=lambda lr: Adam(lr, weight_decay=WEIGHT_DECAY), lrs=size.lrs, steps=size.steps,
-        order=lambda streams: Draws(BATCH_SIZE, seed=0, streams=streams),
-        record=range(0, size.steps + 1, size.eval_every), probe=probe, measure_gain=True, nonfinite="skip",
-    )
-    chosen = grid.select("val", higher_is_better=False)
+    grid, chosen = train(size, lambda: DeepMLP(2, 2, width=WIDTH, depth=DEPTH, negative_slope=SLOPE), dsm_loss, (x,),
+                         {"val": (fixed["val"], dsm_loss), "test": (fixed["test"], dsm_loss),
+                          "score": ((noisy_test, data.score(noisy_test, sigma=SIGMA)), relative_score_error)}, probe)
 
     def trained(final):
         return final < TRAINED
