@@ -74,8 +74,8 @@ Gaussian weights. Schemes, all applied with the project's `apply_init` (last lay
 
 Data: MNIST-1D (Greydanus 2020), generated locally (seed 0, 40 features, already standardized):
 {n_train} train / {len(data['test'][0])} test samples; {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {size.epochs} epochs.
-MNIST-1D is a harder task than MNIST (MLPs reach about 60-70% test accuracy on it), so the absolute
-numbers are not comparable with the paper's MNIST numbers; the paper's MNIST protocol is run by
+MNIST-1D is a harder task than MNIST, so the absolute numbers are not comparable with the paper's
+MNIST numbers; the paper's MNIST protocol is run by
 `mnist_fractional`.
 
 Protocol: plain SGD, learning rate {LR}, no momentum, no weight decay, batch {BATCH}, cross-entropy, the same

@@ -14,6 +14,7 @@ from benchmarks._lib import plots, stats
 from benchmarks._lib.data import CIFAR_NOTE, cifar10, mnist
 from benchmarks._lib.engine import SGD
 from benchmarks._lib.package import DeepMLP
+from benchmarks._lib.package import theory as th
 from benchmarks._lib.protocol import Grid, classify, non_finite_note, stopped_note
 from benchmarks._lib.report import Report, Sizes
 from benchmarks._lib.schemes import RELU_NOTE, scheme_note, with_data_driven
@@ -100,6 +101,7 @@ def run(size: Size) -> Report:
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
 
+    sigma2 = th.critical_scale(WIDTH, WIDTH, 0.0, "gaussian", FRACTIONAL.moment) ** 2 * WIDTH
     times = "; ".join(f"{e.name}: {e.grid.train_seconds:.0f} s training (all runs together), {e.grid.init_seconds:.0f} s "
                       "init" for e in experiments)
     setup = f"""
@@ -110,7 +112,7 @@ Their CNN, as we read "one convolutional layer and four fully connected layers o
 conv with 16 channels, stride 2, ReLU, then four Linear+ReLU of width 64 and a Linear head, on MNIST
 and on {CIFAR_NOTE} (per-channel standardized), same SGD, {size.cnn_epochs} epochs.
 
-{scheme_note()} `{FRACTIONAL.label}`: the paper's scheme (sigma^2 = 2.048/d at width 64).
+{scheme_note()} `{FRACTIONAL.label}`: the paper's scheme (sigma^2 = {sigma2:.4f}/d at width {WIDTH}).
 
 **Reduced to fit the shared 2-core CPU** (the paper: full MNIST, 30 epochs, 20 runs): every model is
 trained on a random subset of **{len(mnist_data['train'][0])} training images** (seed 0; CIFAR-10 test accuracy on a
