@@ -1,4 +1,4 @@
-"""Real-data benchmark 2: the vanishing-empirical-variance paper's Fig. 2 on CIFAR-10 (JPEG q75 copy).
+"""``cifar_variance``: the vanishing-empirical-variance paper's Fig. 2 on CIFAR-10 (JPEG q75 copy).
 
 Width 10, depth 100 ReLU nets on flattened CIFAR-10 images (3072 -> 10 -> ... -> 10): the
 empirical variance over the data of unit 0 of every layer (before the ReLU: the output of the
@@ -17,7 +17,6 @@ ones (the ``lsuv`` package, ``apply_init(..., calibrate=...)``) on a few nets:
   draw's output times ``1 / rms``. A target ``t`` multiplies every variance by ``t^2``; target 1
   keeps the paper's absolute threshold 1e-3 comparable with the other schemes.
 
-``python -m benchmarks cifar_variance [--quick]``
 """
 
 from __future__ import annotations
@@ -25,36 +24,45 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.classification import setup_torch
-from benchmarks.common import Report
-from benchmarks.empirical_variance import SCHEMES as BARE, _sampler
-from benchmarks.theory import batched_haar
-from benchmarks.realdata import CIFAR_NOTE, cifar10
-from lightning_lyapunov import apply_init
-from lightning_lyapunov import theory as th
-from lightning_lyapunov.examples.models import DeepMLP
+from benchmarks._lib import stats
+from benchmarks._lib.chains import batched_haar, semi_orthogonal, square_draw
+from benchmarks._lib.data import CIFAR_NOTE, cifar10
+from benchmarks._lib.package import DeepMLP, apply_init
+from benchmarks._lib.package import theory as th
+from benchmarks._lib.report import Report, Sizes
+from benchmarks._lib.schemes import RELU_NOTE
+from benchmarks.empirical_variance import SCHEMES as BARE
 
 WIDTH, DEPTH, IN, PROBE = 10, 100, 3072, 256
+TITLE = f"Vanishing empirical variance on {CIFAR_NOTE} (width {WIDTH}, depth {DEPTH})"
 LSUV_TOL = 0.1  # the lsuv package's default std_tol
-CHECK_NETS = 8
 SCHEMES = (*BARE, "lsuv", "lyapunov calibrated")
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 THRESHOLD, AT_DEPTH = 1e-3, 80
 TABLE_DEPTHS = (1, 10, 20, 40, 60, 80, 100)
 
 
+@dataclass(frozen=True)
+class Size:
+    nets: int
+    images: int  # training images the variance is measured over (the first PROBE are the init batch)
+    chunk: int  # nets drawn and run together
+    check_nets: int  # nets on which the closed forms are checked against lsuv and apply_init
+
+
+SIZES = Sizes(quick=Size(nets=40, images=300, chunk=20, check_nets=2),
+              full=Size(nets=1000, images=2000, chunk=125, check_nets=8))
+
+
 def _semi_orthogonal(n: int, g: torch.Generator, first_column_ones: bool = False, rows: int = IN) -> torch.Tensor:
-    """``n`` matrices ``(rows, WIDTH)`` with orthonormal columns: sign-fixed thin QR of a Gaussian matrix
-    (with its first column set to ones for the Stiefel construction)."""
-    a = torch.randn(n, rows, WIDTH, generator=g)
-    if first_column_ones:
-        a[:, :, 0] = 1.0
-    q, r = torch.linalg.qr(a)
-    return q * torch.where(torch.diagonal(r, dim1=-2, dim2=-1) >= 0, 1.0, -1.0).unsqueeze(-2)
+    """``n`` matrices ``(rows, WIDTH)`` with orthonormal columns (see ``chains.semi_orthogonal``)."""
+    return semi_orthogonal(n, rows, WIDTH, g, first_column_ones)
 
 
 def _first_layer(scheme: str):
@@ -93,7 +101,7 @@ def _draws(scheme: str, n: int, g: torch.Generator) -> Iterator[torch.Tensor]:
             yield batched_haar(n, WIDTH, g).float()
         return
     base = "lyapunov orthogonal" if scheme == "lyapunov calibrated" else scheme
-    first, hidden = _first_layer(base), _sampler(base, 0.0)
+    first, hidden = _first_layer(base), square_draw(base, WIDTH, 0.0)
     yield first(n, g)
     for _ in range(DEPTH - 1):
         yield hidden(n, g).float()
@@ -210,9 +218,8 @@ def check_stacked(x: torch.Tensor, depth: int, nets: int = 2) -> dict[str, float
     return out
 
 
-def run(quick: bool = False) -> Report:
-    setup_torch()
-    n_nets, n_data, chunk = (100, 500, 50) if quick else (1000, 2000, 125)
+def run(size: Size) -> Report:
+    n_nets, n_data, chunk = size.nets, size.images, size.chunk
     data = cifar10(n_train=n_data, seed=0, standardize="train")
     x = data["train"][0].flatten(1)
     seeds = {scheme: 1 + 1000 * i for i, scheme in enumerate(SCHEMES)}
@@ -221,7 +228,7 @@ def run(quick: bool = False) -> Report:
     results = {scheme: var for scheme, (var, _) in measured.items()}
     dead = {scheme: fraction for scheme, (_, fraction) in measured.items()}
     check_start = time.process_time()
-    check = check_stacked(x, DEPTH, CHECK_NETS)
+    check = check_stacked(x, DEPTH, size.check_nets)
     check_seconds = time.process_time() - check_start
     rows = []
     for scheme, var in results.items():
@@ -264,51 +271,47 @@ A layer whose output is all zero on the batch (every unit dead on every image) k
 and every correction after the first goes to the *first* layer (its layer counter is not reset within
 a layer), which ends with inf/NaN weights; such nets are counted here with the intended factor 1.
 
-Checked against the real thing on {CHECK_NETS} nets of depth {DEPTH} with the same weights, on this batch: the
+Checked against the real thing on {size.check_nets} nets of depth {DEPTH} with the same weights, on this batch: the
 largest relative difference in the variance of unit 0 is {check['lsuv']:.1e} over every layer after
-`lsuv.lsuv_with_singlebatch(net, batch, do_orthonorm=False)` (on the {CHECK_NETS - check['lsuv dead']} nets it leaves
+`lsuv.lsuv_with_singlebatch(net, batch, do_orthonorm=False)` (on the {size.check_nets - check['lsuv dead']} nets it leaves
 finite; the other {check['lsuv dead']} have a layer that is all zero on the batch), and for the output after
 `apply_init(net, scheme="lyapunov", distribution="orthogonal", calibrate=..., calibrate_target=1,
 example_input=batch)` {check['calibrate=layers']:.1e} (`"layers"`) and {check['calibrate=output']:.1e}
-(`"output"`) on the {CHECK_NETS - check['calibration dead']} nets with no dead layer on the batch
+(`"output"`) on the {size.check_nets - check['calibration dead']} nets with no dead layer on the batch
 (check: {check_seconds:.0f} s CPU).
 """
-    return Report("cifar_variance", f"Vanishing empirical variance on {CIFAR_NOTE} (width {WIDTH}, depth {DEPTH})",
-               setup, rows, _findings(results, dead), _figure(results))
+    findings = _findings(results, dead)
+    return Report("cifar_variance", TITLE, setup, rows, findings, _figure(results), summary=findings[:2])
 
 
-def _findings(results: dict[str, np.ndarray], dead: dict[str, float]) -> str:
-    frac = {s: float((v[:, AT_DEPTH - 1] < THRESHOLD).mean()) for s, v in results.items()}
+def _findings(results: dict[str, np.ndarray], dead: dict[str, float]) -> list[str]:
+    collapsed = {s: (int((v[:, AT_DEPTH - 1] < THRESHOLD).sum()), len(v)) for s, v in results.items()}
     q9 = {s: float(np.quantile(v[:, AT_DEPTH - 1], 0.9)) for s, v in results.items()}
     med = {s: float(np.median(v[:, AT_DEPTH - 1])) for s, v in results.items()}
     lines = [
-        f"- Fraction of nets with output variance < 1e-3 at depth {AT_DEPTH}: "
-        + "; ".join(f"{s} {100 * f:.1f}%" for s, f in frac.items()) + ".",
-        f"- Paper (He, CIFAR-10, width 10): about 90% of nets below 1e-3 after 80 layers (the 0.9 quantile crosses "
-        f"1e-3 near depth 80). Ours, He: {100 * frac['he']:.1f}%, 0.9 quantile at depth {AT_DEPTH} "
-        f"{q9['he']:.2e}.",
-        f"- Median variance at depth {AT_DEPTH}: " + "; ".join(f"{s} {m:.2e}" for s, m in med.items())
-        + ". Lyapunov init keeps the typical net's variance of order one where He's decays exponentially; "
-        "its spread (the upper quantiles) still grows with depth.",
-        f"- Calibrated against its own bare draws (lyapunov orthogonal), at depth {AT_DEPTH}: below 1e-3 "
-        f"{100 * frac['lyapunov calibrated']:.1f}% against {100 * frac['lyapunov orthogonal']:.1f}%, 0.9 quantile "
-        f"{q9['lyapunov calibrated']:.2e} against {q9['lyapunov orthogonal']:.2e}. Rescaling sets the output's size "
-        "on the batch, which lifts the nets whose output was merely small, not how much of it varies over the "
-        "data: the calibrated nets still below 1e-3 are collapsed (every image mapped near one point, the "
-        "variance under 1e-3 of the output's mean square).",
-        f"- Nets with a layer whose output is all zero on the {PROBE}-image batch, by depth {DEPTH}: "
+        f"Nets with output variance < 1e-3 at depth {AT_DEPTH} (95% Wilson intervals): "
+        + "; ".join(f"{s} {stats.Count(*c)}" for s, c in collapsed.items()) + " (ZerO: one deterministic net).",
+        stats.compare_fractions(*collapsed["lyapunov calibrated"], *collapsed["lsuv"], "lyapunov calibrated",
+                                "lsuv", "collapsed nets") + "; "
+        + stats.compare_fractions(*collapsed["lyapunov orthogonal"], *collapsed["he"], "lyapunov orthogonal", "he",
+                                  "collapsed nets") + ".",
+        f"Paper (He, CIFAR-10, width 10): at least 90% of nets below 1e-3 after 80 layers (its lower bound). Ours, "
+        f"He: {stats.Count(*collapsed['he'])}, 0.9 quantile at depth {AT_DEPTH} {q9['he']:.2e}.",
+        f"Median variance at depth {AT_DEPTH}: " + "; ".join(f"{s} {m:.2e}" for s, m in med.items()) + ".",
+        f"Calibrated against its own bare draws (lyapunov orthogonal, the same weights), at depth {AT_DEPTH}: "
+        f"0.9 quantile {q9['lyapunov calibrated']:.2e} against {q9['lyapunov orthogonal']:.2e}; "
+        + stats.compare_counts(results["lyapunov calibrated"][:, AT_DEPTH - 1] < THRESHOLD,
+                               results["lyapunov orthogonal"][:, AT_DEPTH - 1] < THRESHOLD, "lyapunov calibrated",
+                               "lyapunov orthogonal", "collapsed", unit="draws") + ".",
+        f"Nets with a layer whose output is all zero on the {PROBE}-image batch, by depth {DEPTH}: "
         + "; ".join(f"{s} {100 * f:.1f}%" for s, f in dead.items())
         + " (for LSUV these are the nets that the `lsuv` package itself turns into inf/NaN).",
+        RELU_NOTE,
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _figure(results: dict[str, np.ndarray]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     depth = np.arange(1, DEPTH + 1)
     for ax, q in zip(axes, (0.9, 0.99, 0.999)):

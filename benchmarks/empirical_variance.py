@@ -1,4 +1,4 @@
-"""Benchmark 5 (``empirical_variance``): the vanishing empirical variance of deep narrow nets.
+"""``empirical_variance``: the vanishing empirical variance of deep narrow nets.
 
 Width 10, depth 100, many random networks per scheme. Following the vanishing-empirical-variance
 paper (DESIGN section 6): for each net and each Linear layer, the unbiased variance of output unit
@@ -10,16 +10,20 @@ a fixed input against ``theory.kurtosis_by_depth``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.common import Report, spread
-from benchmarks.theory import batched_haar, batched_stiefel, leaky_relu
-from lightning_lyapunov import theory as th
+from benchmarks._lib import stats
+from benchmarks._lib.chains import leaky_relu, square_draw
+from benchmarks._lib.package import theory as th
+from benchmarks._lib.report import Report, Sizes
+from benchmarks._lib.schemes import RELU_NOTE
 
 WIDTH, DEPTH, N_DATA, SEED, CHUNK = 10, 100, 256, 0, 100
+TITLE = f"Vanishing empirical variance at width {WIDTH}, depth {DEPTH}"
 THRESHOLD, AT_DEPTH = 1e-3, 80
 SLOPES = (0.0, 0.1)
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
@@ -27,22 +31,12 @@ TABLE_DEPTHS = (1, 2, 5, 10, 20, 40, 80, 100)
 SCHEMES = ("he", "lyapunov gaussian", "lyapunov orthogonal", "orthogonal", "stiefel", "zero")
 
 
-def _sampler(scheme: str, a: float) -> Callable[[int, torch.Generator], torch.Tensor]:
-    """(n, generator) -> n weight matrices (WIDTH x WIDTH) of one layer, float64."""
-    d = WIDTH
-    if scheme == "he":
-        return lambda n, g: th.he_scale(d, a) * torch.randn(n, d, d, generator=g, dtype=torch.float64)
-    if scheme == "lyapunov gaussian":
-        return lambda n, g: th.critical_scale(d, d, a) * torch.randn(n, d, d, generator=g, dtype=torch.float64)
-    if scheme == "lyapunov orthogonal":
-        return lambda n, g: th.critical_scale(d, d, a, "orthogonal") * batched_haar(n, d, g)
-    if scheme == "orthogonal":
-        return lambda n, g: th.orthogonal_gain(a) * batched_haar(n, d, g)
-    if scheme == "stiefel":
-        return lambda n, g: batched_stiefel(n, d, g)
-    if scheme == "zero":  # ZerO: the identity for square layers (deterministic)
-        return lambda n, g: torch.eye(d, dtype=torch.float64).expand(n, d, d)
-    raise ValueError(f"unknown scheme {scheme!r}")
+@dataclass(frozen=True)
+class Size:
+    nets: int
+
+
+SIZES = Sizes(quick=Size(nets=100), full=Size(nets=1000))
 
 
 def _propagate(sample, a: float, x: torch.Tensor, n: int, generator: torch.Generator):
@@ -61,7 +55,7 @@ def _propagate(sample, a: float, x: torch.Tensor, n: int, generator: torch.Gener
 
 
 def _measure(scheme: str, a: float, x: torch.Tensor, n_nets: int, seed: int) -> dict[str, np.ndarray]:
-    sample = _sampler(scheme, a)
+    sample = square_draw(scheme, WIDTH, a)
     if scheme == "zero":
         n_nets = 1
     variances, m2, m4, fractions = [], 0.0, 0.0, []
@@ -78,11 +72,6 @@ def _measure(scheme: str, a: float, x: torch.Tensor, n_nets: int, seed: int) -> 
 
 
 def _figure(results: dict, predicted: dict):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     colors = dict(zip(SCHEMES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     depth = np.arange(1, DEPTH + 1)
@@ -122,9 +111,8 @@ def _figure(results: dict, predicted: dict):
     return fig
 
 
-def run(quick: bool = False) -> Report:
-    torch.set_num_threads(1)
-    n_nets = 100 if quick else 1000
+def run(size: Size) -> Report:
+    n_nets = size.nets
     x = torch.randn(N_DATA, WIDTH, generator=torch.Generator().manual_seed(SEED), dtype=torch.float64)
     results, predicted, rows = {}, {}, []
     for a in SLOPES:
@@ -156,72 +144,57 @@ def run(quick: bool = False) -> Report:
         f"the second-largest value), `frac_below_1e-3` = fraction of nets with variance < {THRESHOLD:g}. "
         "`kurtosis` = E h^4 / (E h^2)^2 of the pre-activations at input 0, pooled over the 10 units and "
         "all nets (over random weights, fixed input); `kurtosis_theory` = `theory.kurtosis_by_depth` "
-        "(i.i.d. Gaussian weights; the same for every Gaussian scale). Spread of the fraction at depth "
-        f"{AT_DEPTH}: median [25%, 75%] over the batches of {CHUNK} nets (one seed each)."
+        "(i.i.d. Gaussian weights; the same for every Gaussian scale). Fractions of nets come with 95% "
+        "Wilson intervals; schemes are compared by Fisher's exact test (their nets are independent draws)."
     )
-    return Report(
-        name="empirical_variance",
-        title=f"Vanishing empirical variance at width {WIDTH}, depth {DEPTH}",
-        setup=setup,
-        rows=rows,
-        findings=_findings(results, predicted, n_nets),
-        figure=_figure(results, predicted),
-    )
+    findings = _findings(results, predicted, n_nets)
+    return Report(name="empirical_variance", title=TITLE, setup=setup, rows=rows, findings=findings,
+                  summary=findings[:3], figure=_figure(results, predicted))
 
 
-def _findings(results: dict, predicted: dict, n_nets: int) -> str:
+def _collapsed(results: dict, scheme: str, a: float) -> tuple[int, int]:
+    col = results[(scheme, a)]["var"][:, AT_DEPTH - 1]
+    return int((col < THRESHOLD).sum()), len(col)
+
+
+def _findings(results: dict, predicted: dict, n_nets: int) -> list[str]:
     lines = []
     for a in SLOPES:
         name = "ReLU" if a == 0 else f"Leaky ReLU {a:g}"
-        parts = []
-        for scheme in SCHEMES:
-            r = results[(scheme, a)]
-            frac = float((r["var"][:, AT_DEPTH - 1] < THRESHOLD).mean())
-            med, lo, hi = spread(r["chunk_fractions"])
-            extra = f" [{lo:.2f}, {hi:.2f}] over batches" if len(r["chunk_fractions"]) > 1 else ""
-            parts.append(f"{scheme} {frac:.1%}{extra}")
-        lines.append(f"- {name}: fraction of nets with output-unit variance < {THRESHOLD:g} at depth {AT_DEPTH}: "
-                     + "; ".join(parts) + ".")
+        parts = [f"{scheme} {stats.Count(*_collapsed(results, scheme, a))}" for scheme in SCHEMES]
+        lines.append(f"{name}: nets with output-unit variance < {THRESHOLD:g} at depth {AT_DEPTH}: "
+                     + "; ".join(parts) + " (ZerO: one deterministic net).")
     random = [s for s in SCHEMES if s != "zero"]
-    frac = {s: float((results[(s, 0.0)]["var"][:, AT_DEPTH - 1] < THRESHOLD).mean()) for s in random}
-    best = min(frac, key=frac.get)
-    lyap = min(frac["lyapunov gaussian"], frac["lyapunov orthogonal"])
-    if best.startswith("lyapunov"):
-        lines.append(f"- Among the random schemes Lyapunov init collapses least (ReLU, depth {AT_DEPTH}).")
-    else:
-        lines.append(
-            f"- Lyapunov init does not win here: {best} has {frac[best]:.1%} collapsed nets at depth {AT_DEPTH} "
-            f"(ReLU) against {lyap:.1%} for the better Lyapunov variant. Lyapunov init fixes the median "
-            "(typical nets keep a variance of order one instead of He's exponential decay) but its "
-            "log-norm still spreads like sqrt(depth), so a fifth of the nets fall below 1e-3 and the "
-            "upper quantiles explode; orthogonal-with-gain sits between He and Lyapunov."
-        )
-    he, ly = results[("he", 0.0)]["var"], results[("lyapunov gaussian", 0.0)]["var"]
+    for a in SLOPES:
+        frac = {s: _collapsed(results, s, a) for s in random}
+        best = min(random, key=lambda s: frac[s][0] / frac[s][1])
+        lyap = min(("lyapunov gaussian", "lyapunov orthogonal"), key=lambda s: frac[s][0] / frac[s][1])
+        name = "ReLU" if a == 0 else f"Leaky ReLU {a:g}"
+        if best == lyap:
+            lines.append(f"{name}, fewest collapsed nets among the random schemes: {lyap}. "
+                         + stats.compare_fractions(*frac[lyap], *frac["he"], lyap, "he", "collapsed nets") + ".")
+        else:
+            lines.append(f"{name}, fewest collapsed nets among the random schemes: {best}, not a Lyapunov variant. "
+                         + stats.compare_fractions(*frac[best], *frac[lyap], best, lyap, "collapsed nets") + "; "
+                         + stats.compare_fractions(*frac[lyap], *frac["he"], lyap, "he", "collapsed nets") + ".")
+    he, ly = results[("he", 0.0)]["var"][:, AT_DEPTH - 1], results[("lyapunov gaussian", 0.0)]["var"][:, AT_DEPTH - 1]
     lines.append(
-        f"- Reference (paper, He, ReLU, CIFAR-10, width 10): about 90% below 1e-3 after 80 layers; here with He "
-        f"and Gaussian inputs: {(he[:, AT_DEPTH - 1] < THRESHOLD).mean():.1%}. Median variance at depth "
-        f"{AT_DEPTH} (ReLU): He {np.median(he[:, AT_DEPTH - 1]):.2e}, Lyapunov Gaussian "
-        f"{np.median(ly[:, AT_DEPTH - 1]):.2e}; 0.999 quantile: He {np.quantile(he[:, AT_DEPTH - 1], 0.999):.2e}, "
-        f"Lyapunov Gaussian {np.quantile(ly[:, AT_DEPTH - 1], 0.999):.2e}."
-    )
+        f"ReLU, depth {AT_DEPTH}: median variance He {np.median(he):.2e}, Lyapunov Gaussian {np.median(ly):.2e}; "
+        f"0.999 quantile He {np.quantile(he, 0.999):.2e}, Lyapunov Gaussian {np.quantile(ly, 0.999):.2e}. "
+        "Reference (paper, He, ReLU, CIFAR-10, width 10): at least 90% of nets below 1e-3 after 80 layers "
+        f"(its lower bound); here, He with Gaussian inputs: {stats.Count(*_collapsed(results, 'he', 0.0))}.")
     for a in SLOPES:
         k = results[("he", a)]["kurtosis"]
         ratio = k / predicted[a]
-        ok = np.flatnonzero(np.abs(ratio - 1.0) > 0.25)
-        agree = int(ok[0]) if ok.size else DEPTH
+        off = np.flatnonzero(np.abs(ratio - 1.0) > 0.25)
+        agree = int(off[0]) if off.size else DEPTH
         lines.append(
-            f"- Kurtosis, He, slope {a:g}: measured {k[1]:.2f} / {k[4]:.1f} / {k[9]:.0f} at depths 2 / 5 / 10 against "
-            f"predicted {predicted[a][1]:.2f} / {predicted[a][4]:.1f} / {predicted[a][9]:.0f}; the measurement "
-            f"stays within 25% of the recursion for the first {agree} layers; beyond that the predicted "
-            f"kurtosis (x{predicted[a][2] / predicted[a][1]:.2f} per layer, {predicted[a][-1]:.1e} at depth "
-            f"{DEPTH}) is carried by events rarer than 1 in {n_nets} nets and a sample cannot see it."
-        )
-    kg = results[("lyapunov gaussian", 0.1)]["kurtosis"]
-    lines.append(
-        f"- The kurtosis does not depend on the Gaussian scale: Lyapunov Gaussian measures {kg[4]:.1f} at depth 5 "
-        f"(He {results[('he', 0.1)]['kurtosis'][4]:.1f}, slope 0.1). Lyapunov init does not stop the heavy "
-        "tail; what it changes is the typical (median) size of the signal and hence the fraction of "
-        "collapsed nets. ZerO keeps the variance exactly (identity layers: the output is the input's "
-        "positive part), but it is one deterministic network, not a random one."
-    )
-    return "\n".join(lines)
+            f"Kurtosis, He, slope {a:g}: measured {k[1]:.2f} / {k[4]:.1f} / {k[9]:.0f} at depths 2 / 5 / 10 against "
+            f"predicted {predicted[a][1]:.2f} / {predicted[a][4]:.1f} / {predicted[a][9]:.0f}; within 25% of the "
+            f"recursion for the first {agree} layers; the predicted kurtosis grows x{predicted[a][2] / predicted[a][1]:.2f} "
+            f"per layer ({predicted[a][-1]:.1e} at depth {DEPTH}), carried by events rarer than 1 in {n_nets} nets.")
+    kg, kh = results[("lyapunov gaussian", 0.1)]["kurtosis"], results[("he", 0.1)]["kurtosis"]
+    lines.append(f"Kurtosis at depth 5, slope 0.1: Lyapunov Gaussian {kg[4]:.1f}, He {kh[4]:.1f} (the recursion does "
+                 "not depend on the Gaussian scale).")
+    lines.append("The ReLU rows: " + RELU_NOTE)
+    return lines

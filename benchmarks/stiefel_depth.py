@@ -1,37 +1,42 @@
-"""Benchmark 7: a very deep narrow ReLU net (depth 200, width 32) at initialization (dead units,
+"""``stiefel_depth``: a very deep narrow ReLU net (depth 200, width 32) at initialization (dead units,
 log-norm by depth, first-layer gradient norm) for every scheme, then a short training on MNIST-1D.
-
-``python -m benchmarks stiefel_depth [--quick]``
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from benchmarks.classification import (  # noqa: E402
-    ALL_SCHEMES,
-    at_init,
-    iqr,
-    lyapunov_verdict,
-    mnist1d,
-    plot_curves,
-    run_seeds,
-    setup_torch,
-    summarize,
-)
-from benchmarks.common import Report, Scheme, spread  # noqa: E402
-from lightning_lyapunov.examples.models import DeepMLP  # noqa: E402
+from benchmarks._lib import plots, stats
+from benchmarks._lib.data import mnist1d
+from benchmarks._lib.engine import Adam
+from benchmarks._lib.package import DeepMLP
+from benchmarks._lib.protocol import Grid, classify, stopped_note
+from benchmarks._lib.report import Report, Sizes
+from benchmarks._lib.schemes import ALL_SCHEMES, RELU_NOTE, at_init
 
 WIDTH, DEPTH, BATCH = 32, 200, 128
+TITLE = f"Depth {DEPTH}, width {WIDTH}, ReLU: dead units, gradients and training"
 LRS = (1e-4, 1e-3)
+
+
+@dataclass(frozen=True)
+class Size:
+    init_seeds: int
+    init_inputs: int  # training inputs of the measurements at init
+    train_seeds: int
+    steps: int
+    every: int
+    samples: int  # MNIST-1D samples (train / val / test: 70 / 10 / 20%)
+
+
+SIZES = Sizes(quick=Size(init_seeds=2, init_inputs=256, train_seeds=2, steps=4, every=4, samples=1000),
+              full=Size(init_seeds=10, init_inputs=3500, train_seeds=3, steps=200, every=25, samples=5000))
 
 
 def build() -> DeepMLP:
@@ -65,22 +70,13 @@ def probe(model: DeepMLP, x: Tensor, y: Tensor) -> dict[str, object]:
     return {"dead": dead, "log_gain": log_gain, "grad": grad}
 
 
-def _init_stats(x: Tensor, y: Tensor, seeds: list[int]) -> dict[str, list[dict]]:
+def _init_stats(x: Tensor, y: Tensor, seeds: range) -> dict[str, list[dict]]:
+    """Per scheme, one :func:`probe` per seed of a freshly built and initialized net."""
     return at_init(build, lambda model: probe(model, x, y), seeds)
 
 
-def _train(data: dict, scheme: Scheme, seeds: list[int], steps: int, every: int) -> dict[float, list]:
-    """Curves for every learning rate of the grid (Adam, batch 128), evaluated every ``every`` steps."""
-    evals = {"val": data["val"], "test": data["test"]}
-    return {
-        lr: run_seeds(build, scheme, seeds, lambda m, lr=lr: torch.optim.Adam(m.parameters(), lr=lr, foreach=True),
-                      data["train"], evals, steps=steps, eval_steps=range(0, steps + 1, every), batch_size=BATCH)
-        for lr in LRS
-    }
-
-
 def _median_curve(runs: list[dict], key: str) -> list[float]:
-    return [spread(run[key][i] for run in runs)[0] for i in range(DEPTH)]
+    return [float(np.median([run[key][i] for run in runs])) for i in range(DEPTH)]
 
 
 def _mean_curve(runs: list[dict], key: str) -> tuple[float, ...]:
@@ -99,48 +95,45 @@ def _plot_dead(ax, stats: dict[str, list[dict]]) -> None:
            ylabel="dead units (%)")
 
 
-def run(quick: bool = False) -> Report:
-    setup_torch()
-    init_seeds = list(range(3 if quick else 10))
-    train_seeds = list(range(2 if quick else 3))
-    steps, every = (40, 20) if quick else (200, 25)
-    data = mnist1d()
-    x, y = data["train"]
-    stats = _init_stats(x, y, init_seeds)
-    trained, chosen = {}, {}
-    for scheme in ALL_SCHEMES:
-        by_lr = _train(data, scheme, train_seeds, steps, every)
-        lr = max(LRS, key=lambda r: summarize(by_lr[r], "val_acc")[0])
-        trained[scheme.label], chosen[scheme.label] = by_lr[lr], lr
-
+def run(size: Size) -> Report:
+    init_seeds, train_seeds = range(size.init_seeds), tuple(range(size.train_seeds))
+    steps = size.steps
+    data = mnist1d(size.samples)
+    x, y = (t[:size.init_inputs] for t in data["train"])
+    init = _init_stats(x, y, init_seeds)
+    grid = classify(build, ALL_SCHEMES, train_seeds, data, evals=("val", "test"), optimizer=Adam, lrs=LRS, steps=steps,
+                    batch_size=BATCH, record=range(0, steps + 1, size.every))
+    chosen = grid.select("val_acc", higher_is_better=True)
+    val, test = grid.final("val_acc", chosen), grid.final("test_acc", chosen)
     rows = []
-    for scheme in ALL_SCHEMES:
-        runs = stats[scheme.label]
-        dead_last = spread(r["dead"][-1] for r in runs)
-        grad = spread(r["grad"] for r in runs)
+    for j, scheme in enumerate(ALL_SCHEMES):
+        runs = init[scheme.label]
         rows.append({
             "scheme": scheme.label,
-            "dead units, last layer (%)": iqr(dead_last),
-            "dead units, mean over layers (%)": iqr(spread(sum(r["dead"]) / DEPTH for r in runs)),
-            "nets with a fully dead layer": f"{sum(min(1.0, max(r['dead'])) == 1.0 for r in runs)}/{len(runs)}",
-            "log r(h_200) - log r(x)": iqr(spread(r["log_gain"][-1] for r in runs), 1.0, 2),
-            "grad norm W_1": f"{grad[0]:.3g} [{grad[1]:.3g}, {grad[2]:.3g}]",
-            "Adam lr (val)": f"{chosen[scheme.label]:g}",
-            f"val acc after {steps} steps (%)": iqr(summarize(trained[scheme.label], "val_acc")),
-            f"test acc after {steps} steps (%)": iqr(summarize(trained[scheme.label], "test_acc")),
+            "dead units, last layer (%)": stats.cell([r["dead"][-1] for r in runs], 100, 1, fixed=True),
+            "dead units, mean over layers (%)": stats.cell([sum(r["dead"]) / DEPTH for r in runs], 100, 1, fixed=True),
+            "nets with a fully dead layer": f"{sum(max(r['dead']) == 1.0 for r in runs)}/{len(runs)}",
+            f"log r(h_{DEPTH}) - log r(x)": stats.cell([r["log_gain"][-1] for r in runs], 1, 2, True, fixed=True),
+            "grad norm W_1": stats.cell([r["grad"] for r in runs], 1, 3, True),
+            "Adam lr (val)": f"{LRS[chosen[j]]:g}",
+            f"val acc after {steps} steps (%)": stats.percent(val[scheme.label]),
+            f"test acc after {steps} steps (%)": stats.percent(test[scheme.label]),
         })
+    runs_rows = [{"part": "init", "scheme": label, "seed": seed, "dead last layer": r["dead"][-1],
+                  "dead mean": sum(r["dead"]) / DEPTH, "log-gain": r["log_gain"][-1], "grad norm W_1": r["grad"]}
+                 for label, rs in init.items() for seed, r in zip(init_seeds, rs)]
+    runs_rows += [{"part": "training", **row} for row in grid.run_rows(chosen)]
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     layers = range(1, DEPTH + 1)
     for scheme in ALL_SCHEMES:
-        runs = stats[scheme.label]
-        axes[0, 1].plot(layers, _median_curve(runs, "log_gain"), label=scheme.label, lw=1.4)
-    _plot_dead(axes[0, 0], stats)
+        axes[0, 1].plot(layers, _median_curve(init[scheme.label], "log_gain"), label=scheme.label, lw=1.4)
+    _plot_dead(axes[0, 0], init)
     axes[0, 1].legend(fontsize=7, ncol=2)
     axes[0, 1].set(title="median log r(h_l) - log r(x) at init", xlabel="hidden layer", ylabel="log gain")
     axes[0, 1].set_yscale("symlog", linthresh=1.0)
     labels = [s.label for s in ALL_SCHEMES]
-    grads = [spread(r["grad"] for r in stats[lab]) for lab in labels]
+    grads = [stats.med_iqr([r["grad"] for r in init[lab]]) for lab in labels]
     floor = 1e-12
     med = [max(g[0], floor) for g in grads]
     err = [[m - max(g[1], floor) for m, g in zip(med, grads)], [max(g[2], floor) - m for m, g in zip(med, grads)]]
@@ -148,7 +141,8 @@ def run(quick: bool = False) -> Report:
     axes[1, 0].set_yscale("log")
     axes[1, 0].set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     axes[1, 0].set(title=f"||dL/dW_1|| at init (median, IQR; zeros drawn at {floor:g})")
-    plot_curves(axes[1, 1], trained, "test_acc", x="step")
+    plots.curves(axes[1, 1], grid.steps, {label: grid.curves["test_acc"][:, chosen[j], j]
+                                          for j, label in enumerate(labels)}, 100.0, True)
     axes[1, 1].set(title="MNIST-1D test accuracy, Adam, lr chosen on val (median, IQR)", xlabel="step",
                    ylabel="accuracy (%)")
     for ax in (axes[0, 0], axes[1, 1]):
@@ -165,52 +159,63 @@ orthogonal; `fractional s=1`: Gaussian; `orthogonal`: gain sqrt(2); `zero`: ZerO
 **The Stiefel scheme is a reconstruction** (DESIGN section 5: the paper body of Choi, Lee & Kim was not
 available; W semi-orthogonal with maximal row/column sums, gain 1, bias 0), not the authors' code.
 
-Inputs: MNIST-1D (generated locally, seed 0): 3500 train / 500 val / 1000 test samples, 40 features.
+Inputs: MNIST-1D (generated locally, seed 0): {len(data['train'][0])} train / {len(data['val'][0])} val /
+{len(data['test'][0])} test samples, 40 features.
 
-At init ({len(init_seeds)} seeds, 0..{init_seeds[-1]}; all 3500 training inputs): a unit is *dead* when its
+At init ({len(init_seeds)} seeds, 0..{init_seeds[-1]}; the first {len(x)} training inputs): a unit is *dead* when its
 ReLU output is exactly 0 for every input; log r(h) = log(||h|| / sqrt(d)) per input (median over inputs,
 minus the input's log r; computed without underflow); gradient norm ||dL/dW_1||_F of the mean
 cross-entropy over all training inputs. Float32 throughout, as in training.
 
-Training: Adam (no weight decay), batch {BATCH}, {steps} steps (~{steps * BATCH / 3500:.1f} epochs), seeds {train_seeds[0]}..{train_seeds[-1]}
-({len(train_seeds)} per scheme; seed k draws the weights and the batch order); each scheme's learning rate
-chosen from {{{", ".join(f"{lr:g}" for lr in LRS)}}} by median final validation accuracy; test accuracy of that
-lr reported as median [q25, q75] over seeds. ZerO is deterministic, so its seeds differ only in batch order.
+Training: Adam (no weight decay), batch {BATCH}, {steps} steps (~{steps * BATCH / len(data['train'][0]):.1f} epochs), seeds
+{train_seeds[0]}..{train_seeds[-1]} ({len(train_seeds)} per scheme; seed k draws the weights and the batch order, so
+comparisons are paired by seed); all (lr, scheme, seed) runs trained together by the benchmark engine
+({grid.path} path). Each scheme's learning rate chosen from {{{", ".join(f"{lr:g}" for lr in LRS)}}} by median
+final validation accuracy; test accuracy at that lr as median [q25, q75] over seeds. ZerO is deterministic, so
+its seeds differ only in batch order.
 """
-    findings = _findings(stats, trained, steps)
-    return Report("stiefel_depth", f"Depth {DEPTH}, width {WIDTH}, ReLU: dead units, gradients and training",
-               setup, rows, findings, fig)
+    findings = _findings(init, grid, chosen, steps)
+    return Report("stiefel_depth", TITLE, setup, rows, findings, fig, runs=runs_rows, summary=findings[2:5])
 
 
-def _findings(stats: dict[str, list[dict]], trained: dict[str, list], steps: int) -> str:
-    dead = {k: spread(r["dead"][-1] for r in v)[0] for k, v in stats.items()}
-    gain = {k: spread(r["log_gain"][-1] for r in v)[0] for k, v in stats.items()}
-    test = {k: summarize(v, "test_acc")[0] for k, v in trained.items()}
-    ranked = sorted(test, key=test.get, reverse=True)
-    zero_grad = [k for k, v in stats.items() if spread(r["grad"] for r in v)[0] == 0.0]
+def _findings(init: dict[str, list[dict]], grid: Grid, chosen: list[int], steps: int) -> list[str]:
+    dead = {k: float(np.median([r["dead"][-1] for r in v])) for k, v in init.items()}
+    gain = {k: float(np.median([r["log_gain"][-1] for r in v])) for k, v in init.items()}
+    test = grid.final("test_acc", chosen)
     alive = [k for k in dead if dead[k] == 0.0]
     lines = [
-        "- Dead units in the last hidden layer at init (median): "
-        + ", ".join(f"{k} {100 * dead[k]:.0f}%" for k in dead) + ". "
-        + (f"No dead unit at all in the last layer (median): {', '.join(alive)}." if alive else ""),
-        "- Median log-gain through the 200 layers, log r(h_200) - log r(x): "
-        + ", ".join(f"{k} {gain[k]:+.1f}" if math.isfinite(gain[k]) else f"{k} -inf" for k in gain) + ".",
-        f"- Test accuracy after {steps} steps (median): "
-        + ", ".join(f"{k} {100 * test[k]:.1f}%" for k in ranked) + ". "
-        + lyapunov_verdict(ranked, "median test accuracy")
-        + f" Same directions, different scale: lyapunov-gauss {100 * test['lyapunov-gauss']:.1f}% vs he "
-        f"{100 * test['he']:.1f}%, lyapunov-orth {100 * test['lyapunov-orth']:.1f}% vs orthogonal "
-        f"{100 * test['orthogonal']:.1f}% (the scale effect); schemes without dead units: "
-        + ", ".join(f"{k} {100 * test[k]:.1f}%" for k in alive) + " (the direction effect).",
-        *([f"- First-layer gradient exactly 0 in float32 (median over seeds) for {', '.join(zero_grad)}: the signal "
-           "and the backpropagated gradient both shrink by the product of the layer scales and underflow."]
-          if zero_grad else []),
-        "- Why the dead-unit columns repeat: with zero biases a ReLU net is positively homogeneous, and for "
-        "the same seed he, glorot, lyapunov-gauss and fractional draw the same standard normal matrices "
-        "(orthogonal and lyapunov-orth the same Haar matrices) times a per-layer scale. Which units are "
-        "dead therefore does not depend on the scale at all: **Lyapunov init fixes the drift of the "
-        "log-norm (the log-gain column), not dead units.** Only a change of the weights' *directions* "
-        "(Stiefel's positive row sums, ZerO's identities) removes them. Scale does matter for the gradient "
-        "that reaches the first layer (its norm scales with the product of the layer scales).",
+        "Dead units in the last hidden layer at init (median over seeds): "
+        + ", ".join(f"{k} {100 * dead[k]:.0f}%" for k in dead) + "."
+        + (f" None at all (median): {', '.join(alive)}." if alive else ""),
+        f"Median log-gain through the {DEPTH} layers, log r(h_{DEPTH}) - log r(x): "
+        + ", ".join(f"{k} {gain[k]:+.1f}" for k in gain) + ".",
+        f"Test accuracy after {steps} steps, median [IQR]: {stats.ranking(test, True, 'percent')}.",
     ]
-    return "\n".join(lines)
+    lyap = {s.label: test[s.label] for s in grid.schemes if s.lyapunov}
+    base = {s.label: test[s.label] for s in grid.schemes if not s.lyapunov}
+    pairs = [(stats.best(lyap, True), stats.best(base, True), " (each the best of its group by median in this run)"),
+             ("lyapunov-gauss", "he", " (same directions, different scale)"),
+             ("lyapunov-orth", "orthogonal", " (same directions, different scale)")]
+    for a, b, note in pairs:
+        lines.append(stats.compare(test[a], test[b], a, b, higher_is_better=True).sentence("test accuracy", "percent")
+                     + note + ".")
+    zero_grad = [k for k, v in init.items() if float(np.median([r["grad"] for r in v])) == 0.0]
+    if zero_grad:
+        lines.append(f"First-layer gradient exactly 0 in float32 (median over seeds) for {', '.join(zero_grad)}: the "
+                     "signal and the backpropagated gradient both shrink by the product of the layer scales and underflow.")
+    same_dead = _same_dead(init)
+    if same_dead:
+        lines.append("Identical dead-unit fractions in every layer for every seed: " + "; ".join(" = ".join(g) for g in
+                     same_dead) + ". With zero biases a ReLU net is positively homogeneous and these schemes draw, "
+                     "for the same seed, the same matrices up to a per-layer scale, so which units are dead does not "
+                     "depend on the scale: the Lyapunov scale fixes the drift of the log-norm, not dead units.")
+    lines += [stopped_note({"MNIST-1D": grid}), RELU_NOTE]
+    return [line for line in lines if line]
+
+
+def _same_dead(init: dict[str, list[dict]]) -> list[list[str]]:
+    """Groups (of two or more) of schemes whose dead-unit fractions agree in every layer for every seed."""
+    groups: dict[tuple, list[str]] = {}
+    for label, runs in init.items():
+        groups.setdefault(tuple(tuple(r["dead"]) for r in runs), []).append(label)
+    return [g for g in groups.values() if len(g) > 1]

@@ -1,80 +1,44 @@
-"""Benchmark 1 (``theory``): per-layer Lyapunov exponents of the classic inits, checked by Monte Carlo.
+"""``theory``: per-layer Lyapunov exponents of the classic inits, checked by Monte Carlo.
 
 For square layers of width ``d`` with Leaky ReLU slope ``a`` the table lists the per-layer drift
 ``lambda = E log r(y) - log r(x)`` (``r(x) = ||x|| / sqrt(d)``) of He, Glorot and
-orthogonal-with-gain, the critical (Lyapunov) scales next to He's, and, for a subset, the drift
-measured on random chains (mean per-layer log-norm increment +- standard error). The batched
-weight samplers and the chain propagation here are shared with ``lln_clt`` and
-``empirical_variance``.
+orthogonal-with-gain, the critical (Lyapunov) scales next to He's, the exact per-layer growth of the
+mean square at the Lyapunov Gaussian scale, and, for a subset, the drift measured on random chains
+(mean per-layer log-norm increment +- standard error).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from benchmarks.common import Report
-from lightning_lyapunov import theory as th
+from benchmarks._lib.chains import gaussian_draw, log_norm_increments, orthogonal_draw
+from benchmarks._lib.package import theory as th
+from benchmarks._lib.report import Report, Sizes
 
+TITLE = "Per-layer Lyapunov exponents of He, Glorot and orthogonal init, with Monte Carlo"
 SEED = 0
-Draw = Callable[[int, torch.Generator], torch.Tensor]  # (n_nets, generator) -> weights (n_nets, d, d)
 
 
-# ----------------------------------------------------------------------------- shared helpers
+@dataclass(frozen=True)
+class Size:
+    widths: tuple[int, ...]
+    slopes: tuple[float, ...]
+    mc_widths: tuple[int, ...]
+    mc_slopes: tuple[float, ...]
+    nets: int  # Monte Carlo chains per cell (a quarter above width 16: batched QR costs d^3)
+    depth: int
 
 
-def batched_haar(n: int, d: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``n`` independent Haar orthogonal ``d x d`` matrices: Q of a Gaussian matrix, sign-fixed
-    so that ``diag(R) > 0`` (the same law as ``lightning_lyapunov.init.orthogonal_``)."""
-    q, r = torch.linalg.qr(torch.randn(n, d, d, generator=generator, dtype=dtype))
-    signs = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) >= 0, 1.0, -1.0).to(dtype)
-    return q * signs.unsqueeze(-2)
-
-
-def batched_stiefel(n: int, d: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``n`` square mean-calibrated orthogonal matrices ``P_1 P_2^T`` (``P`` the sign-fixed Q of
-    ``[1 | Gaussian]``, as ``lightning_lyapunov.init.stiefel_orthogonal_``): ``W 1 = 1``."""
-
-    def basis() -> torch.Tensor:
-        columns = torch.randn(n, d, d, generator=generator, dtype=dtype)
-        columns[:, :, 0] = 1.0
-        q, r = torch.linalg.qr(columns)
-        signs = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) >= 0, 1.0, -1.0).to(dtype)
-        return q * signs.unsqueeze(-2)
-
-    return basis() @ basis().transpose(-1, -2)
-
-
-def gaussian_draw(d: int, scale: float) -> Draw:
-    return lambda n, g: scale * torch.randn(n, d, d, generator=g, dtype=torch.float64)
-
-
-def orthogonal_draw(d: int, gain: float) -> Draw:
-    return lambda n, g: gain * batched_haar(n, d, g)
-
-
-def leaky_relu(z: torch.Tensor, slope: float) -> torch.Tensor:
-    return torch.where(z > 0, z, slope * z)
-
-
-def log_norm_increments(
-    draw: Draw, d: int, slope: float, n_nets: int, depth: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Per-layer increments ``log r(x_{l+1}) - log r(x_l)``, shape ``(depth, n_nets)``, of
-    ``n_nets`` independent random chains started at ``x_0 = (1, ..., 1)``. The signal is
-    renormalized after every layer (the increments do not depend on the norm), so nothing
-    under- or overflows at any depth."""
-    x = torch.ones(n_nets, d, dtype=torch.float64)
-    out = torch.empty(depth, n_nets, dtype=torch.float64)
-    for layer in range(depth):
-        y = leaky_relu(torch.bmm(draw(n_nets, generator), x.unsqueeze(-1)).squeeze(-1), slope)
-        norm = y.norm(dim=1)
-        out[layer] = torch.log(norm / x.norm(dim=1))
-        x = y / norm.clamp_min(1e-300).unsqueeze(1)
-    return out
+SIZES = Sizes(
+    quick=Size(widths=(2, 4, 16, 64), slopes=(0.01, 0.1), mc_widths=(2, 16), mc_slopes=(0.1,), nets=100, depth=20),
+    full=Size(widths=(2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256), slopes=(0.01, 0.05, 0.1, 0.2),
+              mc_widths=(2, 4, 16, 64), mc_slopes=(0.01, 0.1, 0.2), nets=400, depth=50),
+)
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -101,12 +65,7 @@ def _monte_carlo(d: int, a: float, n_nets: int, depth: int, seed: int) -> dict[s
     return out
 
 
-def _figure(rows: list[dict], slopes: list[float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _figure(rows: list[dict], slopes: tuple[float, ...]):
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for color, a in zip(colors, slopes):
@@ -137,31 +96,33 @@ def _figure(rows: list[dict], slopes: list[float]):
     return fig
 
 
-def run(quick: bool = False) -> Report:
-    torch.set_num_threads(1)
-    if quick:
-        widths, slopes = [2, 4, 16, 64], [0.01, 0.1]
-        mc_widths, mc_slopes, n_nets, depth = [2, 16], [0.1], 100, 20
-    else:
-        widths = [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256]
-        slopes = [0.01, 0.05, 0.1, 0.2]
-        mc_widths, mc_slopes, n_nets, depth = [2, 4, 16, 64], [0.01, 0.1, 0.2], 400, 50
-    chains = {d: n_nets if d <= 16 else n_nets // 4 for d in mc_widths}  # batched QR cost grows like d^3
+def mean_square_growth(d: int, a: float, sigma: float) -> float:
+    """``log E r(y)^2 / r(x)^2`` of one square Gaussian layer (std ``sigma``) with Leaky ReLU slope ``a``:
+    exactly ``log(sigma^2 (1 + a^2) d / 2)`` (the fractional-moment paper's Thm 7 at s = 2), whatever the
+    input; so ``E r_L^2 = r_0^2 (sigma^2 (1 + a^2) d / 2)^L`` over ``L`` such layers."""
+    return math.log(sigma * sigma * (1 + a * a) * d / 2)
+
+
+def run(size: Size) -> Report:
+    widths, slopes = size.widths, size.slopes
+    chains = {d: size.nets if d <= 16 else size.nets // 4 for d in size.mc_widths}
     rows = []
     for d in widths:
         for a in slopes:
             he, orth = th.he_scale(d, a), th.orthogonal_gain(a)
+            sigma_lyap = th.critical_scale(d, d, a)
             row = {
                 "width": d, "slope": a,
                 "lambda_he": th.lyapunov_exponent(d, d, a, he),
                 "lambda_glorot": th.lyapunov_exponent(d, d, a, th.glorot_scale(d, d)),
                 "lambda_orth": th.lyapunov_exponent(d, d, a, orth, "orthogonal"),
-                "sigma_he": he, "sigma_lyap": th.critical_scale(d, d, a),
+                "sigma_he": he, "sigma_lyap": sigma_lyap,
                 "eta_orth": orth, "eta_lyap": th.critical_scale(d, d, a, "orthogonal"),
                 "s2_gauss": th.log_norm_variance(d, d, a),
                 "s2_orth": th.log_norm_variance(d, d, a, "orthogonal"),
+                "log_ms_lyap_gauss": mean_square_growth(d, a, sigma_lyap),
             }
-            mc = _monte_carlo(d, a, chains[d], depth, SEED) if d in mc_widths and a in mc_slopes else {}
+            mc = _monte_carlo(d, a, chains[d], size.depth, SEED) if d in size.mc_widths and a in size.mc_slopes else {}
             for name in ("he", "orth", "lyap_gauss", "lyap_orth"):
                 mean, se = mc.get(name, (math.nan, math.nan))
                 row[f"mc_{name}"], row[f"mc_{name}_se"] = mean, se
@@ -176,59 +137,63 @@ def run(quick: bool = False) -> Report:
     }
     z_all = np.concatenate([np.asarray(v) for v in z.values()])
     by = {(r["width"], r["slope"]): r for r in rows}
-    r2, r16, r256 = by.get((2, 0.1)), by.get((16, 0.1)), by.get((widths[-1], 0.01))
+    r2, r16, wide = by.get((2, 0.1)), by.get((16, 0.1)), by.get((widths[-1], slopes[0]))
     setup = (
-        f"Square layers, widths {widths}, Leaky ReLU slopes {slopes}. Theory: "
+        f"Square layers, widths {list(widths)}, Leaky ReLU slopes {list(slopes)}. Theory: "
         "`lightning_lyapunov.theory` (exponents of He `sigma^2 = 2/((1+a^2) d)`, Glorot `sigma^2 = 1/d`, "
         "Haar orthogonal with gain `sqrt(2/(1+a^2))`; Lyapunov critical scales `sigma_lyap`, `eta_lyap`; "
-        "per-layer CLT variances `s2_*`).\n\n"
-        f"Monte Carlo (torch float64, seed {SEED} + 1000 x scheme index) for widths {mc_widths} x slopes "
-        f"{mc_slopes}: {n_nets} independent chains (width 64: {n_nets // 4}) x {depth} layers per scheme, input `(1, ..., 1)`, "
-        "signal renormalized after each layer; `mc_*` = mean per-layer increment of "
-        "`log(||x||/sqrt(d))`, `mc_*_se` = its standard error (std / sqrt(chains x layers); the "
+        "per-layer CLT variances `s2_*`); `log_ms_lyap_gauss` = log(sigma_lyap^2 (1+a^2) d / 2), the exact "
+        "per-layer growth of the mean square E r^2 at the Lyapunov Gaussian scale (the fractional-moment "
+        "paper's Thm 7 at s = 2), against the log-normal approximation 2 s2_gauss.\n\n"
+        f"Monte Carlo (torch float64, seed {SEED} + 1000 x scheme index) for widths {list(size.mc_widths)} x slopes "
+        f"{list(size.mc_slopes)}: {size.nets} independent chains (above width 16: {size.nets // 4}) x {size.depth} "
+        "layers per scheme, input `(1, ..., 1)`, signal renormalized after each layer; `mc_*` = mean per-layer "
+        "increment of `log(||x||/sqrt(d))`, `mc_*_se` = its standard error (std / sqrt(chains x layers); the "
         "increments are i.i.d. because a Gaussian or Haar layer's output law depends on the input only "
         "through its norm). Schemes measured: He, orthogonal with gain, Lyapunov Gaussian and "
         "Lyapunov orthogonal (predicted 0)."
     )
     findings = [
-        f"- Monte Carlo agrees with the closed forms: over {len(z_all)} (width, slope, scheme) cells the "
-        f"median |measured - predicted| is {np.median(z_all):.2f} standard errors, the largest "
-        f"{np.max(z_all):.2f} (He {max(z['he']):.2f}, orthogonal {max(z['orth']):.2f}, Lyapunov Gaussian "
-        f"{max(z['lyap_gauss']):.2f}, Lyapunov orthogonal {max(z['lyap_orth']):.2f}).",
+        f"Monte Carlo against the closed forms: over {len(z_all)} (width, slope, scheme) cells the median "
+        f"|measured - predicted| is {np.median(z_all):.2f} standard errors, the largest {np.max(z_all):.2f} (He "
+        f"{max(z['he']):.2f}, orthogonal {max(z['orth']):.2f}, Lyapunov Gaussian {max(z['lyap_gauss']):.2f}, "
+        f"Lyapunov orthogonal {max(z['lyap_orth']):.2f}); {int((z_all > 2).sum())} of {len(z_all)} cells are beyond "
+        f"2 standard errors (about {0.0455 * len(z_all):.1f} expected by chance).",
     ]
     if r2 is not None:
         findings.append(
-            f"- Width 2, slope 0.1: He loses {r2['lambda_he']:+.3f} per layer (Glorot {r2['lambda_glorot']:+.3f}, "
+            f"Width 2, slope 0.1: He drifts {r2['lambda_he']:+.3f} per layer (Glorot {r2['lambda_glorot']:+.3f}, "
             f"orthogonal {r2['lambda_orth']:+.3f}), i.e. {40 * r2['lambda_he']:+.1f} in log-norm over 40 layers; "
             f"the Lyapunov scales are sigma = {r2['sigma_lyap']:.3f} (He {r2['sigma_he']:.3f}, "
-            f"{r2['sigma_lyap'] / r2['sigma_he']:.2f}x) and eta = {r2['eta_lyap']:.3f} (gain {r2['eta_orth']:.3f})."
-        )
+            f"{r2['sigma_lyap'] / r2['sigma_he']:.2f}x) and eta = {r2['eta_lyap']:.3f} (gain {r2['eta_orth']:.3f}). "
+            f"At sigma_lyap the mean square grows by exactly e^{r2['log_ms_lyap_gauss']:.3f} per layer (the "
+            f"log-normal approximation e^(2 s^2) says e^{2 * r2['s2_gauss']:.3f}): the median net keeps its scale "
+            "while the mean square, carried by rare large draws, grows.")
     if r16 is not None:
         findings.append(
-            f"- Width 16, slope 0.1: He {r16['lambda_he']:+.4f}, orthogonal {r16['lambda_orth']:+.4f} per layer; "
-            f"sigma_lyap / sigma_He = {r16['sigma_lyap'] / r16['sigma_he']:.3f}."
-        )
-    if r256 is not None:
+            f"Width 16, slope 0.1: He {r16['lambda_he']:+.4f}, orthogonal {r16['lambda_orth']:+.4f} per layer; "
+            f"sigma_lyap / sigma_He = {r16['sigma_lyap'] / r16['sigma_he']:.3f}.")
+    if wide is not None:
         findings.append(
-            f"- The problem is a narrow-network one: at width {widths[-1]} (slope 0.01) He drifts "
-            f"{r256['lambda_he']:+.5f} per layer and orthogonal {r256['lambda_orth']:+.5f}; the Lyapunov "
-            f"scales differ from He's / the gain by {100 * (r256['sigma_lyap'] / r256['sigma_he'] - 1):.2f}% "
-            f"and {100 * (r256['eta_lyap'] / r256['eta_orth'] - 1):.2f}%: there Lyapunov init is "
-            "practically He / orthogonal and brings nothing."
-        )
+            f"At width {widths[-1]} (slope {slopes[0]:g}) He drifts {wide['lambda_he']:+.5f} per layer and "
+            f"orthogonal {wide['lambda_orth']:+.5f}; the Lyapunov scales differ from He's / the gain by "
+            f"{100 * (wide['sigma_lyap'] / wide['sigma_he'] - 1):.2f}% and "
+            f"{100 * (wide['eta_lyap'] / wide['eta_orth'] - 1):.2f}%.")
     less = all(r["lambda_he"] < r["lambda_orth"] < 0 for r in rows)
-    how = "less than He (and still negatively) at every width and slope here" if less else (
-        "differently from He (not uniformly less: see the table)")
+    gap = {a: [r["lambda_glorot"] - r["lambda_he"] for r in rows if r["slope"] == a] for a in slopes}
+    same = all(max(abs(g - 0.5 * math.log((1 + a * a) / 2)) for g in gs) < 1e-9 for a, gs in gap.items())
     findings.append(
-        f"- Orthogonal-with-gain drifts {how}: an orthogonal layer "
-        "does not add the chi-square fluctuation of a Gaussian layer's norm. Glorot's drift is He's "
-        "minus log sqrt(2/(1+a^2)) (about -0.35) at every width: Glorot is not calibrated for (Leaky) ReLU."
-    )
-    return Report(
-        name="theory",
-        title="Per-layer Lyapunov exponents of He, Glorot and orthogonal init, with Monte Carlo",
-        setup=setup,
-        rows=rows,
-        findings="\n".join(findings),
-        figure=_figure(rows, slopes),
-    )
+        ("Orthogonal-with-gain drifts less than He, and still negatively, in every cell of the table"
+         if less else "Orthogonal-with-gain does not drift less than He in every cell (see the table)")
+        + ". Glorot's drift minus He's: " + ", ".join(f"{gs[0]:+.4f} at slope {a:g}" for a, gs in gap.items())
+        + (", the same at every width (log sqrt((1+a^2)/2): Glorot's variance 1/d against He's 2/((1+a^2) d))"
+           if same else " (not the same at every width: see the table)") + ".")
+    summary = [findings[0]]
+    if r2 is not None:
+        summary.append(f"Width 2, slope 0.1: He drifts {r2['lambda_he']:+.4f} per layer; Lyapunov scales "
+                       f"sigma = {r2['sigma_lyap']:.3f} (He {r2['sigma_he']:.3f}), eta = {r2['eta_lyap']:.3f}.")
+    if wide is not None:
+        summary.append(f"Width {widths[-1]}: the Lyapunov scale differs from He's by "
+                       f"{100 * (wide['sigma_lyap'] / wide['sigma_he'] - 1):.2f}%.")
+    return Report(name="theory", title=TITLE, setup=setup, rows=rows, findings=findings, summary=summary,
+                  figure=_figure(rows, slopes))

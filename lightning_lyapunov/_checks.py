@@ -5,8 +5,7 @@ shows what was given (value and type) and says what is allowed, e.g.::
 
     seed=1.5 is invalid: it must be an integer in [0, 2**63) or None, not a float
 
-A value of the wrong type raises :class:`ArgumentTypeError`, a ``TypeError`` that is also a
-``ValueError`` (so code that caught the earlier ``ValueError`` keeps working); a value of the right
+A value of the wrong type raises :class:`ArgumentTypeError` (a ``TypeError``); a value of the right
 type outside the allowed range raises ``ValueError``. Booleans are never accepted as numbers.
 
 torch is imported only by the tensor, generator and module checks, so that
@@ -41,8 +40,8 @@ __all__ = [
 MIN_SLOPE = 1e-100
 
 
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a ``TypeError``, and a ``ValueError`` for older callers)."""
+class ArgumentTypeError(TypeError):
+    """An argument of the wrong type."""
 
 
 def short_repr(value: Any) -> str:

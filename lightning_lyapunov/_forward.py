@@ -9,6 +9,11 @@
   BatchNorm, which normalizes with the batch's statistics as in the first training step (its
   running statistics at init would make it the identity). Sampling and calibration measure here.
 * :func:`stop_at`: end a forward pass at one module's first call (its input and output).
+* :func:`called`: which of some modules a forward pass calls, in the order of their first call.
+* :func:`tensors`: every tensor in a (nested) batch.
+* :func:`shapes_checked`: a pass that fails because a weight layer was given an input of the wrong
+  width raises :class:`InputShapeError`, which names the layer and the shape it takes, instead of
+  torch's ``mat1 and mat2 shapes cannot be multiplied``.
 * :func:`global_rng_preserved`: the global random generators alone.
 """
 
@@ -18,13 +23,16 @@ import inspect
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Forward", "FirstCall", "call_forward", "global_rng_preserved", "preserved", "quiet", "stop_at"]
+__all__ = [
+    "Forward", "FirstCall", "InputShapeError", "call_forward", "called", "global_rng_preserved", "preserved", "quiet",
+    "shapes_checked", "stop_at", "tensors",
+]
 
 #: ``forward(model, example)``: how to run a model on an example (default :func:`call_forward`).
 Forward = Callable[[nn.Module, Any], Any]
@@ -49,6 +57,23 @@ def call_forward(model: nn.Module, example: Any) -> Any:
             return model(example)
         return model(*args, **kwargs)
     return model(example)
+
+
+def tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict, in order.
+
+    Example::
+
+        list(tensors({"x": x, "pair": (y, 3.0)}))   # [x, y]
+    """
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from tensors(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from tensors(item)
 
 
 @contextmanager
@@ -140,3 +165,93 @@ def stop_at(run: Callable[[], Any], module: nn.Module, *, before: bool = False) 
     finally:
         handle.remove()
     return None, result
+
+
+def called(run: Callable[[], Any], modules: Sequence[nn.Module]) -> list[int]:
+    """Run ``run()`` (a forward pass) once; the indices of ``modules`` that it calls, in the order of
+    their first call. Errors of the pass propagate; the hooks are always removed.
+
+    Example::
+
+        called(lambda: model(x), [model.aux, model.net[0]])   # [1]: the forward never calls model.aux
+    """
+    order: list[int] = []
+
+    def hook(index: int) -> Callable[..., None]:
+        def record(_module: nn.Module, _args: tuple[Any, ...]) -> None:
+            if index not in order:
+                order.append(index)
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(index)) for index, module in enumerate(modules)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+class InputShapeError(ValueError):
+    """A weight layer was given an input of a shape it cannot take; the message names the argument
+    the batch came from (``example_input`` unless :meth:`renamed`), the layer and the shape it takes."""
+
+    def __init__(self, layer: str, kind: str, got: tuple[int, ...], takes: str, argument: str = "example_input"):
+        self.layer, self.kind, self.got, self.takes = layer, kind, got, takes
+        super().__init__(f"{argument} gives layer {layer!r} ({kind}) inputs of shape {got}; it takes {takes}: "
+                         "pass a batch of the shape the model's forward takes")
+
+    def renamed(self, argument: str) -> InputShapeError:
+        """The same error, naming ``argument`` (e.g. ``"probe"``) as where the batch came from."""
+        return InputShapeError(self.layer, self.kind, self.got, self.takes, argument)
+
+
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def _takes(module: nn.Module, x: torch.Tensor) -> str | None:
+    """The input shape ``module`` takes when ``x`` does not fit it, else None."""
+    if isinstance(module.weight, nn.parameter.UninitializedParameter):  # lazy: it takes what it gets
+        return None
+    if isinstance(module, nn.Linear):
+        return None if x.dim() >= 1 and x.shape[-1] == module.in_features else f"(..., {module.in_features})"
+    spatial = len(module.kernel_size)
+    if x.dim() in (spatial + 1, spatial + 2) and x.shape[-spatial - 1] == module.in_channels:
+        return None
+    return f"(N, {module.in_channels}, {_SPATIAL.get(spatial, '...')})"
+
+
+@contextmanager
+def shapes_checked(model: nn.Module) -> Iterator[None]:
+    """Inside the block, an error of a forward pass whose last Linear or convolution of ``model`` was
+    given an input of the wrong width (or channels) becomes :class:`InputShapeError` (from torch's
+    error). The hooks only keep a reference to each layer's input: no tensor operation runs during
+    the pass (an observer's ``TorchFunctionMode`` sees none); the check runs on the error.
+
+    Example::
+
+        with shapes_checked(model):
+            model(torch.randn(8, 3))   # InputShapeError: ... layer '0' (Linear) ... it takes (..., 2)
+    """
+    last: list[tuple[str, nn.Module, Any]] = []  # the weight layer entered last, and its input
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            last[:] = [(name or "<root>", module, args[0] if args else None)]
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name)) for name, module in model.named_modules()
+               if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        yield
+    except Exception as error:
+        if last and isinstance(last[0][2], torch.Tensor):
+            name, module, x = last[0]
+            takes = _takes(module, x)
+            if takes is not None:
+                raise InputShapeError(name, type(module).__name__, tuple(x.shape), takes) from error
+        raise
+    finally:
+        last.clear()
+        for handle in handles:
+            handle.remove()

@@ -1,10 +1,12 @@
 """What :class:`~lightning_lyapunov.LyapunovInit` writes to its loggers, each output isolated.
 
-Scalars go to every logger through Lightning's ``log_metrics``; the plan text, the custom-scalars
-layout, the log-norm histograms and the depth figure need a ``TensorBoardLogger`` (its
-``SummaryWriter``). A logger or writer that fails (a full disk, a logger that rejects the
+Scalars go to every logger: to a ``TensorBoardLogger`` as one event per measured step (one
+``Summary`` holding every value: Lightning's ``log_metrics`` writes one event per scalar, 36 of them
+cost longer than a small training step), to any other logger through Lightning's ``log_metrics``.
+The plan text, the custom-scalars layout, the log-norm histograms and the depth figure need a
+``TensorBoardLogger`` (its ``SummaryWriter``). A logger or writer that fails (a full disk, a logger that rejects the
 ``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
-switched off for that logger.
+switched off for that logger. Without matplotlib there is no depth figure, which is said once.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.loggers.logger import DummyLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from . import dashboard
 from .diagnostics import SignalStats
@@ -52,7 +56,7 @@ class Writers:
 
     def scalars(self, loggers: Sequence[Any], scalars: dict[str, float], step: int) -> None:
         for logger in loggers:
-            self.emit(logger, "scalars", lambda lg: lg.log_metrics(scalars, step=step))
+            self.emit(logger, "scalars", lambda lg: _log_scalars(lg, scalars, step))
 
     def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None,
              relu_layers: Sequence[str] | None = None) -> None:
@@ -100,6 +104,11 @@ class Writers:
             except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
                 self._off.add((-1, "depth figure"))
                 self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
+            else:
+                if not figures:  # matplotlib does not import: said once, not at every figure
+                    self._off.add((-1, "depth figure"))
+                    self._warn("the depth figure needs matplotlib, which does not import here: pip install "
+                               "matplotlib (it is in the dev extra); the scalars and histograms are written without it")
 
         def depth(writer: Any) -> None:
             for panel, figure in figures.items():
@@ -114,6 +123,17 @@ class Writers:
 
             for figure in figures.values():
                 plt.close(figure)
+
+
+def _log_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
+    """``logger.log_metrics(scalars, step)``; for TensorBoard the same tags and values (the logger's
+    prefix included) in one event."""
+    if not isinstance(logger, TensorBoardLogger):
+        logger.log_metrics(scalars, step=step)
+        return
+    tagged = _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR)
+    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in tagged.items()])
+    logger.experiment._get_file_writer().add_summary(summary, step)
 
 
 def _run_name(logger: Any) -> str:

@@ -27,8 +27,9 @@ after 5 epochs vs 42.2% at target 1).
 The passes run in eval mode (no dropout) but with BatchNorm on the batch's statistics, as in the
 first training step (its running statistics at init would make it the identity), under
 ``torch.no_grad()``; training flags, buffers, gradients and RNG states are restored, and on any
-error every planned weight is restored too (all or nothing). No random numbers are drawn,
-so the result is as deterministic as the draw.
+error every planned weight is restored too (all or nothing). No random numbers are drawn, and the
+root-mean-squares are reduced in an order that does not depend on the number of threads
+(:func:`lightning_lyapunov.log_norm.rms`), so the result is as deterministic as the draw.
 
 Example::
 
@@ -50,8 +51,8 @@ from torch import nn
 
 from ._checks import check_choice, check_float
 from ._warn import LyapunovWarning
-from ._forward import FirstCall, Forward, call_forward, quiet, stop_at
-from .log_norm import log_r
+from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_checked, stop_at
+from .log_norm import log_r, rms
 from .plan import InitPlan
 from .settings import CALIBRATIONS, DEFAULT_TARGET
 
@@ -70,7 +71,9 @@ class CalibrationResult:
     ``r(v) = ||v|| / sqrt(numel per sample)``: the previous layer's activation and this layer, as
     the diagnostics measure it; they add up to the network's log-gain; ``output_rms``: the last
     planned layer's output root-mean-square after calibration; ``dead``: layers left at factor 1
-    because their output (or input) is all zero on the batch."""
+    because their output (or input) is all zero on the batch; ``uncalled``: layers the forward pass
+    on the batch never calls, left with theory's draw (factor 1, log-gain NaN), the others
+    calibrated without them."""
 
     method: str
     target: float
@@ -78,10 +81,7 @@ class CalibrationResult:
     log_gains: list[float]
     output_rms: float
     dead: list[str] = field(default_factory=list)
-
-
-def _rms(value: torch.Tensor) -> float:
-    return float(value.detach().float().pow(2).mean().sqrt())
+    uncalled: list[str] = field(default_factory=list)
 
 
 class _Runner:
@@ -90,29 +90,28 @@ class _Runner:
     def __init__(self, model: nn.Module, example_input: Any, forward: Forward | None) -> None:
         self.model, self.example_input, self.forward = model, example_input, forward
 
-    def _run(self) -> Any:
+    def run(self) -> Any:
         if self.forward is not None:
             return self.forward(self.model, self.example_input)
         return call_forward(self.model, self.example_input)
 
     def first_call(self, layer: Any) -> FirstCall:
         """Layer ``layer``'s input and output on its first call."""
-        call, _ = stop_at(self._run, layer.module)
+        call, _ = stop_at(self.run, layer.module)
         if call is None:
             raise ValueError(f"calibrate: layer {layer.name!r} was not called by the forward pass on example_input; "
                              "pass forward=lambda model, batch: ... that runs it, or exclude= the layer")
         return call
 
-
     def check_signal(self, layer: Any) -> None:
         """A clear error when the batch gives the first planned layer an all-zero input."""
         args = self.first_call(layer).args
-        if args and isinstance(args[0], torch.Tensor) and _rms(args[0]) == 0.0:
+        if args and isinstance(args[0], torch.Tensor) and rms(args[0]) == 0.0:
             raise ValueError(f"calibrate: example_input gives the first planned layer {layer.name!r} an all-zero "
                              "input; pass a batch of real inputs")
 
 
-def _finite(name: str, measured: float) -> float:
+def _require_finite(name: str, measured: float) -> float:
     if not math.isfinite(measured):
         raise ValueError(f"calibrate: the output of {name} has root-mean-square {measured!r} on example_input "
                          "(non-finite); cannot rescale it. Check the batch for NaN/inf, or use calibrate=None")
@@ -131,8 +130,8 @@ def _calibrate_layers(runner: _Runner, layers: list[Any], target: float) -> tupl
     for i, layer in enumerate(layers):
         goal = target if i == len(layers) - 1 else 1.0
         call = runner.first_call(layer)
-        out_rms = _finite(f"layer {layer.name!r}", _rms(call.output))
-        in_rms = _rms(call.args[0]) if call.args and isinstance(call.args[0], torch.Tensor) else math.nan
+        out_rms = _require_finite(f"layer {layer.name!r}", rms(call.output))
+        in_rms = rms(call.args[0]) if call.args and isinstance(call.args[0], torch.Tensor) else math.nan
         if out_rms == 0.0 or in_rms == 0.0:
             factors.append(1.0)
             dead.append(layer.name)
@@ -148,8 +147,8 @@ def _calibrate_output(runner: _Runner, layers: list[Any], target: float) -> tupl
     slope ``d log rms / dt`` starts at ``L`` (a positively homogeneous chain) and is re-measured.
     An all-zero output (a dead network on this batch) leaves every factor 1 and returns the last layer."""
     def log_rms() -> float:
-        rms = _finite("the model", _rms(runner.first_call(layers[-1]).output))
-        return math.log(rms) if rms > 0 else -math.inf
+        measured = _require_finite("the model", rms(runner.first_call(layers[-1]).output))
+        return math.log(measured) if measured > 0 else -math.inf
 
     t, slope, current = 0.0, float(len(layers)), log_rms()
     if current == -math.inf:
@@ -193,7 +192,7 @@ def _measure(runner: _Runner, layers: list[Any]) -> tuple[list[float], float]:
         for handle in handles:
             handle.remove()
     logs = [means.get(i, math.nan) for i in range(-1, len(layers))]
-    return [b - a for a, b in zip(logs[:-1], logs[1:])], _rms(output)
+    return [b - a for a, b in zip(logs[:-1], logs[1:])], rms(output)
 
 
 def _alive_mean(values: torch.Tensor) -> float:
@@ -201,6 +200,14 @@ def _alive_mean(values: torch.Tensor) -> float:
     probability ``2^-d``: the exponent is taken conditionally on a nonzero signal)."""
     alive = values[torch.isfinite(values)]
     return float(alive.mean()) if alive.numel() else math.nan
+
+
+def _uncalled_warning(method: str, uncalled: list[str]) -> str:
+    shown = ", ".join(repr(name) for name in uncalled[:6]) + (f" and {len(uncalled) - 6} more" if len(uncalled) > 6
+                                                              else "")
+    return (f"calibrate={method!r}: {len(uncalled)} planned layer{'s' if len(uncalled) > 1 else ''} ({shown}) "
+            "not called by the forward pass on example_input: they keep theory's draw (factor 1) and the layers "
+            "that ran are calibrated without them; pass forward= that runs them, or exclude= them")
 
 
 def _dead_warning(method: str, dead: list[str]) -> str:
@@ -224,7 +231,10 @@ def calibrate_(
     what the model's forward takes (a tensor, a tuple of positional arguments, a dict of keyword
     arguments), or anything ``forward(model, example_input)`` takes. All or nothing: on any error
     every tensor the plan writes is restored and the error re-raised. Layers whose output is all
-    zero on the batch (dead ReLU units) keep factor 1, with a warning.
+    zero on the batch (dead ReLU units) keep factor 1, with a warning; so do the layers the forward
+    pass never calls (``result.uncalled``: an auxiliary head, a branch this batch does not take),
+    and the layers that ran are calibrated as if they were the whole plan. ValueError when the pass
+    calls no planned layer.
 
     Example::
 
@@ -234,14 +244,23 @@ def calibrate_(
     check_choice("method", method, CALIBRATIONS)
     target = check_float("target", target, minimum=0.0, low_open=True,
                          allowed="a positive finite number (the output's root-mean-square after calibration)")
-    layers, runner = plan.layers, _Runner(model, example_input, forward)
-    with plan.restoring(), quiet(model):
-        runner.check_signal(layers[0])
+    runner = _Runner(model, example_input, forward)
+    with plan.restoring(), quiet(model), shapes_checked(model):
+        ran = [plan.layers[i] for i in called(runner.run, [layer.module for layer in plan.layers])]
+        if not ran:
+            raise ValueError("calibrate: no planned layer was called by the forward pass on example_input; pass "
+                             "forward=lambda model, batch: ... that runs the network")
+        runner.check_signal(ran[0])
         run = _calibrate_layers if method == "layers" else _calibrate_output
-        factors, dead = run(runner, layers, target)
-        log_gains, output_rms = _measure(runner, layers)
-    plan.calibration = CalibrationResult(method, target, factors, log_gains, output_rms, dead)
-    if dead:
-        plan.warnings.append(_dead_warning(method, dead))
-        warnings.warn(plan.warnings[-1], LyapunovWarning, stacklevel=2)
+        factors, dead = run(runner, ran, target)
+        log_gains, output_rms = _measure(runner, ran)
+    measured = {id(layer): (factor, gain) for layer, factor, gain in zip(ran, factors, log_gains)}
+    per_layer = [measured.get(id(layer), (1.0, math.nan)) for layer in plan.layers]
+    uncalled = [layer.name for layer in plan.layers if id(layer) not in measured]
+    plan.calibration = CalibrationResult(method, target, [f for f, _ in per_layer], [g for _, g in per_layer],
+                                         output_rms, dead, uncalled)
+    for message in ([_uncalled_warning(method, uncalled)] if uncalled else []) + (
+            [_dead_warning(method, dead)] if dead else []):
+        plan.warnings.append(message)
+        warnings.warn(message, LyapunovWarning, stacklevel=2)
     return plan.calibration

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -39,11 +39,11 @@ from ._writers import Writers
 from .dashboard import featured_layers, figure_due
 from .diagnosis import SignalReport
 from .diagnostics import SignalMonitor
-from .initialize import initialize_
+from .initialize import initialize_, measured_state, restore_measured
 from .plan import InitPlan
 from .settings import DEFAULT_TARGET, InitSpec
 from .surgery import plan_init
-from .training_batch import observation
+from .training_batch import check_observation, observation
 
 __all__ = ["LyapunovInit"]
 
@@ -99,6 +99,13 @@ class LyapunovInit(Callback):
             first, middle and last planned layer's (the summary and the depth figure cover all).
         initialize: ``False`` leaves the weights alone (pretrained weights, fine-tuning): the plan
             is made for the diagnostics' predictions only.
+        example_input: observe, sample and calibrate on this batch instead of the first training
+            batch: a tensor, or a tuple, list or dict of them (what ``forward`` takes). Python only:
+            a tensor cannot come from a YAML config.
+        forward: ``forward(module, batch)`` runs the network on the batch, e.g. ``lambda module,
+            batch: module.net(batch["image"])``; ``None``: found once (the module's ``forward`` with
+            the batch mapped to its arguments, else one neutralized ``training_step``; see
+            :mod:`lightning_lyapunov.training_batch`). In a YAML config: the import path of a function.
 
     Attributes:
         spec: the :class:`~lightning_lyapunov.InitSpec` built from the initialization settings.
@@ -129,6 +136,8 @@ class LyapunovInit(Callback):
         seed: int | None = None,
         all_layers: bool = False,
         initialize: bool = True,
+        example_input: Any = None,
+        forward: Callable[[torch.nn.Module, Any], Any] | None = None,
     ) -> None:
         super().__init__()
         self.spec = InitSpec(scheme=scheme, distribution=distribution, moment=moment, negative_slope=negative_slope,
@@ -141,6 +150,8 @@ class LyapunovInit(Callback):
                               allowed="an integer in [0, 2**63) or None (None: drawn from torch's global generator)")
         self.all_layers = check_bool("all_layers", all_layers)
         self.initialize = check_bool("initialize", initialize)
+        check_observation(example_input, forward)
+        self.example_input, self.forward = example_input, forward
         if not initialize:
             _refuse_unused(sampled=(sampled, False), candidates=(candidates, None), calibrate=(calibrate, "auto"),
                            calibrate_target=(calibrate_target, DEFAULT_TARGET))
@@ -154,6 +165,8 @@ class LyapunovInit(Callback):
         self._last_step: int | None = None
         self._used_seed: int | None = None
         self._initialized_here = False
+        self._observed = "the first training batch"  # what the initialization ran the network on
+        self._measured: dict[str, Any] | None = None  # a loaded state, until there is a plan to restore it on
 
     # ------------------------------------------------------------------ state
 
@@ -163,12 +176,17 @@ class LyapunovInit(Callback):
         return self._generate_state_key(scheme=spec.scheme, distribution=spec.distribution, moment=spec.moment)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initialized": bool(self.initialized), "scheme": str(self.spec.scheme)}
+        """``initialized``, the scheme and what the plan measured (the calibration's factors and
+        log-gains, the sampling's scores), as plain Python values."""
+        state = {"initialized": bool(self.initialized), "scheme": str(self.spec.scheme)}
+        return {**state, **measured_state(self.plan)} if self.plan is not None else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initialized = bool(state_dict.get("initialized", False))
         if self.initialized:
             self._announced = True  # resumed: the plan was logged by the run that initialized
+        self._measured = state_dict  # Lightning restores callbacks after setup has planned
+        _restore(self)
 
     # ------------------------------------------------------------------ setup
 
@@ -177,45 +195,15 @@ class LyapunovInit(Callback):
         self._console.trainer = trainer
         if stage != "fit":
             return
-        check_strategy(trainer.strategy, "LyapunovInit")
+        check_strategy(trainer.strategy, "LyapunovInit", pl_module)
         if self.plan is None or not self.initialized:
-            self.plan = self._initialize_or_plan(trainer, pl_module)
+            self.plan = _initialize_or_plan(self, trainer, pl_module)
+            _restore(self)
         if self.diagnostics and self.monitor is None:
             # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
             # registered once and gated, since attaching hooks would change the compiled graph
             self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
             self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names)
-
-    def _initialize_or_plan(self, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
-        """Initialize the model on its first training batch, once; or, when its weights come from a
-        checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
-        checkpoint = None if self.initialized else checkpoint_to_restore(trainer)
-        if checkpoint is not None:
-            # the checkpoint's weights overwrite the model right after setup: draw nothing (the
-            # global generator stays untouched) and never initialize this model later
-            _info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
-            self.initialized = True
-        elif not self.initialize and not self.initialized:
-            _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
-            self.initialized = True
-        batch, call, missing = observation(trainer, pl_module)
-        if missing is not None:
-            _warn_rank_zero(missing)
-        spec = self.spec
-        if self.initialized:
-            plan = plan_init(pl_module, spec, example_input=batch, forward=call)
-        else:
-            if batch is None and spec.calibration is not None:  # nothing to calibrate on
-                if not spec.calibration_optional:
-                    self._warn(f"no training batch, so calibrate={spec.calibrate!r} is skipped")
-                spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
-            self._used_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-            plan = initialize_(pl_module, spec, example_input=batch, forward=call,
-                               generator=torch.Generator().manual_seed(self._used_seed))
-            self.initialized = self._initialized_here = True
-        if missing is not None:
-            plan.warnings.append(missing)
-        return plan
 
     # ------------------------------------------------------------------ measuring and logging
 
@@ -289,7 +277,7 @@ class LyapunovInit(Callback):
         """The closing summary printed at the end of ``fit``: what was initialized, then the report's
         (the measured exponent against the plan's, the output's scale, the layers that collapsed)."""
         if self._initialized_here:
-            what = self.plan.applied(f"seed {self._used_seed}", "the first training batch")
+            what = self.plan.applied(f"seed {self._used_seed}", self._observed)
         else:
             why = "initialize=False" if not self.initialize else "weights from a checkpoint or an earlier fit"
             what = f"did not initialize ({why}); plan: scheme={self.plan.scheme!r}"
@@ -357,6 +345,48 @@ def _clear_progress_bar(trainer: Trainer | None) -> contextlib.AbstractContextMa
     except Exception:  # noqa: BLE001 - no tqdm: Lightning's rich bar redirects the console itself
         return contextlib.nullcontext()
     return tqdm.external_write_mode(file=sys.stderr)
+
+
+def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
+    """Initialize the model on what the callback observes (the first training batch), once; or, when
+    its weights come from a checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
+    checkpoint = None if callback.initialized else checkpoint_to_restore(trainer)
+    if checkpoint is not None:
+        # the checkpoint's weights overwrite the model right after setup: draw nothing (the
+        # global generator stays untouched) and never initialize this model later
+        _info(f"LyapunovInit: weights come from the checkpoint {checkpoint}, not initialized")
+        callback.initialized = True
+    elif not callback.initialize and not callback.initialized:
+        _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
+        callback.initialized = True
+    seen = observation(trainer, pl_module, callback.spec, callback.example_input, callback.forward)
+    if seen.missing is not None:
+        _warn_rank_zero(seen.missing)
+    spec = callback.spec
+    if callback.initialized:
+        plan = plan_init(pl_module, spec, example_input=seen.example, forward=seen.forward)
+    else:
+        if seen.example is None and spec.calibration_method is not None:  # nothing to calibrate on
+            if not spec.calibration_optional:
+                callback._warn(f"no training pass observed, so calibrate={spec.calibrate!r} is skipped")
+            spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
+        seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        plan = initialize_(pl_module, spec, example_input=seen.example, forward=seen.forward,
+                           generator=torch.Generator().manual_seed(seed))
+        callback.initialized = callback._initialized_here = True
+        callback._used_seed, callback._observed = seed, seen.how
+    if seen.missing is not None:
+        plan.warnings.append(seen.missing)
+    return plan
+
+
+def _restore(callback: LyapunovInit) -> None:
+    """A resumed run predicts from what the initializing run measured (its state), not theory's draw."""
+    if callback.plan is not None and callback._measured is not None:
+        message = restore_measured(callback.plan, callback._measured)
+        callback._measured = None
+        if message:
+            callback._warn(message)
 
 
 def _refuse_unused(**settings: tuple[Any, Any]) -> None:

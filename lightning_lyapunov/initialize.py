@@ -17,27 +17,30 @@ call it:
 
 On any error (``KeyboardInterrupt`` included) every weight, every planned bias and the generator's
 state are as before: one :meth:`InitPlan.restoring` scope around stages 2-4. What was applied is
-recorded on the plan that is returned: ``plan.sampling`` and ``plan.calibration``.
+recorded on the plan that is returned: ``plan.sampling`` and ``plan.calibration``;
+:func:`measured_state` gives them as plain Python values (a checkpoint's callback state) and
+:func:`restore_measured` puts them back on a plan of the same layers (a resumed run).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._checks import check_bool
-from ._forward import Forward
+from ._forward import Forward, InputShapeError
 from ._warn import LyapunovWarning
-from .calibration import calibrate_
-from .plan import InitPlan, check_generator
-from .sampling import default_probe, select_
+from .calibration import CalibrationResult, calibrate_
+from .plan import InitPlan, check_cpu_generator
+from .sampling import SamplingReport, default_probe, select_
 from .settings import InitSpec
 from .surgery import plan_init, spec_of
 
-__all__ = ["apply_init", "initialize_", "sample_lyapunov_"]
+__all__ = ["apply_init", "initialize_", "measured_state", "restore_measured", "sample_lyapunov_"]
 
 
 def initialize_(
@@ -60,8 +63,8 @@ def initialize_(
         plan = initialize_(model, InitSpec(calibrate="layers"), example_input=x,
                            generator=torch.Generator().manual_seed(0))
     """
-    check_generator(generator)
-    if spec.calibration is not None and not spec.calibration_optional and example_input is None:
+    check_cpu_generator(generator)
+    if spec.calibration_method is not None and not spec.calibration_optional and example_input is None:
         raise ValueError(f"calibrate={spec.calibrate!r} needs example_input= (a batch of real inputs); "
                          "pass one, or calibrate=None")
     plan = plan_init(model, spec, example_input=example_input, forward=forward)
@@ -72,7 +75,7 @@ def initialize_(
                                     candidates=spec.candidates, generator=generator)
         else:
             plan.write(plan.draw(generator))
-        if spec.calibration is not None and example_input is not None:
+        if spec.calibration_method is not None and example_input is not None:
             _calibrate(model, plan, example_input, forward)
     return plan
 
@@ -82,7 +85,7 @@ def _calibrate(model: nn.Module, plan: InitPlan, example_input: Any, forward: Fo
     the draw (``calibrate_`` has put its own writes back) and says why."""
     spec = plan.spec
     try:
-        calibrate_(model, plan, example_input, spec.calibration, spec.calibrate_target, forward)
+        calibrate_(model, plan, example_input, spec.calibration_method, spec.calibrate_target, forward)
     except ValueError as error:
         if not spec.calibration_optional:
             raise
@@ -156,5 +159,49 @@ def sample_lyapunov_(
         plan.sampling.chosen_score <= plan.sampling.median_score   # True
     """
     sampled = "layerwise" if check_bool("layerwise", layerwise) else "network"
-    return apply_init(model, sampled=sampled, candidates=candidates, example_input=probe, forward=forward,
-                      generator=generator, **settings)
+    try:
+        return apply_init(model, sampled=sampled, candidates=candidates, example_input=probe, forward=forward,
+                          generator=generator, **settings)
+    except InputShapeError as error:  # the batch is this function's probe=
+        raise error.renamed("probe") from None
+
+
+def measured_state(plan: InitPlan) -> dict[str, Any]:
+    """What applying ``plan`` measured, as plain Python values (``torch.load(..., weights_only=True)``
+    reads them back): the planned layers' names, ``plan.calibration`` and ``plan.sampling`` as dicts
+    (None when not applied).
+
+    Example::
+
+        state = measured_state(apply_init(model, example_input=x, calibrate="layers"))
+        state["calibration"]["factors"]   # one float per planned layer
+    """
+    return {
+        "layers": list(plan.layer_names),
+        "calibration": None if plan.calibration is None else asdict(plan.calibration),
+        "sampling": None if plan.sampling is None else asdict(plan.sampling),
+    }
+
+
+def restore_measured(plan: InitPlan, state: dict[str, Any]) -> str | None:
+    """Put what :func:`measured_state` recorded back on ``plan`` (``plan.calibration``,
+    ``plan.sampling``), so that its predictions are the measured ones again. A state of other layers
+    (another model) changes nothing: the returned message says why; None when restored (or when the
+    state holds no measurement, as a checkpoint written before it was recorded).
+
+    Example::
+
+        plan = plan_init(model)                       # a resumed run: planned, not applied
+        restore_measured(plan, measured_state(applied))
+        plan.predicted_drift                          # the calibration's measured drift again
+    """
+    if "layers" not in state:
+        return None
+    if list(state["layers"]) != plan.layer_names:
+        return (f"the checkpoint's calibration was measured on other layers ({len(state['layers'])} layers, "
+                f"{len(plan.layer_names)} planned here), so it is not restored: the "
+                "predictions are theory's")
+    calibration, sampling = state.get("calibration"), state.get("sampling")
+    plan.calibration = None if calibration is None else CalibrationResult(**calibration)
+    plan.sampling = None if sampling is None else SamplingReport(**sampling)
+    return None

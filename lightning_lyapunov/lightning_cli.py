@@ -165,7 +165,7 @@ class LyapunovCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             self._parser(self.subcommand).error(_config_error(error))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -228,7 +228,7 @@ class PlanCLI(LyapunovCLI):
             with warnings.catch_warnings(record=True) as caught:  # printed once, in the plan
                 warnings.simplefilter("always")
                 self.plan = plan_init(self.model, self.spec)
-        except ValueError as error:
+        except (ValueError, TypeError) as error:
             self.parser.error(_config_error(error))
         for warning in caught:  # anything the plan does not list is passed on
             if str(warning.message) not in self.plan.warnings:
@@ -242,12 +242,12 @@ def _callbacks(trainer_config: Mapping[str, Any]) -> list[Any]:
 
 
 def _config_error(error: BaseException) -> str:
-    """The message of the innermost ValueError in ``error``'s chain: jsonargparse wraps a
-    constructor's ValueError in "Does not validate against any of the Union subtypes ..."."""
+    """The message of the innermost ValueError or TypeError in ``error``'s chain: jsonargparse wraps a
+    constructor's error in "Does not validate against any of the Union subtypes ..."."""
     innermost = error
     cause = error.__cause__ or error.__context__
     while cause is not None:
-        if isinstance(cause, ValueError):
+        if isinstance(cause, (ValueError, TypeError)):
             innermost = cause
         cause = cause.__cause__ or cause.__context__
     return f"invalid configuration: {innermost}"
@@ -265,10 +265,10 @@ def fit_note(spec: InitSpec) -> str | None:
     steps = []
     if spec.sampling is not None:
         steps.append(f"selects among {spec.candidates or 'ceil(2 sqrt(layers))'} draws (sampled={spec.sampling!r})")
-    if spec.calibration is not None:
+    if spec.calibration_method is not None:
         optional = " (calibrate='auto': skipped, with a warning, if the batch cannot calibrate the draw)" \
             if spec.calibration_optional else ""
-        steps.append(f"calibrates ({spec.calibration!r}, output root-mean-square {spec.calibrate_target:g}){optional}")
+        steps.append(f"calibrates ({spec.calibration_method!r}, output root-mean-square {spec.calibrate_target:g}){optional}")
     if not steps:
         return None
     return textwrap.fill("fit observes the first training batch, then " + " and ".join(steps)

@@ -28,15 +28,14 @@ registration order are the fallbacks (:func:`lightning_lyapunov.activations.dete
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._forward import Forward, call_forward, preserved
+from ._forward import Forward, InputShapeError, call_forward, preserved, shapes_checked, tensors
 from .activations import (
     WEIGHT_LAYERS,
     SlopeInfo,
@@ -54,18 +53,6 @@ __all__ = ["find_slopes", "observe_slopes"]
 Tag = tuple[str, int]  # (planned layer, call number)
 # modules consumed as a whole: their input meets a linear map, not an activation
 _LINEAR_MODULES = WEIGHT_LAYERS + (nn.MultiheadAttention, nn.Bilinear)
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a (nested) tuple/list/dict."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors(item)
 
 
 def _target(func: Any) -> Any:
@@ -107,16 +94,16 @@ class _Observer(TorchFunctionMode):
         return entry[1] if entry is not None and entry[0]() is tensor else frozenset()
 
     def _set(self, value: Any, tags: frozenset[Tag]) -> None:
-        for tensor in _tensors(value):
+        for tensor in tensors(value):
             if tensor.is_floating_point() and tensor.dim() > 0:
                 self.tags[id(tensor)] = (weakref.ref(tensor), tags | self._get(tensor))
 
     def _clear(self, value: Any) -> None:
-        for tensor in _tensors(value):
+        for tensor in tensors(value):
             self.tags.pop(id(tensor), None)
 
     def _tags_of(self, *values: Any) -> frozenset[Tag]:
-        return frozenset().union(*(self._get(t) for value in values for t in _tensors(value)))
+        return frozenset().union(*(self._get(t) for value in values for t in tensors(value)))
 
     def _record(self, tags: frozenset[Tag], finding: Callable[[str], SlopeInfo | None], definite: bool) -> None:
         for name in sorted({name for name, _ in tags}):
@@ -180,7 +167,7 @@ class _Observer(TorchFunctionMode):
                 self.residual.update(name for name, _ in tags)
             self._set(result, tags)
             return
-        if verdict == "unknown" and not any(t.is_floating_point() and t.dim() > 0 for t in _tensors(result)):
+        if verdict == "unknown" and not any(t.is_floating_point() and t.dim() > 0 for t in tensors(result)):
             return  # a statistic or a comparison, not the signal
         self._record(tags, lambda name: classify_call(target, args, kwargs, name, "observed")[1],
                      verdict != "unknown")
@@ -230,11 +217,12 @@ def observe_slopes(
     """Slopes of the named layers that run in one forward pass on ``example_input`` (module docstring).
 
     ``forward(model, example_input)`` runs the model (default :func:`call_forward`). Raises whatever
-    the forward raises; the model's state is restored in every case.
+    the forward raises (:class:`~lightning_lyapunov._forward.InputShapeError` for a batch of the
+    wrong width); the model's state is restored in every case.
     """
     observer = _Observer(model, names)
     try:
-        with preserved(model), torch.no_grad(), observer:
+        with preserved(model), torch.no_grad(), shapes_checked(model), observer:
             output = (forward or call_forward)(model, example_input)
             observer.output(output)
     finally:
@@ -249,7 +237,8 @@ def find_slopes(
 
     Returns ``(slopes, order, warnings)`` as :func:`lightning_lyapunov.activations.detect_slopes`.
     Layers the observed pass never calls are planned by registration order (one warning names them);
-    if the observed pass fails, the fx fallback is used and a warning says why.
+    if the observed pass fails, the fx fallback is used and a warning says why; a batch of the wrong
+    width for a weight layer raises :class:`~lightning_lyapunov._forward.InputShapeError` (a ValueError).
 
     Example::
 
@@ -261,6 +250,8 @@ def find_slopes(
         return detect_slopes(model, names)
     try:
         slopes, order = observe_slopes(model, names, example_input, forward)
+    except InputShapeError:  # a batch no layer can take is a wrong argument, not a failed observation
+        raise
     except Exception as error:  # noqa: BLE001 - a failed observation means: use the fallback
         slopes, order, warnings_ = detect_slopes(model, names)
         how = "forward(model, example_input)" if forward is not None else f"{type(model).__name__}(example_input)"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # results attached by the initialization engine
     from .calibration import CalibrationResult
     from .sampling import SamplingReport
 
-__all__ = ["InitPlan", "LayerPlan", "check_generator"]
+__all__ = ["InitPlan", "LayerPlan", "check_cpu_generator"]
 
 
 @dataclass
@@ -39,7 +39,7 @@ class LayerPlan:
     drawn once, here, and their biases are zeroed too, except those in ``kept_biases`` (a bias also held
     by a module that the plan leaves alone is left alone). ``taps``: for a delta conv, the kernel
     positions that hold a drawn matrix (every other tap is 0); None for a full draw. ``slope_source``
-    says what was found after the layer, ``slope_from`` how (``"observed"``, ``"fx"``, ``"module
+    says what was found after the layer, ``slope_found_by`` how (``"observed"``, ``"fx"``, ``"module
     order"``, ``"override"``); ``calls``: how often the layer ran in the observed pass.
     """
 
@@ -58,7 +58,7 @@ class LayerPlan:
     taps: tuple[tuple[int, ...], ...] | None = None
     module: nn.Module | None = field(default=None, repr=False, compare=False)
     sharers: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
-    slope_from: str = "fx"
+    slope_found_by: str = "fx"
     calls: int | None = None
     kept_biases: tuple[str, ...] = ()
 
@@ -81,7 +81,7 @@ class LayerPlan:
         ``(C_out/groups, C_in/groups, *kernel)`` and stored transposed. A delta conv draws one
         ``(C_out/groups, C_in/groups)`` matrix per tap in ``taps`` and zeros the others.
         """
-        check_generator(generator)
+        check_cpu_generator(generator)
         dtype = torch.float32
         with torch.no_grad():
             out = torch.empty(self.shape, dtype=dtype)
@@ -168,7 +168,7 @@ class InitPlan:
     def draw(self, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """New weights for every planned layer, drawn in plan order from one CPU generator (or
         torch's default CPU generator); nothing is written. See :meth:`LayerPlan.draw`."""
-        check_generator(generator)
+        check_cpu_generator(generator)
         return [layer.draw(generator) for layer in self.layers]
 
     def write(self, weights: Sequence[torch.Tensor]) -> None:
@@ -195,7 +195,7 @@ class InitPlan:
                 plan.write(plan.draw(generator))
                 check(model)   # raising here leaves the model and the generator as they were
         """
-        check_generator(generator)
+        check_cpu_generator(generator)
         rng = generator if generator is not None else torch.default_generator
         rng_state = rng.get_state()
         targets = list({id(t): t for layer in self.layers for t in layer.targets()}.values())
@@ -265,10 +265,11 @@ class InitPlan:
                        name in ("type", "draw") and len({row[c] for row in body}) == 1]
         header, body = _drop(header, unused), [_drop(row, unused) for row in body]
         calibration = self.calibration
+        uncalled = set(calibration.uncalled) if calibration is not None else set()
         if calibration is not None:
             header += ("calibration", "log-gain")
-            body = [row + (_fmt(factor), _fmt(gain))
-                    for row, factor, gain in zip(body, calibration.factors, calibration.log_gains)]
+            body = [row + (("-", "-") if layer.name in uncalled else (_fmt(factor), _fmt(gain)))
+                    for row, layer, factor, gain in zip(body, self.layers, calibration.factors, calibration.log_gains)]
         rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0, short=not details)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
@@ -292,12 +293,16 @@ class InitPlan:
                   else f"{_signed(sum(exponents), 3)} ({_signed(sum(exponents) / len(exponents), 4)} per layer) "
                        f"+- {spread:.3f} (sqrt of the summed variances)")
         if calibration is not None:
-            gains = calibration.log_gains
+            gains = [g for layer, g in zip(self.layers, calibration.log_gains) if layer.name not in uncalled]
             measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
             lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times 'calibration'; "
                          f"the 'log-gain's measured there sum to {measured:+.3f}")
-            lines.append(f"predicted log-norm drift input -> output: {_signed(measured, 3)} "
-                         f"({_signed(measured / len(self.layers), 4)} per layer): the diagnostics' prediction from here on")
+            if uncalled:
+                lines.append(f"not calibrated, theory's draw kept: {', '.join(sorted(uncalled, key=self.layer_names.index))}"
+                             " (not called by the forward pass on the example input; '-' above)")
+            drift = self.predicted_drift
+            predicted = "n/a" if drift is None else f"{_signed(drift, 3)} ({_signed(drift / len(self.layers), 4)} per layer)"
+            lines.append(f"predicted log-norm drift input -> output: {predicted}: the diagnostics' prediction from here on")
             lines.append(f"before calibration, theory's log-norm drift: {theory}")
         else:
             lines.append(f"predicted log-norm drift input -> output: {theory}")
@@ -312,7 +317,7 @@ class InitPlan:
         return "\n".join(lines)
 
 
-def check_generator(generator: torch.Generator | None) -> None:
+def check_cpu_generator(generator: torch.Generator | None) -> None:
     """Weights are drawn on the CPU: refuse a generator on another device, naming the fix."""
     _checks.check_generator("generator", generator)
     if generator is not None and generator.device.type != "cpu":
@@ -400,9 +405,9 @@ def _fmt(value: float | None) -> str:
 
 def _row(index: int, layer: LayerPlan, details: bool = True) -> tuple[str, ...]:
     groups = f" g={layer.groups}" if layer.groups > 1 else ""
-    found = layer.slope_source if layer.slope_from in layer.slope_source else f"{layer.slope_from}: {layer.slope_source}"
+    found = layer.slope_source if layer.slope_found_by in layer.slope_source else f"{layer.slope_found_by}: {layer.slope_source}"
     if not details:  # how, not what: the slope column says what
-        found = layer.slope_source.split(" (")[0] if layer.slope_source.startswith("policy:") else layer.slope_from
+        found = layer.slope_source.split(" (")[0] if layer.slope_source.startswith("policy:") else layer.slope_found_by
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
             str(layer.d_out), f"{layer.negative_slope:g}", found, "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),

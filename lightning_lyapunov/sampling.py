@@ -8,7 +8,9 @@ scale (Lyapunov by default) and score a draw on a probe batch by
 
 where ``input`` is what the first planned layer receives (the probe itself for a plain network)
 and ``output`` the last planned layer's output (the network's output, whatever the forward returns:
-a loss, a dict, a head after the last weight layer).
+a loss, a dict, a head after the last weight layer). First and last among the planned layers that
+the forward calls on the probe: a layer it never calls (an auxiliary head) is drawn but does not
+change the score, so it keeps its first draw.
 
 * network-level (``sampled="network"``): ``K`` complete candidate networks, keep the best score.
 * layer-wise (``sampled="layerwise"``): layer by layer in forward order, ``K`` candidates for that
@@ -37,7 +39,7 @@ import torch
 from torch import nn
 
 from ._checks import describe
-from ._forward import Forward, call_forward, quiet, stop_at
+from ._forward import Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_gain
 from .plan import InitPlan, LayerPlan
 
@@ -51,8 +53,8 @@ class SamplingReport:
     ``mode``: ``"network"`` or ``"layerwise"``; ``scores``: each candidate's score (layer-wise: the
     last layer's candidates, earlier layers fixed); ``chosen``: the index kept among them;
     ``chosen_score``: the score of the network left in the model; ``median_score``: the median of
-    ``scores``. Layer-wise also fills ``layer_scores`` (per layer, each candidate's ``|running
-    log-gain|``) and ``layer_chosen``.
+    ``scores``. Layer-wise also fills ``layer_scores`` (per layer that the probe's forward calls,
+    each candidate's ``|running log-gain|``) and ``layer_chosen``.
     """
 
     mode: str
@@ -78,13 +80,23 @@ def _score(gain: float) -> float:
 
 
 class _Probe:
-    """Runs ``forward(model, batch)``; records the first planned layer's input and the last's output."""
+    """Runs ``forward(model, batch)``; records the first planned layer's input and the last's output,
+    of the planned layers that it calls (:attr:`ran`, in the order of their first call)."""
 
     def __init__(self, model: nn.Module, plan: InitPlan, batch: Any, forward: Forward) -> None:
         self.model, self.batch, self.forward = model, batch, forward
-        self.first, self.last = plan.layers[0].module, plan.layers[-1].module
+        try:
+            order = called(self._run, [layer.module for layer in plan.layers])
+        except Exception as error:
+            _note(error, batch)
+            raise
+        self.ran = [plan.layers[i] for i in order] or plan.layers  # none: the check in gain() says so
+        self.first, self.last = self.ran[0].module, self.ran[-1].module
         self.inputs: torch.Tensor | None = None
         self.outputs: Any = None
+
+    def _run(self) -> Any:
+        return self.forward(self.model, self.batch)
 
     def _record_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if self.inputs is None:
@@ -100,11 +112,9 @@ class _Probe:
         handles = [self.first.register_forward_pre_hook(self._record_input),
                    self.last.register_forward_hook(self._record_output)]
         try:
-            run = lambda: self.forward(self.model, self.batch)  # noqa: E731
-            call, _ = stop_at(run, stop_before, before=True) if stop_before is not None else (None, run())
+            call, _ = stop_at(self._run, stop_before, before=True) if stop_before is not None else (None, self._run())
         except Exception as error:
-            error.add_note(f"while sampling ran forward(model, probe) with probe={describe(self.batch)}: pass a "
-                           "probe the model takes (and forward= if model(probe) is not the call)")
+            _note(error, self.batch)
             raise
         finally:
             for handle in handles:
@@ -114,6 +124,11 @@ class _Probe:
             raise ValueError(f"the planned layers {self.first!r} ... {self.last!r} were not called by "
                              "forward(model, probe): pass forward= that runs them")
         return log_gain(self.inputs, output)
+
+
+def _note(error: Exception, batch: Any) -> None:
+    error.add_note(f"while sampling ran forward(model, probe) with probe={describe(batch)}: pass a probe the model "
+                   "takes (and forward= if model(probe) is not the call)")
 
 
 def default_probe(plan: InitPlan, generator: torch.Generator | None) -> torch.Tensor:
@@ -144,7 +159,7 @@ def select_(
     Not all-or-nothing on its own: the engine calls it inside :meth:`InitPlan.restoring`.
     """
     count = candidates if candidates is not None else math.ceil(2 * math.sqrt(len(plan.layers)))
-    with quiet(model):
+    with quiet(model), shapes_checked(model):
         runner = _Probe(model, plan, probe, forward or call_forward)
         if layerwise:
             return _layerwise(plan, runner, count, generator)
@@ -179,8 +194,9 @@ def _drawer(layer: LayerPlan, generator: torch.Generator | None) -> Callable[[],
 def _layerwise(plan: InitPlan, runner: _Probe, count: int, generator: torch.Generator | None) -> SamplingReport:
     plan.write(plan.draw(generator))  # later layers need weights for the final check
     layer_scores, layer_chosen = [], []
-    following: list[nn.Module | None] = [layer.module for layer in plan.layers[1:]] + [None]
-    for layer, stop_before in zip(plan.layers, following):
+    ran = runner.ran  # a layer the probe's forward never calls keeps this first draw
+    following: list[nn.Module | None] = [layer.module for layer in ran[1:]] + [None]
+    for layer, stop_before in zip(ran, following):
         scores = _keep_best(count, _drawer(layer, generator), layer.write, lambda: _score(runner.gain(stop_before)))
         layer_scores.append(scores)
         layer_chosen.append(_argmin(scores))

@@ -8,7 +8,7 @@ calibration, ...). What the rest of the package reads are its resolved values:
 
 * :attr:`InitSpec.conv_draw`: ``"delta"`` for Stiefel, else ``"full"``, unless ``conv`` says;
 * :attr:`InitSpec.sampling`: ``None``, ``"network"`` (``sampled=True``) or ``"layerwise"``;
-* :attr:`InitSpec.calibration`: ``None``, ``"layers"`` or ``"output"``; ``calibrate="auto"`` is
+* :attr:`InitSpec.calibration_method`: ``None``, ``"layers"`` or ``"output"``; ``calibrate="auto"`` is
   ``"layers"`` for the Lyapunov scheme and ``None`` for the published baselines, and an ``"auto"``
   calibration is optional (:attr:`InitSpec.calibration_optional`): without a batch, or when the
   batch cannot calibrate the draw, theory's draw is kept (with a warning in the second case).
@@ -16,7 +16,7 @@ calibration, ...). What the rest of the package reads are its resolved values:
 Example::
 
     >>> spec = InitSpec(scheme="lyapunov", calibrate="auto")
-    >>> spec.calibration, spec.calibration_optional, spec.conv_draw
+    >>> spec.calibration_method, spec.calibration_optional, spec.conv_draw
     ('layers', True, 'full')
 """
 
@@ -117,7 +117,7 @@ class InitSpec:
         target = check_float("calibrate_target", self.calibrate_target, minimum=0.0, low_open=True,
                              allowed="a positive finite number (the output's root-mean-square after calibration)")
         object.__setattr__(self, "calibrate_target", target)
-        if self.calibration is None and target != DEFAULT_TARGET:
+        if self.calibration_method is None and target != DEFAULT_TARGET:
             why = (f"calibrate='auto' calibrates nothing for scheme={self.scheme!r} (only 'lyapunov' is calibrated "
                    "by default)" if self.calibrate == "auto" else "calibrate=None calibrates nothing")
             raise ValueError(f"calibrate_target={target!r} is only used by a calibration, and {why}: pass "
@@ -136,7 +136,7 @@ class InitSpec:
         return "network" if self.sampled is True else (self.sampled or None)
 
     @property
-    def calibration(self) -> str | None:
+    def calibration_method(self) -> str | None:
         """The calibration applied when a batch is given: ``None``, ``"layers"`` or ``"output"``."""
         if self.calibrate == "auto":
             return "layers" if self.scheme == "lyapunov" else None

@@ -57,7 +57,7 @@ from .observe import find_slopes
 from .plan import InitPlan, LayerPlan, zeroable_bias
 from .settings import InitSpec
 
-__all__ = ["plan_init"]
+__all__ = ["eligible_layers", "plan_init"]
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -86,7 +86,7 @@ def _unusable(module: nn.Module) -> str | None:
     return None
 
 
-def _fans(module: nn.Module, delta: bool = False) -> tuple[int, int, int]:
+def _layer_fans(module: nn.Module, delta: bool = False) -> tuple[int, int, int]:
     """(d_in, d_out, groups) per group, as in the module docstring."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features, 1
@@ -283,6 +283,18 @@ def plan_init(
     return plan
 
 
+def eligible_layers(model: nn.Module, spec: InitSpec) -> list[str]:
+    """The qualified names of the weight layers ``plan_init(model, spec)`` plans (registration
+    order), found without running the model and without a warning: what observing a model must reach.
+    Raises ValueError as ``plan_init`` does for an ``include``/``exclude`` pattern that matches nothing.
+
+    Example::
+
+        eligible_layers(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)), InitSpec())   # ['0', '2']
+    """
+    return _discover(model, spec.include_patterns, spec.exclude_patterns)[0]
+
+
 def spec_of(spec: InitSpec | None, settings: dict[str, Any]) -> InitSpec:
     """``spec`` (default ``InitSpec()``) with ``settings`` applied: one validation of all of them."""
     if spec is not None and not isinstance(spec, InitSpec):
@@ -321,12 +333,12 @@ def _share(first: LayerPlan, name: str, module: nn.Module, info: SlopeInfo, warn
 
 def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, spec: InitSpec) -> LayerPlan:
     delta = spec.conv_draw == "delta" and not isinstance(module, nn.Linear) and spec.scheme != "zero"
-    d_in, d_out, groups = _fans(module, delta)
+    d_in, d_out, groups = _layer_fans(module, delta)
     layer_init = _init.resolve_validated(spec.scheme, d_in, d_out, info.slope, spec.distribution, spec.moment,
                                          _drawn_in(module, delta))
     bias = module.bias
     return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), d_in, d_out, groups, info.slope,
                      info.source, layer_init, bias is not None and bias.requires_grad,
                      isinstance(module, _TRANSPOSED), taps=_delta_taps(module) if delta else None, module=module,
-                     slope_from=info.found_by, calls=info.calls)
+                     slope_found_by=info.found_by, calls=info.calls)
 

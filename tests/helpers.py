@@ -115,3 +115,8 @@ def measured(model: nn.Module, x: torch.Tensor, names: list[str] | None = None):
         monitor.active = True
         model(x)
         return monitor.compute()
+
+
+def net_on_inputs(module: Any, batch: Any) -> Any:
+    """A ``forward=`` a config can name (``helpers.net_on_inputs``): the module on the batch's inputs."""
+    return module(batch[0])

@@ -1,72 +1,162 @@
-"""The benchmark framework end to end: ``python -m benchmarks theory --quick`` in process."""
+"""The benchmark suite: every registered benchmark runs end to end at its quick size, the runner, the
+README tables generated from the result files, and the rules the suite keeps (one module imports the
+package; the runner owns threads and the plotting backend).
+
+The real-data benchmarks read tiny files this module writes in the standard formats (MNIST idx, the
+CIFAR-10 python batches), never a real data set.
+"""
 
 import csv
+import gzip
+import math
+import pickle
+import re
+import struct
+from pathlib import Path
 
-from benchmarks import theory
-from benchmarks.common import write_report
+import matplotlib
+import numpy as np
+import pytest
+import torch
 
-COLUMNS = {
-    "width", "slope", "lambda_he", "lambda_glorot", "lambda_orth", "sigma_he", "sigma_lyap", "eta_orth",
-    "eta_lyap", "s2_gauss", "s2_orth", "mc_he", "mc_he_se", "mc_orth", "mc_orth_se",
-}
+from benchmarks.__main__ import main, run_one
+from benchmarks._lib import catalogue
+from benchmarks._lib.report import Report, Sizes, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+matplotlib.use("Agg")  # before the registry imports the benchmarks, which import pyplot
+REGISTRY = catalogue.registry()
 
 
-def test_theory_quick_writes_md_csv_png(tmp_path):
-    report = theory.run(quick=True)
-    report.seconds = 1.0
-    paths = write_report(report, quick=True, out_dir=tmp_path)
-    names = {p.name for p in paths}
-    assert names == {"theory.md", "theory.csv", "theory.png"}
-    for name in names:
-        assert (tmp_path / name).stat().st_size > 0
-    with open(tmp_path / "theory.csv") as f:
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """One gzipped idx file: magic 0x00 0x00 0x08 <ndim>, big-endian sizes, uint8 data."""
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def write_tiny_data(root: Path) -> dict[str, str]:
+    """Tiny MNIST (320 train / 128 test) and CIFAR-10 (5 x 64 train / 128 test) in the standard formats."""
+    rng = np.random.default_rng(0)
+    mnist = root / "mnist"
+    mnist.mkdir()
+    for prefix, n in (("train", 320), ("t10k", 128)):
+        write_idx(mnist / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(mnist / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+    cifar = root / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", 64) for i in range(1, 6)), ("test_batch", 128)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}
+        (cifar / name).write_bytes(pickle.dumps(batch))
+    return {"LYAPUNOV_MNIST_DIR": str(mnist), "LYAPUNOV_CIFAR_DIR": str(root / "cifar10")}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    env = write_tiny_data(tmp_path_factory.mktemp("data"))
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_benchmark_runs_at_its_quick_size(name, tiny_data, tmp_path):
+    report = run_one(REGISTRY[name], quick=True, out_dir=tmp_path)
+    md = (tmp_path / f"{name}.md").read_text()
+    assert re.search(r"\(quick run: CPU time \d+ s, one torch thread; wall time \d+ s", md)
+    assert "## Setup" in md and "## Results" in md and "## Findings" in md
+    with open(tmp_path / f"{name}.csv") as f:
         rows = list(csv.DictReader(f))
-    assert COLUMNS <= set(rows[0])
-    assert len(rows) == len({(r["width"], r["slope"]) for r in rows}) >= 8
-    # the closed form at width 2, slope 0.1 (DESIGN section 3) and its Monte Carlo check
-    row = next(r for r in rows if r["width"] == "2" and float(r["slope"]) == 0.1)
-    assert abs(float(row["lambda_he"]) + 0.8216) < 1e-3
-    assert abs(float(row["mc_he"]) - float(row["lambda_he"])) < 4 * float(row["mc_he_se"])
-    assert abs(float(row["mc_lyap_gauss"])) < 4 * float(row["mc_lyap_gauss_se"])
-    md = (tmp_path / "theory.md").read_text()
-    assert "## Setup" in md and "## Findings" in md and "(theory.png)" in md
+    assert rows and all(None not in row.values() for row in rows)
+    if report.runs:  # one row per run, the md's table beside it
+        assert {"scheme", "seed"} <= set(rows[0]) and len(rows) == len(report.runs)
+        assert (tmp_path / f"{name}_table.csv").exists()
+    assert report.figure is None or (tmp_path / f"{name}.png").stat().st_size > 0
+    assert report.cpu_seconds < 60, f"{name} --quick took {report.cpu_seconds:.0f} s of CPU: make its quick size smaller"
 
 
-def test_stacked_nets_train_exactly_like_separate_ones():
-    """The real-data benchmarks train many nets as one stacked model: the stacked forward equals each
-    net's own, and one SGD step on the summed losses moves each net as its own step would."""
-    import torch
-    from torch import nn
+def test_the_theory_report_matches_the_closed_forms(tmp_path):
+    import benchmarks.theory as theory
 
-    from benchmarks.mnist_fractional import paper_cnn
-    from benchmarks.realdata import StackedConvMLP, fit_stacked
+    report = theory.run(theory.SIZES.quick)
+    row = next(r for r in report.rows if r["width"] == 2 and r["slope"] == 0.1)
+    assert abs(row["lambda_he"] + 0.8216) < 1e-3
+    assert abs(row["mc_he"] - row["lambda_he"]) < 4 * row["mc_he_se"]
+    assert abs(row["mc_lyap_gauss"]) < 4 * row["mc_lyap_gauss_se"]
+    assert len(report.rows) == len({(r["width"], r["slope"]) for r in report.rows}) >= 8
+    report.cpu_seconds = report.seconds = 1.0
+    assert {p.name for p in write_report(report, quick=True, out_dir=tmp_path)} == {"theory.md", "theory.csv",
+                                                                                   "theory.png"}
+    assert "## Summary\n\n- Monte Carlo against the closed forms" in (tmp_path / "theory.md").read_text()
 
-    nets = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        nets.append(paper_cnn(1, 8))
-    stacked = StackedConvMLP.from_modules(nets)
-    x, y = torch.randn(16, 1, 8, 8), torch.randint(10, (16,))
-    with torch.no_grad():
-        for i, net in enumerate(nets):
-            torch.testing.assert_close(stacked(x)[i], net(x))
-    fit_stacked(stacked, torch.optim.SGD(stacked.parameters(), lr=0.1), (x, y), {}, steps=1, batch_size=16,
-                eval_steps=[])
-    for i, net in enumerate(nets):
-        torch.optim.SGD(net.parameters(), lr=0.1).zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        with torch.no_grad():
-            for p in net.parameters():
-                p -= 0.1 * p.grad
-            torch.testing.assert_close(stacked(x)[i], net(x), rtol=1e-4, atol=1e-5)
+
+def test_every_benchmark_declares_a_title_and_two_sizes_of_one_kind():
+    assert len(REGISTRY) >= 16
+    for name, module in REGISTRY.items():
+        assert isinstance(module.TITLE, str) and module.TITLE and "\n" not in module.TITLE, name
+        assert isinstance(module.SIZES, Sizes) and type(module.SIZES.quick) is type(module.SIZES.full), name
+        assert module.SIZES.quick != module.SIZES.full, name
+
+
+def test_help_lists_every_benchmark_with_its_title(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name, module in REGISTRY.items():
+        assert re.search(rf"^  {name} +{re.escape(module.TITLE)}$", out, re.M), name
+    main(["theory", "--sizes"])
+    sizes = capsys.readouterr().out
+    assert re.search(r"^nets +100 +400$", sizes, re.M) and re.search(r"^depth +20 +50$", sizes, re.M)
+
+
+def test_options_of_one_benchmark_are_refused_by_the_others(tmp_path):
+    with pytest.raises(SystemExit, match="lln_clt does not take --only"):
+        main(["lln_clt", "--quick", "--only", "theory", "--out", str(tmp_path)])
+
+
+BENCHMARK_FILES = sorted(p for p in (ROOT / "benchmarks").rglob("*.py"))
+
+
+def test_only_one_module_imports_the_package():
+    """The integrator's rename touches ``benchmarks/_lib/package.py`` only."""
+    offenders = [p.relative_to(ROOT) for p in BENCHMARK_FILES if p.name != "package.py"
+                 and re.search(r"^\s*(from|import) lightning_lyapunov\b", p.read_text(), re.M)]
+    assert offenders == []
+
+
+def test_the_runner_owns_threads_and_the_plotting_backend():
+    for path in BENCHMARK_FILES:
+        text = path.read_text()
+        if path.name != "__main__.py" and path.name != "qr_draws.py":  # qr_draws' child processes set theirs
+            assert "set_num_threads" not in text, path
+        if path.name != "__main__.py":
+            assert "matplotlib.use(" not in text and "noqa: E402" not in text, path
+        if "_lib" not in path.parts and path.name != "__main__.py":
+            assert "if quick" not in text and "quick else" not in text, path  # sizes live in SIZES
+        assert "sys.path.insert" not in text, path
+
+
+@pytest.mark.parametrize("readme", catalogue.READMES, ids=lambda p: p.parent.name or "README")
+def test_the_readme_tables_are_the_result_files(readme):
+    """Every generated block is present and equal to what ``python -m benchmarks --readme`` writes."""
+    text = readme.read_text()
+    generated = catalogue.tables(REGISTRY, readme)
+    for name in generated:
+        assert f"<!-- benchmarks:{name} -->" in text or readme.parent == ROOT and name == "sizes", (readme, name)
+    assert catalogue.fill(text, generated) == text, "run `python -m benchmarks --readme` after the result files change"
+
+
+def test_the_catalogue_reads_cpu_time_and_summary_from_a_report(tmp_path):
+    report = Report("x", "X", "setup", [{"a": 1.0}], ["a finding"], summary=["a beats b: median 1 vs 2"],
+                    cpu_seconds=123.4, seconds=150.0)
+    write_report(report, out_dir=tmp_path)
+    result = catalogue.read_result(tmp_path / "x.md")
+    assert (result.cpu_seconds, result.wall_seconds, result.summary) == (123.0, 150.0, ["a beats b: median 1 vs 2"])  # whole seconds
 
 
 def test_stacked_lsuv_and_calibration_match_the_real_inits():
     """cifar_variance runs LSUV and the calibrated init in closed form on 1000 stacked nets; on the
     same weights they must give what the ``lsuv`` package and ``apply_init(calibrate=...)`` give."""
-    import pytest
-    import torch
-
     pytest.importorskip("lsuv")
     from benchmarks.cifar_variance import check_stacked
 
@@ -76,11 +166,9 @@ def test_stacked_lsuv_and_calibration_match_the_real_inits():
     assert max(check["lsuv"], check["calibrate=layers"], check["calibrate=output"]) < 1e-4
 
 
-def test_overhead_only_keeps_the_other_rows_marked_previous(tmp_path, monkeypatch):
+def test_overhead_only_keeps_the_other_rows_marked_previous(tmp_path):
     """``python -m benchmarks overhead --only ...``: re-measured rows replace theirs in place, a new case
     goes after its group, every other row is kept and marked ``(previous run)``."""
-    import math
-
     from benchmarks import overhead
 
     rows = [{"group": g, "case": c, "reference": "r", "reference_ms": 1.0, "ms": 2.0, "ratio": 2.0,
@@ -89,14 +177,16 @@ def test_overhead_only_keeps_the_other_rows_marked_previous(tmp_path, monkeypatc
     (tmp_path / "overhead.csv").write_text(
         "group,case,reference,reference_ms,ms,ratio,ratio_q25,ratio_q75,target,rounds\n"
         + "".join(f"{r['group']},{r['case']},r,1.0,2.0,2.0,nan,nan,t,3\n" for r in rows))
-    monkeypatch.setattr(overhead, "RESULTS", tmp_path)
-    previous = overhead._previous_rows(quick=False)
+    previous = overhead._previous_rows(tmp_path)
     assert [r["case"] for r in previous][0] == "x (previous run)" and previous[0]["rounds"] == 3
     new = [dict(rows[1], ms=5.0), dict(rows[0], case="w", ms=7.0)]
     merged = overhead._merge(previous, new)
     assert [(r["group"], r["case"]) for r in merged] == [
-        ("a", "x (previous run)"), ("a", "y"), ("a", "w"), ("theory.critical_scale", "width 2: lyapunov gaussian (previous run)"),
-        ("b", "z (previous run)")]
+        ("a", "x (previous run)"), ("a", "y"), ("a", "w"),
+        ("theory.critical_scale", "width 2: lyapunov gaussian (previous run)"), ("b", "z (previous run)")]
     assert merged[1]["ms"] == 5.0
     (theory,) = overhead._theory_from_rows(merged)
-    assert (theory["width"], theory["call"], theory["uncached_ms"], theory["cached_ms"]) == (2, "lyapunov gaussian", 2.0, 1.0)
+    assert (theory["width"], theory["call"], theory["uncached_ms"], theory["cached_ms"]) == (2, "lyapunov gaussian",
+                                                                                           2.0, 1.0)
+    with pytest.raises(ValueError, match="do not exist"):
+        overhead.run(overhead.SIZES.quick, only=["nonsense"])

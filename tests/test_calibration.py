@@ -281,7 +281,7 @@ def test_callback_default_calibrates_lyapunov_but_not_the_baselines(tmp_path) ->
     x, _ = next(iter(loader()))
     for scheme, calibrated in (("lyapunov", "layers"), ("he", None)):
         module, callback = fit_callback(tmp_path, scheme=scheme)
-        assert callback.spec.calibrate == "auto" and callback.spec.calibration == calibrated
+        assert callback.spec.calibrate == "auto" and callback.spec.calibration_method == calibrated
         assert (callback.plan.calibration and callback.plan.calibration.method) == calibrated
         reference = DeepNarrow()
         init(reference, seed=0, scheme=scheme, **({"example_input": x, "calibrate": "layers"} if calibrated else {}))
@@ -387,3 +387,88 @@ def test_callback_does_not_warn_about_the_output_scale_a_calibration_chose(tmp_p
             fit_callback(tmp_path, data, steps=1, calibrate=calibrate, diagnostics=True, log_every_n_steps=1)
         scale = [w for w in caught if issubclass(w.category, LyapunovWarning) and "times the input's" in str(w.message)]
         assert bool(scale) == warned, (calibrate, [str(w.message) for w in scale])
+
+
+# ------------------------------------------------------------------------------ layers the forward skips
+
+
+class WithAux(nn.Module):
+    """A chain plus an auxiliary layer that the forward never calls (registered first and last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Linear(2, 2)
+        self.chain = chain(depth=6)
+        self.aux = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.chain(x)
+
+
+@pytest.mark.parametrize("calibrate", ["layers", "output", "auto"])
+def test_layers_the_forward_never_calls_keep_theorys_draw_and_the_others_are_calibrated(calibrate: str) -> None:
+    model, plain = WithAux(), WithAux()
+    init(plain)
+    with pytest.warns(UserWarning, match=r"'pre', 'aux'.*not called.*theory's draw"):
+        plan = apply_init(model, example_input=X, calibrate=calibrate, generator=torch.Generator().manual_seed(0))
+    result = plan.calibration
+    assert result is not None and result.uncalled == ["pre", "aux"]
+    names = plan.layer_names
+    for name in ("pre", "aux"):
+        index = names.index(name)
+        assert result.factors[index] == 1.0 and math.isnan(result.log_gains[index])
+        assert torch.equal(getattr(model, name).weight, getattr(plain, name).weight)
+    with torch.no_grad():
+        assert float(model(X).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-3)
+    text = plan.describe()
+    assert "not called" in text.split("calibrated (")[1]
+    assert plan.predicted_drift == pytest.approx(sum(g for g in result.log_gains if math.isfinite(g)))
+
+
+def test_no_planned_layer_called_is_still_an_error_for_an_explicit_calibration() -> None:
+    with pytest.raises(ValueError, match="no planned layer was called"):
+        init(WithAux(), example_input=X, calibrate="layers", forward=lambda m, x: x, include="aux")
+
+
+def test_callback_calibrates_the_layers_that_ran_when_one_is_never_called(tmp_path) -> None:
+    import lightning.pytorch as pl
+    from helpers import DeepNarrow, loader, trainer_kwargs
+
+    from lightning_lyapunov import LyapunovInit
+
+    class Aux(DeepNarrow):
+        def __init__(self) -> None:
+            super().__init__(depth=6)
+            self.aux = nn.Linear(4, 4)  # an auxiliary head the forward never calls
+
+    module, callback = Aux(), LyapunovInit(seed=0, diagnostics=False)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(tmp_path, logger=False, max_steps=0))
+    with pytest.warns(UserWarning, match=r"'aux'\) not called .* theory's draw"):
+        trainer.fit(module, loader())
+    assert callback.plan.calibration is not None and callback.plan.calibration.uncalled == ["aux"]
+    x, _ = next(iter(loader()))
+    with torch.no_grad():
+        assert float(module(x).pow(2).mean().sqrt()) == pytest.approx(1.0, rel=1e-4)
+    assert "not calibrated, theory's draw kept: aux" in callback.plan.describe()
+
+
+# ------------------------------------------------------------------------------------------ determinism
+
+
+@pytest.mark.parametrize("method", ["layers", "output"])
+def test_same_bits_whatever_the_number_of_threads(method: str) -> None:
+    # a realistic batch: the whole-tensor reductions split over threads above 32768 elements
+    x = torch.randn(1024, 96, generator=torch.Generator().manual_seed(1))
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            model = nn.Sequential(*[m for _ in range(5) for m in (nn.Linear(96, 96), nn.LeakyReLU(0.1))],
+                                  nn.Linear(96, 1))
+            plan = init(model, example_input=x, calibrate=method)
+        finally:
+            torch.set_num_threads(1)
+        results.append((plan.calibration.factors, plan.calibration.log_gains, weights(model)))
+    (factors1, gains1, weights1), (factors2, gains2, weights2) = results
+    assert factors1 == factors2 and gains1 == gains2
+    assert all(torch.equal(a, b) for a, b in zip(weights1, weights2))

@@ -199,7 +199,17 @@ def test_state_dict_is_plain_python(deep_narrow, tmp_path):
     callback = LyapunovInit(seed=0)
     fit(deep_narrow, tmp_path, [callback], logger=False)
     state = callback.state_dict()
-    assert state == {"initialized": True, "scheme": "lyapunov"}
+    assert {k: state[k] for k in ("initialized", "scheme")} == {"initialized": True, "scheme": "lyapunov"}
+    plain = (bool, int, float, str, type(None))
+
+    def is_plain(value) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(is_plain(v) for v in value)
+        return type(value) in plain
+
+    assert is_plain(state) and state["calibration"]["method"] == "layers"
 
 
 @pytest.mark.parametrize("calibrate", [[], pytest.param(["layers"], marks=pytest.mark.slow)])
@@ -295,7 +305,7 @@ def test_initialize_false_leaves_pretrained_weights_alone_and_still_measures(dee
         LyapunovInit(initialize=False, sampled=True)
     with pytest.raises(ValueError, match="initialize=False leaves the weights alone"):
         LyapunovInit(initialize=False, calibrate="output")
-    with pytest.raises(ValueError, match="initialize"):
+    with pytest.raises(TypeError, match="initialize"):
         LyapunovInit(initialize="no")
 
 
@@ -348,3 +358,43 @@ def test_the_callbacks_warnings_are_attributed_to_the_fit_call(tmp_path):
     ours = [w for w in caught if issubclass(w.category, LyapunovWarning)]
     assert any("at step 0" in str(w.message) for w in ours)
     assert all((w.filename, w.lineno) == (__file__, line) for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
+def test_resume_restores_what_the_plan_measured(tmp_path):
+    # a calibrated run saves its factors and log-gains (plain Python, weights_only loading); the
+    # resumed run predicts from them, and does not advise the calibration it already has
+    settings = dict(calibrate="layers", calibrate_target=0.01, log_every_n_steps=1)
+    first = LyapunovInit(seed=1, **settings)
+    trainer, _ = fit(DeepNarrow(depth=6), tmp_path, [first], logger=False, max_steps=2)
+    ckpt = tmp_path / "calibrated.ckpt"
+    trainer.save_checkpoint(ckpt)
+    (state,) = [s for s in torch.load(ckpt, weights_only=True)["callbacks"].values() if "initialized" in s]
+    assert state["calibration"]["factors"] == first.plan.calibration.factors
+    resumed = LyapunovInit(seed=2, **settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(DeepNarrow(depth=6), tmp_path, [resumed], ckpt_path=ckpt, logger=False, max_steps=3)
+    assert resumed.plan.calibration == first.plan.calibration
+    assert resumed.plan.predicted_drift == first.plan.predicted_drift
+    assert not [w for w in caught if "calibrate=" in str(w.message)]
+    assert "calibrated ('layers')" in resumed.plan.describe()
+
+
+def test_resume_ignores_a_measurement_of_other_layers(tmp_path):
+    callback = LyapunovInit(seed=0)
+    fit(DeepNarrow(depth=6), tmp_path, [callback], logger=False, max_steps=1)
+    state = callback.state_dict()
+    other = LyapunovInit(seed=0, calibrate=None)
+    fit(DeepNarrow(depth=4), tmp_path, [other], logger=False, max_steps=1)
+    with pytest.warns(UserWarning, match="checkpoint's calibration .* other layers"):
+        other.load_state_dict(state)
+    assert other.plan.calibration is None
+
+
+def test_calibrate_auto_is_spelt_in_lower_case_and_initialize_false_refuses_a_target():
+    with pytest.raises(ValueError, match=r"calibrate='Auto' is invalid .*'auto', 'layers', 'output', None; "
+                                         r"did you mean 'auto'\?"):
+        LyapunovInit(calibrate="Auto")
+    with pytest.raises(ValueError, match=r"initialize=False leaves the weights alone, so calibrate_target=0.1 "
+                                         r"would do nothing"):
+        LyapunovInit(initialize=False, calibrate_target=0.1)

@@ -200,10 +200,13 @@ def test_the_table_is_large():
     assert len(CASES) >= 120
 
 
-def test_type_errors_are_also_value_errors_for_older_callers():
-    with pytest.raises(ValueError):
+def test_type_errors_are_type_errors_and_values_out_of_range_value_errors():
+    # no release to be compatible with: a wrong type is a TypeError only
+    with pytest.raises(TypeError):
         LyapunovInit(seed="abc")
-    assert issubclass(ArgumentTypeError, TypeError) and issubclass(ArgumentTypeError, ValueError)
+    with pytest.raises(ValueError):
+        LyapunovInit(seed=-1)
+    assert issubclass(ArgumentTypeError, TypeError) and not issubclass(ArgumentTypeError, ValueError)
 
 
 def test_an_unmatched_pattern_lists_the_candidate_layers():

@@ -141,6 +141,17 @@ def test_callback_added_and_tuned_from_the_command_line(class_path, tmp_path, ca
     assert f"  {theory.he_scale(16, 0.1):.4f}  " in out
 
 
+def test_a_config_names_the_callbacks_forward_by_its_import_path(tmp_path):
+    from helpers import net_on_inputs
+
+    config = yaml.safe_load((CONFIGS / "polynomial.yaml").read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["forward"] = "helpers.net_on_inputs"
+    path = tmp_path / "forward.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = LyapunovCLI(args=["-c", str(path), "--trainer.logger=false"], run=False)
+    assert the_callback(cli.trainer.callbacks).forward is net_on_inputs
+
+
 def test_help_lists_the_commands_and_the_callback_arguments(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -154,7 +165,7 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
     out = capsys.readouterr().out
     assert "--trainer.callbacks.scheme {lyapunov,fractional,stiefel,he,glorot,orthogonal,zero}" in out
     for argument in ("distribution", "moment", "sampled", "negative_slope", "include", "exclude", "seed", "calibrate",
-                     "calibrate_target"):
+                     "calibrate_target", "example_input", "forward"):
         assert f"--trainer.callbacks.{argument}" in out
 
 
@@ -171,6 +182,7 @@ def test_help_lists_the_commands_and_the_callback_arguments(capsys):
         ("plan", "--scheme=kaiming", "error: invalid value 'kaiming' for 'scheme': expected one of 'lyapunov'"),
         ("fit", "--trainer.callbacks.distributon=gaussian",
          "error: unknown argument 'distributon' of LyapunovInit, did you mean 'distribution'?"),
+        ("fit", "--trainer.callbacks.example_input=[1.0, 2.0]", "example_input=[1.0, 2.0] (list) holds no tensor"),
     ],
 )
 def test_bad_values_are_rejected_readably(command, override, expected, capsys):

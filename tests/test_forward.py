@@ -74,3 +74,35 @@ def test_stop_at_ends_the_pass_at_the_first_call() -> None:
     with pytest.raises(ZeroDivisionError):
         stop_at(lambda: 1 / 0, model[1])
     assert not model[1]._forward_hooks
+
+
+def test_called_lists_the_modules_a_pass_calls_in_the_order_of_their_first_call() -> None:
+    from lightning_lyapunov._forward import called
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    unused = nn.Linear(2, 2)
+    x = torch.randn(3, 2)
+    assert called(lambda: model(x), [model[2], unused, model[0]]) == [2, 0]
+    assert called(lambda: (model(x), model[2](x)), [model[2]]) == [0]  # once, however often it runs
+    assert not model[0]._forward_pre_hooks and not unused._forward_pre_hooks
+
+
+def test_shapes_checked_names_the_layer_and_the_shape_it_takes() -> None:
+    from lightning_lyapunov._forward import InputShapeError, shapes_checked
+
+    model = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Unflatten(1, (2, 1)), nn.Conv1d(2, 2, 1))
+    with shapes_checked(model):
+        assert model(torch.randn(4, 3)).shape == (4, 2, 1)
+        assert model[3](torch.randn(2, 5)).shape == (2, 5)  # an unbatched (C, L) input fits
+    with pytest.raises(InputShapeError, match=r"example_input gives layer '0' \(Linear\) inputs of shape "
+                                              r"\(4, 5\); it takes \(\.\.\., 3\)") as raised, shapes_checked(model):
+        model(torch.randn(4, 5))
+    assert isinstance(raised.value.__cause__, RuntimeError)  # torch's own error, kept as the cause
+    assert "probe gives layer '0'" in str(raised.value.renamed("probe"))
+    conv_error = r"layer '3' \(Conv1d\) inputs of shape \(4, 3, 1\); it takes \(N, 2, L\)"
+    with pytest.raises(ValueError, match=conv_error), shapes_checked(model):
+        model[3](torch.randn(4, 3, 1))
+    with pytest.raises(KeyError), shapes_checked(model):  # other errors pass through
+        model(torch.randn(4, 3))
+        raise KeyError("not a shape")
+    assert all(not m._forward_pre_hooks for m in model.modules())

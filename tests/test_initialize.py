@@ -104,3 +104,39 @@ def test_settings_are_validated_before_anything_runs() -> None:
     with pytest.raises(TypeError, match="spec='he' is invalid"):
         apply_init(model, "he")
     assert changed(model, before) == []
+
+
+def test_a_batch_of_the_wrong_width_names_the_argument_and_the_shape_it_takes() -> None:
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    cases = [
+        (lambda m, x: apply_init(m, example_input=x), chain(), torch.randn(8, 3),
+         r"example_input gives layer '0' \(Linear\) inputs of shape \(8, 3\); it takes \(\.\.\., 2\)"),
+        (lambda m, x: apply_init(m, example_input=x, calibrate="layers"), chain(), torch.randn(8, 5),
+         r"example_input gives layer '0' \(Linear\) inputs of shape \(8, 5\); it takes \(\.\.\., 2\)"),
+        (lambda m, x: sample_lyapunov_(m, probe=x, candidates=2), chain(), torch.randn(8, 3),
+         r"probe gives layer '0' \(Linear\) inputs of shape \(8, 3\); it takes \(\.\.\., 2\)"),
+        (lambda m, x: apply_init(m, example_input=x), conv, torch.randn(2, 1, 8, 8),
+         r"example_input gives layer '0' \(Conv2d\) inputs of shape \(2, 1, 8, 8\); it takes \(N, 3, H, W\)"),
+    ]
+    for run, model, x, match in cases:
+        before = snapshot(model)
+        with pytest.raises(ValueError, match=match):
+            quiet(run, model, x)
+        assert changed(model, before) == []
+
+
+def test_what_a_plan_measured_survives_a_weights_only_checkpoint(tmp_path) -> None:
+    from lightning_lyapunov.initialize import measured_state, restore_measured
+    from lightning_lyapunov.surgery import plan_init
+
+    plan = quiet(apply_init, chain(), sampled="layerwise", candidates=2, calibrate="layers", example_input=X,
+                 generator=gen(3))
+    torch.save(measured_state(plan), tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    fresh = quiet(plan_init, chain())
+    assert restore_measured(fresh, state) is None
+    assert fresh.calibration == plan.calibration and fresh.sampling == plan.sampling
+    assert fresh.predicted_drift == plan.predicted_drift and fresh.predicted_drift != 0.0
+    other = quiet(plan_init, chain(depth=4))
+    assert "other layers" in restore_measured(other, state) and other.calibration is None
+    assert restore_measured(other, {"initialized": True}) is None  # a state from before it was recorded

@@ -108,8 +108,27 @@ def test_subclasses_of_sharded_strategies_are_refused(base):
         strategy = subclass.__new__(subclass)  # no __init__: DeepSpeed need not be installed
         callbacks: list = []
 
-    with pytest.raises(RuntimeError, match=f"MyStrategy \\(a {base.__name__}\\).*DDP"):
+    with pytest.raises(RuntimeError, match=f"MyStrategy \\(a {base.__name__}\\).*DDP") as refused:
         LyapunovInit().setup(FakeTrainer(), DeepNarrow(), "fit")
+    message = str(refused.value)
+    # true to Lightning's order (callbacks' setup, configure_model, then the strategy wraps the model)
+    assert "sharded in setup" not in message
+    assert "before configure_model" in message and "every rank" in message
+    # the model is whole here: what supporting the strategy would take
+    assert "would take" in message and "apply_init" in message
+
+
+def test_a_sharded_strategy_with_a_model_built_in_configure_model_is_told_so() -> None:
+    class Empty(pl.LightningModule):
+        def configure_model(self):
+            self.net = torch.nn.Linear(4, 1)
+
+    class FakeTrainer:
+        strategy = FSDPStrategy.__new__(FSDPStrategy)
+        callbacks: list = []
+
+    with pytest.raises(RuntimeError, match="no weight layer yet.*configure_model"):
+        LyapunovInit().setup(FakeTrainer(), Empty(), "fit")
 
 
 def test_a_class_merely_named_like_a_sharded_strategy_is_not_refused(tmp_path):

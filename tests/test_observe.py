@@ -203,7 +203,7 @@ def test_functional_leaky_relu_is_observed_and_measures_zero_gain() -> None:
     x = torch.randn(256, 4, generator=gen(7))
     truth = {f"layers.{i}": 0.1 for i in range(4)} | {"head": 1.0}
     plan = quiet(plan_init, HelperNet(), example_input=x)
-    assert [(l.negative_slope, l.slope_from, l.calls) for l in plan.layers][:4] == [(0.1, "observed", 1)] * 4
+    assert [(l.negative_slope, l.slope_found_by, l.calls) for l in plan.layers][:4] == [(0.1, "observed", 1)] * 4
     assert plan.layers[0].init.scale == pytest.approx(1.862, abs=1e-3)  # orthogonal, width 4, a = 0.1
     stats, plan = measured_gains(HelperNet, x, truth, draws=512, example_input=x)
     check_against_plan(stats, plan, "helper net")
@@ -217,11 +217,11 @@ def test_data_dependent_control_flow_is_observed() -> None:
     x = torch.randn(256, 8, generator=gen(8))
     with pytest.warns(UserWarning, match="registration order"):
         fx_plan = plan_init(ControlFlow())
-    assert {l.slope_from for l in fx_plan.layers} == {"module order"}
+    assert {l.slope_found_by for l in fx_plan.layers} == {"module order"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # observed: no warning at all
         plan = plan_init(ControlFlow(), example_input=x)
-    assert [(l.name, l.negative_slope, l.slope_from) for l in plan.layers] == [
+    assert [(l.name, l.negative_slope, l.slope_found_by) for l in plan.layers] == [
         ("a", 0.2, "observed"), ("b", 0.0, "observed"), ("c", 1.0, "observed")]
     stats, plan = measured_gains(ControlFlow, x, {"a": 0.2, "b": 0.0, "c": 1.0}, example_input=x)
     check_against_plan(stats, plan, "control flow")
@@ -235,7 +235,7 @@ def test_demo_transformer_ffn_gets_relu() -> None:
 
     tokens = torch.randint(0, 32, (4, 12), generator=gen(9))
     plan = quiet(plan_init, build(), example_input=(tokens, tokens))
-    slopes = {l.name: (l.negative_slope, l.slope_from) for l in plan.layers}
+    slopes = {l.name: (l.negative_slope, l.slope_found_by) for l in plan.layers}
     assert slopes["transformer.encoder.layers.0.linear1"] == (0.0, "observed")
     assert slopes["transformer.decoder.layers.0.linear1"] == (0.0, "observed")
     assert slopes["transformer.encoder.layers.0.linear2"] == (1.0, "observed")
@@ -249,7 +249,7 @@ def test_unet_with_transposed_conv_concat_and_residual_block() -> None:
     x = torch.randn(4, 3, 16, 16, generator=gen(10))
     plan = quiet(plan_init, UNet(), example_input=x)
     assert {l.name: l.negative_slope for l in plan.layers} == UNET_TRUTH
-    assert {l.slope_from for l in plan.layers} == {"observed"}
+    assert {l.slope_found_by for l in plan.layers} == {"observed"}
     stats, plan = measured_gains(UNet, x, UNET_TRUTH, example_input=x)
     check_against_plan(stats, plan, "U-Net")
 
@@ -294,7 +294,7 @@ def test_module_order_guess_warns_once_naming_layers_and_fix() -> None:
     assert len(guessed) == 1, guessed
     assert "3 layers ('a', 'b', 'c')" in guessed[0] and "could not trace" in guessed[0]
     assert "example_input=" in guessed[0]
-    assert {l.slope_from for l in plan.layers} == {"module order"}
+    assert {l.slope_found_by for l in plan.layers} == {"module order"}
 
     class Skips(nn.Module):  # a layer the observed pass never calls
         def __init__(self) -> None:
@@ -306,7 +306,7 @@ def test_module_order_guess_warns_once_naming_layers_and_fix() -> None:
 
     with pytest.warns(UserWarning, match=r"1 layer \('unused'\) guessed from module registration order"):
         plan = plan_init(Skips(), example_input=torch.randn(3, 4))
-    assert [(l.name, l.slope_from, l.calls) for l in plan.layers] == [("used", "observed", 1),
+    assert [(l.name, l.slope_found_by, l.calls) for l in plan.layers] == [("used", "observed", 1),
                                                                       ("unused", "module order", None)]
 
 
@@ -341,13 +341,18 @@ def test_example_input_forms_and_failed_observation_falls_back() -> None:
 
     batch = {"image": torch.randn(5, 4), "scale": 2.0}
     plan = plan_init(Keywords(), example_input=batch)
-    assert [(l.negative_slope, l.slope_from) for l in plan.layers] == [(0.3, "observed"), (1.0, "observed")]
+    assert [(l.negative_slope, l.slope_found_by) for l in plan.layers] == [(0.3, "observed"), (1.0, "observed")]
     plan = plan_init(Keywords(), example_input=batch, forward=lambda m, b: m(b["image"]))
     assert plan.layers[0].negative_slope == 0.3
     slopes, order, _ = find_slopes(Keywords(), ["a", "b"], (torch.randn(5, 4), 3.0))
     assert (order, slopes["a"].slope) == (["a", "b"], 0.3)
-    with pytest.warns(UserWarning, match="could not observe a forward pass: Keywords\\(example_input\\) raised"):
-        plan = plan_init(Keywords(), example_input=torch.randn(5, 7))
-    assert {l.slope_from for l in plan.layers} == {"fx"}
+    with pytest.warns(UserWarning, match="could not observe a forward pass: Keywords\\(example_input\\) raised "
+                                         "TypeError"):
+        plan = plan_init(Keywords(), example_input={"picture": torch.randn(5, 4)})
+    assert {l.slope_found_by for l in plan.layers} == {"fx"}
+    # a batch no weight layer can take is a wrong argument: a clear error, not a fallback
+    with pytest.raises(ValueError, match=r"example_input gives layer 'a' \(Linear\) inputs of shape \(5, 7\); it "
+                                         r"takes \(\.\.\., 4\)"):
+        plan_init(Keywords(), example_input=torch.randn(5, 7))
 
 

@@ -235,3 +235,13 @@ def test_plan_and_fit_agree_on_every_setting(setting: str, tmp_path, monkeypatch
     out = capsys.readouterr().out
     assert ("calibrates" in out) == (applied.calibration is not None)
     assert ("selects among" in out) == (applied.sampling is not None)
+
+
+@pytest.mark.parametrize("module", ["_checks", "theory", "init", "settings", "log_norm"])
+def test_the_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    failures, tried = doctest.testmod(importlib.import_module(f"lightning_lyapunov.{module}"),
+                                      optionflags=doctest.ELLIPSIS)
+    assert tried > 0 and failures == 0

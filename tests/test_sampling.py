@@ -124,3 +124,21 @@ def test_sampling_errors() -> None:
         sample_lyapunov_(deep_mlp(), scheme="kaiming")
 
 
+
+
+@pytest.mark.parametrize("layerwise", [False, True])
+def test_a_layer_the_forward_never_calls_is_drawn_but_not_scored(layerwise: bool) -> None:
+    class WithAux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.aux = deep_mlp(), nn.Linear(WIDTH, WIDTH)
+
+        def forward(self, x):
+            return self.net(x)
+
+    probe, model = torch.randn(64, WIDTH, generator=gen(5)), WithAux()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = sample_lyapunov_(model, probe, candidates=3, layerwise=layerwise, generator=gen(4))
+    assert plan.layer_names[-1] == "aux"  # planned (by module order), drawn, and not in the score
+    assert plan.sampling.chosen_score == pytest.approx(own_score(model.net, probe), abs=1e-5)

@@ -67,3 +67,45 @@ def test_failing_writers_and_loggers_never_stop_training(tmp_path):
     assert all(issubclass(w.category, LyapunovWarning) for w in caught if "training continues" in str(w.message))
     assert callback.report.last is not None  # the diagnostics kept measuring
     assert "train/loss" in (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_tensorboard_gets_each_measured_step_in_one_event_with_the_tags_log_metrics_writes(tmp_path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from lightning_lyapunov._writers import Writers
+
+    scalars = {"lyapunov/a/0": 1.5, "lyapunov/b/net.2": -0.25, "lyapunov/exponent_estimate": 0.125}
+    ours, lightning = TensorBoardLogger(tmp_path, name="ours", prefix="run"), TensorBoardLogger(tmp_path, name="pl", prefix="run")
+    writers = Writers(lambda message: (_ for _ in ()).throw(AssertionError(message)))
+    writers.scalars([ours], scalars, step=3)
+    writers.scalars([ours], {"lyapunov/a/0": 2.0}, step=5)
+    lightning.log_metrics(scalars, step=3)
+    lightning.log_metrics({"lyapunov/a/0": 2.0}, step=5)
+
+    from tensorboard.util.tensor_util import make_ndarray
+
+    def value(v) -> float:  # the loader may upgrade simple_value to a tensor
+        return float(make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+
+    def events(logger):
+        logger.experiment.flush()
+        (path,) = list((tmp_path / logger.name).rglob("events.out.tfevents.*"))
+        found = [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+        return [(e.step, [(v.tag, value(v)) for v in e.summary.value]) for e in found]
+
+    mine, theirs = events(ours), events(lightning)
+    assert [step for step, _ in mine] == [3, 5]  # one event per measured step
+    assert sorted(v for _, values in mine for v in values) == sorted(v for _, values in theirs for v in values)
+    assert ("run-lyapunov/b/net.2", -0.25) in mine[0][1]  # the logger's prefix, as log_metrics adds it
+
+
+def test_without_matplotlib_the_missing_depth_figure_is_said_once(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(DeepNarrow(depth=4), tmp_path, LyapunovInit(seed=0), logger=logger, max_steps=4)
+    said = [str(w.message) for w in caught if "matplotlib" in str(w.message)]
+    assert len(said) == 1 and "depth figure" in said[0] and "pip install matplotlib" in said[0]

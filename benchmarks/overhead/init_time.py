@@ -1,4 +1,4 @@
-"""Init-time cost (issue 3): ``apply_init`` (which includes ``plan_init``) against torch's defaults.
+"""``overhead`` group ``init``: the init-time cost (issue 3), ``apply_init`` (which includes ``plan_init``) against torch's defaults.
 
 Two models: a 100-layer width-1024 Leaky ReLU MLP and a ResNet-50-shaped conv net (bottleneck
 blocks [3, 4, 6, 3], Conv2d/BatchNorm2d/ReLU, 25.6 M parameters) built from plain torch modules.
@@ -6,15 +6,12 @@ Baseline: torch's own default initialization, every module's ``reset_parameters(
 interleaved in rounds (the order rotates per round): the baseline, ``plan_init`` alone, and
 ``apply_init`` for He and Lyapunov Gaussian (Gaussian draws), Lyapunov orthogonal and Stiefel
 (QR per layer), and ``torch.nn.init.orthogonal_`` on every weight (torch's own QR cost, for
-reference). Process CPU time, one torch thread.
-
-``python -m benchmarks.init_timing [--quick]`` prints the table; ``overhead`` includes it.
+reference). Process CPU time.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -22,8 +19,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from benchmarks.common import spread
-from lightning_lyapunov import apply_init, plan_init
+from benchmarks._lib.package import apply_init, plan_init
+from benchmarks._lib.stats import med_iqr
+
+#: the models by name (``Size.init_models`` picks them)
+MODELS: dict[str, Callable[[], nn.Module]] = {}
 
 
 def make_mlp(depth: int = 100, width: int = 1024, slope: float = 0.1) -> nn.Sequential:
@@ -102,19 +102,13 @@ def _configs(model: nn.Module) -> dict[str, Callable[[], object]]:
     return configs
 
 
-def measure(quick: bool = False) -> list[dict[str, object]]:
-    """One row per (model, method): median CPU seconds and the ratio to torch's default init
-    (median over rounds of the per-round ratio, with its 25-75% spread)."""
-    torch.set_num_threads(1)
+def measure(models: dict[str, Callable[[], nn.Module]], rounds: int) -> list[dict[str, object]]:
+    """One row per (model, method): median CPU seconds and the ratio to torch's default init (median over
+    ``rounds`` of the per-round ratio, with its 25-75% spread); the methods interleaved, the order rotating."""
     torch.manual_seed(0)
-    if quick:
-        models = {"MLP 20 x 512": make_mlp(20, 512), "ResNet-50 shape, widths / 4": make_resnet50(scale=4)}
-        rounds = 2
-    else:
-        models = {"MLP 100 x 1024": make_mlp(100, 1024), "ResNet-50 shape (25.6 M params)": make_resnet50()}
-        rounds = 2
     rows = []
-    for model_name, model in models.items():
+    for model_name, make in models.items():
+        model = make()
         configs = _configs(model)
         times: dict[str, list[float]] = {key: [] for key in configs}
         with warnings.catch_warnings():
@@ -129,18 +123,18 @@ def measure(quick: bool = False) -> list[dict[str, object]]:
                     times[key].append(time.process_time() - start)
         params = sum(p.numel() for p in model.parameters())
         for key, values in times.items():
-            ratio = spread(v / b for v, b in zip(values, times["torch default"]))
+            ratio = med_iqr([v / b for v, b in zip(values, times["torch default"])])
             rows.append({"model": model_name, "params_M": params / 1e6, "method": key,
                          "seconds": statistics.median(values), "ratio": ratio[0],
                          "ratio_q25": ratio[1], "ratio_q75": ratio[2], "rounds": rounds})
     return rows
 
 
-def main() -> None:
-    from benchmarks.common import markdown_table
-
-    print(markdown_table(measure(quick="--quick" in sys.argv[1:])))
-
-
-if __name__ == "__main__":
-    main()
+MODELS.update({
+    "MLP 100 x 1024": lambda: make_mlp(100, 1024),
+    "ResNet-50 shape (25.6 M params)": make_resnet50,
+    "MLP 20 x 512": lambda: make_mlp(20, 512),
+    "ResNet-50 shape, widths / 4": lambda: make_resnet50(scale=4),
+    "MLP 4 x 64": lambda: make_mlp(4, 64),
+    "ResNet-50 shape, widths / 16": lambda: make_resnet50(scale=16),
+})

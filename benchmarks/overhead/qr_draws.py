@@ -1,4 +1,4 @@
-"""QR-based draws against ``torch.nn.init.orthogonal_``: time and peak extra memory (issue 13).
+"""``overhead`` groups ``qr`` and ``qr-large``: QR-based draws against ``torch.nn.init.orthogonal_``: time and peak extra memory (issue 13).
 
 For each case (every weight of a 100 x 1024 MLP, of the ResNet-50-shaped net, and one
 ``Linear(8192, 8192)``) and each method (torch's ``orthogonal_``, ours ``orthogonal_``,
@@ -9,8 +9,6 @@ mapped and unmapped one by one: ``MALLOC_MMAP_THRESHOLD_=65536``) (``/proc/self/
 through ``/proc/self/clear_refs``), divided by the largest weight's size. Methods interleaved, the
 order rotating per round; the time ratio to torch's ``orthogonal_`` is the median over rounds of the
 per-round ratio. Linux only (the memory column is NaN elsewhere).
-
-``python -m benchmarks.qr_draws [--quick]`` prints the table; ``overhead`` includes it.
 """
 
 from __future__ import annotations
@@ -20,8 +18,9 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
-from benchmarks.common import spread
+from benchmarks._lib.stats import med_iqr
 
 METHODS = ("torch orthogonal_", "orthogonal_", "lyapunov_orthogonal_", "stiefel_orthogonal_")
 
@@ -29,26 +28,23 @@ _CHILD = r"""
 import json, sys, time, warnings
 import torch
 from torch import nn
-from benchmarks import init_timing
-from lightning_lyapunov import init, theory
+from benchmarks._lib.package import lyapunov_orthogonal_, orthogonal_, orthogonal_gain, stiefel_orthogonal_
 
 case, method = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
-builders = {
-    "MLP 100 x 1024": lambda: init_timing.make_mlp(100, 1024),
-    "MLP 20 x 512": lambda: init_timing.make_mlp(20, 512),
-    "ResNet-50 shape (25.6 M params)": lambda: init_timing.make_resnet50(),
-    "ResNet-50 shape, widths / 4": lambda: init_timing.make_resnet50(scale=4),
-    "Linear(8192, 8192)": lambda: nn.Linear(8192, 8192),
-    "Linear(4096, 4096)": lambda: nn.Linear(4096, 4096),
-    "Linear(2048, 2048)": lambda: nn.Linear(2048, 2048),
-}
-weights = [m.weight for m in builders[case]().modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+if case.startswith("Linear("):
+    d = int(case[len("Linear("):].split(",")[0])
+    model = nn.Linear(d, d)
+else:
+    from benchmarks.overhead import init_time
+
+    model = init_time.MODELS[case]()
+weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 draw = {
     "torch orthogonal_": lambda w, g: nn.init.orthogonal_(w, generator=g),
-    "orthogonal_": lambda w, g: init.orthogonal_(w, theory.orthogonal_gain(0.1), generator=g),
-    "lyapunov_orthogonal_": lambda w, g: init.lyapunov_orthogonal_(w, 0.1, generator=g),
-    "stiefel_orthogonal_": lambda w, g: init.stiefel_orthogonal_(w, generator=g),
+    "orthogonal_": lambda w, g: orthogonal_(w, orthogonal_gain(0.1), generator=g),
+    "lyapunov_orthogonal_": lambda w, g: lyapunov_orthogonal_(w, 0.1, generator=g),
+    "stiefel_orthogonal_": lambda w, g: stiefel_orthogonal_(w, generator=g),
 }[method]
 for w in weights[:2]:  # warm-up: libraries, allocator
     with torch.no_grad():
@@ -85,22 +81,18 @@ print(json.dumps({"seconds": seconds, "extra": extra / largest, "extra_MB": extr
 def _one(case: str, method: str) -> dict[str, float]:
     # a fixed mmap threshold: glibc then returns every large block to the system when it is freed, so
     # the resident peak measures what was alive at once (its default threshold adapts upwards)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
+    root = str(Path(__file__).resolve().parents[2])  # the child imports benchmarks from this checkout
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 16), "PYTHONPATH": path}
     out = subprocess.run([sys.executable, "-c", _CHILD, case, method], capture_output=True, text=True, check=True,
                          env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(quick: bool = False, cases: dict[str, int] | None = None) -> list[dict[str, object]]:
+def measure(cases: dict[str, int]) -> list[dict[str, object]]:
     """One row per (case, method): median CPU seconds, the time ratio to torch's ``orthogonal_``
     (median over rounds, 25-75% spread) and the peak extra memory over the largest weight.
-    ``cases``: ``{case: rounds}`` instead of the default set (e.g. ``Linear(4096, 4096)``)."""
-    if cases is not None:
-        pass
-    elif quick:
-        cases = {"MLP 20 x 512": 2, "ResNet-50 shape, widths / 4": 2, "Linear(2048, 2048)": 2}
-    else:
-        cases = {"MLP 100 x 1024": 2, "ResNet-50 shape (25.6 M params)": 2, "Linear(8192, 8192)": 1}
+    ``cases``: ``{case: rounds}``, a case an ``init_time.MODELS`` name or ``"Linear(d, d)"``."""
     rows = []
     for case, rounds in cases.items():
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
@@ -109,20 +101,10 @@ def measure(quick: bool = False, cases: dict[str, int] | None = None) -> list[di
                 runs[method].append(_one(case, method))
         reference = [run["seconds"] for run in runs["torch orthogonal_"]]
         for method, values in runs.items():
-            ratio = spread(v["seconds"] / b for v, b in zip(values, reference))
+            ratio = med_iqr([v["seconds"] / b for v, b in zip(values, reference)])
             rows.append({"case": case, "method": method, "seconds": statistics.median(v["seconds"] for v in values),
                          "ratio": ratio[0], "ratio_q25": ratio[1], "ratio_q75": ratio[2],
                          "extra_memory": max(v["extra"] for v in values),
                          "extra_MB": max(v["extra_MB"] for v in values), "largest_MB": values[0]["largest_MB"],
                          "rounds": rounds})
     return rows
-
-
-def main() -> None:
-    from benchmarks.common import markdown_table
-
-    print(markdown_table(measure(quick="--quick" in sys.argv[1:])))
-
-
-if __name__ == "__main__":
-    main()
