@@ -358,7 +358,8 @@ class _CallableAdapter:
 def _validate_custom(act: Activation, spec: Any) -> None:
     probe = np.linspace(-50.0, 50.0, 1001).reshape(7, 143)
     try:
-        out = np.asarray(act.fn(probe.copy()))
+        with np.errstate(all="ignore"):
+            out = np.asarray(act.fn(probe.copy()))
     except Exception as error:  # noqa: BLE001 - any failure of the user's function is reported the same way
         raise ValueError(f"spec={describe(spec)} is invalid: calling it on a float64 array raised {error!r}") from None
     if out.shape != probe.shape or not np.issubdtype(out.dtype, np.number) or np.iscomplexobj(out):
@@ -395,7 +396,7 @@ _X_LOW, _X_HIGH, _X_STEP = -10.0, 10.0, 0.1  # tabulated log per-unit scales (be
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(12)
 _EULER = float(np.euler_gamma)
 _A3 = _EULER**2 / 2.0 - math.pi**2 / 12.0  # third Taylor coefficient of 1/Gamma
-_J_STEP = 0.05  # log-radius spacing of the sphere tables
+_J_STEP = 0.075  # log-radius spacing of the sphere tables
 _J_MARGIN = 2.0  # the sphere tables reach this far below the smallest tabulated scale
 _COMPONENTS_UP_TO = 30  # up to this width the all-negative case (probability 2^-d) is tracked apart
 
@@ -561,7 +562,7 @@ def _beta_rule(k: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     In ``v`` the density ``b^{k/2} (1-b)^{m/2} / B(k/2, m/2)`` is smooth with exponential tails, and
     so is the integrand where a part of the sphere is small (``J_k(t, rho sqrt(b))`` switches from
     0 to 1 within a width O(1) of ``v = -log(t rho^2)``), so the rule resolves it for every ``t``.
-    Tails are cut where the density falls ``e^-25`` below its peak. For ``k = m`` the integrand
+    Tails are cut where the density falls ``e^-20`` below its peak. For ``k = m`` the integrand
     is symmetric in ``b <-> 1 - b`` and only ``v >= 0`` is kept (doubled weights).
     """
     alpha, beta = k / 2.0, m / 2.0
@@ -575,7 +576,7 @@ def _beta_rule(k: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     weights = np.exp(log_weight - log_weight.max())
     if k == m:
         weights = np.where(v > 0.0, 2.0 * weights, np.where(v == 0.0, weights, 0.0))
-    keep = weights > math.exp(-25.0)
+    keep = weights > math.exp(-20.0)
     v, weights = v[keep], weights[keep]
     return special.expit(v), special.expit(-v), weights / weights.sum()
 
@@ -591,18 +592,20 @@ class _Sphere:
     """``J_k(t, rho) = E prod_i f_t(rho u_i)`` for ``u`` uniform on the unit sphere of R^k, all ``k``.
 
     ``negative=True`` conditions on every coordinate being negative (the all-negative component).
-    Tables ``J_k`` (``k >= 2`` that are needed as parts) are cubic splines in ``x = log(rho / sqrt(k))``.
-    Below the table, ``phi`` is linear to within ``e^-12`` (one-sided slopes), so ``J_k(t, rho)``
-    depends on ``t rho^2`` only when ``phi(0) = 0``, and is ``J_k(t, 0)`` otherwise.
+    Tables ``J_k`` (``k >= 2`` that are needed as parts) are cubic splines in ``x = log(rho / sqrt(k))``,
+    from ``_X_LOW - _J_MARGIN`` up to what the queries need (a part of a sphere of ``k + m``
+    coordinates reaches ``1/2 log((k + m) / k)`` above the whole's per-unit scale; a table is rebuilt,
+    with its parts, when a query needs more). Below the table, ``phi`` is linear to within ``e^-12``
+    (one-sided slopes), so ``J_k(t, rho)`` depends on ``t rho^2`` only when ``phi(0) = 0``, and is
+    ``J_k(t, 0)`` otherwise.
     """
 
     def __init__(self, act: Activation, negative: bool) -> None:
         self.act, self.negative = act, negative
         self.u = _t_grid(act)
         self.t = np.exp(self.u)
-        self.x = np.arange(_X_LOW - _J_MARGIN, _X_HIGH + 0.5 + _J_STEP / 2, _J_STEP)
         self.scaling = float(act(np.array([0.0]))[0]) == 0.0
-        self.tables: dict[int, tuple[CubicSpline, CubicSpline]] = {}
+        self.tables: dict[int, tuple[np.ndarray, CubicSpline, CubicSpline]] = {}
 
     def j1(self, radii: np.ndarray) -> np.ndarray:
         minus = np.exp(-np.outer(self.act(-radii) ** 2, self.t))
@@ -613,12 +616,12 @@ class _Sphere:
     def values(self, k: int, radii: np.ndarray) -> np.ndarray:
         if k == 1:
             return self.j1(radii)
-        table, edge = self.table(k)
         x = np.log(radii) - 0.5 * math.log(k)
-        out = table(np.clip(x, self.x[0], self.x[-1]))
-        below = x < self.x[0]
+        grid, table, edge = self.table(k, float(x.max()))
+        out = table(np.clip(x, grid[0], grid[-1]))
+        below = x < grid[0]
         if self.scaling and below.any():  # J_k(t, rho) = J_k(t rho^2 / rho_min^2, rho_min)
-            shifted = self.u[None, :] + 2.0 * (x[below] - self.x[0])[:, None]
+            shifted = self.u[None, :] + 2.0 * (x[below] - grid[0])[:, None]
             out[below] = edge(np.maximum(shifted, self.u[0]))
         return out
 
@@ -634,10 +637,13 @@ class _Sphere:
             out[start:start + chunk] = np.einsum("rbt,rbt,b->rt", left, right, weights)
         return out
 
-    def table(self, k: int) -> tuple[CubicSpline, CubicSpline]:
-        if k not in self.tables:
-            values = self.combine(k, math.sqrt(k) * np.exp(self.x))
-            self.tables[k] = (CubicSpline(self.x, values, axis=0), CubicSpline(self.u, values[0]))
+    def table(self, k: int, reach: float) -> tuple[np.ndarray, CubicSpline, CubicSpline]:
+        if k not in self.tables or self.tables[k][0][-1] < reach:
+            # enough for a sphere of 1024 coordinates at once (rebuilt for a wider query)
+            top = max(reach, _X_HIGH + 0.5 * math.log(max(1024.0 / k, 1.0))) + 0.5
+            grid = np.arange(_X_LOW - _J_MARGIN, top + _J_STEP / 2, _J_STEP)
+            values = self.combine(k, math.sqrt(k) * np.exp(grid))
+            self.tables[k] = (grid, CubicSpline(grid, values, axis=0), CubicSpline(self.u, values[0]))
         return self.tables[k]
 
     def laplace(self, d: int, big: int, scales: np.ndarray) -> np.ndarray:
