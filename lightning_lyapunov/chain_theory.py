@@ -27,9 +27,9 @@ splitting ``u = (sqrt(b) u_k, sqrt(1-b) u_m)``, ``b ~ Beta(k/2, m/2)``::
 
     J_{k+m}(t, rho) = E_b[ J_k(t, rho sqrt(b)) J_m(t, rho sqrt(1-b)) ],   J_1(t, rho) = (f(rho) + f(-rho)) / 2,
 
-``f(x) = exp(-t phi(x)^2)``, evaluated by Gauss-Jacobi rules and cubic splines in ``log rho``
-(``log2 d`` doublings). The log-moments then are single integrals in ``log t`` (Frullani), as in
-:mod:`lightning_lyapunov.theory`::
+``f(x) = exp(-t phi(x)^2)``, evaluated by the trapezoidal rule in ``log(b / (1 - b))`` and cubic
+splines in ``log rho`` (``log2 d`` doublings). The log-moments then are single integrals in ``log t``
+(Frullani), as in :mod:`lightning_lyapunov.theory`::
 
     E Y       = log a + I_0
     E (Y-c)^2 = -2 (I_1 + gamma I_0)
@@ -44,6 +44,10 @@ signal (probability ``2^-d`` per layer), and the chain tracks that mass separate
 
 **Homogeneous activations** (ReLU, Leaky ReLU, PReLU, identity) give a random walk: the per-layer
 quantities do not depend on ``s`` and equal :mod:`theory`'s closed forms, which are used.
+
+**A whole network** (:func:`predict_chain`): the law of ``log s`` is propagated layer by layer on a
+grid, and each layer's scale is chosen so that the expected log-norm stays at the operating scale at
+every depth (docs/theory.md, section 7).
 
 Example::
 
@@ -1104,7 +1108,7 @@ class ChainPrediction:
     ``log r(h_l)`` for a fixed input, among the alive networks; ``alive``: probability that the
     network is alive at layer ``l`` (its log-norm stayed above ``log operating scale - floor``);
     ``drift``: ``mean[l] - mean[l-1]`` (the first entry against ``log input_scale``).
-    ``seconds``: the computation time. ``lattice_step``: spacing of the log-scale grid.
+    ``seconds``: the computation time. ``lattice_step``: the finest spacing of the log-scale grid.
     """
 
     weight_scales: np.ndarray
@@ -1178,14 +1182,15 @@ def predict_chain(
     exactly through the layers before (the finite-depth meaning of "exponent 0"). With given
     ``weight_scales`` (e.g. He's, or :func:`theory.critical_scale`'s) it predicts their drift.
 
-    The law of ``x = log s_l`` lives on a grid in ``log s`` (spacing about a third of the narrowest
-    kernel's standard deviation). Each step maps ``x`` to ``log w + 1/2 log(d_in/d_prev) [- 1/2 log D]
-    + Y/2`` with ``Y = log ||phi(h)||^2``; the law of ``Y`` given ``x`` is a mixture of two components
-    (all units negative, probability ``2^-d``; the rest, tracked apart for ``d <= 30``), each with its
-    exact alive probability, mean, variance and third cumulant from the Laplace machinery, and the
-    shape of a log-gamma variable with those three cumulants (exact for a linear layer with Gaussian
-    weights: ``log chi2_d``; a Gaussian when the skewness vanishes). So every step's conditional mean
-    and variance are exact; the shape beyond the third cumulant is the approximation. Networks whose
+    The law of ``x = log s_l`` lives on a grid in ``log s`` (spacing a quarter of the narrowest one-step
+    standard deviation, coarser as the law widens). Each step maps ``x`` to
+    ``log w + 1/2 log(d_in/d_prev) [- 1/2 log D] + Y/2`` with ``Y = log ||phi(h)||^2``; the law of ``Y``
+    given ``x`` is a mixture of two components (all units negative, probability ``2^-d``, tracked apart
+    for ``d <= 30`` when ``phi`` vanishes on the negative side; the rest), each with its exact alive
+    probability, mean, variance and third cumulant from the Laplace machinery, and the shape of a
+    log-gamma variable with those three cumulants (exact for a linear layer with Gaussian weights:
+    ``log chi2_d``), or of a gamma variable where the skewness exceeds 1.75. So every step's mean,
+    variance and third cumulant are exact; the shape beyond them is the approximation. Networks whose
     log-scale falls ``floor`` below the operating scale count as dead (removed from the mean and std).
 
     Example::
@@ -1238,7 +1243,7 @@ def predict_chain(
             lowest = lambda mean_z, f=x_floor, g=float(given[l]) + shift_fixed: f - g  # noqa: E731
         z, pz, dead_mass = _transition(table, xs, probs, step, lowest)
         if given is None:
-            log_shift = target_x - _alive_mean(z, pz, 0.0, x_floor, target_x)
+            log_shift = target_x - _alive_mean(z, pz, x_floor, target_x)
             lw = log_shift - shift_fixed
         else:
             lw = float(given[l])
@@ -1250,7 +1255,10 @@ def predict_chain(
         total = kept.sum()
         alive *= total / (total + pz[~ok].sum() + dead_mass) if total > 0 else 0.0
         if total <= 0.0:
-            raise ValueError(f"every network is dead at layer {l + 1}: the chain left the operating scale by {floor}")
+            raise ValueError(
+                f"every network is dead at layer {l + 1}: the log-scale fell more than floor={floor:g} below the "
+                "operating scale; check weight_scales, or raise floor"
+            )
         nz = np.nonzero(kept > 1e-16 * kept.max())[0]
         xs, probs = x_next[nz[0]:nz[-1] + 1], kept[nz[0]:nz[-1] + 1] / total
         mean = float(np.dot(probs, xs))
@@ -1270,7 +1278,7 @@ def predict_chain(
         distribution=distribution,
         operating_scale=np.exp(targets),
         input_scale=r0,
-        lattice_step=step,
+        lattice_step=base_step,
         seconds=time.perf_counter() - start,
     )
 
@@ -1303,7 +1311,7 @@ def _lattice_step(tables: list[_Table], x: float) -> float:
     return float(min(max(sd / 4.0, 1e-3), 0.1))
 
 
-def _alive_mean(z: np.ndarray, pz: np.ndarray, shift: float, x_floor: float, target: float) -> float:
+def _alive_mean(z: np.ndarray, pz: np.ndarray, x_floor: float, target: float) -> float:
     """Mean of ``Z`` over the mass that stays above the floor once shifted to have that mean at ``target``."""
     mean = float(np.dot(pz, z) / pz.sum())
     for _ in range(3):
