@@ -1338,23 +1338,26 @@ def _transition(
         dead_mass += float(weight * np.dot(probs, dead))
         use = mass > 1e-300
         if use.any():
-            pieces.append((mass[use], mean[use] / 2.0, np.sqrt(var[use]) / 2.0, third[use] / 8.0))
+            # a component of weight below 1% (the all-negative one from width 7 on) keeps its exact mean
+            # and variance on three points: its shape cannot show, and laying it out in full is costly
+            coarse = weight < 0.01
+            pieces.append((mass[use], mean[use] / 2.0, np.sqrt(var[use]) / 2.0, third[use] / 8.0, coarse))
     if not pieces:
         return np.zeros(1), np.zeros(1), dead_mass
-    total = sum(float(m.sum()) for m, _, _, _ in pieces)
+    total = sum(float(p[0].sum()) for p in pieces)
     origin = float(pieces[-1][1][np.argmax(pieces[-1][0])])
-    z_low = lowest(sum(float(np.dot(m, c)) for m, c, _, _ in pieces) / total)
+    z_low = lowest(sum(float(np.dot(p[0], p[1])) for p in pieces) / total)
     j_floor = math.floor((z_low - origin) / step)
-    lo_j, hi_j, parts = 10**12, -(10**12), []
-    for mass, mean, sd, third in pieces:
-        wide = sd >= 2.0 * step
+    parts = []
+    for mass, mean, sd, third, coarse in pieces:
+        wide = (sd >= 2.0 * step) & (not coarse)
         if wide.any():
             cols, weights = _lay_out(mass[wide], mean[wide], sd[wide], third[wide], origin, step, j_floor)
             parts.append((cols, weights))
         narrow = ~wide
         if narrow.any():
             cols, weights = _lay_out_narrow(mass[narrow], mean[narrow], sd[narrow], origin, step)
-            parts.append((cols, weights))
+            parts.append((np.maximum(cols, j_floor - 1), weights))  # below the floor's reach: dead
     parts = [(c, w) for c, w in parts if c.size]
     if not parts:
         return np.zeros(1), np.zeros(1), dead_mass + total
@@ -1364,7 +1367,6 @@ def _transition(
     for cols, weights in parts:
         pz += np.bincount(cols - lo_j, weights, minlength=pz.size)
     z = origin + step * np.arange(lo_j, hi_j + 1)
-    # the mass laid out below the floor's reach is dead: keep it at the lowest point, the floor removes it
     return z, pz, dead_mass
 
 
@@ -1402,6 +1404,13 @@ def _convolve(table: _Table, xs: np.ndarray, probs: np.ndarray, step: float) -> 
     return z, pz, dead_mass
 
 
+# standardized cell edges for gamma-shaped kernels: a quarter of a standard deviation within 4 of the
+# mean, then 1.3 times wider per cell out to the far quantiles (each cell keeps its exact moments;
+# the edges are moved to the nearest lattice half-points)
+_GAMMA_EDGES = np.concatenate([-4.0 * 1.3 ** np.arange(16, 0, -1), np.linspace(-4.0, 4.0, 33),
+                               4.0 * 1.3 ** np.arange(1, 17)])
+
+
 def _lay_out(
     mass: np.ndarray, mean: np.ndarray, sd: np.ndarray, third: np.ndarray, origin: float, step: float, j_floor: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1410,42 +1419,41 @@ def _lay_out(
     Gaussian and log-gamma shapes (smooth): the density on every ``stride``-th point (spacing at most a
     quarter of a standard deviation: the sampled kernel keeps its mean and variance to 1e-10), scaled
     to the kernel's mass above the floor. Gamma shapes (singular at their bound): the exact mass, mean
-    and variance of each cell of ``stride`` steps, each cell laid on three points (:func:`_lay_out_narrow`).
-    The mass below ``j_floor`` (dead) goes to ``j_floor - 1``."""
+    and variance of each of a few dozen cells (:data:`_GAMMA_EDGES`), each cell laid on three points
+    (:func:`_lay_out_narrow`). The mass below ``j_floor`` (dead) goes to ``j_floor - 1``."""
     skew = third / sd**3
     kind, shape = _kernel_shape(skew)
     low, high = _kernel_extent(skew, kind, shape)
     gamma = kind == _GAMMA
+    cols_out, weights_out = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
+    if gamma.any():
+        cols, weights = _lay_out_gamma(mass[gamma], mean[gamma], sd[gamma], skew[gamma], shape[gamma],
+                                       low[gamma], high[gamma], origin, step, j_floor)
+        cols_out.append(cols)
+        weights_out.append(weights)
+    smooth = np.nonzero(~gamma)[0]
+    if smooth.size == 0:
+        return np.concatenate(cols_out), np.concatenate(weights_out)
+    mass, mean, sd, skew = mass[smooth], mean[smooth], sd[smooth], skew[smooth]
+    kind, shape, low, high = kind[smooth], shape[smooth], low[smooth], high[smooth]
     stride = np.maximum(1, np.floor(sd / (4.0 * step))).astype(np.int64)
     j_lo = np.maximum(np.floor((mean + low * sd - origin) / step).astype(np.int64), j_floor)
     j_lo = j_lo + (-j_lo) % stride  # multiples of the stride, so that rows share the same points
     j_hi = np.ceil((mean + high * sd - origin) / step).astype(np.int64)
     below = _kernel_cdf(origin + step * (j_lo - 0.5 * stride), mean, sd, skew, kind, shape)
-    cols_out = [np.full(mass.size, j_floor - 1, dtype=np.int64)]
-    weights_out = [mass * below]
-    count = np.maximum(-((j_lo - j_hi) // stride) + 1, 0)  # the last cell reaches past j_hi
-    blocks = []
-    for family in (gamma, ~gamma):
-        rows = np.nonzero(family)[0]
-        rows = rows[np.lexsort((count[rows], stride[rows]))]
-        blocks += np.array_split(rows, max(1, rows.size // 64))
-    for block in blocks:
+    cols_out.append(np.full(mass.size, j_floor - 1, dtype=np.int64))
+    weights_out.append(mass * below)
+    count = np.maximum(-((j_lo - j_hi) // stride) + 1, 0)  # the last point reaches past j_hi
+    order = np.lexsort((count, stride))
+    for block in np.array_split(order, max(1, order.size // 64)):
         n = int(count[block].max()) if block.size else 0
         if n == 0:
             continue
         offsets = np.arange(n)[None, :]
         cols = j_lo[block][:, None] + offsets * stride[block][:, None]
         valid = offsets < count[block][:, None]
-        args = (mean[block][:, None], sd[block][:, None], skew[block][:, None], shape[block][:, None])
-        if gamma[block].all():
-            cell_mass, cell_mean, cell_sd = _gamma_cells(origin + step * cols, step * stride[block][:, None], *args)
-            keep = valid & (cell_mass > 0.0)
-            c, w = _lay_out_narrow((cell_mass * mass[block][:, None])[keep], cell_mean[keep], cell_sd[keep],
-                                   origin, step)
-            cols_out.append(c)
-            weights_out.append(w)
-            continue
-        sampled = _kernel_density(origin + step * cols, args[0], args[1], args[2], kind[block][:, None], args[3])
+        sampled = _kernel_density(origin + step * cols, mean[block][:, None], sd[block][:, None],
+                                  skew[block][:, None], kind[block][:, None], shape[block][:, None])
         weights = np.where(valid, sampled, 0.0)
         total = weights.sum(1)
         scale = np.where(total > 0.0, mass[block] * (1.0 - below[block]) / np.maximum(total, 1e-300), 0.0)
@@ -1454,11 +1462,32 @@ def _lay_out(
     return np.concatenate(cols_out), np.concatenate(weights_out)
 
 
+def _lay_out_gamma(
+    mass: np.ndarray, mean: np.ndarray, sd: np.ndarray, skew: np.ndarray, b: np.ndarray, low: np.ndarray,
+    high: np.ndarray, origin: float, step: float, j_floor: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma-shaped kernels: cells with their exact mass, mean and variance, each on three lattice points;
+    cells whose mean lies below ``j_floor`` are dead (``j_floor - 1``)."""
+    edges = mean[:, None] + sd[:, None] * np.clip(_GAMMA_EDGES[None, :], low[:, None], high[:, None])
+    # on lattice half-points, so that a cell's mean sits near a lattice point (its variance is kept then)
+    position = (edges - origin) / step - 0.5
+    index = np.round(position)
+    index[:, 0], index[:, -1] = np.floor(position[:, 0]), np.ceil(position[:, -1])  # keep the whole kernel
+    edges = origin + step * (np.maximum.accumulate(index, axis=1) + 0.5)
+    cell_mass, cell_mean, cell_sd = _gamma_cells(edges, mean[:, None], sd[:, None], skew[:, None], b[:, None])
+    cell_mass = cell_mass * mass[:, None]
+    alive = (cell_mass > 0.0) & (cell_mean >= origin + step * (j_floor - 0.5))
+    dead = np.where(alive, 0.0, cell_mass).sum(1)
+    cols, weights = _lay_out_narrow(cell_mass[alive], cell_mean[alive], cell_sd[alive], origin, step)
+    return (np.concatenate([cols, np.full(mass.size, j_floor - 1, dtype=np.int64)]),
+            np.concatenate([weights, dead]))
+
+
 def _gamma_cells(
-    z: np.ndarray, step: np.ndarray, mean: np.ndarray, sd: np.ndarray, skew: np.ndarray, b: np.ndarray
+    edges: np.ndarray, mean: np.ndarray, sd: np.ndarray, skew: np.ndarray, b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mass, mean and standard deviation of the gamma-shaped kernel within consecutive cells
-    ``[z - step/2, z + step/2]`` (rows: kernels; the cells of a row are adjacent).
+    """Mass, mean and standard deviation of the gamma-shaped kernel within the cells between consecutive
+    ``edges`` (rows: kernels).
 
     With ``Z = A - B G`` (negative skew; ``A + B G`` positive), ``G ~ Gamma(b)``:
     ``E[G^n 1_cell] = b (b+1) ... (b+n-1) P_{b+n}(cell)``, and ``P_{b+1}(g) = P_b(g) - g^b e^-g / Gamma(b+1)``."""
@@ -1466,8 +1495,7 @@ def _gamma_cells(
     sign = np.where(skew < 0.0, -1.0, 1.0)
     scale = sd / root
     centre = mean - sign * sd * root  # Z = centre + sign * scale * G
-    edges_z = np.concatenate([z - 0.5 * step, z[:, -1:] + 0.5 * step], axis=1)
-    g = np.maximum(sign * (edges_z - centre) / scale, 0.0)
+    g = np.maximum(sign * (edges - centre) / scale, 0.0)
     with np.errstate(divide="ignore"):
         log_g = np.log(g)
     p0 = special.gammainc(b, g)
