@@ -65,6 +65,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import numbers
 import time
@@ -439,7 +440,7 @@ def _x_nodes(act: Activation) -> tuple[np.ndarray, np.ndarray]:
     anchors = sorted({p for p in zeros | set(act.breakpoints) if -reach < p < reach})
     edges: list[float] = []
     ends = [-reach] + anchors + [reach]
-    for i, (a, b) in enumerate(zip(ends[:-1], ends[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(ends)):
         if i == 0:
             piece = _march(act, b, a, b in zeros)[::-1]
         elif i == len(ends) - 2:
@@ -709,7 +710,9 @@ def _laws(
 
 
 @lru_cache(maxsize=4096)
-def _layer_law(act: Activation, d: int, big: int, distribution: str, scale: float) -> tuple[float, float, float, float]:
+def _layer_law(
+    act: Activation, d: int, big: int, distribution: str, scale: float
+) -> tuple[float, float, float, float]:
     """(dead, E Y, Var Y, third cumulant) of ``Y = log ||phi(h)||^2`` at one scale (exact, no table)."""
     if act.homogeneous:
         return _homogeneous_law(act, d, big, distribution, scale)
@@ -717,7 +720,9 @@ def _layer_law(act: Activation, d: int, big: int, distribution: str, scale: floa
     return tuple(float(v) for v in row)
 
 
-def _homogeneous_law(act: Activation, d: int, big: int, distribution: str, scale: float) -> tuple[float, float, float, float]:
+def _homogeneous_law(
+    act: Activation, d: int, big: int, distribution: str, scale: float
+) -> tuple[float, float, float, float]:
     a = float(act.homogeneous_slope)
     dead = 0.5**d if a == 0.0 else 0.0
     mean = theory.expected_log_q(d, a) + 2.0 * math.log(scale)
@@ -1238,9 +1243,9 @@ def predict_chain(
         target_x = targets[l] - offsets[l][0]
         x_floor = targets[l] - floor
         if given is None:
-            lowest = lambda mean_z, t=target_x, f=x_floor: f - (t - mean_z) - 2.0  # noqa: E731
+            lowest = lambda mean_z, t=target_x, f=x_floor: f - (t - mean_z) - 2.0
         else:
-            lowest = lambda mean_z, f=x_floor, g=float(given[l]) + shift_fixed: f - g  # noqa: E731
+            lowest = lambda mean_z, f=x_floor, g=float(given[l]) + shift_fixed: f - g
         z, pz, dead_mass = _transition(table, xs, probs, step, lowest)
         if given is None:
             log_shift = target_x - _alive_mean(z, pz, x_floor, target_x)

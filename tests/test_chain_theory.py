@@ -197,7 +197,7 @@ def test_third_cumulants_against_closed_forms():
         third = ct._layer_law(linear, d, d, "gaussian", 1.3)[3]
         assert third == pytest.approx(float(special.polygamma(2, d / 2.0)), abs=1e-6)
     for d, big in ((3, 3), (3, 11)):
-        dead, mean, var, third = ct._layer_law(linear, d, big, "orthogonal", 0.9)
+        _, _, var, third = ct._layer_law(linear, d, big, "orthogonal", 0.9)
         beta = (d / 2.0, (big - d) / 2.0)
         assert var == pytest.approx(float(special.polygamma(1, beta[0]) - special.polygamma(1, d / 2.0 + beta[1]))
                                     if big > d else 0.0, abs=1e-6)
