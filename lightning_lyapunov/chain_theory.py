@@ -644,8 +644,10 @@ class _Sphere:
 
     def table(self, k: int, reach: float) -> tuple[np.ndarray, CubicSpline, CubicSpline]:
         if k not in self.tables or self.tables[k][0][-1] < reach:
-            # enough for a sphere of 1024 coordinates at once (rebuilt for a wider query)
-            top = max(reach, _X_HIGH + 0.5 * math.log(max(1024.0 / k, 1.0))) + 0.5
+            # enough for a sphere of 1024 coordinates at once (rebuilt for a wider query): the parts of a
+            # table's grid reach 1/2 log 2 higher, so this top exceeds what the level above needs by 0.1
+            default = _X_HIGH + 0.5 * math.log(max(1024.0 / k, 1.0)) + 0.5 + 0.1 * math.log2(max(2048.0 / k, 2.0))
+            top = max(reach + 0.1, default)
             grid = np.arange(_X_LOW - _J_MARGIN, top + _J_STEP / 2, _J_STEP)
             values = self.combine(k, math.sqrt(k) * np.exp(grid))
             self.tables[k] = (grid, CubicSpline(grid, values, axis=0), CubicSpline(self.u, values[0]))
