@@ -1012,7 +1012,7 @@ class _Table:
             self.parts = [None, (0.0, mean, var, third)]
 
     def _splines(self, rows: np.ndarray) -> tuple:
-        ok = np.isfinite(rows[:, 1])
+        ok = np.isfinite(rows[:, 1:]).all(1)
         dead = PchipInterpolator(self.x, rows[:, 0])
         if ok.sum() < 4:
             return dead, None, None, None, self.x[0], self.x[-1]
@@ -1352,7 +1352,8 @@ def _transition(
     if not pieces:
         return np.zeros(1), np.zeros(1), dead_mass
     total = sum(float(p[0].sum()) for p in pieces)
-    origin = float(pieces[-1][1][np.argmax(pieces[-1][0])])
+    heaviest = max(pieces, key=lambda p: float(p[0].sum()))
+    origin = float(heaviest[1][np.argmax(heaviest[0])])
     z_low = lowest(sum(float(np.dot(p[0], p[1])) for p in pieces) / total)
     j_floor = math.floor((z_low - origin) / step)
     parts = []
