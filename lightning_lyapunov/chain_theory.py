@@ -79,7 +79,14 @@ from scipy import special
 from scipy.interpolate import CubicSpline, PchipInterpolator
 
 from lightning_lyapunov import theory
-from lightning_lyapunov._checks import MIN_SLOPE, check_choice, check_float, check_int, describe, invalid
+from lightning_lyapunov._checks import (
+    MIN_SLOPE,
+    check_choice,
+    check_float,
+    check_int,
+    describe,
+    invalid,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -1139,8 +1146,11 @@ class ChainPrediction:
 
 
 def _check_layers(layers: Any) -> list[tuple[int, int, Activation]]:
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) == 0:
-        invalid("layers", layers, "a non-empty sequence of (d_in, d_out, activation_after_layer) tuples")
+    allowed = "a non-empty sequence of (d_in, d_out, activation_after_layer) tuples"
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        invalid("layers", layers, allowed)
+    if len(layers) == 0:
+        invalid("layers", layers, allowed, error=ValueError)
     out = []
     for i, layer in enumerate(layers):
         if isinstance(layer, (str, bytes)) or not isinstance(layer, Sequence) or len(layer) != 3:
@@ -1152,10 +1162,13 @@ def _check_layers(layers: Any) -> list[tuple[int, int, Activation]]:
 
 
 def _per_layer(name: str, value: Any, n: int) -> np.ndarray:
+    allowed = f"a positive number or a sequence of {n} positive numbers (one per layer)"
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return np.full(n, _check_scale(name, value))
-    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)) or len(value) != n:
-        invalid(name, value, f"a positive number or a sequence of {n} positive numbers (one per layer)")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        invalid(name, value, allowed)
+    if len(value) != n:
+        invalid(name, value, allowed, error=ValueError)
     return np.array([_check_scale(f"{name}[{i}]", v) for i, v in enumerate(value)])
 
 

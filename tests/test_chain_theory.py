@@ -113,31 +113,32 @@ def test_activation_names_parameters_and_flags():
     assert own == ct.activation(np.tanh, name="my_tanh", breakpoints=(1.0,))  # cached by the function
 
 
+# a wrong type is a TypeError (_checks' ArgumentTypeError), a wrong value a ValueError
 @pytest.mark.parametrize(
-    "call,match",
+    "call,error,match",
     [
-        (lambda: ct.activation("swiglu"), r"spec='swiglu' is invalid \(unknown activation\).*gelu, silu"),
-        (lambda: ct.activation("gelu", approximate="fast"), r"approximate='fast'.*'none', 'tanh'"),
-        (lambda: ct.activation("elu", beta=2.0), r"'elu' does not take \['beta'\].*\['alpha'\]"),
-        (lambda: ct.activation("tanh", alpha=1.0), r"'tanh' does not take \['alpha'\].*none"),
-        (lambda: ct.activation("celu", alpha=0.0), r"alpha=0.0 is invalid.*positive"),
-        (lambda: ct.activation("elu", alpha="big"), r"alpha='big' is invalid"),
-        (lambda: ct.activation("softplus", beta=-1.0), r"beta=-1.0 is invalid"),
-        (lambda: ct.activation("hardtanh", min_val=1.0, max_val=0.0), r"min_val=1.0, max_val=0.0.*below"),
-        (lambda: ct.activation(3.0), r"spec=3.0 is invalid"),
-        (lambda: ct.activation(lambda x: x.sum()), r"same shape"),
-        (lambda: ct.activation(lambda x: float(x[0])), r"calling it on a float64 array raised TypeError"),
-        (lambda: ct.activation(np.log), r"non-finite"),
-        (lambda: ct.activation(lambda x: x * 1j), r"real"),
-        (lambda: ct.activation(np.tanh, dead_below=1.0), r"dead_below=1.0 is invalid.*<= 0"),
-        (lambda: ct.activation(np.tanh, dead_below=-1.0), r"dead_below=-1.0 is invalid: phi is not 0"),
-        (lambda: ct.activation(np.tanh, alpha=1.0), r"bind them into your function"),
-        (lambda: ct.activation("gelu", name="x"), r"for your own function"),
-        (lambda: ct.activation(ct.activation("gelu"), alpha=1.0), r"already an Activation"),
+        (lambda: ct.activation("swiglu"), ValueError, r"spec='swiglu' is invalid \(unknown activation\).*gelu, silu"),
+        (lambda: ct.activation("gelu", approximate="fast"), ValueError, r"approximate='fast'.*'none', 'tanh'"),
+        (lambda: ct.activation("elu", beta=2.0), ValueError, r"'elu' does not take \['beta'\].*\['alpha'\]"),
+        (lambda: ct.activation("tanh", alpha=1.0), ValueError, r"'tanh' does not take \['alpha'\].*none"),
+        (lambda: ct.activation("celu", alpha=0.0), ValueError, r"alpha=0.0 is invalid.*positive"),
+        (lambda: ct.activation("elu", alpha="big"), TypeError, r"alpha='big' is invalid"),
+        (lambda: ct.activation("softplus", beta=-1.0), ValueError, r"beta=-1.0 is invalid"),
+        (lambda: ct.activation("hardtanh", min_val=1.0, max_val=0.0), ValueError, r"min_val=1.0, max_val=0.0.*below"),
+        (lambda: ct.activation(3.0), TypeError, r"spec=3.0 is invalid"),
+        (lambda: ct.activation(lambda x: x.sum()), ValueError, r"same shape"),
+        (lambda: ct.activation(lambda x: float(x[0])), ValueError, r"calling it on a float64 array raised TypeError"),
+        (lambda: ct.activation(np.log), ValueError, r"non-finite"),
+        (lambda: ct.activation(lambda x: x * 1j), ValueError, r"real"),
+        (lambda: ct.activation(np.tanh, dead_below=1.0), ValueError, r"dead_below=1.0 is invalid.*<= 0"),
+        (lambda: ct.activation(np.tanh, dead_below=-1.0), ValueError, r"dead_below=-1.0 is invalid: phi is not 0"),
+        (lambda: ct.activation(np.tanh, alpha=1.0), ValueError, r"bind them into your function"),
+        (lambda: ct.activation("gelu", name="x"), ValueError, r"for your own function"),
+        (lambda: ct.activation(ct.activation("gelu"), alpha=1.0), ValueError, r"already an Activation"),
     ],
 )
-def test_bad_activation_specs_say_what_is_allowed(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_activation_specs_say_what_is_allowed(call, error, match):
+    with pytest.raises(error, match=match):
         call()
 
 
@@ -476,25 +477,30 @@ def test_docstring_examples():
 
 
 @pytest.mark.parametrize(
-    "call,match",
+    "call,error,match",
     [
-        (lambda: ct.critical_scale("gelu", 0, 4), r"d_in=0 is invalid"),
-        (lambda: ct.critical_scale("gelu", 4, 4, scale=-1.0), r"scale=-1.0 is invalid.*positive"),
-        (lambda: ct.critical_scale("gelu", 4, 4, "haar"), r"distribution='haar'.*'gaussian', 'orthogonal'"),
-        (lambda: ct.lyapunov_exponent("gelu", 4, 4, 0.0), r"weight_scale=0.0 is invalid"),
-        (lambda: ct.expected_log_q("gelu", 4, 1.0, drawn_in=0, distribution="orthogonal"), r"drawn_in=0"),
-        (lambda: ct.expected_log_q("swiglu", 4), r"activation='swiglu' is invalid"),
-        (lambda: ct.expected_log_q(3, 4), r"activation=3 is invalid"),
-        (lambda: ct.predict_chain([]), r"layers=\[\] is invalid"),
-        (lambda: ct.predict_chain([(4, 4)]), r"layers\[0\]=\(4, 4\) is invalid"),
-        (lambda: ct.predict_chain([(4, 4, "gelu"), (4, 0, None)]), r"layers\[1\]\[1\] \(d_out\)=0"),
-        (lambda: ct.predict_chain([(4, 4, "gelo")]), r"layers\[0\]\[2\] \(activation\)='gelo'"),
-        (lambda: ct.predict_chain([(4, 4, "gelu")], weight_scales=[1.0, 2.0]), r"weight_scales=.*one per layer"),
-        (lambda: ct.predict_chain([(4, 4, "gelu")] * 2, operating_scale=[1.0]), r"operating_scale=.*2 positive"),
-        (lambda: ct.predict_chain([(4, 4, "gelu")], input_scale=0.0), r"input_scale=0.0 is invalid"),
-        (lambda: ct.predict_chain([(4, 4, "gelu")], floor=0.5), r"floor=0.5 is invalid"),
+        (lambda: ct.critical_scale("gelu", 0, 4), ValueError, r"d_in=0 is invalid"),
+        (lambda: ct.critical_scale("gelu", 4, 2.5), TypeError, r"d_out=2.5 is invalid"),
+        (lambda: ct.critical_scale("gelu", 4, 4, scale=-1.0), ValueError, r"scale=-1.0 is invalid.*positive"),
+        (lambda: ct.critical_scale("gelu", 4, 4, "haar"), ValueError, r"distribution='haar'.*'gaussian', 'orthogonal'"),
+        (lambda: ct.lyapunov_exponent("gelu", 4, 4, 0.0), ValueError, r"weight_scale=0.0 is invalid"),
+        (lambda: ct.expected_log_q("gelu", 4, 1.0, drawn_in=0, distribution="orthogonal"), ValueError,
+         r"drawn_in=0"),
+        (lambda: ct.expected_log_q("swiglu", 4), ValueError, r"activation='swiglu' is invalid"),
+        (lambda: ct.expected_log_q(3, 4), TypeError, r"activation=3 is invalid"),
+        (lambda: ct.predict_chain([]), ValueError, r"layers=\[\] is invalid"),
+        (lambda: ct.predict_chain("gelu"), TypeError, r"layers='gelu' is invalid"),
+        (lambda: ct.predict_chain([(4, 4)]), TypeError, r"layers\[0\]=\(4, 4\) is invalid"),
+        (lambda: ct.predict_chain([(4, 4, "gelu"), (4, 0, None)]), ValueError, r"layers\[1\]\[1\] \(d_out\)=0"),
+        (lambda: ct.predict_chain([(4, 4, "gelo")]), ValueError, r"layers\[0\]\[2\] \(activation\)='gelo'"),
+        (lambda: ct.predict_chain([(4, 4, "gelu")], weight_scales=[1.0, 2.0]), ValueError,
+         r"weight_scales=.*one per layer"),
+        (lambda: ct.predict_chain([(4, 4, "gelu")] * 2, operating_scale=[1.0]), ValueError,
+         r"operating_scale=.*2 positive"),
+        (lambda: ct.predict_chain([(4, 4, "gelu")], input_scale=0.0), ValueError, r"input_scale=0.0 is invalid"),
+        (lambda: ct.predict_chain([(4, 4, "gelu")], floor=0.5), ValueError, r"floor=0.5 is invalid"),
     ],
 )
-def test_bad_input_names_the_argument(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_names_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
         call()
