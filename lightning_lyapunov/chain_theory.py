@@ -1358,8 +1358,8 @@ def _transition(
         dead_mass += float(weight * np.dot(probs, dead))
         use = mass > 1e-300
         if use.any():
-            # a component of weight below 1% (the all-negative one from width 7 on) keeps its exact mean
-            # and variance on three points: its shape cannot show, and laying it out in full is costly
+            # a component of weight below 1% (the all-negative one from width 7 on) is laid out more
+            # coarsely (its shape matters less, and its kernels are the widest)
             coarse = weight < 0.01
             pieces.append((mass[use], mean[use] / 2.0, np.sqrt(var[use]) / 2.0, third[use] / 8.0, coarse))
     if not pieces:
@@ -1371,9 +1371,9 @@ def _transition(
     j_floor = math.floor((z_low - origin) / step)
     parts = []
     for mass, mean, sd, third, coarse in pieces:
-        wide = (sd >= 2.0 * step) & (not coarse)
+        wide = sd >= 2.0 * step
         if wide.any():
-            cols, weights = _lay_out(mass[wide], mean[wide], sd[wide], third[wide], origin, step, j_floor)
+            cols, weights = _lay_out(mass[wide], mean[wide], sd[wide], third[wide], origin, step, j_floor, coarse)
             parts.append((cols, weights))
         narrow = ~wide
         if narrow.any():
@@ -1430,10 +1430,12 @@ def _convolve(table: _Table, xs: np.ndarray, probs: np.ndarray, step: float) -> 
 # the edges are moved to the nearest lattice half-points)
 _GAMMA_EDGES = np.concatenate([-4.0 * 1.3 ** np.arange(16, 0, -1), np.linspace(-4.0, 4.0, 33),
                                4.0 * 1.3 ** np.arange(1, 17)])
+_GAMMA_EDGES_COARSE = np.r_[_GAMMA_EDGES[::3], _GAMMA_EDGES[-1]]  # for components of weight below 1%
 
 
 def _lay_out(
-    mass: np.ndarray, mean: np.ndarray, sd: np.ndarray, third: np.ndarray, origin: float, step: float, j_floor: int
+    mass: np.ndarray, mean: np.ndarray, sd: np.ndarray, third: np.ndarray, origin: float, step: float, j_floor: int,
+    coarse: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Kernels at least two steps wide, on the lattice points at and above ``j_floor``.
 
@@ -1449,7 +1451,8 @@ def _lay_out(
     cols_out, weights_out = [np.zeros(0, dtype=np.int64)], [np.zeros(0)]
     if gamma.any():
         cols, weights = _lay_out_gamma(mass[gamma], mean[gamma], sd[gamma], skew[gamma], shape[gamma],
-                                       low[gamma], high[gamma], origin, step, j_floor)
+                                       low[gamma], high[gamma], origin, step, j_floor,
+                                       _GAMMA_EDGES_COARSE if coarse else _GAMMA_EDGES)
         cols_out.append(cols)
         weights_out.append(weights)
     smooth = np.nonzero(~gamma)[0]
@@ -1457,7 +1460,8 @@ def _lay_out(
         return np.concatenate(cols_out), np.concatenate(weights_out)
     mass, mean, sd, skew = mass[smooth], mean[smooth], sd[smooth], skew[smooth]
     kind, shape, low, high = kind[smooth], shape[smooth], low[smooth], high[smooth]
-    stride = np.maximum(1, np.floor(sd / (4.0 * step))).astype(np.int64)
+    points_per_sd = 1.5 if coarse else 4.0  # sampled at 1.5 per sd a smooth kernel keeps its moments to 1e-15
+    stride = np.maximum(1, np.floor(sd / (points_per_sd * step))).astype(np.int64)
     j_lo = np.maximum(np.floor((mean + low * sd - origin) / step).astype(np.int64), j_floor)
     j_lo = j_lo + (-j_lo) % stride  # multiples of the stride, so that rows share the same points
     j_hi = np.ceil((mean + high * sd - origin) / step).astype(np.int64)
@@ -1485,11 +1489,11 @@ def _lay_out(
 
 def _lay_out_gamma(
     mass: np.ndarray, mean: np.ndarray, sd: np.ndarray, skew: np.ndarray, b: np.ndarray, low: np.ndarray,
-    high: np.ndarray, origin: float, step: float, j_floor: int
+    high: np.ndarray, origin: float, step: float, j_floor: int, standard_edges: np.ndarray = _GAMMA_EDGES
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gamma-shaped kernels: cells with their exact mass, mean and variance, each on three lattice points;
     cells whose mean lies below ``j_floor`` are dead (``j_floor - 1``)."""
-    edges = mean[:, None] + sd[:, None] * np.clip(_GAMMA_EDGES[None, :], low[:, None], high[:, None])
+    edges = mean[:, None] + sd[:, None] * np.clip(standard_edges[None, :], low[:, None], high[:, None])
     # on lattice half-points, so that a cell's mean sits near a lattice point (its variance is kept then)
     position = (edges - origin) / step - 0.5
     index = np.round(position)
