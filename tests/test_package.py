@@ -21,6 +21,7 @@ PACKAGE = Path(lightning_lyapunov.__file__).parent
 STAGES: list[list[str]] = [
     ["_checks", "_warn", "_cli_text"],
     ["theory"],
+    ["chain_theory"],
     ["init"],
     ["settings", "log_norm", "_forward"],
     ["activations"],
@@ -237,7 +238,7 @@ def test_plan_and_fit_agree_on_every_setting(setting: str, tmp_path, monkeypatch
     assert ("selects among" in out) == (applied.sampling is not None)
 
 
-@pytest.mark.parametrize("module", ["_checks", "theory", "init", "settings", "log_norm"])
+@pytest.mark.parametrize("module", ["_checks", "theory", "chain_theory", "init", "settings", "log_norm"])
 def test_the_docstring_examples_run(module: str) -> None:
     import doctest
     import importlib
