@@ -22,7 +22,7 @@ STAGES: list[list[str]] = [
     ["_checks", "_warn", "_cli_text"],
     ["theory"],
     ["init"],
-    ["settings", "log_norm", "_forward"],
+    ["settings", "log_norm", "_forward", "halving", "candidates"],
     ["activations"],
     ["observe"],
     ["plan"],
