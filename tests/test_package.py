@@ -35,6 +35,7 @@ STAGES: list[list[str]] = [
     ["dashboard"],
     ["diagnosis"],
     ["_writers", "_lifecycle", "training_batch"],
+    ["lookahead_fit"],
     ["callbacks"],
     ["lightning_cli"],
     ["cli"],
