@@ -38,7 +38,9 @@ What it guarantees:
   scheduler is swapped. With automatic optimization a batch whose ``training_step`` returns None
   (Lightning skips it) does not count.
 * not supported: sharded strategies (refused by the callback anyway); callbacks that keep their
-  own copy of the weights (EMA, SWA) see every candidate.
+  own copy of the weights (EMA, SWA) see every candidate. Shared by the candidates, not swapped:
+  the data order, the mixed-precision loss scaler, and epoch-interval schedulers step for the
+  candidate that trains the epoch's last batch.
 * **training ends during the look-ahead** (``max_steps`` too small): the best candidate so far is
   kept, with a warning.
 """
