@@ -110,8 +110,8 @@ class LookAheadFit:
         look = self.look
         if look is None or not (look.running or self._drawn is not None or look.resumable):
             return ""
-        return (f"\nlook-ahead: {len(look.seeds)} candidate draws (seeds {look.seeds[0]}, ...), each calibrated as "
-                f"above, trained in turn in the first training steps; successive halving by training loss at steps "
+        return (f"\nlook-ahead: {len(look.seeds)} candidate draws as above (seeds {look.seeds[0]}, ...), trained in "
+                f"turn in the first training steps; successive halving by training loss at steps "
                 f"{'/'.join(map(str, look.halving.cuts))} of each candidate; the best one is kept with its progress")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
