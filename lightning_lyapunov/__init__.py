@@ -28,6 +28,8 @@ _EXPORTS = {
     "apply_init": ("lightning_lyapunov.initialize", "apply_init"),
     "sample_lyapunov_": ("lightning_lyapunov.initialize", "sample_lyapunov_"),
     "SamplingReport": ("lightning_lyapunov.sampling", "SamplingReport"),
+    "look_ahead_": ("lightning_lyapunov.lookahead", "look_ahead_"),
+    "LookAheadReport": ("lightning_lyapunov.halving", "LookAheadReport"),
     "calibrate_": ("lightning_lyapunov.calibration", "calibrate_"),
     "CalibrationResult": ("lightning_lyapunov.calibration", "CalibrationResult"),
     "swap_activations": ("lightning_lyapunov.swap", "swap_activations"),

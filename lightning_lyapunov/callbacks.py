@@ -39,7 +39,9 @@ from ._writers import Writers
 from .dashboard import featured_layers, figure_due
 from .diagnosis import SignalReport
 from .diagnostics import SignalMonitor
-from .initialize import initialize_, measured_state, restore_measured
+from .initialize import measured_state, restore_measured
+from .lookahead import DEFAULT_STEPS
+from .lookahead_fit import LookAheadFit
 from .plan import InitPlan
 from .settings import DEFAULT_TARGET, InitSpec
 from .surgery import plan_init
@@ -106,6 +108,8 @@ class LyapunovInit(Callback):
             batch: module.net(batch["image"])``; ``None``: found once (the module's ``forward`` with
             the batch mapped to its arguments, else one neutralized ``training_step``; see
             :mod:`lightning_lyapunov.training_batch`). In a YAML config: the import path of a function.
+        look_ahead: ``K`` draws trained in turn, the best kept with its progress (:mod:`.lookahead_fit`); ``None``: off.
+        look_ahead_steps: the look-ahead's training steps in all (they count towards ``max_steps``).
 
     Attributes:
         spec: the :class:`~lightning_lyapunov.InitSpec` built from the initialization settings.
@@ -138,6 +142,8 @@ class LyapunovInit(Callback):
         initialize: bool = True,
         example_input: Any = None,
         forward: Callable[[torch.nn.Module, Any], Any] | None = None,
+        look_ahead: int | None = None,
+        look_ahead_steps: int = DEFAULT_STEPS,
     ) -> None:
         super().__init__()
         self.spec = InitSpec(scheme=scheme, distribution=distribution, moment=moment, negative_slope=negative_slope,
@@ -154,13 +160,14 @@ class LyapunovInit(Callback):
         self.example_input, self.forward = example_input, forward
         if not initialize:
             _refuse_unused(sampled=(sampled, False), candidates=(candidates, None), calibrate=(calibrate, "auto"),
-                           calibrate_target=(calibrate_target, DEFAULT_TARGET))
+                           calibrate_target=(calibrate_target, DEFAULT_TARGET), look_ahead=(look_ahead, None))
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
         self.report: SignalReport | None = None
         self._console = _Console()
         self._writers = Writers(self._console.warn)
+        self.look_ahead = LookAheadFit(look_ahead, look_ahead_steps, self.spec, self._writers, _info, self._warn)
         self._announced = False
         self._last_step: int | None = None
         self._used_seed: int | None = None
@@ -178,11 +185,12 @@ class LyapunovInit(Callback):
     def state_dict(self) -> dict[str, Any]:
         """``initialized``, the scheme and what the plan measured (the calibration's factors and
         log-gains, the sampling's scores), as plain Python values."""
-        state = {"initialized": bool(self.initialized), "scheme": str(self.spec.scheme)}
+        state = {"initialized": bool(self.initialized), "scheme": str(self.spec.scheme), **self.look_ahead.state_dict()}
         return {**state, **measured_state(self.plan)} if self.plan is not None else state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initialized = bool(state_dict.get("initialized", False))
+        self.look_ahead.load_state_dict(state_dict)
         if self.initialized:
             self._announced = True  # resumed: the plan was logged by the run that initialized
         self._measured = state_dict  # Lightning restores callbacks after setup has planned
@@ -212,10 +220,11 @@ class LyapunovInit(Callback):
         return list(names) if self.all_layers else featured_layers(names)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.look_ahead.on_train_start(trainer, pl_module)
         if self._announced or self.plan is None:
             return
         self._announced = True
-        plan_text = self.plan.describe(warnings=False)  # plan_init has emitted its warnings already
+        plan_text = self.plan.describe(warnings=False) + self.look_ahead.planned()  # warnings: emitted by plan_init
         _info(f"LyapunovInit plan:\n{plan_text}")
         relu = [layer.name for layer in self.plan.layers if layer.negative_slope == 0.0]  # units can die there
         self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None, relu)
@@ -235,6 +244,7 @@ class LyapunovInit(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        self.look_ahead.on_train_batch_end(trainer, pl_module, outputs)
         monitor = self.monitor
         if monitor is None or not monitor.active or not monitor.captured:
             return
@@ -269,6 +279,7 @@ class LyapunovInit(Callback):
             self._distributions(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.look_ahead.on_train_end(trainer, pl_module)
         self._distributions(trainer)
         if self.plan is not None and trainer.is_global_zero:
             _info(self.summary())
@@ -281,7 +292,7 @@ class LyapunovInit(Callback):
         else:
             why = "initialize=False" if not self.initialize else "weights from a checkpoint or an earlier fit"
             what = f"did not initialize ({why}); plan: scheme={self.plan.scheme!r}"
-        return (self.report or SignalReport(self.plan)).summary(what)
+        return (self.report or SignalReport(self.plan)).summary(what + self.look_ahead.summary())
 
     def _warn(self, message: str) -> None:
         self._console.warn(message)
@@ -371,8 +382,7 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
                 callback._warn(f"no training pass observed, so calibrate={spec.calibrate!r} is skipped")
             spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
         seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        plan = initialize_(pl_module, spec, example_input=seen.example, forward=seen.forward,
-                           generator=torch.Generator().manual_seed(seed))
+        plan = callback.look_ahead.initialize(pl_module, spec, seen.example, seen.forward, seed)
         callback.initialized = callback._initialized_here = True
         callback._used_seed, callback._observed = seed, seen.how
     if seen.missing is not None:

@@ -25,7 +25,7 @@ recorded on the plan that is returned: ``plan.sampling`` and ``plan.calibration`
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ from .sampling import SamplingReport, default_probe, select_
 from .settings import InitSpec
 from .surgery import plan_init, spec_of
 
-__all__ = ["apply_init", "initialize_", "measured_state", "restore_measured", "sample_lyapunov_"]
+__all__ = ["apply_init", "initialize_", "measured_state", "redraw_", "restore_measured", "sample_lyapunov_"]
 
 
 def initialize_(
@@ -63,21 +63,57 @@ def initialize_(
         plan = initialize_(model, InitSpec(calibrate="layers"), example_input=x,
                            generator=torch.Generator().manual_seed(0))
     """
+    _check_batch(spec, example_input, generator)
+    plan = plan_init(model, spec, example_input=example_input, forward=forward)
+    with plan.restoring(generator):
+        _draw(model, plan, example_input, forward, generator)
+    return plan
+
+
+def redraw_(
+    model: nn.Module,
+    plan: InitPlan,
+    *,
+    example_input: Any = None,
+    forward: Forward | None = None,
+    generator: torch.Generator | None = None,
+) -> InitPlan:
+    """Apply ``plan`` (made for ``model``) again with a new draw: stages 2-4 of :func:`initialize_`
+    without planning again, all or nothing. Returns a copy of ``plan`` whose ``sampling`` and
+    ``calibration`` record this draw (``plan`` itself is unchanged); the look-ahead draws its
+    candidates this way.
+
+    Example::
+
+        plan = initialize_(model, InitSpec(calibrate="layers"), example_input=x, generator=gen(0))
+        other = redraw_(model, plan, example_input=x, generator=gen(1))   # a second calibrated draw
+    """
+    _check_batch(plan.spec, example_input, generator)
+    drawn = replace(plan, warnings=list(plan.warnings), sampling=None, calibration=None)
+    with drawn.restoring(generator):
+        _draw(model, drawn, example_input, forward, generator)
+    return drawn
+
+
+def _check_batch(spec: InitSpec, example_input: Any, generator: torch.Generator | None) -> None:
     check_cpu_generator(generator)
     if spec.calibration_method is not None and not spec.calibration_optional and example_input is None:
         raise ValueError(f"calibrate={spec.calibrate!r} needs example_input= (a batch of real inputs); "
                          "pass one, or calibrate=None")
-    plan = plan_init(model, spec, example_input=example_input, forward=forward)
-    with plan.restoring(generator):
-        if spec.sampling is not None:
-            probe = default_probe(plan, generator) if example_input is None else example_input
-            plan.sampling = select_(model, plan, probe, forward=forward, layerwise=spec.sampling == "layerwise",
-                                    candidates=spec.candidates, generator=generator)
-        else:
-            plan.write(plan.draw(generator))
-        if spec.calibration_method is not None and example_input is not None:
-            _calibrate(model, plan, example_input, forward)
-    return plan
+
+
+def _draw(model: nn.Module, plan: InitPlan, example_input: Any, forward: Forward | None,
+          generator: torch.Generator | None) -> None:
+    """Stages 2-4: draw or select, write, calibrate (inside the caller's restoring scope)."""
+    spec = plan.spec
+    if spec.sampling is not None:
+        probe = default_probe(plan, generator) if example_input is None else example_input
+        plan.sampling = select_(model, plan, probe, forward=forward, layerwise=spec.sampling == "layerwise",
+                                candidates=spec.candidates, generator=generator)
+    else:
+        plan.write(plan.draw(generator))
+    if spec.calibration_method is not None and example_input is not None:
+        _calibrate(model, plan, example_input, forward)
 
 
 def _calibrate(model: nn.Module, plan: InitPlan, example_input: Any, forward: Forward | None) -> None:
@@ -91,7 +127,7 @@ def _calibrate(model: nn.Module, plan: InitPlan, example_input: Any, forward: Fo
             raise
         message = f"calibrate='auto' skipped, theory's draw kept: {error}"
         plan.warnings.append(message)
-        warnings.warn(message, LyapunovWarning, stacklevel=3)
+        warnings.warn(message, LyapunovWarning, stacklevel=4)
 
 
 def apply_init(

@@ -10,7 +10,7 @@ from torch import nn
 
 from helpers import changed, gen, quiet, snapshot
 from lightning_lyapunov import InitSpec, LyapunovWarning, apply_init, sample_lyapunov_
-from lightning_lyapunov.initialize import initialize_
+from lightning_lyapunov.initialize import initialize_, redraw_
 
 
 def chain(depth: int = 12, width: int = 3) -> nn.Sequential:
@@ -140,3 +140,20 @@ def test_what_a_plan_measured_survives_a_weights_only_checkpoint(tmp_path) -> No
     other = quiet(plan_init, chain(depth=4))
     assert "other layers" in restore_measured(other, state) and other.calibration is None
     assert restore_measured(other, {"initialized": True}) is None  # a state from before it was recorded
+
+
+def test_redraw_applies_a_plan_again_as_a_fresh_initialization_would() -> None:
+    spec = InitSpec(sampled=True, candidates=2, calibrate="layers")
+    model, fresh = chain(), chain()
+    plan = quiet(initialize_, model, spec, example_input=X, generator=gen(1))
+    factors = list(plan.calibration.factors)
+    other = quiet(redraw_, model, plan, example_input=X, generator=gen(2))
+    expected = quiet(initialize_, fresh, spec, example_input=X, generator=gen(2))
+    assert all(torch.equal(p, q) for p, q in zip(weights(model), weights(fresh)))
+    assert other.calibration.factors == expected.calibration.factors != factors
+    assert other.sampling.scores == expected.sampling.scores
+    assert plan.calibration.factors == factors and other.layers is plan.layers  # the plan itself is unchanged
+    before, generator = snapshot(model), gen(3)
+    with pytest.raises(ValueError, match="needs example_input"):
+        redraw_(model, quiet(initialize_, chain(), InitSpec(calibrate="output"), example_input=X), generator=generator)
+    assert changed(model, before) == []

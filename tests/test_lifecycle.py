@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-import lightning_lyapunov.callbacks as callbacks_module
+import lightning_lyapunov.lookahead_fit as lookahead_fit_module  # initialize_, and the look-ahead's draws
 import lightning_lyapunov.sampling as sampling_module  # select_: sampled draws
 from helpers import DeepNarrow, loader, trainer_kwargs
 from lightning_lyapunov import LyapunovInit
@@ -38,7 +38,8 @@ def checkpoint(tmp_path):
 def spy(monkeypatch):
     """Count calls of the initializers the callback can use."""
     calls = []
-    for module, name in ((callbacks_module, "initialize_"), (sampling_module, "select_")):
+    for module, name in ((lookahead_fit_module, "initialize_"), (lookahead_fit_module, "draw_candidates_"),
+                         (sampling_module, "select_")):
         original = getattr(module, name)
 
         def recorded(*args, _original=original, _name=name, **kwargs):
@@ -59,11 +60,11 @@ def resume(tmp_path, callback, ckpt_path=None, managed=None, max_steps=4):
     return before.state, after.state, weights.state
 
 
-@pytest.mark.parametrize("sampled", [False, True])
-def test_fit_with_ckpt_path_draws_nothing(checkpoint, tmp_path, monkeypatch, sampled):
+@pytest.mark.parametrize("settings", [{}, {"sampled": True}, {"look_ahead": 2, "look_ahead_steps": 2}])
+def test_fit_with_ckpt_path_draws_nothing(checkpoint, tmp_path, monkeypatch, settings):
     path, saved = checkpoint
     calls = spy(monkeypatch)
-    callback = LyapunovInit(seed=None, sampled=sampled)  # seed=None would draw from the global generator
+    callback = LyapunovInit(seed=None, **settings)  # seed=None would draw from the global generator
     rng_before, rng_after, weights = resume(tmp_path, callback, ckpt_path=path)
     assert calls == []
     assert torch.equal(rng_before, rng_after)

@@ -23,18 +23,20 @@ STAGES: list[list[str]] = [
     ["theory"],
     ["chain_theory"],
     ["init"],
-    ["settings", "log_norm", "_forward"],
+    ["settings", "log_norm", "_forward", "halving", "candidates"],
     ["activations"],
     ["observe"],
     ["plan"],
     ["surgery", "swap"],
     ["calibration", "sampling"],
     ["initialize"],
+    ["lookahead"],
     ["_reduce"],
     ["diagnostics"],
     ["dashboard"],
     ["diagnosis"],
     ["_writers", "_lifecycle", "training_batch"],
+    ["lookahead_fit"],
     ["callbacks"],
     ["lightning_cli"],
     ["cli"],
@@ -122,8 +124,8 @@ def test_no_class_over_250_lines() -> None:
 def test_every_export_imports() -> None:
     for name in lightning_lyapunov.__all__:
         assert getattr(lightning_lyapunov, name) is not None
-    assert {"LyapunovWarning", "SamplingReport", "CalibrationResult", "InitSpec", "SignalReport"} <= set(
-        lightning_lyapunov.__all__)
+    assert {"LyapunovWarning", "SamplingReport", "CalibrationResult", "InitSpec", "SignalReport", "look_ahead_",
+            "LookAheadReport"} <= set(lightning_lyapunov.__all__)
 
 
 def test_the_callback_takes_every_init_setting_with_its_type_and_default() -> None:
