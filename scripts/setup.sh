@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv in the checkout and install the package with its test and data extras.
+# Create .venv in the checkout and install the package with its test, data and benchmark (peer init) extras.
 # torch is pinned first to the CPU build (torch==2.13.*), so pip does not pull a CUDA build.
 # pip runs only when something it depends on changed: the stamp .venv/.setup-stamp holds a hash
 # of pyproject.toml, this script and the Python version (delete it to force a reinstall).
@@ -16,5 +16,5 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] && .venv/bin/python -c "
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.*"
-.venv/bin/python -m pip install --quiet -e ".[dev,data]"
+.venv/bin/python -m pip install --quiet -e ".[dev,data,benchmarks]"
 echo "$wanted" > "$stamp"
