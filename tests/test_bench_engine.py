@@ -81,7 +81,7 @@ def test_stacked_seeds_train_exactly_as_separate_runs(name, kind):
                            else torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-3))
         losses = alone(net, torch_optimizer, x, y, batches, F.cross_entropy)
         torch.testing.assert_close(torch.tensor(result.losses[:, r]), torch.tensor(losses, dtype=torch.float64),
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=1e-4, atol=1e-5)  # float32 rounding differs between bmm and mm; Adam amplifies it
         trained = stack.module(r)
         for (key, a), b in zip(trained.state_dict().items(), net.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}, run {r}: {key}")
