@@ -31,7 +31,8 @@ the plan as text (``lyapunov/plan``); and, at the first measured step, at the en
 4, 8, ... and at the end of training, the per-sample log-norm histograms of the same layers
 (``lyapunov/log_norm_hist/<layer>``) and the depth profile, one image per panel
 (``lyapunov/depth/<panel>``, :data:`PANELS`, titled with the run, the step and the verdict,
-:func:`depth_figures`).
+:func:`depth_figures`): the final one always, the others while they take at most
+:data:`FIGURE_SHARE` of the run's time (:class:`FigureBudget`; the first one is kept until then).
 
 Example::
 
