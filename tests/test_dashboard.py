@@ -263,16 +263,16 @@ def test_figure_budget_keeps_the_figures_within_their_share_of_the_time():
     clock = FakeClock()
     budget = dashboard.FigureBudget(share=0.02, clock=clock, estimate=0.3)
     budget.start()
-    clock.now += 14.9  # 0.3 s would be 2.01 % of 14.9 s
+    clock.now += 29.9  # this one and the final one, 0.6 s, would be 2.007 % of 29.9 s
     assert not budget.allows()
-    clock.now += 0.1  # 2 % of 15 s
+    clock.now += 0.1  # 2 % of 30 s
     assert budget.allows()
     with budget.timed():
         clock.now += 0.5  # rendering took longer than estimated: the next estimate is 0.5 s
     assert (budget.spent, budget.estimate) == (0.5, 0.5)
-    assert not budget.allows()  # 1.0 s spent with the next would be 6.5 % of 15.5 s
-    clock.now = 100.0 + 50.0
-    assert budget.allows()  # 1.0 s of 50 s
+    assert not budget.allows()  # 0.5 s spent, 1.0 s more would be 4.9 % of 30.5 s
+    clock.now = 100.0 + 75.0
+    assert budget.allows()  # 1.5 s of 75 s
     budget.start()  # a second start changes nothing
     assert budget.began == 100.0
     assert dashboard.FigureBudget(share=1, clock=clock).allows()  # share 1: always

@@ -134,9 +134,9 @@ def test_the_first_depth_figure_waits_for_the_budget_and_the_final_one_is_always
     callback = LyapunovInit(seed=0, log_every_n_steps=1)
     callback._writers.figures = FigureBudget(share=0.02, clock=clock, estimate=0.3)
 
-    class Tick(pl.Callback):  # 1 s of the fake clock per step; 20 s at step 6 allow the deferred figure
+    class Tick(pl.Callback):  # 1 s of the fake clock per step; 30 s at step 6 allow the deferred figure
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            clock.now += 20.0 if trainer.global_step == 6 else 1.0
+            clock.now += 30.0 if trainer.global_step == 6 else 1.0
 
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = pl.Trainer(callbacks=[callback, Tick()], **trainer_kwargs(tmp_path, logger=logger, max_steps=9,
