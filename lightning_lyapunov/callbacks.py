@@ -221,6 +221,7 @@ class LyapunovInit(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.look_ahead.on_train_start(trainer, pl_module)
+        self._writers.figures.start()  # the depth figures' share of the run's time counts from here
         if self._announced or self.plan is None:
             return
         self._announced = True
@@ -265,12 +266,15 @@ class LyapunovInit(Callback):
             self._writers.scalars(trainer.loggers, self.report.scalars(stats), step)
             if first:
                 self._distributions(trainer)
+            else:
+                self._writers.deferred(trainer.loggers)  # the first depth figure, once the budget allows
 
-    def _distributions(self, trainer: Trainer) -> None:
-        """The latest statistics' histograms and depth figure (once per measured step)."""
+    def _distributions(self, trainer: Trainer, final: bool = False) -> None:
+        """The latest statistics' histograms and depth figure (once per measured step; the figure
+        within its time budget, the ``final`` one always)."""
         if self.report is not None and self.report.last is not None:
             self._writers.distributions(trainer.loggers, self.report.last, self.plan, self._logged_layers(),
-                                        self._last_step or 0, self.report.verdict)
+                                        self._last_step or 0, self.report.verdict, final=final)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.monitor is not None:
@@ -280,7 +284,7 @@ class LyapunovInit(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.look_ahead.on_train_end(trainer, pl_module)
-        self._distributions(trainer)
+        self._distributions(trainer, final=True)
         if self.plan is not None and trainer.is_global_zero:
             _info(self.summary())
 

@@ -31,7 +31,8 @@ the plan as text (``lyapunov/plan``); and, at the first measured step, at the en
 4, 8, ... and at the end of training, the per-sample log-norm histograms of the same layers
 (``lyapunov/log_norm_hist/<layer>``) and the depth profile, one image per panel
 (``lyapunov/depth/<panel>``, :data:`PANELS`, titled with the run, the step and the verdict,
-:func:`depth_figures`).
+:func:`depth_figures`): the final one always, the others while they take at most
+:data:`FIGURE_SHARE` of the run's time (:class:`FigureBudget`; the first one is kept until then).
 
 Example::
 
@@ -40,15 +41,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from lightning_lyapunov.diagnostics import COLLAPSED_SHARE, STAT_KEYS, SignalStats
 
-__all__ = ["PANELS", "VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars",
+__all__ = ["FIGURE_SHARE", "FigureBudget", "PANELS", "VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars",
            "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
 
 #: The verdicts, by their code in ``lyapunov/verdict`` (worse ones higher, for sorting runs).
@@ -254,6 +257,56 @@ def _regex(name: str) -> str:
 def figure_due(epoch: int) -> bool:
     """Depth figures and histograms at the end of epochs 1, 2, 4, 8, ... (``epoch`` counts from 0)."""
     return (epoch + 1) & epoch == 0
+
+
+#: The share of a run's wall time the depth figures may take (rendering the four panels takes ~0.3 s).
+FIGURE_SHARE = 0.02
+
+
+class FigureBudget:
+    """When a depth figure may be rendered: while the seconds spent rendering them, the next one and
+    the final one included (each estimated as the last one's), stay within ``share`` of the seconds
+    since :meth:`start` (``share >= 1``: always). The writers always render the final one, so a run
+    shorter than ~30 s shows that one only; a 10-minute run one every ~15 s of training at most.
+    ``clock``: seconds.
+
+    Example::
+
+        budget = FigureBudget(share=0.02)
+        budget.start()
+        if budget.allows():
+            with budget.timed():
+                ...  # render
+    """
+
+    def __init__(self, share: float = FIGURE_SHARE, clock: Callable[[], float] = time.perf_counter,
+                 estimate: float = 0.3) -> None:
+        if not share > 0:
+            raise ValueError(f"share={share!r} must be > 0 (the share of the wall time figures may take)")
+        self.share, self.clock, self.estimate = share, clock, estimate
+        self.spent = 0.0
+        self.began: float | None = None
+
+    def start(self) -> None:
+        """Start the run's clock (once: later calls change nothing)."""
+        if self.began is None:
+            self.began = self.clock()
+
+    def allows(self) -> bool:
+        """Whether a figure rendered now stays within the budget."""
+        self.start()
+        return self.share >= 1 or self.spent + 2 * self.estimate <= self.share * (self.clock() - self.began)
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count the time of the block as spent on figures (and as the next one's estimate)."""
+        self.start()
+        begin = self.clock()
+        try:
+            yield
+        finally:
+            self.estimate = self.clock() - begin
+            self.spent += self.estimate
 
 
 #: The depth profile's panels, in order: TensorBoard's tag ``lyapunov/depth/<panel>`` for each.

@@ -35,6 +35,7 @@ STAGES: list[list[str]] = [
     ["diagnostics"],
     ["dashboard"],
     ["diagnosis"],
+    ["_events"],
     ["_writers", "_lifecycle", "training_batch"],
     ["lookahead_fit"],
     ["callbacks"],
