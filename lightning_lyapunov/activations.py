@@ -23,11 +23,14 @@ activation on every path:
   plain chain (the predicted drift and spread do not describe residual paths).
 * the graph output, or the next weight layer, with no activation in between: slope 1 (linear).
 * Softmax / LogSoftmax / Softmin: an output head, slope 1 (no warning: the layer is the last one).
-* policy, always with a warning naming the layer: GELU, SiLU, Mish, ELU, CELU, SELU, Softplus,
-  ReLU6, Hardswish are treated as ReLU (slope 0: they vanish, or nearly, on the negative side);
-  Tanh, Hardtanh, Softsign, Sigmoid, Hardsigmoid as linear (slope 1: linear near 0); RReLU at its
-  mean slope ``(lower + upper) / 2``. Any other operation is treated as linear (slope 1), with a
-  warning naming it. Override with ``negative_slope=``.
+* exact by the scale chain (:mod:`lightning_lyapunov.chain_theory`, docs/theory.md section 7): GELU
+  (both forms), SiLU, Mish, ELU, CELU, SELU, Softplus, ReLU6, Hardswish, Tanh, Hardtanh, Softsign,
+  Sigmoid, Hardsigmoid, modules or functions, with their parameters (``SlopeInfo.activation``). Their
+  ``slope`` is the Leaky-ReLU slope the slope-based baselines (He, orthogonal) use: 0 for the first
+  nine (they vanish, or nearly, on the negative side), 1 for the saturating ones (linear near 0).
+* policy, always with a warning naming the layer: RReLU at its mean slope ``(lower + upper) / 2``
+  (its slope is random while training), a functional activation whose parameters are tensors (traced,
+  not numbers), and any other operation, treated as linear (slope 1). Override with ``negative_slope=``.
 
 **Fallback.** When the model does not trace (data-dependent control flow, unsupported ops), the
 modules are read in registration order: the first activation module registered after a weight
@@ -45,6 +48,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from . import chain_theory
 
 __all__ = [
     "SlopeInfo", "detect_slopes", "module_slope", "classify_call", "merge_findings", "complete_slopes",
@@ -174,9 +179,13 @@ _IGNORED_METHODS = {
 class SlopeInfo:
     """The activation slope found for one weight layer, where it came from, and any warning.
 
-    ``source`` says what was found (``"fx"``, ``"observed"``, ``"policy:GELU (observed)"``,
-    ``"no activation"``, ...), ``found_by`` how: ``"observed"`` (one real forward pass), ``"fx"``,
-    ``"module order"`` or ``"override"``; ``calls`` is how often the layer ran in the observed pass.
+    ``source`` says what was found (``"fx"``, ``"observed"``, ``"GELU (observed)"``,
+    ``"policy:RReLU"``, ``"no activation"``, ...), ``found_by`` how: ``"observed"`` (one real forward
+    pass), ``"fx"``, ``"module order"`` or ``"override"``; ``calls`` is how often the layer ran in the
+    observed pass. ``activation``: for an activation that is not a Leaky ReLU but that the scale chain
+    treats exactly, its :class:`~lightning_lyapunov.chain_theory.Activation` (``slope`` is then the
+    Leaky-ReLU slope the slope-based baselines use); ``input_rms``: the per-unit root-mean-square of
+    the layer's input in the observed pass (the plan's operating scale, for the first layer).
     """
 
     slope: float
@@ -186,6 +195,8 @@ class SlopeInfo:
     found_by: str = "fx"
     calls: int | None = None
     policy: str | None = None  # the kind of activation treated by policy (its warning is policy_warning's)
+    activation: chain_theory.Activation | None = None  # a non-Leaky activation the scale chain treats exactly
+    input_rms: float | None = None  # the per-unit rms of the layer's input in the observed pass (first call)
 
 
 def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
@@ -199,6 +210,34 @@ def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
 def _policy(kind: str, slope: float, layer: str, source: str) -> SlopeInfo:
     message = policy_warning([(layer, kind, slope)])
     return SlopeInfo(slope, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message, policy=kind)
+
+
+#: the parameters of the activations the scale chain treats exactly, as torch names them (in order)
+_THEORY_PARAMS: dict[str, tuple[str, ...]] = {
+    "GELU": ("approximate",), "ELU": ("alpha",), "CELU": ("alpha",), "Softplus": ("beta", "threshold"),
+    "Hardtanh": ("min_val", "max_val"),
+}
+
+
+def _by_theory(kind: str, slope: float, layer: str, source: str, params: Mapping[str, Any]) -> SlopeInfo:
+    """An activation the scale chain treats exactly (``kind`` with torch's ``params``); a parameter that
+    is not a plain number or string (a traced tensor) leaves it to the policy."""
+    wanted = {key: value for key, value in params.items() if key in _THEORY_PARAMS.get(kind, ())}
+    if not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in wanted.values()):
+        return _policy(f"{kind} with traced parameters", slope, layer, source)
+    try:
+        act = chain_theory.activation(kind, **wanted)
+    except ValueError:  # a parameter the theory refuses (CELU alpha=0): the policy, with its warning
+        return _policy(f"{kind}({', '.join(f'{k}={v!r}' for k, v in wanted.items())})", slope, layer, source)
+    return SlopeInfo(slope, kind + ("" if source == "fx" else f" ({source})"), activation=act)
+
+
+def _call_params(kind: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """torch's parameters of a functional activation call ``F.elu(x, 0.5)`` (positional after ``x``)."""
+    names = _THEORY_PARAMS.get(kind, ())
+    params = dict(zip(names, args[1:]))
+    params.update({key: kwargs[key] for key in names if key in kwargs})
+    return params
 
 
 def _meaning(slope: float) -> str:
@@ -241,7 +280,8 @@ def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None
     """Slope implied by an activation module, or None if ``module`` is not an activation.
 
     ReLU: 0; LeakyReLU: ``|negative_slope|``; PReLU: ``|weight|`` (per-channel: the mean, with a
-    warning); RReLU: ``(lower + upper) / 2``; the policies in the module docstring otherwise.
+    warning); RReLU: ``(lower + upper) / 2``; the activations the scale chain treats exactly carry their
+    ``activation`` (module docstring).
     """
     if isinstance(module, nn.ReLU):
         return SlopeInfo(0.0, source)
@@ -257,10 +297,11 @@ def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None
         return info
     if isinstance(module, nn.RReLU):
         return _policy("RReLU", (module.lower + module.upper) / 2, layer, source)
-    if isinstance(module, _RELU_LIKE_MODULES):
-        return _policy(type(module).__name__, 0.0, layer, source)
-    if isinstance(module, _LINEAR_LIKE_MODULES):
-        return _policy(type(module).__name__, 1.0, layer, source)
+    for table, slope in ((_RELU_LIKE_MODULES, 0.0), (_LINEAR_LIKE_MODULES, 1.0)):
+        if isinstance(module, table):
+            kind = type(module).__name__ if type(module) in table else next(t.__name__ for t in table if isinstance(module, t))
+            params = {key: getattr(module, key, None) for key in _THEORY_PARAMS.get(kind, ())}
+            return _by_theory(kind, slope, layer, source, params)
     if isinstance(module, _OUTPUT_MODULES):
         return SlopeInfo(1.0, f"no activation ({type(module).__name__})")
     return None
@@ -296,7 +337,7 @@ def classify_call(
         if target in _RELU_METHODS:
             return "act", SlopeInfo(0.0, source)
         if target in _LINEAR_LIKE_METHODS:
-            return "act", _policy(_LINEAR_LIKE_METHODS[target], 1.0, layer, source)
+            return "act", _by_theory(_LINEAR_LIKE_METHODS[target], 1.0, layer, source, {})
         if target in _OUTPUT_METHODS:
             return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_METHODS[target]})")
         if target in _LINEAR_MAP_METHODS:
@@ -313,7 +354,8 @@ def classify_call(
             return "act", _leaky_slope(args, kwargs, layer, source)
         for table, slope in ((_RELU_LIKE_FUNCTIONS, 0.0), (_LINEAR_LIKE_FUNCTIONS, 1.0)):
             if target in table:
-                return "act", _policy(table[target], slope, layer, source)
+                kind = table[target]
+                return "act", _by_theory(kind, slope, layer, source, _call_params(kind, args, kwargs))
         if target in _OUTPUT_FUNCTIONS:
             return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_FUNCTIONS[target]})")
         if target in _LINEAR_MAP_FUNCTIONS:
@@ -365,13 +407,14 @@ def merge_findings(layer: str, found: list[SlopeInfo], residual: bool = False, w
     first = found[0]
     distinct = sorted({(f.slope, f.source) for f in found})
     warning = first.warning
-    if len({f.slope for f in found}) > 1:
+    if len({(f.slope, f.activation) for f in found}) > 1:
         listed = ", ".join(f"{s:g} ({src})" for s, src in distinct)
         warning = (
             f"layer {layer!r} {what} several activations with different slopes [{listed}]: using the first, "
             f"{first.slope:g}; one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
         )
-    return SlopeInfo(first.slope, first.source, warning, residual, policy=first.policy if warning is first.warning else None)
+    return SlopeInfo(first.slope, first.source, warning, residual,
+                     policy=first.policy if warning is first.warning else None, activation=first.activation)
 
 
 def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeInfo:
