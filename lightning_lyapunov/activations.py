@@ -30,7 +30,8 @@ activation on every path:
   nine (they vanish, or nearly, on the negative side), 1 for the saturating ones (linear near 0).
 * policy, always with a warning naming the layer: RReLU at its mean slope ``(lower + upper) / 2``
   (its slope is random while training), a functional activation whose parameters are tensors (traced,
-  not numbers), and any other operation, treated as linear (slope 1). Override with ``negative_slope=``.
+  not numbers), and any other operation, treated as linear (slope 1). Override with ``negative_slope=``,
+  or make an activation module of your own exact with :func:`register_activation`.
 
 **Fallback.** When the model does not trace (data-dependent control flow, unsupported ops), the
 modules are read in registration order: the first activation module registered after a weight
@@ -53,6 +54,7 @@ from . import chain_theory
 
 __all__ = [
     "SlopeInfo", "detect_slopes", "module_slope", "classify_call", "merge_findings", "complete_slopes",
+    "register_activation",
     "WEIGHT_LAYERS", "ACTIVATION_MODULES",
 ]
 
@@ -276,6 +278,60 @@ def _listed(layers: Sequence[str], shown: int = 6) -> str:
     return text + (f" and {len(layers) - shown} more" if len(layers) > shown else "")
 
 
+_REGISTERED: dict[type[nn.Module], tuple[chain_theory.Activation, float]] = {}
+
+
+def register_activation(
+    module_type: type[nn.Module],
+    activation: chain_theory.Activation | str | Callable[[Any], Any],
+    negative_slope: float = 0.0,
+) -> chain_theory.Activation:
+    """Tell the plan what an activation module class of yours computes, so that it is exact too.
+
+    ``activation``: what :func:`lightning_lyapunov.chain_theory.activation` takes: a built-in name, an
+    :class:`~lightning_lyapunov.chain_theory.Activation`, or your own vectorized **numpy** function
+    (``np.ndarray -> np.ndarray``, elementwise; it is checked on ``[-50, 50]``). ``negative_slope``: the
+    Leaky-ReLU slope the slope-based baselines (He, orthogonal) use for it. Every instance of
+    ``module_type`` (and of its subclasses) is then an activation: torch.fx treats it as a leaf, the
+    observed pass does not look inside it, and the scale chain plans the layers before it. Without
+    registering, the operations inside your module are followed one by one (``x * torch.sigmoid(x)``
+    would be seen as a sigmoid). Returns the :class:`~lightning_lyapunov.chain_theory.Activation`.
+    Raises ValueError for a function the theory cannot use (not elementwise, not finite), naming why.
+
+    Example::
+
+        class Swish(nn.Module):
+            def forward(self, x):
+                return x * torch.sigmoid(x)
+
+        register_activation(Swish, lambda x: x / (1.0 + np.exp(-x)))   # or simply register_activation(Swish, "silu")
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type={module_type!r} is invalid: it must be an nn.Module subclass (the class, "
+                        "not an instance)")
+    if issubclass(module_type, WEIGHT_LAYERS):
+        raise ValueError(f"module_type={module_type.__name__} is a weight layer, not an activation")
+    slope = float(negative_slope)
+    if not 0.0 <= slope <= 1.0:
+        raise ValueError(f"negative_slope={negative_slope!r} is invalid: it must be in [0, 1]")
+    if callable(activation) and not isinstance(activation, chain_theory.Activation):
+        act = chain_theory.activation(activation, name=module_type.__name__)
+    else:
+        act = chain_theory.activation(activation)
+    _REGISTERED[module_type] = (act, slope)
+    return act
+
+
+def _registered(module: nn.Module, source: str) -> SlopeInfo | None:
+    for kind, (act, slope) in _REGISTERED.items():
+        if isinstance(module, kind):
+            where = kind.__name__ + ("" if source == "fx" else f" ({source})")
+            if act.homogeneous:  # a Leaky ReLU: the closed forms
+                return SlopeInfo(act.homogeneous_slope, where)
+            return SlopeInfo(slope, where, activation=act)
+    return None
+
+
 def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None:
     """Slope implied by an activation module, or None if ``module`` is not an activation.
 
@@ -283,6 +339,9 @@ def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None
     warning); RReLU: ``(lower + upper) / 2``; the activations the scale chain treats exactly carry their
     ``activation`` (module docstring).
     """
+    registered = _registered(module, source)
+    if registered is not None:
+        return registered
     if isinstance(module, nn.ReLU):
         return SlopeInfo(0.0, source)
     if isinstance(module, nn.LeakyReLU):
@@ -434,9 +493,16 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeI
     return merge_findings(layer, found, residual)
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with the activation classes of :func:`register_activation` as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, tuple(_REGISTERED)) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace_slopes(model: nn.Module, names: Iterable[str]) -> tuple[dict[str, SlopeInfo], list[str]]:
     """Slopes of the named layers from the fx graph, and the layers in graph (forward) order."""
-    graph = fx.symbolic_trace(model).graph
+    graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     wanted, slopes, order = set(names), {}, []
     for node in graph.nodes:
