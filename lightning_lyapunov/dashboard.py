@@ -48,8 +48,8 @@ import numpy as np
 
 from lightning_lyapunov.diagnostics import COLLAPSED_SHARE, STAT_KEYS, SignalStats
 
-__all__ = ["PANELS", "VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars",
-           "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
+__all__ = ["PANELS", "VERDICTS", "featured_layers", "plan_exponent", "predicted_band", "summary_scalars",
+           "layer_scalars", "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
 
 #: The verdicts, by their code in ``lyapunov/verdict`` (worse ones higher, for sorting runs).
 VERDICTS: tuple[str, ...] = ("healthy", "dead units", "vanishing", "exploding", "collapsed", "NaN/Inf")
@@ -337,6 +337,16 @@ def _draw_panels(axes: list[Any], stats: SignalStats, plan: Any, fontsize: int =
         axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=fontsize - 1)
 
 
+def predicted_band(plan: Any) -> np.ndarray:
+    """Half-width of the plan's band around its line, per layer: ``2 sqrt(sum_{k=1..l} s_k^2)`` of the
+    per-layer variances (0 at the first layer, where the line starts on the measured mean). For a plan
+    by the scale chain (activations that are not Leaky ReLUs) the variances are the chain's growth of
+    the log-norm's variance, so this is ``2 sqrt(std_l^2 - std_0^2)`` of
+    :func:`~lightning_lyapunov.chain_theory.predict_chain`."""
+    variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
+    return 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+
+
 def _ticks(count: int, most: int = 15) -> list[int]:
     """At most ``most`` layer positions to name on the axis, the first and last included."""
     if count <= most:
@@ -361,8 +371,7 @@ def _signal_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], s
     axis.plot(depth, column["log_rms"], ":", lw=1.5, color="tab:gray", label="log root-mean-square of h")
     line = predicted_log_norm(stats, plan)
     if line is not None:
-        variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
-        band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+        band = predicted_band(plan)
         calibrated = getattr(plan, "calibration", None) is not None
         axis.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if calibrated
                   else "plan: sum of theory's exponents")
