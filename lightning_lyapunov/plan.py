@@ -271,10 +271,13 @@ class InitPlan:
         ``fractional``). ``fold``: runs of at least this many consecutive layers identical but for
         their names are shown as one row (``3-38  net.6 ... 76 (x36)  2x2 ...``; 0 shows every layer);
         after a calibration a folded row shows the range of the factors and measured log-gains
-        (``-0.9977 .. 1.3048``). Without ``details`` the columns that say nothing new are left out: the
+        (``-0.9977 .. 1.3048``), and in a plan by the scale chain the range of the scales, exponents and
+        variances, which change a little from layer to layer. Without ``details`` the columns that say nothing new are left out: the
         type and the draw when every layer has the same (the header says which), ``d_in``/``d_out``
         (the shape holds them), and ``slope from`` says how the slope was found (``observed``,
-        ``fx``, ``module order``, ``override``, or ``policy:GELU``) without what was found.
+        ``fx``, ``module order``, ``override``, or ``policy:RReLU``) without what was found; the ``theory``
+        column (shown when an activation is not a Leaky ReLU) says how theory treats each layer
+        (:attr:`LayerPlan.theory`: ``closed form``, ``gelu exact at s=1 (unstable)`` or ``policy``).
         ``warnings=False`` leaves out the plan's warnings (already emitted as Python warnings by
         :func:`~lightning_lyapunov.plan_init`).
         """
