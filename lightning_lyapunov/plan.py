@@ -154,7 +154,9 @@ class InitPlan:
     ``operating_scale``: when the activations are not all Leaky ReLUs and the scale chain planned the
     layers (:mod:`~lightning_lyapunov.chain_init`), the per-unit rms every layer's pre-activation keeps
     in expectation (the example input's, or 1); the exponents and variances are then the chain's
-    per-layer changes of the mean and variance of the log-norm. None otherwise.
+    per-layer changes of the mean and variance of the log-norm, and ``chain`` holds the whole
+    :class:`~lightning_lyapunov.chain_theory.ChainPrediction` (mean, spread and alive probability at every
+    depth). None otherwise.
     """
 
     spec: InitSpec
@@ -164,6 +166,7 @@ class InitPlan:
     sampling: SamplingReport | None = None
     calibration: CalibrationResult | None = None
     operating_scale: float | None = None
+    chain: chain_theory.ChainPrediction | None = field(default=None, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -341,9 +344,11 @@ class InitPlan:
         else:
             lines.append(f"predicted log-norm drift input -> output: {theory}")
         if self.operating_scale is not None:
+            unstable = any(layer.stability == "unstable" for layer in self.layers)
             lines.append(f"scale chain (docs/theory.md, section 7): the activations are not all Leaky ReLUs; exact "
                          f"at the operating scale s={self.operating_scale:.3g} (the input's per-unit rms), the expected "
-                         "log-norm stays at log s at every depth; an unstable fixed point widens the spread")
+                         "log-norm stays at log s at every depth" + ("; an unstable fixed point widens the spread"
+                                                                     if unstable else ""))
         by_reason: dict[str, list[str]] = {}
         for name, reason in self.skipped:
             by_reason.setdefault(reason, []).append(name)

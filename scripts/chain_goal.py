@@ -129,11 +129,11 @@ def through_api(name: str, d: int, law: str, depth: int, seeds: int, floor: floa
                     out[i, k] = log_r
                     i += 1
     assert len(linears) == depth
-    return out, predicted
+    return out, predicted, float(plan.chain.alive[-1])
 
 
 class _Predicted:
-    """A prediction's mean and std per depth, and its alive probability (not given by a plan: measured)."""
+    """The plan's predicted mean and std per depth, and the chain's alive probability at the output."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, alive: float) -> None:
         self.mean_log_norm, self.std_log_norm, self.alive = mean, std, np.array([alive])
@@ -188,8 +188,8 @@ def main() -> None:
                 layers = [(width, width, act)] * (args.depth - 1) + [(width, width, None)]
                 start = time.perf_counter()
                 if args.api:
-                    measured, (mean, std) = through_api(name, width, law, args.depth, seeds, args.floor, seed=width)
-                    plan = _Predicted(mean, std, math.nan)
+                    measured, (mean, std), alive = through_api(name, width, law, args.depth, seeds, args.floor, seed=width)
+                    plan = _Predicted(mean, std, alive)
                     seconds = time.perf_counter() - start
                 else:
                     plan = chain_theory.predict_chain(layers, law, floor=args.floor)

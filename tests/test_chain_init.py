@@ -127,6 +127,9 @@ def test_functional_and_module_activations_are_exact_observed_or_traced(example)
     labels = [layer.theory.split(" exact")[0] for layer in plan.layers]
     assert labels == ["gelu", "gelu(tanh)", "silu"] * 2 + ["closed form"]
     assert f"exact at s={scale:.3g}" in plan.describe()
+    # the plan keeps the chain's whole prediction: flat at the input's log-norm, every network alive at width 16
+    np.testing.assert_allclose(plan.chain.mean_log_norm, math.log(scale), atol=1e-9)
+    assert plan.chain.alive[-1] > 0.99 and plan.chain.operating_scale[0] == pytest.approx(scale)
 
 
 def test_a_users_own_activation_module_is_exact_once_registered_and_bad_functions_say_why():
