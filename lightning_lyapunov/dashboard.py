@@ -429,7 +429,10 @@ def _kurtosis_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray],
         axis.axhline(batch, color="gray", ls=":", label=f"largest measurable over a batch of {batch}")
     measured = median[np.isfinite(median)]
     top = 10.0 * max(float(measured.max()) if measured.size else 3.0, batch, 3.0)
-    if plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
+    exact = plan is not None and any(getattr(layer, "activation", None) is not None for layer in plan.layers)
+    if exact:  # the recursion is the Leaky ReLU's: say so rather than draw it for GELU, tanh, ...
+        axis.plot([], [], " ", label="no kurtosis recursion for activations that are not Leaky ReLUs")
+    elif plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
         start = median[0] if np.isfinite(median[0]) and median[0] >= 1 else 3.0
         widths = [layer.d_out for layer in plan.layers[:-1]]
         slopes = [layer.negative_slope for layer in plan.layers[:-1]]

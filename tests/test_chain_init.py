@@ -157,3 +157,19 @@ def test_a_users_own_activation_module_is_exact_once_registered_and_bad_function
             register_activation(Swish(), "silu")
     finally:
         _REGISTERED.pop(Swish, None)
+
+
+@pytest.mark.parametrize("module, label", [
+    (nn.GELU(), "gelu"), (nn.GELU(approximate="tanh"), "gelu(tanh)"), (nn.SiLU(), "silu"), (nn.Mish(), "mish"),
+    (nn.ELU(), "elu"), (nn.CELU(0.5), "celu(0.5)"), (nn.SELU(), "selu"), (nn.Softplus(beta=2.0), "softplus(2)"),
+    (nn.ReLU6(), "relu6"), (nn.Hardswish(), "hardswish"), (nn.Tanh(), "tanh"), (nn.Hardtanh(-2.0, 2.0), "hardtanh(-2,2)"),
+    (nn.Softsign(), "softsign"), (nn.Sigmoid(), "sigmoid"), (nn.Hardsigmoid(), "hardsigmoid"),
+])
+def test_every_listed_activation_is_exact_in_the_plan(module, label):
+    model = nn.Sequential(nn.Linear(8, 8), module, nn.Linear(8, 8), module, nn.Linear(8, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no policy warning
+        plan = plan_init(model, distribution="gaussian")
+    assert [layer.theory.split(" (")[0] for layer in plan.layers] == [f"{label} exact at s=1"] * 2 + ["closed form"]
+    assert f"{label} exact at s=1" in str(plan)
+    np.testing.assert_allclose(plan.chain.mean_log_norm, 0.0, atol=1e-9)

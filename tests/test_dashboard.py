@@ -280,6 +280,14 @@ def test_the_predicted_line_and_band_of_a_gelu_net_are_the_scale_chains(tmp_path
                                rtol=1e-6, atol=1e-9)
     stats = callback.report.first
     line = dashboard.predicted_log_norm(stats, plan)
+    matplotlib = pytest.importorskip("matplotlib")
+    figure = dashboard.depth_figure(stats, plan, "gelu")
+    try:  # the kurtosis recursion is the Leaky ReLU's: not drawn, a note says why
+        kurtosis = figure.axes[3]
+        assert not [l for l in kurtosis.get_lines() if l.get_label().startswith("theory")]
+        assert "not Leaky ReLUs" in " ".join(t.get_text() for t in kurtosis.get_legend().get_texts())
+    finally:
+        matplotlib.pyplot.close(figure)
     if calibrate is None:  # theory's line through the first layer's measured mean
         np.testing.assert_allclose(line, stats.column("log_norm_mean")[0] + chain.mean_log_norm - chain.mean_log_norm[0],
                                    atol=1e-9)
