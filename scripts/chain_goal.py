@@ -111,8 +111,15 @@ def through_api(name: str, d: int, law: str, depth: int, seeds: int, floor: floa
     exponents = np.array([layer.init.exponent for layer in plan.layers])
     variances = np.array([layer.init.variance for layer in plan.layers])
     predicted = (np.cumsum(exponents), np.sqrt(np.cumsum(variances)))  # input log-norm 0
-    generator = torch.Generator().manual_seed(seed + 1)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    out = measure(model, plan, seeds, torch.Generator().manual_seed(seed + 1), floor)
+    return out, predicted, float(plan.chain.alive[-1])
+
+
+def measure(model: torch.nn.Sequential, plan, seeds: int, generator: torch.Generator, floor: float = 40.0) -> np.ndarray:
+    """Per seed, ``plan.write(plan.draw(generator))`` and one input of per-unit rms 1 through ``model``
+    (a Sequential): the per-unit log-norm of every Linear output, (layers, seeds); NaN once below ``-floor``."""
+    depth = sum(isinstance(m, torch.nn.Linear) for m in model)
+    d = next(m for m in model if isinstance(m, torch.nn.Linear)).in_features
     out = np.full((depth, seeds), np.nan)
     with torch.no_grad():
         for k in range(seeds):
@@ -123,13 +130,12 @@ def through_api(name: str, d: int, law: str, depth: int, seeds: int, floor: floa
             for module in model:
                 x = module(x)
                 if isinstance(module, torch.nn.Linear):
-                    log_r = math.log(max(float(x.norm()), 1e-300) / math.sqrt(d))
+                    log_r = math.log(max(float(x.norm()), 1e-300) / math.sqrt(x.shape[-1]))
                     if not log_r > -floor:
                         break
                     out[i, k] = log_r
                     i += 1
-    assert len(linears) == depth
-    return out, predicted, float(plan.chain.alive[-1])
+    return out
 
 
 class _Predicted:

@@ -56,23 +56,16 @@ def _chain(module, width=16, depth=30):
 
 
 def _log_norms(model, plan, seeds, seed=0):
-    """Per-unit log-norm of every Linear output (depth, seeds), one fixed-norm input per drawn network."""
-    generator = torch.Generator().manual_seed(seed)
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    width = linears[0].in_features
-    out = np.empty((len(linears), seeds))
-    with torch.no_grad():
-        for k in range(seeds):
-            plan.write(plan.draw(generator))
-            x = torch.randn(1, width, generator=generator, dtype=torch.float64)
-            x = x * math.sqrt(width) / x.norm()
-            i = 0
-            for module in model:
-                x = module(x)
-                if isinstance(module, nn.Linear):
-                    out[i, k] = math.log(float(x.norm()) / math.sqrt(width))
-                    i += 1
-    return out
+    """Per-unit log-norm of every Linear output (depth, seeds), one fixed-norm input per drawn network:
+    ``scripts/chain_goal.py``'s measurement, the one the goal in docs/theory.md section 8 was measured with."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "chain_goal.py"
+    spec = importlib.util.spec_from_file_location("chain_goal", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.measure(model, plan, seeds, torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("module", [nn.GELU, nn.SiLU])
