@@ -468,9 +468,10 @@ def merge_findings(layer: str, found: list[SlopeInfo], residual: bool = False, w
     warning = first.warning
     if len({(f.slope, f.activation) for f in found}) > 1:
         listed = ", ".join(f"{s:g} ({src})" for s, src in distinct)
+        differ = "activations with different slopes" if len({f.slope for f in found}) > 1 else "different activations"
         warning = (
-            f"layer {layer!r} {what} several activations with different slopes [{listed}]: using the first, "
-            f"{first.slope:g}; one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
+            f"layer {layer!r} {what} several {differ} [{listed}]: using the first, "
+            f"{first.slope:g} ({first.source}); one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
         )
     return SlopeInfo(first.slope, first.source, warning, residual,
                      policy=first.policy if warning is first.warning else None, activation=first.activation)

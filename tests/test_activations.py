@@ -88,3 +88,18 @@ def test_layers_treated_by_policy_get_one_warning_naming_them_all() -> None:
         plan = plan_init(dense, example_input=torch.randn(16, 8))
     assert not [w for w in caught if "policy" in str(w.message)]
     assert all("exact at s=" in layer.theory for layer in plan.layers[:-1])
+
+
+def test_a_layer_feeding_two_different_exact_activations_warns_and_uses_the_first() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(F.gelu(h) + F.silu(h))
+
+    with pytest.warns(UserWarning, match=r"layer 'a' feeds several different activations \[0 \(GELU\), 0 \(SiLU\)\]"):
+        plan = plan_init(Two())
+    assert plan.layers[0].activation.name == "gelu"
