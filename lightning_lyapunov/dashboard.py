@@ -51,8 +51,8 @@ import numpy as np
 
 from lightning_lyapunov.diagnostics import COLLAPSED_SHARE, STAT_KEYS, SignalStats
 
-__all__ = ["FIGURE_SHARE", "FigureBudget", "PANELS", "VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars",
-           "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
+__all__ = ["FIGURE_SHARE", "FigureBudget", "PANELS", "VERDICTS", "featured_layers", "plan_exponent", "predicted_band",
+           "summary_scalars", "layer_scalars", "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
 
 #: The verdicts, by their code in ``lyapunov/verdict`` (worse ones higher, for sorting runs).
 VERDICTS: tuple[str, ...] = ("healthy", "dead units", "vanishing", "exploding", "collapsed", "NaN/Inf")
@@ -390,6 +390,16 @@ def _draw_panels(axes: list[Any], stats: SignalStats, plan: Any, fontsize: int =
         axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=fontsize - 1)
 
 
+def predicted_band(plan: Any) -> np.ndarray:
+    """Half-width of the plan's band around its line, per layer: ``2 sqrt(sum_{k=1..l} s_k^2)`` of the
+    per-layer variances (0 at the first layer, where the line starts on the measured mean). For a plan
+    by the scale chain (activations that are not Leaky ReLUs) the variances are the chain's growth of
+    the log-norm's variance, so this is ``2 sqrt(std_l^2 - std_0^2)`` of
+    :func:`~lightning_lyapunov.chain_theory.predict_chain`."""
+    variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
+    return 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+
+
 def _ticks(count: int, most: int = 15) -> list[int]:
     """At most ``most`` layer positions to name on the axis, the first and last included."""
     if count <= most:
@@ -414,8 +424,7 @@ def _signal_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], s
     axis.plot(depth, column["log_rms"], ":", lw=1.5, color="tab:gray", label="log root-mean-square of h")
     line = predicted_log_norm(stats, plan)
     if line is not None:
-        variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
-        band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+        band = predicted_band(plan)
         calibrated = getattr(plan, "calibration", None) is not None
         axis.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if calibrated
                   else "plan: sum of theory's exponents")
@@ -473,7 +482,10 @@ def _kurtosis_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray],
         axis.axhline(batch, color="gray", ls=":", label=f"largest measurable over a batch of {batch}")
     measured = median[np.isfinite(median)]
     top = 10.0 * max(float(measured.max()) if measured.size else 3.0, batch, 3.0)
-    if plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
+    exact = plan is not None and any(getattr(layer, "activation", None) is not None for layer in plan.layers)
+    if exact:  # the recursion is the Leaky ReLU's: say so rather than draw it for GELU, tanh, ...
+        axis.plot([], [], " ", label="no kurtosis recursion for activations that are not Leaky ReLUs")
+    elif plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
         start = median[0] if np.isfinite(median[0]) and median[0] >= 1 else 3.0
         widths = [layer.d_out for layer in plan.layers[:-1]]
         slopes = [layer.negative_slope for layer in plan.layers[:-1]]

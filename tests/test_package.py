@@ -23,7 +23,7 @@ STAGES: list[list[str]] = [
     ["theory"],
     ["chain_theory"],
     ["init"],
-    ["settings", "log_norm", "_forward", "halving", "candidates"],
+    ["settings", "log_norm", "_forward", "halving", "candidates", "chain_init"],
     ["activations"],
     ["observe"],
     ["plan"],
