@@ -21,6 +21,8 @@ SOURCES: dict[str, tuple[str, str | None]] = {
     "calibrate_": ("lightning_lyapunov.calibration", "calibrate_"),
     "DEFAULT_TARGET": ("lightning_lyapunov.settings", "DEFAULT_TARGET"),
     "InitSpec": ("lightning_lyapunov", "InitSpec"),
+    "find_residual_blocks": ("lightning_lyapunov.residual", "find_residual_blocks"),
+    "branch_scale": ("lightning_lyapunov.residual", "branch_scale"),
     "orthogonal_": ("lightning_lyapunov.init", "orthogonal_"),
     "orthogonal_gain": ("lightning_lyapunov.theory", "orthogonal_gain"),
     "lyapunov_orthogonal_": ("lightning_lyapunov.init", "lyapunov_orthogonal_"),
