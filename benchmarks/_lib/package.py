@@ -29,6 +29,7 @@ SOURCES: dict[str, tuple[str, str | None]] = {
     "stiefel_orthogonal_": ("lightning_lyapunov.init", "stiefel_orthogonal_"),
     # theory and measurement
     "theory": ("lightning_lyapunov.theory", None),
+    "chain_theory": ("lightning_lyapunov.chain_theory", None),
     "log_gain": ("lightning_lyapunov.log_norm", "log_gain"),
     "SignalMonitor": ("lightning_lyapunov.diagnostics", "SignalMonitor"),
     # example models and data
