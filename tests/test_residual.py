@@ -168,9 +168,12 @@ def test_calibrated_stream_grows_by_the_chosen_growth_at_any_depth(blocks: int) 
 
 def test_without_stream_growth_every_branch_is_at_rms_one_and_the_stream_grows_with_depth() -> None:
     # pre-norm branches at rms 1 add a unit of mean square each: r(x_B)^2 ~ r(x_0)^2 + B
-    model, _, result, growth = calibrated(0, 24, stream_growth=None)
-    assert result.branch_scale is None and result.branches == []
-    assert growth**2 == pytest.approx(1 + 24, rel=0.4)
+    squares = []
+    for seed in range(6):
+        _, _, result, growth = calibrated(seed, 24, stream_growth=None)
+        assert result.branch_scale is None and result.branches == []
+        squares.append(growth**2)
+    assert sum(squares) / len(squares) == pytest.approx(1 + 24, rel=0.2)
 
 
 def test_the_plan_shows_the_branch_scale_and_bad_growth_is_refused() -> None:
