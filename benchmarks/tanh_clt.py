@@ -30,15 +30,11 @@ from benchmarks._lib.chains import gaussian_draw, leaky_relu
 from benchmarks._lib.package import chain_theory as ct
 from benchmarks._lib.package import theory as th
 from benchmarks._lib.report import Report, Sizes
+from benchmarks.lln_clt import Size  # the same two sizes: chains and depth
 
-WIDTH, SLOPE, SEED = 2, 0.1, 0
+WIDTH, SLOPE, SEED = 2, 0.1, 0  # lln_clt's
+FLOOR = 400.0  # predict_chain's dead floor, far below any chain here (the simulations have none)
 TITLE = f"The log-norm CLT at width {WIDTH}: Leaky ReLU {SLOPE} holds, tanh fails (the paper's Fig. 5)"
-
-
-@dataclass(frozen=True)
-class Size:
-    nets: int
-    depth: int
 
 
 SIZES = Sizes(quick=Size(nets=300, depth=20), full=Size(nets=20000, depth=200))
@@ -99,7 +95,8 @@ def run(size: Size) -> Report:
         act = _activation(chain)
         log_r = pre_activation_log_norms(gaussian_draw(WIDTH, sigma), chain.phi, chain.homogeneous, size.nets,
                                          size.depth, torch.Generator().manual_seed(SEED + i))
-        predicted = ct.predict_chain([(WIDTH, WIDTH, act)] * size.depth, weight_scales=[sigma] * size.depth)
+        predicted = ct.predict_chain([(WIDTH, WIDTH, act)] * size.depth, weight_scales=[sigma] * size.depth,
+                                     floor=FLOOR)
         lam = ct.lyapunov_exponent(act, WIDTH, WIDTH, sigma)
         s2 = ct.log_norm_variance(act, WIDTH, WIDTH)
         layers = np.arange(1, size.depth + 1)
@@ -129,7 +126,7 @@ def run(size: Size) -> Report:
         "log(||h_L|| / sqrt 2) of the pre-activations (Leaky ReLU chains renormalized after every layer with the "
         "log carried; tanh is bounded and runs as it is). `mean`/`std`/`skewness`/`excess kurtosis` over the "
         "chains; `chain mean`/`chain std`: `chain_theory.predict_chain` at the same weight scales (the law of the "
-        "log-scale propagated layer by layer); `CLT mean`/`CLT std`: independent increments, layer 1's mean and "
+        f"log-scale propagated layer by layer; `floor={FLOOR:g}`, so no chain counts as dead); `CLT mean`/`CLT std`: independent increments, layer 1's mean and "
         "variance plus (L - 1) times the per-layer exponent and variance at scale 1 (`chain_theory."
         "lyapunov_exponent`, `log_norm_variance`); `kappa`: `chain_theory.stability`'s slope of the scale map at "
         "the fixed point (1: a random walk; below 1: pulled back). `KS to the CLT`: Kolmogorov-Smirnov distance "
