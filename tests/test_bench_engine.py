@@ -83,8 +83,13 @@ def test_stacked_seeds_train_exactly_as_separate_runs(name, kind):
         torch.testing.assert_close(torch.tensor(result.losses[:, r]), torch.tensor(losses, dtype=torch.float64),
                                    rtol=1e-4, atol=1e-5)  # float32 rounding differs between bmm and mm; Adam amplifies it
         trained = stack.module(r)
+        # Adam's update m / sqrt(v) turns float32 rounding in a near-zero gradient (a conv before batchnorm)
+        # into up to ~lr/2 on a few elements over the run; oneDNN picks its conv kernel by what ran before,
+        # so the rounding differs by test order. A wrong Adam (bias correction, weight decay) is off by ~lr
+        # per step on every element, which this catches (and the losses above are compared to 1e-4).
+        atol = 5e-3 if kind == "adam" else 1e-5
         for (key, a), b in zip(trained.state_dict().items(), net.state_dict().values()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"{name}, run {r}: {key}")
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=atol, msg=lambda m: f"{name}, run {r}: {key} {m}")
 
 
 def test_one_learning_rate_per_run_and_draws_with_replacement():
