@@ -22,7 +22,7 @@ from benchmarks._lib.protocol import Grid, classify, non_finite_note, stopped_no
 from benchmarks._lib.report import Report, Sizes
 from benchmarks._lib.schemes import Calibrated, default_calibration
 
-LR, BATCH, WIDTH, BLOCKS, POOL = 1e-3, 128, 64, 24, 4
+LR, BATCH, WIDTH, BLOCKS, POOL, CNN_WIDTH = 1e-3, 128, 64, 24, 4, 8
 TITLE = f"Residual nets by theory: {BLOCKS}-block pre-norm MLP on MNIST, residual CNN on {CIFAR_NOTE}"
 
 
@@ -51,7 +51,7 @@ class PreNormMLP(nn.Module):
 
 
 def _resnet() -> nn.Module:
-    return SmallResNet(3, 10, width=16, blocks_per_stage=(3, 3, 3), batch_norm=False)
+    return SmallResNet(3, 10, width=CNN_WIDTH, blocks_per_stage=(3, 3, 3), batch_norm=False)
 
 
 MLP, CNN = f"pre-norm MLP ({BLOCKS} blocks)", "ResNet-20, no BatchNorm (7 identity blocks)"
@@ -126,7 +126,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(seeds=2, epochs=1, mnist_train=256, cifar_train=128, n_test=64),
-              full=Size(seeds=10, epochs=3, mnist_train=10000, cifar_train=5000, n_test=2000))
+              full=Size(seeds=8, epochs=3, mnist_train=8000, cifar_train=3000, n_test=2000))
 
 
 def _stream_growth(build, scheme, seeds, probe: torch.Tensor) -> np.ndarray:
@@ -171,7 +171,7 @@ def run(size: Size) -> Report:
 Models: `PreNormMLP` (this file): flatten, `Linear(784, {WIDTH})` stem, {BLOCKS} pre-norm blocks
 `x + fc2(relu(fc1(LayerNorm(x))))` of width {WIDTH}, final LayerNorm and `Linear({WIDTH}, 10)`, on MNIST (a random
 {size.mnist_train}-image training subset and {size.n_test} test images, seed 0, standardized); and
-`SmallResNet(width=16, blocks_per_stage=(3, 3, 3), batch_norm=False)` (ResNet-20 without BatchNorm: 9 post-activation
+`SmallResNet(width={CNN_WIDTH}, blocks_per_stage=(3, 3, 3), batch_norm=False)` (ResNet-20 without BatchNorm: 9 post-activation
 basic blocks `relu(x + conv2(relu(conv1(x))))`, 7 with an identity shortcut, 2 with a strided 1x1 projection) on
 {CIFAR_NOTE}, per-channel standardized, average-pooled {POOL}x{POOL} to 8x8 pixels, a random
 {size.cifar_train}-image training subset and {size.n_test} test images (seed 0). **Reduced to fit the shared
