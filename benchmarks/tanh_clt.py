@@ -126,7 +126,8 @@ def run(size: Size) -> Report:
         "log(||h_L|| / sqrt 2) of the pre-activations (Leaky ReLU chains renormalized after every layer with the "
         "log carried; tanh is bounded and runs as it is). `mean`/`std`/`skewness`/`excess kurtosis` over the "
         "chains; `chain mean`/`chain std`: `chain_theory.predict_chain` at the same weight scales (the law of the "
-        f"log-scale propagated layer by layer; `floor={FLOOR:g}`, so no chain counts as dead); `CLT mean`/`CLT std`: independent increments, layer 1's mean and "
+        f"log-scale propagated layer by layer; `floor={FLOOR:g}`, so no chain counts as dead); "
+        "`CLT mean`/`CLT std`: independent increments, layer 1's mean and "
         "variance plus (L - 1) times the per-layer exponent and variance at scale 1 (`chain_theory."
         "lyapunov_exponent`, `log_norm_variance`); `kappa`: `chain_theory.stability`'s slope of the scale map at "
         "the fixed point (1: a random walk; below 1: pulled back). `KS to the CLT`: Kolmogorov-Smirnov distance "
@@ -158,7 +159,8 @@ def _findings(rows: list[dict], last: int, ks_crit: float) -> list[str]:
         f"{tanh['skewness']:+.2f}, excess kurtosis {tanh['excess kurtosis']:+.2f}, KS distance to its own Gaussian "
         f"{tanh['KS to its own Gaussian']:.3f} at L = {last} (Leaky ReLU: {leaky['skewness']:+.2f}, "
         f"{leaky['excess kurtosis']:+.2f}, {leaky['KS to its own Gaussian']:.3f}).",
-        f"Means at L = {last}: Leaky ReLU {leaky['mean']:+.3f} +- {leaky['mean se']:.3f} (chain {leaky['chain mean']:+.3f}, "
+        f"Means at L = {last}: Leaky ReLU {leaky['mean']:+.3f} +- {leaky['mean se']:.3f} "
+        f"(chain {leaky['chain mean']:+.3f}, "
         f"CLT {leaky['CLT mean']:+.3f}); tanh {tanh['mean']:+.3f} +- {tanh['mean se']:.3f} (chain "
         f"{tanh['chain mean']:+.3f}, CLT {tanh['CLT mean']:+.3f}).",
     ]

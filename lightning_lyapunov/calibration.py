@@ -135,8 +135,8 @@ def _scale(module: nn.Module, factor: float) -> None:
     module.weight.mul_(factor)
 
 
-def _calibrate_layers(runner: _Runner, layers: list[Any], target: float,
-                      scale: float | None = None, branches: frozenset[str] = frozenset()) -> tuple[list[float], list[str]]:
+def _calibrate_layers(runner: _Runner, layers: list[Any], target: float, scale: float | None = None,
+                      branches: frozenset[str] = frozenset()) -> tuple[list[float], list[str]]:
     """In forward order each layer's output to rms 1 (the last to ``target``); a residual branch's
     last layer (in ``branches``, not the last) so that the branch is ``scale`` times the stream where
     they add up. A layer whose output or input is all zero on the batch (dead units: the weight does
@@ -301,7 +301,8 @@ def calibrate_(
         branches = []
         if method == "layers" and stream_growth is not None:
             stream_growth = check_float("stream_growth", stream_growth, minimum=1.0, low_open=True,
-                                        allowed="a number > 1 (the residual stream's rms growth over all blocks), or None")
+                                        allowed="a number > 1 (the residual stream's rms growth over all blocks) "
+                                                "or None")
             branches = [b.layer for b in find_residual_blocks(model, names[:-1], runner.run)]
         scale = branch_scale(len(branches), stream_growth) if branches else None
         if method == "layers":

@@ -22,7 +22,8 @@ class Block(nn.Module):
 
     def __init__(self, width: int, how: str = "x + f") -> None:
         super().__init__()
-        self.norm, self.fc1, self.fc2, self.how = nn.LayerNorm(width), nn.Linear(width, width), nn.Linear(width, width), how
+        self.norm, self.how = nn.LayerNorm(width), how
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.fc2(torch.relu(self.fc1(self.norm(x))))
