@@ -193,3 +193,14 @@ def test_a_batchnorm_after_the_branch_last_layer_is_named_in_a_warning() -> None
         plan = apply_init(model, example_input=x, calibrate="layers", generator=torch.Generator().manual_seed(0))
     assert plan.calibration.branches == ["blocks.0.conv2", "blocks.1.conv2"]
     assert any("not at branch scale" in str(w.message) and "BatchNorm" in str(w.message) for w in caught)
+
+
+def test_the_output_calibration_and_plain_chains_have_no_branch_scale() -> None:
+    model = PreNorm(blocks=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = apply_init(model, example_input=X, calibrate="output", generator=torch.Generator().manual_seed(0))
+        assert plan.calibration.branch_scale is None and "residual blocks" not in str(plan)
+        chain = nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+        plan = apply_init(chain, example_input=X, calibrate="layers", generator=torch.Generator().manual_seed(0))
+    assert plan.calibration.branch_scale is None and plan.calibration.branches == []
