@@ -26,6 +26,7 @@ STAGES: list[list[str]] = [
     ["settings", "log_norm", "_forward", "halving", "candidates", "chain_init"],
     ["activations"],
     ["observe"],
+    ["residual"],
     ["plan"],
     ["surgery", "swap"],
     ["calibration", "sampling"],

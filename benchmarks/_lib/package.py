@@ -21,12 +21,15 @@ SOURCES: dict[str, tuple[str, str | None]] = {
     "calibrate_": ("lightning_lyapunov.calibration", "calibrate_"),
     "DEFAULT_TARGET": ("lightning_lyapunov.settings", "DEFAULT_TARGET"),
     "InitSpec": ("lightning_lyapunov", "InitSpec"),
+    "find_residual_blocks": ("lightning_lyapunov.residual", "find_residual_blocks"),
+    "branch_scale": ("lightning_lyapunov.residual", "branch_scale"),
     "orthogonal_": ("lightning_lyapunov.init", "orthogonal_"),
     "orthogonal_gain": ("lightning_lyapunov.theory", "orthogonal_gain"),
     "lyapunov_orthogonal_": ("lightning_lyapunov.init", "lyapunov_orthogonal_"),
     "stiefel_orthogonal_": ("lightning_lyapunov.init", "stiefel_orthogonal_"),
     # theory and measurement
     "theory": ("lightning_lyapunov.theory", None),
+    "chain_theory": ("lightning_lyapunov.chain_theory", None),
     "log_gain": ("lightning_lyapunov.log_norm", "log_gain"),
     "SignalMonitor": ("lightning_lyapunov.diagnostics", "SignalMonitor"),
     # example models and data
