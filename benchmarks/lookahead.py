@@ -19,11 +19,16 @@ to cut). The cells run in parallel processes (``Size.workers``).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
+import time
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,12 +243,31 @@ def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
     return rows
 
 
+def cached_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
+    """:func:`run_cell`, kept in ``$LOOKAHEAD_CELLS/<task>_<shape>.json`` when that variable names a
+    folder (a cell already there for the same size is read back, not rerun): a long run can be done
+    cell by cell (``python -m benchmarks.lookahead TASK SHAPE``), then reported by the runner."""
+    folder = os.environ.get("LOOKAHEAD_CELLS")
+    path = Path(folder) / f"{task_name}_{shape.name}.json" if folder else None
+    if path is not None and path.exists():
+        saved = json.loads(path.read_text())
+        if saved["size"] == repr(size):
+            return saved["rows"]
+    start = time.time()
+    rows = run_cell(task_name, shape, size)
+    print(f"lookahead: {task_name} {shape.name} done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"size": repr(size), "rows": rows}))
+    return rows
+
+
 def _cells(size: Size) -> list[list[dict[str, Any]]]:
     jobs = [(task, shape, size) for shape in size.shapes for task in TASKS]
     if size.workers <= 1:
-        return [run_cell(*job) for job in jobs]
+        return [cached_cell(*job) for job in jobs]
     with ProcessPoolExecutor(max_workers=size.workers) as pool:
-        return list(pool.map(run_cell, *zip(*jobs)))
+        return list(pool.map(cached_cell, *zip(*jobs)))
 
 
 def _median_cell(values: np.ndarray) -> str:
@@ -352,3 +376,7 @@ Per-seed rows in the CSV, with the kept candidate and its ranking loss at each c
 (task, shape) trained stacked by the benchmark engine, one thread per cell.
 """
     return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary)
+
+
+if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS: python -m benchmarks.lookahead TASK SHAPE
+    cached_cell(sys.argv[1], next(s for s in SIZES.full.shapes if s.name == sys.argv[2]), SIZES.full)
