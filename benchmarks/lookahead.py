@@ -224,7 +224,7 @@ def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
         for j, label in enumerate(labels):
             for i, seed in enumerate(seeds):
                 value = float(values[j * len(seeds) + i])
-                rows.append({**base, "method": label, "seed": seed, "metric": value,
+                rows.append({**base, "scheme": label, "seed": seed, "metric": value,
                              "trained": bool(value < task.threshold), **extra[j * len(seeds) + i]})
 
     labels = list(SINGLE)
@@ -278,10 +278,10 @@ def _median_cell(values: np.ndarray) -> str:
 def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (task, shape, method): trained with its Wilson interval, median with its bootstrap interval."""
     rows = []
-    for key in dict.fromkeys((r["task"], r["shape"], r["method"]) for r in runs):
-        mine = [r for r in runs if (r["task"], r["shape"], r["method"]) == key]
+    for key in dict.fromkeys((r["task"], r["shape"], r["scheme"]) for r in runs):
+        mine = [r for r in runs if (r["task"], r["shape"], r["scheme"]) == key]
         values = np.array([r["metric"] for r in mine])
-        rows.append({"task": key[0], "shape": key[1], "method": key[2],
+        rows.append({"task": key[0], "shape": key[1], "scheme": key[2],
                      "trained [95% Wilson]": str(count([r["trained"] for r in mine])),
                      "median metric [95% bootstrap]": _median_cell(values),
                      "steps in all": mine[0]["steps"], "extra steps": mine[0]["extra steps"]})
@@ -295,7 +295,7 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
         by = {}
         for r in runs:
             if (r["task"], r["shape"]) == cell:
-                by.setdefault(r["method"], []).append(r)
+                by.setdefault(r["scheme"], []).append(r)
         metric = {m: np.array([r["metric"] for r in rs]) for m, rs in by.items()}
         flags = {m: np.array([r["trained"] for r in rs]) for m, rs in by.items()}
         look = metric[LOOK_AHEAD]
@@ -330,7 +330,7 @@ def figure(runs: list[dict[str, Any]]):
         by: dict[str, list[float]] = {}
         for r in runs:
             if (r["task"], r["shape"]) == cell:
-                by.setdefault(r["method"], []).append(r["metric"])
+                by.setdefault(r["scheme"], []).append(r["metric"])
         dots(ax, {m: np.array(v) for m, v in by.items()}, TASKS[cell[0]].metric)
         ax.axvline(TASKS[cell[0]].threshold, color="grey", ls="--", lw=1)
         ax.set_title(f"{cell[0]}, {cell[1]}", fontsize=10)
