@@ -18,6 +18,9 @@ from benchmarks._lib.report import Report, Sizes
 from benchmarks._lib.schemes import HE, LYAPUNOV_ORTH, ORTHOGONAL, RELU_NOTE, STIEFEL
 
 WIDTH, BATCH = 32, 128
+PAPER_EPOCHS = 5  # the protocol the issue asks for
+REDUCED = ("; **reduced from the 5 epochs the protocol asks for**: the shared 2-core CPU gave this run about "
+           "a tenth of a core, and 5 epochs at both depths were estimated at 1,450 s of CPU")
 SCHEMES = (HE, ORTHOGONAL, LYAPUNOV_ORTH, STIEFEL)
 TITLE = f"Stiefel paper's protocol on MNIST: width {WIDTH}, depths 100 / 200, whole epochs, two learning rates"
 
@@ -33,7 +36,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(depths=(5,), seeds=2, epochs=1, lrs=(1e-3, 1e-4), n_train=256, n_test=128),
-              full=Size(depths=(100, 200), seeds=6, epochs=5, lrs=(1e-3, 1e-4), n_train=None, n_test=None))
+              full=Size(depths=(100, 200), seeds=6, epochs=1, lrs=(1e-3, 1e-4), n_train=None, n_test=None))
 
 
 def run(size: Size) -> Report:
@@ -72,7 +75,7 @@ def run(size: Size) -> Report:
 The Stiefel paper's claim on MNIST ({n_train} training images, standardized; test accuracy on
 {len(data['test'][0])} test images): `DeepMLP(784, 10, {WIDTH}, depth, activation="relu")` for depth in
 {list(size.depths)}; Adam (no weight decay) at each learning rate of {list(size.lrs)} (both reported, no selection),
-batch {BATCH}, **{size.epochs} epochs** ({steps} steps), per-epoch shuffles shared by all runs; test accuracy after every
+batch {BATCH}, **{size.epochs} epoch(s)** ({steps} steps{REDUCED if size.epochs < PAPER_EPOCHS else ''}), per-epoch shuffles shared by all runs; test accuracy after every
 epoch. Schemes: {', '.join(s.label for s in SCHEMES)} (through the package's `apply_init`; `stiefel` is our
 reconstruction of the paper's construction, not the authors' code), seeds 0..{size.seeds - 1} ({size.seeds} per
 scheme, paired by seed; with 6 seeds a sign test can reach p < 0.05 only if one scheme wins on every seed).
