@@ -109,7 +109,7 @@ def run(size: Size) -> Report:
                 acc = grid.final("test_acc")
                 for law in LAWS:
                     for k, seed in enumerate(seeds):
-                        runs.append({"data": name, "law": law.label, "width": width, "depth": depth, "seed": seed,
+                        runs.append({"data": name, "scheme": law.label, "width": width, "depth": depth, "seed": seed,
                                      "output kurtosis at init": kurt[law.label][k],
                                      "test acc": float(acc[law.label][k])})
     return _report(size, runs, cpu)
@@ -122,19 +122,19 @@ def _report(size: Size, runs: list[dict], cpu: dict[str, float]) -> Report:
         for width in size.widths:
             for depth in size.depths:
                 for law in LAWS:
-                    cell = [r for r in sub if (r["width"], r["depth"], r["law"]) == (width, depth, law.label)]
+                    cell = [r for r in sub if (r["width"], r["depth"], r["scheme"]) == (width, depth, law.label)]
                     rows.append({"data": name, "width": width, "depth": depth, "law": law.label,
                                  "output kurtosis median [IQR]": stats.cell([r["output kurtosis at init"] for r in cell]),
                                  "test acc (%) median [IQR]": stats.percent([r["test acc"] for r in cell])})
         k = np.log10(np.array([r["output kurtosis at init"] for r in sub]))
         a = np.array([r["test acc"] for r in sub])
-        dead = {law.label: sum(math.isnan(r["output kurtosis at init"]) for r in sub if r["law"] == law.label)
+        dead = {law.label: sum(math.isnan(r["output kurtosis at init"]) for r in sub if r["scheme"] == law.label)
                 for law in LAWS}
         findings.append(stats.correlation_sentence(k, a, f"{name}, all {len(sub)} nets, log output kurtosis at init vs "
                                                          "test accuracy") + "; nets with a constant output at init "
                         "(no kurtosis, left out): " + ", ".join(f"{law} {n}" for law, n in dead.items()) + ".")
         for law in LAWS:
-            idx = [i for i, r in enumerate(sub) if r["law"] == law.label]
+            idx = [i for i, r in enumerate(sub) if r["scheme"] == law.label]
             findings.append(stats.correlation_sentence(k[idx], a[idx], f"{name}, {law.label} weights") + ".")
         # within one architecture: does the kurtosis still predict the accuracy once depth and width are fixed?
         ranks_k, ranks_a = [], []
@@ -145,7 +145,7 @@ def _report(size: Size, runs: list[dict], cpu: dict[str, float]) -> Report:
                 ranks_a += list(_centred_ranks(a[idx]))
         findings.append(stats.correlation_sentence(ranks_k, ranks_a, f"{name}, within architecture (ranks centred per "
                                                    "width and depth, so depth and width are held fixed)") + ".")
-        by_law = {law.label: np.array([r["test acc"] for r in sub if r["law"] == law.label]) for law in LAWS}
+        by_law = {law.label: np.array([r["test acc"] for r in sub if r["scheme"] == law.label]) for law in LAWS}
         findings.append(f"{name}, median test accuracy over all architectures [IQR]: "
                         + stats.ranking(by_law, True, "percent") + ".")
     findings.append("Paper (VEV, Fig. 1): nets with a large output kurtosis at init reach a lower accuracy after "
@@ -187,7 +187,7 @@ def _figure(size: Size, runs: list[dict]):
     markers = {"bernoulli": "s", "uniform": "^", "normal": "o"}
     for ax, name in zip(axes[0], size.datasets):
         for j, law in enumerate(LAWS):
-            sub = [r for r in runs if r["data"] == name and r["law"] == law.label]
+            sub = [r for r in runs if r["data"] == name and r["scheme"] == law.label]
             ax.scatter([r["output kurtosis at init"] for r in sub], [100 * r["test acc"] for r in sub], s=14,
                        marker=markers[law.label], color=f"C{j}", alpha=0.6, label=law.label)
         ax.set(xscale="log", xlabel="output kurtosis at init (unit 0)", ylabel="test accuracy (%)",
