@@ -119,8 +119,9 @@ def run(size: Size) -> Report:
     cells = sum(1 for row in rows if row["step"] > 0)
     decisive = sum(1 for row in rows if row["step"] > 0 and row["verdict"] != "-")
     findings.append(f"Multiplicity: {decisive} of {cells} cells after init are decisive; each test has a 5% false-alarm "
-                    f"rate, so about {0.05 * cells:.1f} decisive cells are expected on average by chance alone if no variant differs from its plain scheme; a claim \"at every time scale\" "
-                    "needs most cells of a pair decisive in its favour.")
+                    f"rate, so about {0.05 * cells:.1f} decisive cells are expected on average by chance alone if no "
+                    "variant differs from its plain scheme; a claim \"at every time scale\" needs most cells of a pair "
+                    "decisive in its favour.")
     findings.append("Paper's claim (Lyapunov paper): the sampled init trains better at every time scale and in the "
                     "first 1,000 steps. A cell counts for it only where the paired comparison is decisive.")
     figure = _figure(tasks)
