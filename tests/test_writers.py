@@ -93,6 +93,10 @@ def test_tensorboard_gets_each_measured_step_in_one_event_with_the_tags_log_metr
         found = [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
         return [(e.step, [(v.tag, value(v)) for v in e.summary.value]) for e in found]
 
+    from lightning_lyapunov._events import FastRecordWriter
+
+    # our records (and Lightning's own, through the same writer) are framed by the vectorized CRC
+    assert type(ours.experiment._get_file_writer().event_writer._async_writer._writer) is FastRecordWriter
     mine, theirs = events(ours), events(lightning)
     assert [step for step, _ in mine] == [3, 5]  # one event per measured step
     assert sorted(v for _, values in mine for v in values) == sorted(v for _, values in theirs for v in values)

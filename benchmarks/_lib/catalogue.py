@@ -147,6 +147,7 @@ def overhead_table(results: Path = RESULTS) -> str:
         reference = ": torch orthogonal_" in r["case"]  # torch's own QR init: a reference (older tables gave it a target)
         target = "-" if reference or not r["target"] else r["target"]
         measured = (f"{ratio:.2f}x{spread}" if r["target"] or reference else  # no target: a time against its reference
+                    f"{float(r['ms']):.3g} MB, {ratio:.3g} KB per step" if r["group"].startswith("memory") else
                     f"{float(r['ms']):.3g} ms against {float(r['reference_ms']):.3g} ms ({ratio:.3g}x)")
         lines.append(f"| {_cell(r['group'])} | {_cell(r['case'])} | {measured} | {_cell(target)} | "
                      f"{_met(ratio, target)} |")

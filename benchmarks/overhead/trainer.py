@@ -13,7 +13,7 @@ of the same logger and round. The end of ``fit`` (the epoch's end, the final dep
 histograms: a fixed cost per fit) is timed apart.
 
 ``memory``: one long fit with TensorBoard, diagnostics on every step; the resident memory (VmRSS)
-after a tenth of the steps and at the end, and the size of the event file.
+half-way and at the end of the last step, and the size of the event file.
 """
 
 from __future__ import annotations
@@ -192,16 +192,19 @@ def _rss_mb() -> float:
 
 def memory(case: Case, steps: int) -> dict[str, float]:
     """One fit of ``steps`` steps with TensorBoard and diagnostics on every step: the resident memory (MB)
-    after a tenth of the steps and at the end, the event files' size (MB) and bytes per step."""
+    at the start of step ``steps // 2`` and at the end of the last step (before the final depth figure,
+    whose rendering takes what matplotlib keeps once), its largest value over the steps, the value
+    after the final figure, and the event files' size (MB) and bytes per step."""
 
     def run() -> dict[str, float]:
-        samples: list[float] = []
+        samples: list[float] = []  # at every batch start and end, then at the end of training
         with tempfile.TemporaryDirectory() as root:
             _, board = _fit(case, "TensorBoardLogger", CONFIGS["every step"], root, steps, "cpu",
                             lambda: samples.append(_rss_mb()) or time.process_time())
             size = sum(path.stat().st_size for path in Path(board.log_dir).rglob("events.out.tfevents.*"))
-        start = samples[max(SKIP, steps // 10)]
-        return {"steps": steps, "rss_start_MB": start, "rss_end_MB": samples[-1], "rss_max_MB": max(samples),
-                "event_MB": size / 2**20, "bytes_per_step": size / steps, "at_step": max(SKIP, steps // 10)}
+        half = steps // 2
+        return {"steps": steps, "rss_half_MB": samples[2 * half], "rss_last_MB": samples[-2],
+                "rss_max_MB": max(samples[:-1]), "rss_end_MB": samples[-1], "event_MB": size / 2**20,
+                "bytes_per_step": size / steps, "at_step": half}
 
     return _quiet(run)
