@@ -334,6 +334,8 @@ class InitPlan:
             measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
             lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times 'calibration'; "
                          f"the 'log-gain's measured there sum to {measured:+.3f}")
+            if calibration.branch_scale is not None:
+                lines.append(_residual_line(calibration))
             if uncalled:
                 lines.append(f"not calibrated, theory's draw kept: {', '.join(sorted(uncalled, key=self.layer_names.index))}"
                              " (not called by the forward pass on the example input; '-' above)")
@@ -358,6 +360,16 @@ class InitPlan:
         if warnings:
             lines += [f"warning: {message}" for message in self.warnings]
         return "\n".join(lines)
+
+
+def _residual_line(calibration: CalibrationResult) -> str:
+    """One line on the residual blocks the calibration scaled (docs/theory.md section 9)."""
+    n, scale = len(calibration.branches), calibration.branch_scale
+    ratios = [r for r in calibration.branch_ratios if _finite(r)]
+    measured = f"; measured {min(ratios):.4g} .. {max(ratios):.4g}" if ratios else ""
+    return (f"residual blocks: {n} (branches ending in {calibration.branches[0]}{' .. ' + calibration.branches[-1] if n > 1 else ''}), each branch calibrated to "
+            f"branch scale {scale:.4g} times the stream's rms{measured}: the stream's rms grows by "
+            f"(1 + {scale:.4g}^2)^({n}/2) = {(1 + scale * scale) ** (n / 2):.4g} over them")
 
 
 def check_cpu_generator(generator: torch.Generator | None) -> None:

@@ -37,6 +37,7 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
 
     logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
     callback = LyapunovInit(seed=0, all_layers=True)
+    callback._writers.figures = dashboard.FigureBudget(share=1)  # every figure due, whatever the time
     fit(deep_narrow, tmp_path, callback, logger=logger, max_steps=5)
     events = read_events(logger.log_dir)
     scalars = events.Tags()["scalars"]
@@ -248,6 +249,35 @@ def test_step_scalars_built_once_equal_the_functions_and_refuse_other_layers():
     other = SignalStats(("a", "b"), values[:2], {n: g.normal(size=5) for n in ("a", "b")})
     with pytest.raises(ValueError, match="build one for these layers"):
         step(other)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_figure_budget_keeps_the_figures_within_their_share_of_the_time():
+    clock = FakeClock()
+    budget = dashboard.FigureBudget(share=0.02, clock=clock, estimate=0.3)
+    budget.start()
+    clock.now += 29.9  # this one and the final one, 0.6 s, would be 2.007 % of 29.9 s
+    assert not budget.allows()
+    clock.now += 0.1  # 2 % of 30 s
+    assert budget.allows()
+    with budget.timed():
+        clock.now += 0.5  # rendering took longer than estimated: the next estimate is 0.5 s
+    assert (budget.spent, budget.estimate) == (0.5, 0.5)
+    assert not budget.allows()  # 0.5 s spent, 1.0 s more would be 4.9 % of 30.5 s
+    clock.now = 100.0 + 75.0
+    assert budget.allows()  # 1.5 s of 75 s
+    budget.start()  # a second start changes nothing
+    assert budget.began == 100.0
+    assert dashboard.FigureBudget(share=1, clock=clock).allows()  # share 1: always
+    with pytest.raises(ValueError, match="share=0 must be > 0"):
+        dashboard.FigureBudget(share=0)
 
 
 class GeluNarrow(DeepNarrow):
