@@ -155,10 +155,10 @@ def compare(measured: np.ndarray, plan: chain_theory.ChainPrediction) -> dict:
     std = np.sqrt(var)
     se_mean = std / np.sqrt(count)
     se_std = np.sqrt(np.maximum(fourth - var**2, 0.0) / count) / (2.0 * np.maximum(std, 1e-300))
+    # a square orthogonal first layer keeps the norm: no spread predicted, float32 rounding (1e-8) measured
+    exact = (np.asarray(plan.std_log_norm) < 1e-6) & (std < 1e-6)
     with np.errstate(divide="ignore", invalid="ignore"):
-        z_mean = np.where(se_mean > 1e-12, (mean - plan.mean_log_norm) / se_mean, 0.0)
-        # a square orthogonal first layer keeps the norm: predicted 0, measured float32 rounding (1e-7)
-        exact = (np.asarray(plan.std_log_norm) < 1e-6) & (std < 1e-6)
+        z_mean = np.where((se_mean > 1e-12) & ~exact, (mean - plan.mean_log_norm) / se_mean, 0.0)
         z_std = np.where((se_std > 1e-12) & ~exact, (std - plan.std_log_norm) / se_std, 0.0)
     depth = len(mean)
     return {
