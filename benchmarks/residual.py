@@ -193,7 +193,7 @@ this change, Lyapunov orthogonal then `calibrate="{method}"` with every layer's 
 branch's last layer calibrated to `alpha = sqrt(2^(1/B) - 1)` times the stream's rms where they add up
 (alpha = {mlp_alpha:.4f} for the MLP's {BLOCKS} blocks, {branch_scale(7):.4f} for the CNN's 7; with BatchNorm `bn2`'s
 weight and bias are scaled instead of `conv2`), so that the stream's
-rms grows by sqrt 2 over the net (docs/theory.md section 8); the head to calibrate_target={target:g}. Calibrated
+rms grows by sqrt 2 over the net (docs/theory.md section 9); the head to calibrate_target={target:g}. Calibrated
 schemes see the first 256 training inputs. "stream growth at init": the stream's rms where the last residual block
 adds up over its rms where the first does (median [IQR] over seeds, on those 256 inputs).
 """

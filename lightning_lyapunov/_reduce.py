@@ -129,30 +129,69 @@ def signal_stats(h: torch.Tensor, widths: Sequence[int] | None = None) -> tuple[
         return _padded_stats(padded, widths, overwrite=True)
 
 
+#: Outputs of more than ``_SWEPT_ABOVE`` elements (4 MB of fp32, more than a core's cache) are swept in
+#: blocks of units of about ``_BLOCK_ELEMENTS`` (512 KB: a block and its scratch stay in the cache while
+#: its passes run, so memory is read once instead of nine times; a 128 x 32 x 32 x 32 conv output:
+#: 15 ms -> 7.7 ms on one core). Smaller ones are one block: more blocks would only add kernel launches.
+_BLOCK_ELEMENTS = 1 << 17
+_SWEPT_ABOVE = 1 << 20
+
+
+def _sweep(h: torch.Tensor, central: bool, overwrite: bool) -> tuple[torch.Tensor, ...]:
+    """The passes over the data of :func:`_padded_stats`, block of units by block of units (one
+    block when ``h`` is small): per sample the norm ``||h_b||`` (L, B) and, with ``central``, the
+    centred ``sum_j (h_bj - mean_j)^2`` (L, B); per unit the maximum over the batch (L, W) and, with
+    ``central``, the mean (L, 1, W), ``s2 = sum_b c^2`` and ``s4 = sum_b c^4`` (L, W), ``c = h - mean``;
+    per layer the count of non-finite entries (on the CPU only counted in a block whose norms are
+    not all finite, where a NaN/Inf must be: no sync to avoid there; elsewhere always). With
+    ``overwrite`` and one block, ``h`` itself is the scratch space."""
+    layers, batch, width = h.shape
+    step = width if h.numel() <= _SWEPT_ABOVE else max(1, _BLOCK_ELEMENTS // (layers * batch))
+    scratch = h if overwrite and step == width else h.new_empty((layers, batch, min(step, width)))
+    norms, peaks, nonfinite, means, s2, s4 = [], [], [], [], [], []
+    centred = None
+    for start in range(0, width, step):
+        x = h[:, :, start : start + step] if step < width else h
+        norm = torch.linalg.vector_norm(x, dim=-1)
+        norms.append(norm)
+        peaks.append(x.amax(1))
+        if h.device.type != "cpu" or not math.isfinite(float(norm.sum())):
+            # x * 0 is 0 where x is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
+            nonfinite.append(torch.mul(x, 0).nan_to_num_(1.0).sum((1, 2)))
+        if central:
+            mean = x.mean(1, keepdim=True)
+            c2 = torch.sub(x, mean, out=scratch[:, :, : x.shape[2]]).square_()
+            part = c2.sum(-1)  # the padding adds 0
+            centred = part if centred is None else centred.add_(part)
+            means.append(mean)
+            s2.append(c2.sum(1))
+            s4.append(c2.square_().sum(1))
+    norm = norms[0] if len(norms) == 1 else torch.linalg.vector_norm(torch.stack(norms), dim=0)
+    count = sum(nonfinite[1:], nonfinite[0]) if nonfinite else None
+    joined = [parts[0] if len(parts) == 1 else torch.cat(parts, -1) for parts in (peaks, means, s2, s4) if parts]
+    return norm, centred, count, *joined
+
+
 def _padded_stats(h: torch.Tensor, widths: tuple[int, ...], overwrite: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`signal_stats` of ``h`` of shape ``(L, B, W)`` (fp32): layer ``l``'s units in
     ``h[l, :, :widths[l]]``, zeros after them (the padding adds 0 to every sum; its "dead" units
     are subtracted, its -inf threshold keeps it out of the collapsed count and its NaN kurtosis out
     of the median). With ``overwrite`` (a tensor the caller discards) ``h`` itself is the scratch
-    space: in-place passes, no full-size temporary, and the padding stays zero."""
+    space: in-place passes, no full-size temporary, and the padding stays zero. The passes over the
+    data are :func:`_sweep`'s; the rest works on per-unit and per-layer vectors."""
     with torch.no_grad():
         batch = h.shape[1]
         half_log_width, offsets, divisors, padding, scale, zeros = _layout(widths, h.device, batch)
-        log_norms = torch.linalg.vector_norm(h, dim=-1).log_().sub_(half_log_width)  # (L, B)
+        norm, centred, nonfinite, peak, *moments = _sweep(h, batch > 1, overwrite)
+        log_norms = norm.log_().sub_(half_log_width)  # (L, B)
         log_mean = log_norms.mean(1)
-        dead = h.amax(1).le_(0)  # (L, W): 1.0 / 0.0
-        nonfinite = zeros  # counted below where there may be some
-        if h.device.type != "cpu" or not math.isfinite(float(log_mean.sum())):
-            # h * 0 is 0 where h is finite and NaN elsewhere: a float-only count (bool ops are slow on CPU)
-            nonfinite = torch.mul(h, 0).nan_to_num_(1.0).sum((1, 2))
+        dead = peak.le_(0)  # (L, W): 1.0 / 0.0
+        nonfinite = zeros if nonfinite is None else nonfinite
         if batch > 1:
-            mean = h.mean(1, keepdim=True)
-            c2 = torch.sub(h, mean, out=h if overwrite else torch.empty_like(h)).square_()
-            # per sample, log(||h_b - mean_b h|| / sqrt(d)): the input-dependent part (the padding adds 0)
-            centred = c2.sum(-1).log_().mul_(0.5).sub_(half_log_width)  # (L, B)
+            mean, s2, s4 = moments  # s2: B x the biased variance per unit (L, W); s4: B x the 4th central moment
+            # per sample, log(||h_b - mean_b h|| / sqrt(d)): the input-dependent part
+            centred = centred.log_().mul_(0.5).sub_(half_log_width)  # (L, B)
             centred_mean = centred.mean(1)
-            s2 = c2.sum(1)  # B x the biased variance, per unit (L, W)
-            s4 = c2.square_().sum(1)  # B x the fourth central moment
             mean_sq = mean.squeeze(1).square_()
             # per layer: mean over units of m2, m4, mean^2; fraction of dead units
             m2_mean, m4_mean, mean_sq_mean, dead_fraction = (

@@ -4,7 +4,9 @@ Scalars go to every logger: to a ``TensorBoardLogger`` as one event per measured
 ``Summary`` holding every value: Lightning's ``log_metrics`` writes one event per scalar, 36 of them
 cost longer than a small training step), to any other logger through Lightning's ``log_metrics``.
 The plan text, the custom-scalars layout, the log-norm histograms and the depth figure need a
-``TensorBoardLogger`` (its ``SummaryWriter``). A logger or writer that fails (a full disk, a logger that rejects the
+``TensorBoardLogger`` (its ``SummaryWriter``, whose records :mod:`._events` frames). The depth figures take
+~0.3 s each: they are rendered within a share of the run's time (:class:`~.dashboard.FigureBudget`), the
+first one deferred until that allows it, the final one always. A logger or writer that fails (a full disk, a logger that rejects the
 ``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
 switched off for that logger. Without matplotlib there is no depth figure, which is said once.
 """
@@ -21,6 +23,8 @@ from lightning.pytorch.loggers.logger import DummyLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from . import dashboard
+from .dashboard import FigureBudget
+from ._events import speed_up
 from .diagnostics import SignalStats
 
 __all__ = ["Writers", "tensorboards"]
@@ -34,10 +38,14 @@ def tensorboards(loggers: Sequence[Any]) -> list[TensorBoardLogger]:
 class Writers:
     """The callback's outputs; ``warn(message)`` reports a failure (once per logger and output)."""
 
-    def __init__(self, warn: Callable[[str], None]) -> None:
+    def __init__(self, warn: Callable[[str], None], figures: FigureBudget | None = None) -> None:
         self._warn = warn
         self._off: set[tuple[int, str]] = set()  # (id(logger), output) switched off after a failure
-        self._distribution_steps: set[int] = set()
+        self._distribution_steps: set[int] = set()  # steps whose histograms were written
+        self._figure_steps: set[int] = set()  # steps whose depth figure was rendered (or failed)
+        self._pending: tuple[Any, ...] | None = None  # the first depth figure, deferred
+        #: when the depth figures (~0.3 s each) are rendered; the final one always is
+        self.figures = figures if figures is not None else FigureBudget()
 
     def emit(self, logger: Any, output: str, write: Callable[[Any], None]) -> None:
         """``write(logger.experiment)`` (``write(logger)`` for scalars); a failure warns once and
@@ -59,9 +67,9 @@ class Writers:
             self.emit(logger, "scalars", lambda lg: _log_scalars(lg, scalars, step))
 
     def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None,
-             relu_layers: Sequence[str] | None = None) -> None:
-        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout (dead-unit
-        charts for ``relu_layers``); says when there is no logger, or no TensorBoard logger for what
+             relu_layers: Sequence[str] | None = None, look_ahead: bool = False) -> None:
+        """The plan as text and, with ``layers`` (diagnostics on) or a ``look_ahead``, the custom-scalars
+        layout (dead-unit charts for ``relu_layers``, the look-ahead's charts); says when there is no logger, or no TensorBoard logger for what
         needs one. Lightning's ``DummyLogger`` (``fast_dev_run`` swaps it in for the configured
         loggers) is nobody's choice: nothing is said about it."""
         if not loggers:
@@ -75,28 +83,54 @@ class Writers:
         block = "\n".join("    " + line for line in text.splitlines())  # monospace in TensorBoard's markdown
         for logger in tensorboards(loggers):
             self.emit(logger, "plan text", lambda w: w.add_text("lyapunov/plan", block, 0))
-            if layers is not None:
-                layout = dashboard.layout(layers, relu_layers)
+            if layers is not None or look_ahead:
+                layout = dashboard.layout(layers, relu_layers, look_ahead)
                 self.emit(logger, "custom-scalars layout", lambda w: w.add_custom_scalars(layout))
 
     def distributions(self, loggers: Sequence[Any], stats: SignalStats, plan: Any, layers: Sequence[str],
-                      step: int, verdict: Any = None) -> None:
-        """Histograms of ``layers``' per-sample log-norms and the depth figure (its title names the
-        ``verdict``), once per step."""
+                      step: int, verdict: Any = None, final: bool = False) -> None:
+        """Histograms of ``layers``' per-sample log-norms (once per step) and the depth figure (its title
+        names the ``verdict``): the ``final`` one always, the others while :attr:`figures` allows
+        (the first is kept until it does, then rendered with its step: :meth:`deferred`)."""
         boards = tensorboards(loggers)
-        if not boards or step in self._distribution_steps:
+        if not boards:
             return
-        self._distribution_steps.add(step)
+        if step not in self._distribution_steps:
+            self._distribution_steps.add(step)
 
-        def histograms(writer: Any) -> None:
-            for name in layers:
-                values = stats.log_norms.get(name, np.zeros(0))
-                finite = values[np.isfinite(values)]
-                if finite.size:
-                    writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
+            def histograms(writer: Any) -> None:
+                for name in layers:
+                    values = stats.log_norms.get(name, np.zeros(0))
+                    finite = values[np.isfinite(values)]
+                    if finite.size:
+                        writer.add_histogram(f"lyapunov/log_norm_hist/{name}", finite, step)
 
-        figures: dict[str, Any] = {}
-        if (-1, "depth figure") not in self._off:
+            for logger in boards:
+                self.emit(logger, "histograms", histograms)
+        if step in self._figure_steps:
+            return
+        figure = (stats, plan, step, verdict)
+        if final:
+            self.deferred(loggers)
+            self._figure(boards, *figure)
+        elif self.figures.allows():
+            self._figure(boards, *(self._pending or figure))
+            self._pending = None
+        elif self._pending is None and not self._figure_steps:
+            self._pending = figure  # the first figure: rendered as soon as the budget allows
+
+    def deferred(self, loggers: Sequence[Any]) -> None:
+        """Render the first depth figure, if it was deferred and the budget now allows it."""
+        if self._pending is not None and self.figures.allows():
+            pending, self._pending = self._pending, None
+            self._figure(tensorboards(loggers), *pending)
+
+    def _figure(self, boards: Sequence[Any], stats: SignalStats, plan: Any, step: int, verdict: Any) -> None:
+        """The depth figure's panels, to every TensorBoard logger (timed against :attr:`figures`)."""
+        self._figure_steps.add(step)
+        if (-1, "depth figure") in self._off or not boards:
+            return
+        with self.figures.timed():
             try:
                 title = f"{_run_name(boards[0])}, scheme={plan.scheme!r}: step {step}" + (
                     f", verdict: {verdict}" if verdict is not None else "")
@@ -104,21 +138,19 @@ class Writers:
             except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
                 self._off.add((-1, "depth figure"))
                 self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
-            else:
-                if not figures:  # matplotlib does not import: said once, not at every figure
-                    self._off.add((-1, "depth figure"))
-                    self._warn("the depth figure needs matplotlib, which does not import here: pip install "
-                               "matplotlib (it is in the dev extra); the scalars and histograms are written without it")
+                return
+            if not figures:  # matplotlib does not import: said once, not at every figure
+                self._off.add((-1, "depth figure"))
+                self._warn("the depth figure needs matplotlib, which does not import here: pip install "
+                           "matplotlib (it is in the dev extra); the scalars and histograms are written without it")
+                return
 
-        def depth(writer: Any) -> None:
-            for panel, figure in figures.items():
-                writer.add_figure(f"lyapunov/depth/{panel}", figure, step, close=False)
+            def depth(writer: Any) -> None:
+                for panel, figure in figures.items():
+                    writer.add_figure(f"lyapunov/depth/{panel}", figure, step, close=False)
 
-        for logger in boards:
-            self.emit(logger, "histograms", histograms)
-            if figures:
+            for logger in boards:
                 self.emit(logger, "depth figure", depth)
-        if figures:
             import matplotlib.pyplot as plt
 
             for figure in figures.values():
@@ -133,7 +165,9 @@ def _log_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
         return
     tagged = _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR)
     summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in tagged.items()])
-    logger.experiment._get_file_writer().add_summary(summary, step)
+    experiment = logger.experiment
+    speed_up(experiment)  # every record of this writer framed by a vectorized CRC (the same bytes)
+    experiment._get_file_writer().add_summary(summary, step)
 
 
 def _run_name(logger: Any) -> str:

@@ -12,7 +12,7 @@ forward pass on an example batch and multiplies each planned layer's weight by a
   the branch, where it joins the stream, is ``alpha`` times the stream's root-mean-square, with
   ``alpha = sqrt(G^{2/B} - 1)`` for the ``B`` blocks: the stream's rms grows by ``G``
   (``stream_growth``, default ``sqrt 2``) over the whole net at any depth, where branches at rms 1
-  would grow it like ``2^{B/2}`` (docs/theory.md section 8). A branch that ends in a normalization
+  would grow it like ``2^{B/2}`` (docs/theory.md section 9). A branch that ends in a normalization
   with an affine weight (``bn2(conv2(...))``) is scaled by that normalization's weight and bias (its
   last weight layer goes to rms 1 like the others); they are restored on error too.
   ``stream_growth=None``: every layer to rms 1, residual or not.

@@ -221,13 +221,15 @@ class LyapunovInit(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.look_ahead.on_train_start(trainer, pl_module)
+        self._writers.figures.start()  # the depth figures' share of the run's time counts from here
         if self._announced or self.plan is None:
             return
         self._announced = True
         plan_text = self.plan.describe(warnings=False) + self.look_ahead.planned()  # warnings: emitted by plan_init
         _info(f"LyapunovInit plan:\n{plan_text}")
         relu = [layer.name for layer in self.plan.layers if layer.negative_slope == 0.0]  # units can die there
-        self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None, relu)
+        self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None, relu,
+                           look_ahead=bool(self.look_ahead.planned()))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # the hooks stay attached from one measured step to the next (attaching them costs ~0.1 ms);
@@ -265,12 +267,15 @@ class LyapunovInit(Callback):
             self._writers.scalars(trainer.loggers, self.report.scalars(stats), step)
             if first:
                 self._distributions(trainer)
+            else:
+                self._writers.deferred(trainer.loggers)  # the first depth figure, once the budget allows
 
-    def _distributions(self, trainer: Trainer) -> None:
-        """The latest statistics' histograms and depth figure (once per measured step)."""
+    def _distributions(self, trainer: Trainer, final: bool = False) -> None:
+        """The latest statistics' histograms and depth figure (once per measured step; the figure
+        within its time budget, the ``final`` one always)."""
         if self.report is not None and self.report.last is not None:
             self._writers.distributions(trainer.loggers, self.report.last, self.plan, self._logged_layers(),
-                                        self._last_step or 0, self.report.verdict)
+                                        self._last_step or 0, self.report.verdict, final=final)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.monitor is not None:
@@ -280,7 +285,7 @@ class LyapunovInit(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.look_ahead.on_train_end(trainer, pl_module)
-        self._distributions(trainer)
+        self._distributions(trainer, final=True)
         if self.plan is not None and trainer.is_global_zero:
             _info(self.summary())
 

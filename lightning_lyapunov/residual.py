@@ -1,5 +1,5 @@
 """Residual blocks by theory: recognize ``x + f(x)`` in a real forward pass, and the branch scale
-that keeps the stream's growth over the whole net bounded at any depth (docs/theory.md section 8).
+that keeps the stream's growth over the whole net bounded at any depth (docs/theory.md section 9).
 
 A residual stream ``x_{b+1} = x_b + f_b(x_b)`` whose branch ``f_b`` ends in a weight layer ``W_b``
 drawn with mean zero, independently of ``x_b`` and of the branch's hidden signal ``h_b``, has

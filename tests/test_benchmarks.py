@@ -190,3 +190,25 @@ def test_overhead_only_keeps_the_other_rows_marked_previous(tmp_path):
                                                                                            2.0, 1.0)
     with pytest.raises(ValueError, match="do not exist"):
         overhead.run(overhead.SIZES.quick, only=["nonsense"])
+
+
+def test_overhead_a_remeasured_trainer_group_replaces_its_previous_rows(tmp_path):
+    """The Lightning and memory groups' cases were renamed (loggers, models): re-measuring the group drops
+    its old rows instead of keeping them as ``(previous run)``; the memory rows read back the fit."""
+    from benchmarks import overhead
+
+    with open(tmp_path / "overhead.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "case", "reference", "reference_ms", "ms", "ratio", "ratio_q25", "ratio_q75",
+                         "target", "rounds"])
+        for group, case in ((overhead.MEMORY, "old case"), ("init time", "kept case")):
+            writer.writerow([group, case, "r", 1.0, 2.0, 2.0, "nan", "nan", "t", 3])
+    report = overhead.run(overhead.SIZES.quick, only=["memory"], results_dir=tmp_path)
+    cases = [(r["group"], r["case"]) for r in report.rows]
+    assert ("init time", "kept case (previous run)") in cases
+    assert not any("old case" in case for _, case in cases)
+    resident, events = [r for r in report.rows if r["group"] == overhead.MEMORY]
+    assert resident["ms"] > 10 and 0.5 < resident["ratio"] < 2  # MB of a Python process with torch
+    steps = overhead.SIZES.quick.memory_steps
+    assert events["reference_ms"] == steps and events["ratio"] * 1e3 * steps == pytest.approx(events["ms"] * 2**20)
+    assert any(line.startswith("Memory: ") for line in report.summary)

@@ -37,6 +37,7 @@ def test_dashboard_summary_layout_and_figure_read_back(deep_narrow, tmp_path):
 
     logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
     callback = LyapunovInit(seed=0, all_layers=True)
+    callback._writers.figures = dashboard.FigureBudget(share=1)  # every figure due, whatever the time
     fit(deep_narrow, tmp_path, callback, logger=logger, max_steps=5)
     events = read_events(logger.log_dir)
     scalars = events.Tags()["scalars"]
@@ -248,3 +249,79 @@ def test_step_scalars_built_once_equal_the_functions_and_refuse_other_layers():
     other = SignalStats(("a", "b"), values[:2], {n: g.normal(size=5) for n in ("a", "b")})
     with pytest.raises(ValueError, match="build one for these layers"):
         step(other)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_figure_budget_keeps_the_figures_within_their_share_of_the_time():
+    clock = FakeClock()
+    budget = dashboard.FigureBudget(share=0.02, clock=clock, estimate=0.3)
+    budget.start()
+    clock.now += 29.9  # this one and the final one, 0.6 s, would be 2.007 % of 29.9 s
+    assert not budget.allows()
+    clock.now += 0.1  # 2 % of 30 s
+    assert budget.allows()
+    with budget.timed():
+        clock.now += 0.5  # rendering took longer than estimated: the next estimate is 0.5 s
+    assert (budget.spent, budget.estimate) == (0.5, 0.5)
+    assert not budget.allows()  # 0.5 s spent, 1.0 s more would be 4.9 % of 30.5 s
+    clock.now = 100.0 + 75.0
+    assert budget.allows()  # 1.5 s of 75 s
+    budget.start()  # a second start changes nothing
+    assert budget.began == 100.0
+    assert dashboard.FigureBudget(share=1, clock=clock).allows()  # share 1: always
+    with pytest.raises(ValueError, match="share=0 must be > 0"):
+        dashboard.FigureBudget(share=0)
+
+
+class GeluNarrow(DeepNarrow):
+    """A LightningModule as users write one: nn.GELU modules, and a functional F.gelu in forward."""
+
+    def __init__(self, width=8, depth=10):
+        super().__init__(width=width, depth=depth)
+        blocks = [m for _ in range(depth - 2) for m in (torch.nn.Linear(width, width), torch.nn.GELU())]
+        self.net = torch.nn.Sequential(*blocks, torch.nn.Linear(width, width))
+        self.head = torch.nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.gelu(self.net(x)))
+
+
+@pytest.mark.parametrize("calibrate", [None, "layers"])
+def test_the_predicted_line_and_band_of_a_gelu_net_are_the_scale_chains(tmp_path, calibrate):
+    from lightning_lyapunov import chain_theory
+
+    module = GeluNarrow()
+    callback = LyapunovInit(seed=0, calibrate=calibrate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no logger
+        fit(module, tmp_path, callback, width=8, logger=False, max_steps=1)
+    plan = callback.plan
+    assert plan.operating_scale is not None and all("gelu exact at s=" in l.theory for l in plan.layers[:-1])
+    layers = [(l.d_in, l.d_out, "gelu") for l in plan.layers[:-1]] + [(8, 1, None)]
+    chain = chain_theory.predict_chain(layers, "orthogonal", plan.operating_scale, input_scale=plan.operating_scale)
+    np.testing.assert_allclose(dashboard.predicted_band(plan), 2 * np.sqrt(chain.std_log_norm**2 - chain.std_log_norm[0]**2),
+                               rtol=1e-6, atol=1e-9)
+    stats = callback.report.first
+    line = dashboard.predicted_log_norm(stats, plan)
+    matplotlib = pytest.importorskip("matplotlib")
+    figure = dashboard.depth_figure(stats, plan, "gelu")
+    try:  # the kurtosis recursion is the Leaky ReLU's: not drawn, a note says why
+        kurtosis = figure.axes[3]
+        assert not [l for l in kurtosis.get_lines() if l.get_label().startswith("theory")]
+        assert "not Leaky ReLUs" in " ".join(t.get_text() for t in kurtosis.get_legend().get_texts())
+    finally:
+        matplotlib.pyplot.close(figure)
+    if calibrate is None:  # theory's line through the first layer's measured mean
+        np.testing.assert_allclose(line, stats.column("log_norm_mean")[0] + chain.mean_log_norm - chain.mean_log_norm[0],
+                                   atol=1e-9)
+    else:  # the log-gains measured at calibration, where the plan's table says "the diagnostics' prediction from here on"
+        gains = np.array(plan.calibration.log_gains)
+        np.testing.assert_allclose(line, stats.column("log_norm_mean")[0] + np.concatenate([[0], np.cumsum(gains[1:])]))
+        assert "before calibration, theory's log-norm drift: +0.000" in plan.describe()

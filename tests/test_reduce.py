@@ -54,6 +54,30 @@ def test_signal_stats_leaves_its_input_alone_and_overwrite_gives_the_same_result
             assert torch.count_nonzero(layer[:, w:]) == 0  # the padding stays zero
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [1, 24])
+def test_a_large_output_swept_in_blocks_of_units_gives_the_one_pass_statistics(monkeypatch, device, batch):
+    """Blocks of 7 units (and a last one of 3): what is summed over the units is summed block by
+    block, the rest per unit; NaN counted in its block only; the padding stays out."""
+    from lightning_lyapunov import _reduce
+
+    g = torch.Generator().manual_seed(5)
+    widths = [59, 52]
+    h = torch.randn(batch, sum(widths), generator=g).to(device)
+    h[:, 2] = 0.5  # a constant unit
+    h[:, 60:63] = -h[:, 60:63].abs()  # dead units (a ReLU after the layer outputs 0)
+    h[0, 70] = math.nan
+    whole, whole_log_norms = signal_stats(h, widths=widths)
+    monkeypatch.setattr(_reduce, "_BLOCK_ELEMENTS", 7 * 2 * batch)  # 2 layers x batch x 7 units per block
+    monkeypatch.setattr(_reduce, "_SWEPT_ABOVE", 0)
+    blocked, blocked_log_norms = signal_stats(h, widths=widths)
+    torch.testing.assert_close(blocked, whole, equal_nan=True, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(blocked_log_norms, whole_log_norms, equal_nan=True)
+    assert blocked[1, STAT_KEYS.index("nonfinite")] == 1 and blocked[0, STAT_KEYS.index("nonfinite")] == 0
+    if batch > 1:  # one sample: about half the units are <= 0
+        assert blocked[1, STAT_KEYS.index("dead_fraction")] == pytest.approx(3 / 52)
+
+
 def test_layers_are_grouped_so_that_zero_padding_adds_at_most_a_quarter():
 
     assert _buckets([144, 7, 7, 3]) == [[0], [1, 2, 3]]  # 3 units padded to 7: 21 for 17

@@ -27,6 +27,14 @@ SOURCES: dict[str, tuple[str, str | None]] = {
     "orthogonal_gain": ("lightning_lyapunov.theory", "orthogonal_gain"),
     "lyapunov_orthogonal_": ("lightning_lyapunov.init", "lyapunov_orthogonal_"),
     "stiefel_orthogonal_": ("lightning_lyapunov.init", "stiefel_orthogonal_"),
+    # look-ahead selection
+    "look_ahead_": ("lightning_lyapunov", "look_ahead_"),
+    "Halving": ("lightning_lyapunov.halving", "Halving"),
+    "candidate_seeds": ("lightning_lyapunov.halving", "candidate_seeds"),
+    "halving_cost": ("lightning_lyapunov.halving", "halving_cost"),
+    "halving_cuts": ("lightning_lyapunov.halving", "halving_cuts"),
+    "DEFAULT_CANDIDATES": ("lightning_lyapunov.lookahead", "DEFAULT_CANDIDATES"),
+    "DEFAULT_STEPS": ("lightning_lyapunov.lookahead", "DEFAULT_STEPS"),
     # theory and measurement
     "theory": ("lightning_lyapunov.theory", None),
     "chain_theory": ("lightning_lyapunov.chain_theory", None),

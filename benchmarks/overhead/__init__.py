@@ -2,9 +2,12 @@
 
 * ``raw-mlp``, ``raw-cnn`` (:mod:`~benchmarks.overhead.raw_loop`): step time of the ``SignalMonitor`` in a
   raw training loop, diagnostics on every step / at the default cadence (every 50th) / off;
-* ``lightning``: the same inside a real Lightning ``Trainer`` with ``LyapunovInit(diagnostics=True,
-  log_every_n_steps=1)``, ``LyapunovInit()`` (Trainer cadence, 50) and ``LyapunovInit(diagnostics=False)``
-  on a depth-32 width-64 MLP;
+* ``lightning`` (:mod:`~benchmarks.overhead.trainer`): the same inside a real Lightning ``Trainer`` with
+  ``LyapunovInit(log_every_n_steps=1)``, ``LyapunovInit()`` (Trainer cadence, 50) and
+  ``LyapunovInit(diagnostics=False)``, each with a ``TensorBoardLogger`` and a ``CSVLogger``, on a depth-32
+  width-64 MLP and issue 26's CNN (8 conv x 32 channels, batch 128);
+* ``memory`` (:mod:`~benchmarks.overhead.trainer`): resident memory and event-file size over a long fit
+  with TensorBoard, diagnostics on every step;
 * ``init`` (:mod:`~benchmarks.overhead.init_time`): ``apply_init`` against torch's default init;
 * ``qr``, ``qr-large`` (:mod:`~benchmarks.overhead.qr_draws`): QR-based draws against torch's ``orthogonal_``;
 * ``theory`` (:mod:`~benchmarks.overhead.theory_time`): ``theory.critical_scale`` uncached and cached;
@@ -22,23 +25,18 @@ import csv
 import math
 import os
 import statistics
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from benchmarks._lib.report import RESULTS, Report, Sizes
-from benchmarks._lib.stats import med_iqr
 
 TITLE = "Overhead: diagnostics step time, init time, QR draws, theory time"
-SKIP = 5  # per Trainer fit: the first SKIP steps are warm-up
 #: Row groups that ``--only`` selects (``qr-large``: the one large Linear of the QR rows alone).
-GROUPS = ("raw-mlp", "raw-cnn", "lightning", "init", "qr", "qr-large", "theory", "engine")
+GROUPS = ("raw-mlp", "raw-cnn", "lightning", "memory", "init", "qr", "qr-large", "theory", "engine")
 PREVIOUS = " (previous run)"
 
 
@@ -47,8 +45,12 @@ class Size:
     mlp_rounds: int
     cnn_image: int  # the raw-loop CNN's input is cnn_image x cnn_image
     cnn_rounds: int
-    trainer_steps: int  # per Trainer fit (steps 50, 100, ... log at cadence 50)
+    trainer_steps: int  # per Trainer fit of the MLP (steps 50, 100, ... log at cadence 50)
     trainer_rounds: int
+    trainer_cnn_image: int  # the Trainer CNN's input is image x image
+    trainer_cnn_steps: int
+    trainer_cnn_rounds: int
+    memory_steps: int
     init_models: tuple[str, ...]  # init_time.MODELS
     init_rounds: int
     qr_cases: tuple[tuple[str, int], ...]  # (case, rounds)
@@ -64,12 +66,14 @@ class Size:
 
 SIZES = Sizes(
     quick=Size(mlp_rounds=1, cnn_image=8, cnn_rounds=1, trainer_steps=12, trainer_rounds=1,
+               trainer_cnn_image=8, trainer_cnn_steps=7, trainer_cnn_rounds=1, memory_steps=30,
                init_models=("MLP 4 x 64", "ResNet-50 shape, widths / 16"), init_rounds=1,
                qr_cases=(("Linear(64, 64)", 1),), qr_large=("Linear(256, 256)", 1),
                theory_widths=(2, 1024), theory_repeats=1, theory_cached_calls=10,
                engine_cases=("width-2 depth-40 MLP (deep_narrow_regression)",), engine_seeds=2, engine_steps=3,
                engine_rounds=1),
-    full=Size(mlp_rounds=12, cnn_image=32, cnn_rounds=8, trainer_steps=305, trainer_rounds=24,
+    full=Size(mlp_rounds=12, cnn_image=32, cnn_rounds=8, trainer_steps=305, trainer_rounds=12,
+              trainer_cnn_image=32, trainer_cnn_steps=36, trainer_cnn_rounds=4, memory_steps=10_000,
               init_models=("MLP 100 x 1024", "ResNet-50 shape (25.6 M params)"), init_rounds=2,
               qr_cases=(("MLP 100 x 1024", 2), ("ResNet-50 shape (25.6 M params)", 2), ("Linear(8192, 8192)", 1)),
               qr_large=("Linear(8192, 8192)", 1),
@@ -114,104 +118,60 @@ def _raw_rows(size: Size, models: Sequence[str], device: str = "cpu") -> list[di
 
 # ----------------------------------------------------------------------------- Lightning
 
-
-def _step_timer(clock):
-    """A Lightning callback recording ``clock()`` at every train batch start and at the end."""
-    from lightning.pytorch import Callback
-
-    class StepTimer(Callback):
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            self.stamps.append(clock())
-
-        def on_train_end(self, trainer, pl_module) -> None:
-            self.stamps.append(clock())
-
-    return StepTimer()
+LIGHTNING = "step time, Lightning Trainer (LyapunovInit)"
+MEMORY = "memory over a long fit (TensorBoardLogger, every step)"
+FIT_END = "end of fit (ms once per fit; ratio: in steps of the configuration)"
+TARGETS = {  # issue 26 (TensorBoard), issue 4 (CSV); the CNN's statistics are a few flops against ~300 per unit
+    ("MLP", "every step"): "<= 1.3x", ("MLP", "default cadence (50)"): "<= 1.02x",
+    ("CNN", "every step"): "<= 1.05x", ("CNN", "default cadence (50)"): "<= 1.02x",
+}
 
 
-def _lightning_module():
-    import lightning.pytorch as pl
+def _lightning_cases(size: Size):
+    from benchmarks.overhead import trainer
 
-    from benchmarks.overhead.raw_loop import make_mlp
-
-    class MLPModule(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = make_mlp(32, 64)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = nn.functional.cross_entropy(self.model(x), y)
-            self.log("train/loss", loss)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=1e-4)
-
-    return MLPModule()
-
-
-def _fit_seconds_per_step(config: dict, data, root: str, steps: int, device: str = "cpu") -> float:
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import CSVLogger
-
-    from benchmarks._lib.package import LyapunovInit
-    from benchmarks.overhead.raw_loop import cuda_clock
-
-    timer = _step_timer(time.process_time if device == "cpu" else cuda_clock)
-    trainer = pl.Trainer(
-        accelerator="cpu" if device == "cpu" else "gpu", devices=1, max_steps=steps, logger=CSVLogger(root),
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        callbacks=[LyapunovInit(seed=0, **config), timer],
-    )
-    trainer.fit(_lightning_module(), train_dataloaders=data)
-    stamps = timer.stamps
-    return (stamps[-1] - stamps[SKIP]) / (len(stamps) - 1 - SKIP)
+    return [trainer.mlp_case(size.trainer_steps, size.trainer_rounds),
+            trainer.cnn_case(size.trainer_cnn_image, size.trainer_cnn_steps, size.trainer_cnn_rounds)]
 
 
 def _lightning_rows(size: Size, device: str = "cpu") -> list[dict[str, object]]:
-    import logging
+    from benchmarks.overhead import trainer
+    from benchmarks.overhead.raw_loop import cuda_clock
 
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the Trainer's banners, for the length of these fits
-    try:
-        return _lightning_fits(size, device)
-    finally:
-        logger.setLevel(level)
-
-
-def _lightning_fits(size: Size, device: str) -> list[dict[str, object]]:
-    from torch.utils.data import DataLoader
-
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.randn(128, 64, generator=generator), torch.randint(0, 10, (128,), generator=generator)
-    data = DataLoader([(x, y)] * size.trainer_steps, batch_size=None)  # the same batch, no collation
-    configs = {
-        "every step": dict(diagnostics=True, log_every_n_steps=1),
-        "default cadence (50)": dict(diagnostics=True),
-        "off": dict(diagnostics=False),
-    }
-    times: dict[str, list[float]] = {key: [] for key in configs}
-    with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _fit_seconds_per_step(configs["off"], data, root, size.trainer_steps, device)  # warm-up
-        for r in range(size.trainer_rounds):
-            keys = list(configs)
-            for key in keys[r % 3:] + keys[: r % 3]:
-                times[key].append(_fit_seconds_per_step(configs[key], data, root, size.trainer_steps, device))
+    clock = time.process_time if device == "cpu" else cuda_clock
     rows = []
-    for key, target in (("every step", "<= 1.3x"), ("default cadence (50)", "<= 1.02x")):
-        ratio = med_iqr([a / b for a, b in zip(times[key], times["off"])])
-        row = _nan_row("step time, Lightning Trainer (LyapunovInit)", f"MLP depth 32, width 64, batch 128: {key}",
-                       "LyapunovInit(diagnostics=False)")
-        row.update(reference_ms=1e3 * statistics.median(times["off"]), ms=1e3 * statistics.median(times[key]),
-                   ratio=ratio[0], ratio_q25=ratio[1], ratio_q75=ratio[2], target=target, rounds=size.trainer_rounds)
+    measured = trainer.measure(_lightning_cases(size), device, clock)
+    for r in measured:
+        if r["config"] == "off":
+            continue
+        row = _nan_row(LIGHTNING, f"{r['case']}, {r['logger']}: {r['config']}",
+                       "LyapunovInit(diagnostics=False), same logger")
+        row.update(reference_ms=r["reference_ms"], ms=r["ms"], ratio=r["ratio"][0], ratio_q25=r["ratio"][1],
+                   ratio_q75=r["ratio"][2], target=TARGETS[(r["case"].split()[0], r["config"])], rounds=r["rounds"])
         rows.append(row)
+    for r in measured:  # once per fit: the epoch's end, the final depth figure and histograms
+        if r["config"] == "every step":
+            row = _nan_row(FIT_END, f"{r['case']}, {r['logger']}: every step",
+                           "LyapunovInit(diagnostics=False), same logger")
+            row.update(reference_ms=r["reference_end_ms"], ms=r["end_ms"], rounds=r["rounds"],
+                       ratio=r["end_ms"] / r["ms"] if r["ms"] else math.nan)
+            rows.append(row)
     return rows
+
+
+def _memory_rows(size: Size) -> list[dict[str, object]]:
+    from benchmarks.overhead import trainer
+
+    case = trainer.mlp_case(size.memory_steps, 1)
+    m = trainer.memory(case, size.memory_steps)
+    resident = _nan_row(MEMORY, f"{case.label}, {m['steps']} steps: resident memory (MB) at the end",
+                        f"resident memory (MB) at step {m['at_step']}")
+    resident.update(reference_ms=m["rss_start_MB"], ms=m["rss_end_MB"], ratio=m["rss_end_MB"] / m["rss_start_MB"],
+                    target="no growth (<= 1.02x)", rounds=1)
+    events = _nan_row(MEMORY, f"{case.label}, {m['steps']} steps: event file (MB); ratio: KB per step",
+                      "steps")
+    events.update(reference_ms=float(m["steps"]), ms=m["event_MB"], ratio=m["bytes_per_step"] / 1e3, rounds=1)
+    return [resident, events]
 
 
 # ----------------------------------------------------------------------------- init, QR, theory
@@ -288,7 +248,8 @@ def _figure(rows: list[dict], raw_theory: list[dict]):
 
     from benchmarks.overhead.theory_time import CALLS
 
-    ratio_rows = [r for r in rows if r["group"] != "theory.critical_scale" and math.isfinite(r["ratio"])]
+    ratio_rows = [r for r in rows if r["group"] not in ("theory.critical_scale", FIT_END, MEMORY)
+                  and math.isfinite(r["ratio"])]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 0.32 * len(ratio_rows) + 2.5),
                                   gridspec_kw={"width_ratios": [1.6, 1]})
     labels = [f"{r['case']}" for r in ratio_rows]
@@ -382,6 +343,8 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
         raise ValueError(f"overhead groups {unknown} do not exist; choose from {', '.join(GROUPS)}")
     if device != "cpu":
         return _device_report(size, device)
+    from benchmarks.overhead import trainer
+
     load = os.getloadavg()[0]
     selected = set(GROUPS) - {"qr-large"} if only is None else set(only)
     rows = []
@@ -390,6 +353,8 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
         rows += _raw_rows(size, models)
     if "lightning" in selected:
         rows += _lightning_rows(size)
+    if "memory" in selected:
+        rows += _memory_rows(size)
     if "init" in selected:
         rows += _init_rows(size)
     if "qr" in selected:
@@ -403,7 +368,10 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
     if "engine" in selected:
         rows += _engine_rows(size)
     if only is not None:
-        rows = _merge(_previous_rows(results_dir), rows)
+        # a re-measured Lightning or memory group replaces all its previous rows (their cases were renamed)
+        replaced = {group for key, groups in (("lightning", (LIGHTNING, FIT_END)), ("memory", (MEMORY,)))
+                    if key in selected for group in groups}
+        rows = _merge([r for r in _previous_rows(results_dir) if r["group"] not in replaced], rows)
         raw_theory = raw_theory or _theory_from_rows(rows)
     load = f"machine load (1-minute load average, 2 cores) {load:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     setup = (
@@ -417,11 +385,20 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
         "only while measuring (`SignalMonitor(persistent=False)`, what `LyapunovInit` does in eager mode); "
         "`cadence, hooks registered once` keeps them registered and gated by the flag (what it does for "
         f"`torch.compile`d models). Rounds: MLP {size.mlp_rounds}, CNN {size.cnn_rounds}.\n"
-        f"- Lightning: `Trainer(max_steps={size.trainer_steps}, CSVLogger)` fitting a depth-32 width-64 Leaky ReLU MLP "
-        "(SGD lr 1e-4, cross-entropy, one fixed batch of 128 repeated) with `LyapunovInit(seed=0, "
-        "diagnostics=True, log_every_n_steps=1)` / `LyapunovInit(seed=0)` (Trainer cadence 50) / "
-        f"`LyapunovInit(seed=0, diagnostics=False)`; per-step time = CPU time between train-batch starts, "
-        f"steps {SKIP}..{size.trainer_steps}, one fit per configuration per round, {size.trainer_rounds} rounds.\n"
+        f"- Lightning (`benchmarks/overhead/trainer.py`): `Trainer(max_steps=...)` with a `TensorBoardLogger` (what "
+        "the README tells users to watch) or a `CSVLogger`, fitting a depth-32 width-64 Leaky ReLU MLP (SGD lr 1e-4, "
+        f"batch 128, {size.trainer_steps} steps, {size.trainer_rounds} rounds) and issue 26's CNN (8 conv 3x3 x 32 "
+        f"channels, Leaky ReLU, {size.trainer_cnn_image}x{size.trainer_cnn_image} inputs, batch 128, SGD lr 1e-3, "
+        f"{size.trainer_cnn_steps} steps, {size.trainer_cnn_rounds} rounds), cross-entropy, one fixed batch repeated; "
+        "`LyapunovInit(seed=0, log_every_n_steps=1)` (every step) / `LyapunovInit(seed=0)` (Trainer cadence 50, and "
+        "steps 1, 2, 4, ... before it) against `LyapunovInit(seed=0, diagnostics=False)` with the same logger; per-step "
+        f"time = process CPU time (the TensorBoard writer's thread included) from the start of step "
+        f"{trainer.SKIP} to the end of the last step; one fit per logger and configuration "
+        "per round, the order rotating. The end of `fit` (the epoch's end, the final depth figure and "
+        "histograms) is a fixed cost per fit, timed apart (`end of fit` rows, ms per fit; `ratio`: that many steps).\n"
+        f"- Memory (`benchmarks/overhead/trainer.py`): one fit of the MLP for {size.memory_steps} steps with a "
+        "`TensorBoardLogger` and diagnostics on every step; resident memory (VmRSS) after a tenth of the steps and at "
+        "the end, and the event file's size.\n"
         "- Init (`benchmarks/overhead/init_time.py`): `apply_init(model, scheme, generator=...)` (plan + draw + "
         "write) against torch's default init (`reset_parameters()` of every module) on "
         f"{' and '.join(size.init_models)}; `plan_init only` and `torch orthogonal_` (torch's own QR-based init "
@@ -453,7 +430,8 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
     findings = _findings(rows, raw_theory)
     return Report(name="overhead", title=TITLE, setup=setup, rows=rows, findings=findings,
                   figure=_figure(rows, raw_theory),
-                  summary=[line for line in findings if line.startswith(("Lightning", "Benchmark engine"))],
+                  summary=[line for line in findings if line.startswith(("Lightning", "End of fit", "Memory",
+                                                                          "Benchmark engine"))],
                   command=f"python -m benchmarks overhead --only {','.join(only)}" if only else None)
 
 
@@ -477,6 +455,18 @@ def _findings(rows: list[dict], raw_theory: list[dict]) -> list[str]:
                  for r in pick(group, "")]
         if parts:
             lines.append(f"{label}: " + "; ".join(parts) + ".")
+    ends = pick(FIT_END, "")
+    if ends:
+        lines.append("End of fit, once per fit (the epoch's end, the final depth figure and histograms), diagnostics "
+                     "on every step against off: " + "; ".join(
+                         f"{r['case']}: {r['ms']:.0f} ms against {r['reference_ms']:.0f} ms (the time of "
+                         f"{r['ratio']:.0f} steps)" for r in ends) + ".")
+    memory = pick(MEMORY, "resident memory")
+    if memory:
+        lines.append("Memory: " + "; ".join(
+            f"{r['case'].split(':')[0]}: resident memory {r['reference_ms']:.0f} MB after a tenth of the steps, "
+            f"{r['ms']:.0f} MB at the end ({r['ratio']:.3f}x, target {r['target']})" for r in memory) + "; " + "; ".join(
+            f"event file {r['ms']:.1f} MB ({r['ratio']:.1f} KB per step)" for r in pick(MEMORY, "event file")) + ".")
     engine = pick("benchmark engine", "")
     if engine:
         lines.append("Benchmark engine, CPU time per step of all seeds, stacked against one by one: " + "; ".join(

@@ -1,0 +1,117 @@
+"""TensorBoard's event records, framed with a vectorized CRC-32C.
+
+TensorBoard's event file is a sequence of records ``length (uint64) | masked CRC-32C of length |
+data | masked CRC-32C of data``. Without TensorFlow, ``tensorboard``'s ``RecordWriter`` computes the
+CRC-32C in pure Python, one byte at a time, in the writer's thread: ~0.4 ms for the 1.5 KB event of
+one measured step, competing for the GIL with training. :func:`masked_crc32c` computes the same
+checksum with numpy (a table lookup per byte and one XOR reduction per block) and
+:func:`speed_up` swaps :class:`FastRecordWriter` into a ``SummaryWriter``'s file writer, so every
+record it writes (ours, Lightning's ``log_metrics``, histograms, images) is framed by it. The bytes
+written are identical.
+
+CRC-32C (Castagnoli, reflected, polynomial ``0x82F63B78``, initial value and final XOR
+``0xFFFFFFFF``). The register ``R(r, m)`` after a message ``m`` from the register ``r`` is linear:
+``R(r, m) = R(0, m) ^ R(r, 0...0)``, ``R(0, m) = XOR_i P[n - 1 - i][m_i]`` with
+``P[k][b] = R(0, b 0^k)``, and ``r`` acts as if XORed into the message's first four bytes (little
+endian). A message is cut into blocks of :data:`BLOCK` bytes, reduced side by side, and chained.
+
+Example::
+
+    masked_crc32c(b"123456789") == tensorboard's masked_crc32c(b"123456789")
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from typing import Any
+
+import numpy as np
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+__all__ = ["BLOCK", "FastRecordWriter", "crc32c", "masked_crc32c", "speed_up"]
+
+#: Bytes reduced per block (the table ``P`` has ``BLOCK x 256`` entries, 1 MiB).
+BLOCK = 1024
+_POLY = 0x82F63B78
+_MASK = 0xFFFFFFFF
+_SHORT = 64  # shorter messages (the 8-byte length) go byte by byte: numpy's call overhead is more
+
+
+@functools.lru_cache(maxsize=1)
+def _tables() -> tuple[np.ndarray, list[int], np.ndarray]:
+    """``P`` (BLOCK, 256) uint32 as above, its row 0 as Python ints (the byte-wise table), and the
+    row indices ``BLOCK - 1 ... 0`` of a full block."""
+    row = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        row = np.where(row & 1, (row >> 1) ^ np.uint32(_POLY), row >> 1).astype(np.uint32)
+    table = np.empty((BLOCK, 256), dtype=np.uint32)
+    table[0] = row
+    for k in range(1, BLOCK):  # one zero byte more: r -> T[r & 0xff] ^ (r >> 8)
+        previous = table[k - 1]
+        table[k] = row[previous & 0xFF] ^ (previous >> 8)
+    return table, row.tolist(), np.arange(BLOCK - 1, -1, -1)
+
+
+def _bytewise(register: int, data: bytes, byte_table: list[int]) -> int:
+    for byte in data:
+        register = byte_table[(register ^ byte) & 0xFF] ^ (register >> 8)
+    return register
+
+
+def crc32c(data: bytes) -> int:
+    """The CRC-32C of ``data`` (``crc32c(b"123456789") == 0xE3069283``)."""
+    table, byte_table, reverse = _tables()
+    if len(data) < _SHORT:
+        return _bytewise(_MASK, data, byte_table) ^ _MASK
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    full, tail = divmod(len(buffer), BLOCK)
+    register = _MASK
+    if full:
+        blocks = table[reverse, buffer[: full * BLOCK].reshape(full, BLOCK)]
+        shift = table[BLOCK - 4 : BLOCK][::-1]  # the register's 4 bytes as the block's first 4
+        for contribution in np.bitwise_xor.reduce(blocks, axis=1).tolist():
+            register = contribution ^ int(shift[0][register & 0xFF] ^ shift[1][(register >> 8) & 0xFF]
+                                          ^ shift[2][(register >> 16) & 0xFF] ^ shift[3][register >> 24])
+    if tail >= 4:
+        rest = buffer[full * BLOCK :]
+        rows = table[tail - 1 :: -1][:tail] if tail < BLOCK else table[::-1]
+        contribution = int(np.bitwise_xor.reduce(rows[np.arange(tail), rest]))
+        register = contribution ^ int(table[tail - 1][register & 0xFF] ^ table[tail - 2][(register >> 8) & 0xFF]
+                                      ^ table[tail - 3][(register >> 16) & 0xFF] ^ table[tail - 4][register >> 24])
+    elif tail:
+        register = _bytewise(register, data[full * BLOCK :], byte_table)
+    return register ^ _MASK
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TensorBoard's masked CRC-32C: the CRC rotated right by 15 bits plus ``0xA282EAD8`` (mod 2^32)."""
+    x = crc32c(data)
+    return (((x >> 15) | (x << 17)) + 0xA282EAD8) & _MASK
+
+
+class FastRecordWriter(RecordWriter):
+    """``tensorboard``'s ``RecordWriter`` with :func:`masked_crc32c`: the same bytes, one ``write``."""
+
+    def write(self, data: bytes) -> None:
+        header = struct.pack("<Q", len(data))
+        self._writer.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
+                                     struct.pack("<I", masked_crc32c(data)))))
+
+
+def speed_up(summary_writer: Any) -> bool:
+    """Frame the records of ``summary_writer`` (``torch.utils.tensorboard.SummaryWriter``) with
+    :class:`FastRecordWriter`; True when it does (now or before). A writer of another make, or of
+    another ``tensorboard`` layout, is left alone (False): it stays correct, only slower."""
+    try:
+        writer = summary_writer._get_file_writer().event_writer._async_writer
+        current = writer._worker._record_writer
+    except AttributeError:
+        return False
+    if type(current) is FastRecordWriter:
+        return True
+    if type(current) is not RecordWriter or writer._writer is not current:
+        return False
+    fast = FastRecordWriter(current._writer)
+    writer._writer = writer._worker._record_writer = fast  # the thread takes it at its next record
+    return True

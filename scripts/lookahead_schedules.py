@@ -1,0 +1,131 @@
+"""Why the look-ahead misses 39/40, and which schedule would not: every candidate trained to the end.
+
+For the seeds' regression protocol (``benchmarks/lookahead.py``'s ``Regression``, full batch, Adam
+1e-3), ``K`` candidate draws per seed (the library's: ``candidate_seeds(s, K)``, the default's
+calibrated draw) are all trained ``T`` steps, stacked. Full-batch training is deterministic, so a
+candidate's trajectory does not depend on which others train: any successive-halving schedule can be
+replayed offline on the recorded per-step training losses, and the kept candidate's result at equal
+total steps is its test loss at step ``T - extra`` (its own steps: ``T`` minus the look-ahead's steps
+beyond its own). Recorded: every step's training loss, the validation loss over the first steps (a
+held-out ranking), the test loss at every other step near the end.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/lookahead_schedules.py --shape w2d40 --seeds 40 --save /tmp/w2d40.npz
+    PYTHONPATH=. python scripts/lookahead_schedules.py --load /tmp/w2d40.npz       # the schedules' table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from benchmarks._lib.engine import Adam, FullBatch, Stack, fit
+from benchmarks._lib.package import Halving, PolynomialRegression, candidate_seeds, halving_cost, halving_cuts
+from benchmarks._lib.schemes import Calibrated
+from benchmarks._lib.stats import count
+from benchmarks.lookahead import FIRST_SEED, LR, REGRESSION_TRAINED, SHAPES, Regression, _draw
+
+TAIL = 400  # test losses are recorded every other step over the last TAIL steps
+EARLY = 600  # validation losses are recorded at every one of the first EARLY steps
+
+
+def record(shape_name: str, seeds: int, candidates: int, steps: int, first_seed: int = FIRST_SEED) -> dict:
+    torch.set_num_threads(1)
+    shape = next(s for s in SHAPES if s.name == shape_name)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    task = Regression(seed_list)
+    val = [validation(s) for s in seed_list]
+    nets = [_draw(task, shape, Calibrated(), c, i) for i, s in enumerate(seed_list) for c in candidate_seeds(s, candidates)]
+    seed_of = torch.arange(seeds).repeat_interleave(candidates)
+    xv = torch.stack([v[0] for v in val])[seed_of]
+    yv = torch.stack([v[1] for v in val])[seed_of]
+    test = task.test(seed_of)["test"]
+    evals = {"test": test, "val": ((xv, yv, task.var[seed_of]), Regression.objective)}
+    points = sorted(set(range(0, EARLY)) | set(range(steps - TAIL, steps + 1, 2)))
+    start = time.time()
+    result = fit(Stack(nets), Regression.objective, task.data(seed_of), optimizer=Adam(LR), steps=steps,
+                 order=FullBatch(), evals=evals, record=points, nonfinite="skip")
+    print(f"{shape_name}: {seeds} seeds x {candidates} candidates, {steps} steps: {time.time() - start:.0f} s",
+          flush=True)
+    shaped = lambda a: a.reshape(a.shape[0], seeds, candidates).transpose(1, 2, 0)  # noqa: E731 -> (S, K, time)
+    return {"losses": shaped(result.losses), "test": shaped(result.curves["test"]), "val": shaped(result.curves["val"]),
+            "points": np.array(points), "steps": steps}
+
+
+def validation(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation split of seed's polynomial (256 points the training never sees)."""
+    return PolynomialRegression(in_features=1, degree=5, seed=seed).build()["val"]
+
+
+def replay(data: dict, candidates: int, budget: int, window: float = 0.5, by: str = "train") -> dict:
+    """The schedule ``halving_cuts(candidates, budget)`` replayed per seed on the recorded losses
+    (ranked by the library's rule on the training losses, or on the validation loss at the cut with
+    ``by="val"``); the kept candidate's test loss at ``T - extra``."""
+    import lightning_lyapunov.halving as halving_module
+
+    losses, test, val, points, steps = data["losses"], data["test"], data["val"], list(data["points"]), int(data["steps"])
+    cuts = halving_cuts(candidates, budget)
+    used = halving_cost(candidates) * cuts[0]
+    extra = used - cuts[-1]
+    at = min(range(len(points)), key=lambda i: abs(points[i] - (steps - extra)))
+    halving_module.WINDOW = window
+    kept, values = [], []
+    for s in range(losses.shape[0]):
+        h = Halving.start(candidates, cuts)
+        done = 0
+        for cut in cuts:
+            for k in h.alive:
+                h.losses[k] = list(losses[s, k, done:cut])
+            ranked = h.rung_losses() if by == "train" else [float(val[s, k, points.index(cut)]) for k in h.alive]
+            h.cut(ranked)
+            done = cut
+        kept.append(h.current)
+        values.append(float(test[s, h.current, at]))
+    halving_module.WINDOW = 0.5
+    values = np.array(values)
+    return {"label": f"K={candidates}, {budget} steps, cuts {'/'.join(map(str, cuts))}, extra {extra}"
+                     + (f", window {window:g}" if window != 0.5 else "") + (", ranked on validation" if by != "train" else ""),
+            "trained": values < REGRESSION_TRAINED, "values": values, "kept": kept, "extra": extra}
+
+
+def report(data: dict) -> None:
+    test, steps, points = data["test"], int(data["steps"]), list(data["points"])
+    seeds, candidates = test.shape[:2]
+    final = test[:, :, points.index(steps)]
+    good = final < REGRESSION_TRAINED
+    print(f"candidates trained after {steps} steps each: {good.sum()} of {good.size}; seeds with at least one: "
+          f"{count(good.any(1))}; candidate 0 (the default): {count(good[:, 0])}")
+    print("per seed, trained candidates:", " ".join(str(int(g.sum())) for g in good))
+    rows = [replay(data, k, b) for k, b in ((8, 256), (8, 200), (8, 208), (4, 200), (6, 200), (8, 512))
+            if halving_cost(k) <= b and k <= candidates]
+    rows += [replay(data, 8, 256, window=w) for w in (0.25, 1.0) if candidates >= 8]
+    rows += [replay(data, 8, 256, by="val") for _ in [0] if candidates >= 8]
+    for row in rows:
+        fails = [s for s in range(seeds) if not row["trained"][s]]
+        missed = [s for s in fails if good[s].any()]
+        print(f"{row['label']}: trained {count(row['trained'])}, median {np.median(row['values']):.4g}; failing seeds "
+              f"{fails} ({len(missed)} of them had a candidate that trains)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", default="w2d40")
+    parser.add_argument("--seeds", type=int, default=40)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--save")
+    parser.add_argument("--load")
+    args = parser.parse_args()
+    if args.load:
+        data = dict(np.load(args.load))
+    else:
+        data = record(args.shape, args.seeds, args.candidates, args.steps)
+        if args.save:
+            np.savez_compressed(args.save, **data)
+    report(data)
+
+
+if __name__ == "__main__":
+    main()

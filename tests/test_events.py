@@ -1,0 +1,64 @@
+"""The vectorized CRC-32C and the record writer that uses it: the same bytes as tensorboard's."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
+from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard import SummaryWriter
+
+from lightning_lyapunov._events import BLOCK, FastRecordWriter, crc32c, masked_crc32c, speed_up
+
+
+def test_the_known_check_values() -> None:
+    # the CRC-32C check value (RFC 3720, iSCSI) and the empty message
+    assert crc32c(b"123456789") == 0xE3069283
+    assert crc32c(b"") == 0
+    assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4: 32 bytes of zeros
+    assert crc32c(bytes([0xFF] * 32)) == 0x62A8AB43  # RFC 3720 B.4: 32 bytes of ones
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 5, 63, 64, 65, 1000, BLOCK - 1, BLOCK, BLOCK + 1, BLOCK + 3,
+                                    BLOCK + 4, 2 * BLOCK, 3 * BLOCK + 517, 50_000])
+def test_every_length_matches_tensorboard(length: int) -> None:
+    data = np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8).tobytes()
+    assert masked_crc32c(data) == tensorboard_masked_crc32c(data)
+
+
+def test_the_record_bytes_are_tensorboards() -> None:
+    data = np.random.default_rng(0).integers(0, 256, 1500, dtype=np.uint8).tobytes()
+    theirs, ours = io.BytesIO(), io.BytesIO()
+    RecordWriter(theirs).write(data)
+    FastRecordWriter(ours).write(data)
+    assert ours.getvalue() == theirs.getvalue()
+    assert struct.unpack("<Q", ours.getvalue()[:8]) == (1500,)
+
+
+def test_speed_up_swaps_the_writer_and_the_file_reads_back(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    writer = SummaryWriter(str(tmp_path))
+    assert speed_up(writer) is True
+    async_writer = writer._get_file_writer().event_writer._async_writer
+    assert type(async_writer._writer) is FastRecordWriter
+    assert async_writer._worker._record_writer is async_writer._writer
+    assert speed_up(writer) is True  # the second call changes nothing
+    for step in range(3):
+        writer.add_scalar("a", float(step), step)
+    writer.close()
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    # the loader checks every record's CRC (a wrong one raises DataLossError)
+    events = list(EventFileLoader(str(path), detect_file_replacement=False).Load())
+    steps = [event.step for event in events if event.HasField("summary")]
+    assert steps == [0, 1, 2]
+
+
+def test_speed_up_leaves_an_unknown_writer_alone() -> None:
+    class Other:
+        pass
+
+    assert speed_up(Other()) is False
