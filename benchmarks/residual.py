@@ -1,5 +1,5 @@
 """``residual``: residual networks by theory (issue 23 part 3): a 24-block pre-norm residual MLP on MNIST
-and a residual CNN (no BatchNorm) on CIFAR-10, trained from torch's default init, torch's default with every
+and a residual CNN (without and with BatchNorm) on CIFAR-10, trained from torch's default init, torch's default with every
 branch's last layer zeroed, the project's calibrated init with every branch at rms 1 (before the branch
 scale) and the default calibrated init (branches at ``alpha = sqrt(2^{1/B} - 1)`` times the stream).
 """
@@ -7,6 +7,7 @@ scale) and the default calibrated init (branches at ``alpha = sqrt(2^{1/B} - 1)`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -23,7 +24,7 @@ from benchmarks._lib.report import Report, Sizes
 from benchmarks._lib.schemes import Calibrated, default_calibration
 
 LR, BATCH, WIDTH, BLOCKS, POOL, CNN_WIDTH = 1e-3, 128, 64, 24, 4, 8
-TITLE = f"Residual nets by theory: {BLOCKS}-block pre-norm MLP on MNIST, residual CNN on {CIFAR_NOTE}"
+TITLE = f"Residual nets by theory: {BLOCKS}-block pre-norm MLP on MNIST, residual CNNs on {CIFAR_NOTE}"
 
 
 class Block(nn.Module):
@@ -50,12 +51,13 @@ class PreNormMLP(nn.Module):
         return self.head(self.norm(self.blocks(self.stem(x.flatten(-3)))))
 
 
-def _resnet() -> nn.Module:
-    return SmallResNet(3, 10, width=CNN_WIDTH, blocks_per_stage=(3, 3, 3), batch_norm=False)
+def _resnet(batch_norm: bool) -> Callable[[], nn.Module]:
+    return lambda: SmallResNet(3, 10, width=CNN_WIDTH, blocks_per_stage=(3, 3, 3), batch_norm=batch_norm)
 
 
-MLP, CNN = f"pre-norm MLP ({BLOCKS} blocks)", "ResNet-20, no BatchNorm (7 identity blocks)"
-MODELS = {MLP: PreNormMLP, CNN: _resnet}
+MLP, CNN, CNN_BN = (f"pre-norm MLP ({BLOCKS} blocks)", "ResNet-20, no BatchNorm (7 identity blocks)",
+                    "ResNet-20 with BatchNorm (7 identity blocks)")
+MODELS = {MLP: PreNormMLP, CNN: _resnet(False), CNN_BN: _resnet(True)}
 
 
 def _weight_layers(model: nn.Module) -> list[str]:
@@ -145,6 +147,7 @@ def run(size: Size) -> Report:
     seeds = tuple(range(size.seeds))
     data = {MLP: mnist(n_train=size.mnist_train, n_test=size.n_test, seed=0),
             CNN: cifar10(n_train=size.cifar_train, n_test=size.n_test, pool=POOL, seed=0)}
+    data[CNN_BN] = data[CNN]
     results: dict[str, Grid] = {}
     growth: dict[str, dict[str, np.ndarray]] = {}
     for name, build in MODELS.items():
@@ -172,7 +175,9 @@ Models: `PreNormMLP` (this file): flatten, `Linear(784, {WIDTH})` stem, {BLOCKS}
 `x + fc2(relu(fc1(LayerNorm(x))))` of width {WIDTH}, final LayerNorm and `Linear({WIDTH}, 10)`, on MNIST (a random
 {size.mnist_train}-image training subset and {size.n_test} test images, seed 0, standardized); and
 `SmallResNet(width={CNN_WIDTH}, blocks_per_stage=(3, 3, 3), batch_norm=False)` (ResNet-20 without BatchNorm: 9
-post-activation basic blocks `relu(x + conv2(relu(conv1(x))))`, 7 with an identity shortcut, 2 with a strided 1x1 projection) on
+post-activation basic blocks `relu(x + conv2(relu(conv1(x))))`, 7 with an identity shortcut, 2 with a strided 1x1
+projection) and the same with BatchNorm (`relu(x + bn2(conv2(relu(bn1(conv1(x))))))`, BatchNorm on the batch's
+statistics per run) on
 {CIFAR_NOTE}, per-channel standardized, average-pooled {POOL}x{POOL} to 8x8 pixels, a random
 {size.cifar_train}-image training subset and {size.n_test} test images (seed 0). **Reduced to fit the shared
 2-core CPU**: accuracies are far below full-data numbers. Adam (lr {LR:g}), batch {BATCH}, {size.epochs} epochs, no
@@ -180,12 +185,14 @@ augmentation, seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per scheme; seed k dra
 order, so comparisons are paired by seed); all runs of a model trained together under `torch.vmap`.
 
 Schemes: `{SCHEMES[0].label}` (the modules' own `reset_parameters`); `{SCHEMES[1].label}` (torch's, then the last
-layer of every recognized residual branch, weight and bias, set to 0: every block starts as the identity; the
-projection blocks are not residual blocks and keep theirs); `{SCHEMES[2].label}`: `LyapunovInit()`'s init before
+layer of every recognized residual branch, weight and bias, set to 0, with BatchNorm the branch's last BatchNorm
+(`bn2`, the usual zero-init of its weight): every block starts as the identity; the projection blocks are not
+residual blocks and keep theirs); `{SCHEMES[2].label}`: `LyapunovInit()`'s init before
 this change, Lyapunov orthogonal then `calibrate="{method}"` with every layer's output, branch ends included, to rms 1
 (`calibrate_(..., stream_growth=None)`); `{SCHEMES[3].label}`: `LyapunovInit()`'s init now, the same with each
 branch's last layer calibrated to `alpha = sqrt(2^(1/B) - 1)` times the stream's rms where they add up
-(alpha = {mlp_alpha:.4f} for the MLP's {BLOCKS} blocks, {branch_scale(7):.4f} for the CNN's 7), so that the stream's
+(alpha = {mlp_alpha:.4f} for the MLP's {BLOCKS} blocks, {branch_scale(7):.4f} for the CNN's 7; with BatchNorm `bn2`'s
+weight and bias are scaled instead of `conv2`), so that the stream's
 rms grows by sqrt 2 over the net (docs/theory.md section 9); the head to calibrate_target={target:g}. Calibrated
 schemes see the first 256 training inputs. "stream growth at init": the stream's rms where the last residual block
 adds up over its rms where the first does (median [IQR] over seeds, on those 256 inputs).

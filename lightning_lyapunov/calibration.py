@@ -12,8 +12,10 @@ forward pass on an example batch and multiplies each planned layer's weight by a
   the branch, where it joins the stream, is ``alpha`` times the stream's root-mean-square, with
   ``alpha = sqrt(G^{2/B} - 1)`` for the ``B`` blocks: the stream's rms grows by ``G``
   (``stream_growth``, default ``sqrt 2``) over the whole net at any depth, where branches at rms 1
-  would grow it like ``2^{B/2}`` (docs/theory.md section 9). ``stream_growth=None``: every layer
-  to rms 1, residual or not.
+  would grow it like ``2^{B/2}`` (docs/theory.md section 9). A branch that ends in a normalization
+  with an affine weight (``bn2(conv2(...))``) is scaled by that normalization's weight and bias (its
+  last weight layer goes to rms 1 like the others); they are restored on error too.
+  ``stream_growth=None``: every layer to rms 1, residual or not.
 * ``"output"``: one factor ``c`` spread evenly, every layer times ``c^{1/L}``, so that the
   output's root-mean-square is ``target`` (the output: the last planned layer's, whatever the
   forward itself returns); a few Newton passes on ``log c`` for networks
@@ -47,10 +49,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -60,7 +63,7 @@ from ._warn import LyapunovWarning
 from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_r, rms
 from .plan import InitPlan
-from .residual import STREAM_GROWTH, branch_scale, find_residual_blocks
+from .residual import STREAM_GROWTH, ResidualBlock, branch_scale, find_residual_blocks
 from .settings import CALIBRATIONS, DEFAULT_TARGET
 
 __all__ = ["CalibrationResult", "calibrate_"]
@@ -81,7 +84,8 @@ class CalibrationResult:
     because their output (or input) is all zero on the batch; ``uncalled``: layers the forward pass
     on the batch never calls, left with theory's draw (factor 1, log-gain NaN), the others
     calibrated without them; ``branch_scale``: the ``alpha`` residual branches were calibrated to
-    (None: no residual block, or not asked for), ``branches``: their last layers, in forward order,
+    (None: no residual block, or not asked for), ``branches``: their last layers in forward order (a
+    normalization after the last weight layer, e.g. ``bn2``, whose weight and bias were scaled),
     ``branch_ratios``: ``r(branch) / r(stream)`` measured where each joins the stream after
     calibration."""
 
@@ -136,14 +140,20 @@ def _scale(module: nn.Module, factor: float) -> None:
 
 
 def _calibrate_layers(runner: _Runner, layers: list[Any], target: float, scale: float | None = None,
-                      branches: frozenset[str] = frozenset()) -> tuple[list[float], list[str]]:
+                      blocks: Sequence[ResidualBlock] = ()) -> tuple[list[float], list[str]]:
     """In forward order each layer's output to rms 1 (the last to ``target``); a residual branch's
-    last layer (in ``branches``, not the last) so that the branch is ``scale`` times the stream where
-    they add up. A layer whose output or input is all zero on the batch (dead units: the weight does
-    not reach the output) keeps factor 1 and is returned by name."""
+    last layer (a block of ``blocks``) so that the branch is ``scale`` times the stream where they add
+    up, and a branch ending in a normalization by that normalization's weight and bias, just before
+    the planned layer that follows its sum. A layer whose output or input is all zero on the batch
+    (dead units: the weight does not reach the output) keeps factor 1 and is returned by name."""
     factors, dead = [], []
     names = [layer.name for layer in layers]
+    branches = {b.layer for b in blocks if not b.norm}
+    norms = [b for b in blocks if b.norm]
     for i, layer in enumerate(layers):
+        for block in norms:
+            if block.before == layer.name:
+                _scale_norm(runner, names, block.layer, scale)
         goal = target if i == len(layers) - 1 else 1.0
         call = runner.first_call(layer)
         out_rms = _require_finite(f"layer {layer.name!r}", rms(call.output))
@@ -157,7 +167,36 @@ def _calibrate_layers(runner: _Runner, layers: list[Any], target: float, scale: 
         factor = goal / out_rms
         _scale(layer.module, factor)
         factors.append(factor)
+    for block in norms:
+        if block.before not in names:
+            _scale_norm(runner, names, block.layer, scale)
     return factors, dead
+
+
+def _scale_norm(runner: _Runner, names: list[str], name: str, scale: float) -> None:
+    """Multiply normalization ``name``'s weight and bias so that its branch is ``scale`` times the stream."""
+    branch, goal = _branch_rms(runner, names, name, scale)
+    if branch > 0:
+        module = runner.model.get_submodule(name)
+        module.weight.mul_(goal / branch)
+        if isinstance(module.bias, torch.Tensor):
+            module.bias.mul_(goal / branch)
+
+
+@contextlib.contextmanager
+def _norms_restored(model: nn.Module, names: list[str]) -> Iterator[None]:
+    """On any exception, put back the weights and biases of the named normalizations."""
+    tensors = [t for name in names for t in (model.get_submodule(name).weight, model.get_submodule(name).bias)
+               if isinstance(t, torch.Tensor)]
+    with torch.no_grad():
+        saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for tensor, value in zip(tensors, saved):
+                tensor.copy_(value)
+        raise
 
 
 def _branch_rms(runner: _Runner, names: list[str], layer: str, scale: float) -> tuple[float, float]:
@@ -246,8 +285,8 @@ def _dead_warning(method: str, dead: list[str]) -> str:
 
 
 def _branch_warnings(result: CalibrationResult) -> list[str]:
-    """A warning naming the branches whose scale is not the one asked for (a normalization after
-    their last layer undoes its weight's scale, e.g. a BatchNorm)."""
+    """A warning naming the branches whose scale is not the one asked for (a normalization without a
+    weight after their last layer, or a nonlinear map, undoes its weight's scale)."""
     if result.branch_scale is None:
         return []
     off = [name for name, ratio in zip(result.branches, result.branch_ratios)
@@ -256,9 +295,9 @@ def _branch_warnings(result: CalibrationResult) -> list[str]:
         return []
     shown = ", ".join(repr(name) for name in off[:4]) + (f" and {len(off) - 4} more" if len(off) > 4 else "")
     return [f"calibrate='layers': the residual branches ending in {shown} are not at branch scale "
-            f"{result.branch_scale:.4g} after calibration (a normalization after that layer, e.g. BatchNorm, undoes "
-            "its weight's scale): the stream may grow with depth; set that normalization's weight to the branch "
-            "scale (or zero it), or pass stream_growth=None"]
+            f"{result.branch_scale:.4g} after calibration (something after that layer, e.g. a normalization without "
+            "an affine weight, undoes its weight's scale): the stream may grow with depth; scale the branch's output "
+            "yourself (or zero its last layer), or pass stream_growth=None"]
 
 
 def calibrate_(
@@ -298,19 +337,21 @@ def calibrate_(
                              "forward=lambda model, batch: ... that runs the network")
         runner.check_signal(ran[0])
         names = [layer.name for layer in ran]
-        branches = []
+        blocks: list[ResidualBlock] = []
         if method == "layers" and stream_growth is not None:
             stream_growth = check_float("stream_growth", stream_growth, minimum=1.0, low_open=True,
                                         allowed="a number > 1 (the residual stream's rms growth over all blocks) "
                                                 "or None")
-            branches = [b.layer for b in find_residual_blocks(model, names[:-1], runner.run)]
-        scale = branch_scale(len(branches), stream_growth) if branches else None
-        if method == "layers":
-            factors, dead = _calibrate_layers(runner, ran, target, scale, frozenset(branches))
-        else:
-            factors, dead = _calibrate_output(runner, ran, target)
-        log_gains, output_rms = _measure(runner, ran)
-        ratios = {b.layer: b.ratio for b in find_residual_blocks(model, names[:-1], runner.run)} if branches else {}
+            blocks = [b for b in find_residual_blocks(model, names, runner.run) if b.layer != names[-1]]
+        branches = [b.layer for b in blocks]
+        scale = branch_scale(len(blocks), stream_growth) if blocks else None
+        with _norms_restored(model, [b.layer for b in blocks if b.norm]):
+            if method == "layers":
+                factors, dead = _calibrate_layers(runner, ran, target, scale, blocks)
+            else:
+                factors, dead = _calibrate_output(runner, ran, target)
+            log_gains, output_rms = _measure(runner, ran)
+            ratios = {b.layer: b.ratio for b in find_residual_blocks(model, names, runner.run)} if blocks else {}
     measured = {id(layer): (factor, gain) for layer, factor, gain in zip(ran, factors, log_gains)}
     per_layer = [measured.get(id(layer), (1.0, math.nan)) for layer in plan.layers]
     uncalled = [layer.name for layer in plan.layers if id(layer) not in measured]

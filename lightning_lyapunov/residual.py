@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -68,7 +68,8 @@ from ._forward import tensors
 from .log_norm import rms
 from .observe import _target
 
-__all__ = ["STREAM_GROWTH", "ResidualBlock", "branch_scale", "find_residual_blocks", "stream_log_norm"]
+__all__ = ["STREAM_GROWTH", "ResidualBlock", "branch_scale", "find_residual_blocks", "is_affine_norm",
+           "stream_log_norm"]
 
 #: default total growth of the stream's root-mean-square over all residual blocks
 STREAM_GROWTH = math.sqrt(2.0)
@@ -79,13 +80,17 @@ _SERIES_TERMS = 4000
 
 @dataclass(frozen=True)
 class ResidualBlock:
-    """One recognized ``stream + branch`` sum: ``layer``, the branch's last planned layer;
-    ``stream_rms`` and ``branch_rms``, the two operands' root-mean-squares where they were added
-    (in the pass that found the block)."""
+    """One recognized ``stream + branch`` sum: ``layer``, the branch's last planned layer, or the
+    normalization with an affine weight after it (``bn2`` in ``bn2(conv2(...))``: ``norm`` is then
+    True); ``stream_rms`` and ``branch_rms``, the two operands' root-mean-squares where they were
+    added (in the pass that found the block); ``before``: the first planned layer called after the
+    sum (None: none is)."""
 
     layer: str
     stream_rms: float
     branch_rms: float
+    norm: bool = False
+    before: str | None = None
 
     @property
     def ratio(self) -> float:
@@ -154,10 +159,14 @@ class _Watcher(TorchFunctionMode):
         self.consumed: dict[int, tuple[weakref.ref, int]] = {}
         self.blocks: dict[str, ResidualBlock] = {}
         self.stop_after = stop_after
+        self.norms: set[str] = set()
+        self.waiting: list[str] = []  # blocks whose next planned layer is not known yet
         self.handles = []
         for name, module in model.named_modules():
-            if name in wanted:
-                self.handles.append(module.register_forward_pre_hook(self._enter))
+            if name in wanted or is_affine_norm(module):
+                if name not in wanted:
+                    self.norms.add(name)
+                self.handles.append(module.register_forward_pre_hook(self._make_enter(name)))
                 self.handles.append(module.register_forward_hook(self._make_leave(name)))
 
     def _lookup(self, table: dict, tensor: torch.Tensor) -> Any:
@@ -177,11 +186,17 @@ class _Watcher(TorchFunctionMode):
             if tensor.is_floating_point():
                 self.tags[id(tensor)] = (weakref.ref(tensor), tags)
 
-    def _enter(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self.depth == 0:
-            self._consume(args)
-        self.depth += 1
-        self.step += 1
+    def _make_enter(self, name: str) -> Callable[..., None]:
+        def enter(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self.depth == 0:
+                self._consume(args)
+                if name not in self.norms:
+                    for layer in self.waiting:
+                        self.blocks[layer] = replace(self.blocks[layer], before=name)
+                    self.waiting = []
+            self.depth += 1
+            self.step += 1
+        return enter
 
     def _make_leave(self, name: str) -> Callable[..., None]:
         def leave(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
@@ -217,7 +232,8 @@ class _Watcher(TorchFunctionMode):
             layer, called = max(fresh, key=lambda tag: tag[1])
             if seen < called and layer not in self.blocks:
                 with torch.no_grad():
-                    self.blocks[layer] = ResidualBlock(layer, rms(stream), rms(branch))
+                    self.blocks[layer] = ResidualBlock(layer, rms(stream), rms(branch), layer in self.norms)
+                self.waiting.append(layer)
                 if layer == self.stop_after:
                     raise _Stop
                 return
@@ -227,12 +243,21 @@ class _Watcher(TorchFunctionMode):
             handle.remove()
 
 
+def is_affine_norm(module: nn.Module) -> bool:
+    """A BatchNorm, GroupNorm, LayerNorm or InstanceNorm with a learnable weight: it sets the scale of
+    what it outputs, whatever the layer before it."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    return isinstance(module, norms) and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
 def find_residual_blocks(model: nn.Module, names: Sequence[str], run: Callable[[], Any],
                          stop_after: str | None = None) -> list[ResidualBlock]:
     """The residual blocks of ``model`` whose branch ends in one of the planned layers ``names``, in
     forward order, seen in one forward pass ``run()`` (e.g. ``lambda: model(x)``; under the caller's
-    ``torch.no_grad()`` and eval mode as wanted). ``stop_after``: end the pass once that layer's
-    block is found. A layer whose output joins several sums is the branch of the first only.
+    ``torch.no_grad()`` and eval mode as wanted); a branch whose last planned layer is followed by a
+    normalization with an affine weight ends in that normalization (``block.norm``). ``stop_after``:
+    end the pass once that layer's block is found. A layer whose output joins several sums is the
+    branch of the first only.
     Errors of the pass propagate; nothing is left attached to the model.
     """
     watcher = _Watcher(model, names, stop_after)

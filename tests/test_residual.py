@@ -185,14 +185,38 @@ def test_the_plan_shows_the_branch_scale_and_bad_growth_is_refused() -> None:
         calibrated(0, 2, stream_growth=0.5)
 
 
-def test_a_batchnorm_after_the_branch_last_layer_is_named_in_a_warning() -> None:
-    model = SmallResNet(3, 10, width=4, blocks_per_stage=(2,), batch_norm=True)
-    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+def test_a_branch_ending_in_batchnorm_is_scaled_by_its_weight() -> None:
+    model = SmallResNet(3, 10, width=4, blocks_per_stage=(3,), batch_norm=True)
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = apply_init(model, example_input=x, calibrate="layers", generator=torch.Generator().manual_seed(0))
-    assert plan.calibration.branches == ["blocks.0.conv2", "blocks.1.conv2"]
-    assert any("not at branch scale" in str(w.message) and "BatchNorm" in str(w.message) for w in caught)
+    result = plan.calibration
+    assert result.branches == ["blocks.0.bn2", "blocks.1.bn2", "blocks.2.bn2"]
+    assert result.branch_ratios == pytest.approx([branch_scale(3)] * 3, rel=1e-4)
+    weight = model.blocks[0].bn2.weight.detach()
+    assert torch.allclose(weight, weight[0].expand_as(weight)) and float(weight[0]) < 1.0
+    assert not any("branch scale" in str(w.message) for w in caught)
+    assert model.blocks[0].bn1.weight.eq(1).all()  # only the branch ends' normalizations
+
+
+def test_an_error_puts_the_scaled_normalizations_back() -> None:
+    model = SmallResNet(3, 10, width=4, blocks_per_stage=(2,), batch_norm=True)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = apply_init(model, example_input=x, generator=torch.Generator().manual_seed(0))
+    calls = {"n": 0}
+
+    def failing(module, batch):  # fails on the last pass, after the normalizations were scaled
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise RuntimeError("boom")
+        return module(batch)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        calibrate_(model, plan, x, "layers", forward=failing)
+    assert model.blocks[0].bn2.weight.eq(1).all() and model.blocks[1].bn2.weight.eq(1).all()
 
 
 def test_the_output_calibration_and_plain_chains_have_no_branch_scale() -> None:
