@@ -308,8 +308,10 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
                 f"{100 * extra / size.steps:.1f}% of {size.steps}) trained {count(flags[LOOK_AHEAD])} (goal: at "
                 f"least {need}/{n}: {'met' if flags[LOOK_AHEAD].sum() >= need else 'missed'}); its median "
                 f"{median(look):.3g} is {'below' if lowest else 'not below'} every "
-                f"peer's (lowest peer median: {min(peers, key=lambda m: median(metric[m]))} "
-                f"{min(median(metric[m]) for m in peers):.3g})")
+                f"peer's")
+        closest = min(peers, key=lambda m: median(metric[m]))
+        line += "; " + compare(look, metric[closest], LOOK_AHEAD, closest, higher_is_better=False).sentence(
+            TASKS[cell[0]].metric)
         summary.append(line)
         out.append(line)
         for m in peers:
