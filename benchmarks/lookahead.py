@@ -376,9 +376,11 @@ cuts at {cuts} steps of each candidate) and rule (mean training loss over the la
 `look-ahead` (`LyapunovInit(look_ahead={size.candidates}, look_ahead_steps={size.look_ahead_steps})`'s
 candidates: the default's draws from `candidate_seeds(s, K)`) and best-of-{size.candidates} restarts of He and of
 LSUV (the same seeds, rule and budget); the kept candidate continues with its Adam state until {size.steps}
-steps in all. GradInit (Zhu et al. 2021) is not here: it learns a scale per layer by an inner optimization
-with its own hyper-parameters (step size, gradient-norm bound, number of iterations) whose reproduction at
-these shapes was not attempted in this benchmark's budget.
+steps in all. GradInit (Zhu et al. 2021) is not here: it learns a scale per weight tensor by minimizing
+the loss after one optimizer step (differentiated through that step, under a bound on the gradient norm)
+for hundreds of iterations, with hyper-parameters the paper tunes per architecture; a faithful
+reproduction (and its share of the equal step budget) was not attempted in the CPU budget of the session
+that built this benchmark.
 
 Columns: trained count with its 95% Wilson interval; the median of the metric over seeds with a 95%
 percentile-bootstrap interval; "extra steps": the look-ahead's steps beyond the kept candidate's own.
