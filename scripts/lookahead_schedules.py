@@ -164,6 +164,49 @@ def report(data: dict) -> None:
               f"{fails} ({len(missed)} of them had a candidate that trains)")
 
 
+def validate(shape_name: str, seeds: int, first_seed: int, steps: int, schedules: dict[str, tuple]) -> None:
+    """Fresh seeds, the schedules trained for real (stacked, as the benchmark does): every candidate in
+    trains to each cut, the best ``keep`` by ``rank`` (on the rung's training losses) go on with their
+    Adam state; the kept one continues to ``steps`` in all. ``schedules[label] = (stages, rank)``."""
+    from benchmarks._lib.engine import take_state
+
+    torch.set_num_threads(1)
+    shape = next(s for s in SHAPES if s.name == shape_name)
+    seed_list = list(range(first_seed, first_seed + seeds))
+    task = Regression(seed_list)
+    candidates = 8
+    pool = [_draw(task, shape, Calibrated(), c, i) for i, s in enumerate(seed_list) for c in candidate_seeds(s, candidates)]
+    for label, (stages, rank) in schedules.items():
+        start = time.time()
+        stack = Stack(pool)
+        seed_of = torch.arange(seeds).repeat_interleave(candidates)
+        state, done, used = None, 0, 0
+        for cut, keep in stages:
+            result = fit(stack, Regression.objective, task.data(seed_of), optimizer=Adam(LR), steps=cut - done,
+                         order=FullBatch(), nonfinite="skip", state=state, first_step=done)
+            used += stack.runs // seeds * (cut - done)
+            kept = []
+            for i in range(seeds):
+                runs = (seed_of == i).nonzero().flatten().tolist()
+                rung = [result.losses[:, r] for r in runs]
+                if rank == "window":
+                    score = [r[len(r) - max(1, -(-len(r) // 2)):].mean() for r in rung]
+                else:
+                    score = [r[-1] for r in rung]
+                score = [v if np.isfinite(v) else np.inf for v in score]
+                kept += [runs[j] for _, j in sorted(zip(score, range(len(runs))))[:keep]]
+            kept.sort()
+            index = torch.tensor(kept)
+            state, stack, seed_of, done = take_state(result.state, stack, index), stack.take(index), seed_of[index], cut
+        final = fit(stack, Regression.objective, task.data(seed_of), optimizer=Adam(LR), steps=steps - used,
+                    order=FullBatch(), nonfinite="skip", state=state, first_step=done, final_evals=task.test(seed_of))
+        values = final.final["test"]
+        print(f"{shape_name}, seeds {seed_list[0]}..{seed_list[-1]}: {label} ({stages}, ranked by {rank}, extra "
+              f"{used - done}): trained {count(values < REGRESSION_TRAINED)}, median {np.median(values):.4g}; "
+              f"failing seeds {[seed_list[i] for i in np.flatnonzero(values >= REGRESSION_TRAINED)]} "
+              f"({time.time() - start:.0f} s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="w2d40")
@@ -172,7 +215,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--save")
     parser.add_argument("--load")
+    parser.add_argument("--validate", action="store_true",
+                        help="train the current schedule and the two-stage ones on fresh seeds (--first-seed)")
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
     args = parser.parse_args()
+    if args.validate:
+        validate(args.shape, args.seeds, args.first_seed, args.steps, {
+            "current default (K=8, 256 steps)": ([(16, 4), (32, 2), (64, 1)], "window"),
+            "8 -> 2 at 12 steps -> 1 at 100": ([(12, 2), (100, 1)], "last"),
+            "8 -> 2 at 8 steps -> 1 at 128": ([(8, 2), (128, 1)], "last"),
+        })
+        return
     if args.load:
         data = dict(np.load(args.load))
     else:
