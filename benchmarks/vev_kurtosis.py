@@ -70,7 +70,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(widths=(5,), depths=(5, 10), seeds=2, steps=5, n_train=256, n_test=128),
-              full=Size(widths=(5, 15, 50), depths=(5, 15, 50), seeds=4, steps=500, n_train=32000,
+              full=Size(widths=(5, 10, 20, 50), depths=(5, 10, 20, 50), seeds=5, steps=500, n_train=32000,
                         n_test=None))
 
 
