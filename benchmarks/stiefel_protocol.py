@@ -53,12 +53,13 @@ def run(size: Size) -> Report:
         for i, lr in enumerate(grid.lrs):
             for label in grid.labels:
                 curve = grid.curve("test_acc", label, i)
-                rows.append({"depth": depth, "lr": lr, "scheme": label, "seeds": len(seeds),
-                             "test acc after 1 epoch (%)": stats.percent(curve[min(1, size.epochs)]),
-                             f"test acc after {size.epochs} epochs (%)": stats.percent(curve[-1]),
-                             "trained (> 50%)": str(stats.count(curve[-1] > 0.5))})
+                row = {"depth": depth, "lr": lr, "scheme": label, "seeds": len(seeds)}
+                if size.epochs > 1:
+                    row["test acc after 1 epoch (%)"] = stats.percent(curve[1])
+                row[f"test acc after {stats.plural(size.epochs, 'epochs')} (%)"] = stats.percent(curve[-1])
+                rows.append({**row, "trained (> 50%)": str(stats.count(curve[-1] > 0.5))})
             test = grid.final("test_acc", i)
-            findings.append(f"Depth {depth}, lr {lr:g}, median test accuracy [IQR] after {size.epochs} epochs: "
+            findings.append(f"Depth {depth}, lr {lr:g}, median test accuracy [IQR] after {stats.plural(size.epochs, 'epochs')}: "
                             + stats.ranking(test, True, "percent") + ".")
             for other in ("he", "lyapunov-orth"):
                 findings.append(f"Depth {depth}, lr {lr:g}: " + stats.compare(

@@ -70,7 +70,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(widths=(5,), depths=(5, 10), seeds=2, steps=5, n_train=256, n_test=128),
-              full=Size(widths=(5, 15, 50), depths=(5, 15, 50), seeds=4, steps=500, n_train=32000,
+              full=Size(widths=(5, 10, 20, 50), depths=(5, 10, 20, 50), seeds=5, steps=500, n_train=32000,
                         n_test=None))
 
 
@@ -123,8 +123,10 @@ def _report(size: Size, runs: list[dict], cpu: dict[str, float]) -> Report:
             for depth in size.depths:
                 for law in LAWS:
                     cell = [r for r in sub if (r["width"], r["depth"], r["scheme"]) == (width, depth, law.label)]
+                    kurt = [r["output kurtosis at init"] for r in cell]
                     rows.append({"data": name, "width": width, "depth": depth, "law": law.label,
-                                 "output kurtosis median [IQR]": stats.cell([r["output kurtosis at init"] for r in cell]),
+                                 "constant output at init": sum(math.isnan(v) for v in kurt),
+                                 "output kurtosis median [IQR]": stats.cell(kurt),
                                  "test acc (%) median [IQR]": stats.percent([r["test acc"] for r in cell])})
         k = np.log10(np.array([r["output kurtosis at init"] for r in sub]))
         a = np.array([r["test acc"] for r in sub])
@@ -159,7 +161,9 @@ a Linear head) for every width in {list(size.widths)} and depth in {list(size.de
 variance 2 / fan_in on every Linear layer, from three laws (Bernoulli +-sqrt(2/n), uniform
 U(-sqrt(6/n), sqrt(6/n)), normal N(0, 2/n)), biases 0; {size.seeds} nets (seeds 0..{size.seeds - 1}) per law
 and architecture, {n_nets} nets per data set. "Output kurtosis at init": E (z - mean)^4 / var^2 of output unit 0
-(logit 0) over the first {KURTOSIS_INPUTS} training inputs (fewer in quick runs). Training: Adam, learning
+(logit 0) over the first {KURTOSIS_INPUTS} training inputs (fewer in quick runs); a net whose output is constant
+on those inputs (every unit of some layer dead) has none: the table counts those nets and ranks them as
+"inf" in its medians, the correlations leave them out. Training: Adam, learning
 rate {LR:g}, {size.steps} steps of batch {BATCH} (our choice; the paper's batch size was not stated in the
 issue), per-epoch shuffles shared by all nets; test accuracy on {'all' if size.n_test is None else size.n_test}
 test images. Data: MNIST and {CIFAR_NOTE} (flattened, standardized), the training sets reduced to a random
