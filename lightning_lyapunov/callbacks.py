@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ._checks import check_bool, check_int
 from ._lifecycle import check_single, check_strategy, checkpoint_to_restore
-from ._warn import LyapunovWarning, warn
+from ._warn import warn
 from ._writers import Writers
 from .dashboard import featured_layers, figure_due
 from .diagnosis import SignalReport
