@@ -7,6 +7,7 @@ Every scheme of ``schemes.DEEP_NARROW`` initializes ``DeepMLP(1, 1, width=2, dep
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from benchmarks._lib.engine import Adam, Draws, mse
@@ -39,15 +40,17 @@ SIZES = Sizes(quick=Size(seeds=2, steps=60, lrs=(1e-3, 1e-2), eval_every=20),
               full=Size(seeds=20, steps=3000, lrs=(3e-4, 1e-3, 3e-3, 1e-2), eval_every=100))
 
 
-def train(size: Size, build, objective, data, evals, probe) -> tuple[Grid, list[int]]:
-    """The deep narrow protocol (``score_learning`` shares it): every (lr, scheme, seed) run with Adam on
-    minibatches drawn with replacement, one stream per seed; each scheme's learning rate by the median
-    final ``evals["val"]`` over seeds."""
-    grid = train_grid(build, DEEP_NARROW, tuple(range(size.seeds)), objective, data, evals,
+def train(size: Size, build, objective, data, evals, probe, schemes: Sequence = DEEP_NARROW,
+          record: Sequence[int] | None = None) -> tuple[Grid, list[int]]:
+    """The deep narrow protocol (``score_learning`` and ``sampled_steps`` share it): every (lr, scheme,
+    seed) run with Adam on minibatches drawn with replacement, one stream per seed; each scheme's learning
+    rate by the median final ``evals["val"]`` over seeds. ``record``: the steps of the curves (default
+    every ``size.eval_every``)."""
+    grid = train_grid(build, schemes, tuple(range(size.seeds)), objective, data, evals,
                       optimizer=lambda lr: Adam(lr, weight_decay=WEIGHT_DECAY), lrs=size.lrs, steps=size.steps,
                       order=lambda streams: Draws(BATCH_SIZE, seed=0, streams=streams),
-                      record=range(0, size.steps + 1, size.eval_every), probe=probe, measure_gain=True,
-                      nonfinite="skip")
+                      record=range(0, size.steps + 1, size.eval_every) if record is None else record,
+                      probe=probe, measure_gain=True, nonfinite="skip")
     return grid, grid.select("val", higher_is_better=False)
 
 

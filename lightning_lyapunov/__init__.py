@@ -33,6 +33,7 @@ _EXPORTS = {
     "calibrate_": ("lightning_lyapunov.calibration", "calibrate_"),
     "CalibrationResult": ("lightning_lyapunov.calibration", "CalibrationResult"),
     "swap_activations": ("lightning_lyapunov.swap", "swap_activations"),
+    "register_activation": ("lightning_lyapunov.activations", "register_activation"),
     "SignalMonitor": ("lightning_lyapunov.diagnostics", "SignalMonitor"),
     "SignalStats": ("lightning_lyapunov.diagnostics", "SignalStats"),
     "SignalReport": ("lightning_lyapunov.diagnosis", "SignalReport"),

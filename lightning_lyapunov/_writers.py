@@ -67,9 +67,9 @@ class Writers:
             self.emit(logger, "scalars", lambda lg: _log_scalars(lg, scalars, step))
 
     def plan(self, loggers: Sequence[Any], text: str, layers: Sequence[str] | None,
-             relu_layers: Sequence[str] | None = None) -> None:
-        """The plan as text and, with ``layers`` (diagnostics on), the custom-scalars layout (dead-unit
-        charts for ``relu_layers``); says when there is no logger, or no TensorBoard logger for what
+             relu_layers: Sequence[str] | None = None, look_ahead: bool = False) -> None:
+        """The plan as text and, with ``layers`` (diagnostics on) or a ``look_ahead``, the custom-scalars
+        layout (dead-unit charts for ``relu_layers``, the look-ahead's charts); says when there is no logger, or no TensorBoard logger for what
         needs one. Lightning's ``DummyLogger`` (``fast_dev_run`` swaps it in for the configured
         loggers) is nobody's choice: nothing is said about it."""
         if not loggers:
@@ -83,8 +83,8 @@ class Writers:
         block = "\n".join("    " + line for line in text.splitlines())  # monospace in TensorBoard's markdown
         for logger in tensorboards(loggers):
             self.emit(logger, "plan text", lambda w: w.add_text("lyapunov/plan", block, 0))
-            if layers is not None:
-                layout = dashboard.layout(layers, relu_layers)
+            if layers is not None or look_ahead:
+                layout = dashboard.layout(layers, relu_layers, look_ahead)
                 self.emit(logger, "custom-scalars layout", lambda w: w.add_custom_scalars(layout))
 
     def distributions(self, loggers: Sequence[Any], stats: SignalStats, plan: Any, layers: Sequence[str],

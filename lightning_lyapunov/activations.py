@@ -23,11 +23,15 @@ activation on every path:
   plain chain (the predicted drift and spread do not describe residual paths).
 * the graph output, or the next weight layer, with no activation in between: slope 1 (linear).
 * Softmax / LogSoftmax / Softmin: an output head, slope 1 (no warning: the layer is the last one).
-* policy, always with a warning naming the layer: GELU, SiLU, Mish, ELU, CELU, SELU, Softplus,
-  ReLU6, Hardswish are treated as ReLU (slope 0: they vanish, or nearly, on the negative side);
-  Tanh, Hardtanh, Softsign, Sigmoid, Hardsigmoid as linear (slope 1: linear near 0); RReLU at its
-  mean slope ``(lower + upper) / 2``. Any other operation is treated as linear (slope 1), with a
-  warning naming it. Override with ``negative_slope=``.
+* exact by the scale chain (:mod:`lightning_lyapunov.chain_theory`, docs/theory.md section 7): GELU
+  (both forms), SiLU, Mish, ELU, CELU, SELU, Softplus, ReLU6, Hardswish, Tanh, Hardtanh, Softsign,
+  Sigmoid, Hardsigmoid, modules or functions, with their parameters (``SlopeInfo.activation``). Their
+  ``slope`` is the Leaky-ReLU slope the slope-based baselines (He, orthogonal) use: 0 for the first
+  nine (they vanish, or nearly, on the negative side), 1 for the saturating ones (linear near 0).
+* policy, always with a warning naming the layer: RReLU at its mean slope ``(lower + upper) / 2``
+  (its slope is random while training), a functional activation whose parameters are tensors (traced,
+  not numbers), and any other operation, treated as linear (slope 1). Override with ``negative_slope=``,
+  or make an activation module of your own exact with :func:`register_activation`.
 
 **Fallback.** When the model does not trace (data-dependent control flow, unsupported ops), the
 modules are read in registration order: the first activation module registered after a weight
@@ -46,8 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from . import chain_theory
+
 __all__ = [
     "SlopeInfo", "detect_slopes", "module_slope", "classify_call", "merge_findings", "complete_slopes",
+    "register_activation",
     "WEIGHT_LAYERS", "ACTIVATION_MODULES",
 ]
 
@@ -174,9 +181,13 @@ _IGNORED_METHODS = {
 class SlopeInfo:
     """The activation slope found for one weight layer, where it came from, and any warning.
 
-    ``source`` says what was found (``"fx"``, ``"observed"``, ``"policy:GELU (observed)"``,
-    ``"no activation"``, ...), ``found_by`` how: ``"observed"`` (one real forward pass), ``"fx"``,
-    ``"module order"`` or ``"override"``; ``calls`` is how often the layer ran in the observed pass.
+    ``source`` says what was found (``"fx"``, ``"observed"``, ``"GELU (observed)"``,
+    ``"policy:RReLU"``, ``"no activation"``, ...), ``found_by`` how: ``"observed"`` (one real forward
+    pass), ``"fx"``, ``"module order"`` or ``"override"``; ``calls`` is how often the layer ran in the
+    observed pass. ``activation``: for an activation that is not a Leaky ReLU but that the scale chain
+    treats exactly, its :class:`~lightning_lyapunov.chain_theory.Activation` (``slope`` is then the
+    Leaky-ReLU slope the slope-based baselines use); ``input_rms``: the per-unit root-mean-square of
+    the layer's input in the observed pass (the plan's operating scale, for the first layer).
     """
 
     slope: float
@@ -186,6 +197,8 @@ class SlopeInfo:
     found_by: str = "fx"
     calls: int | None = None
     policy: str | None = None  # the kind of activation treated by policy (its warning is policy_warning's)
+    activation: chain_theory.Activation | None = None  # a non-Leaky activation the scale chain treats exactly
+    input_rms: float | None = None  # the per-unit rms of the layer's input in the observed pass (first call)
 
 
 def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
@@ -199,6 +212,34 @@ def _exact(slope: float, source: str, what: str, layer: str) -> SlopeInfo:
 def _policy(kind: str, slope: float, layer: str, source: str) -> SlopeInfo:
     message = policy_warning([(layer, kind, slope)])
     return SlopeInfo(slope, f"policy:{kind}" + ("" if source == "fx" else f" ({source})"), message, policy=kind)
+
+
+#: the parameters of the activations the scale chain treats exactly, as torch names them (in order)
+_THEORY_PARAMS: dict[str, tuple[str, ...]] = {
+    "GELU": ("approximate",), "ELU": ("alpha",), "CELU": ("alpha",), "Softplus": ("beta", "threshold"),
+    "Hardtanh": ("min_val", "max_val"),
+}
+
+
+def _by_theory(kind: str, slope: float, layer: str, source: str, params: Mapping[str, Any]) -> SlopeInfo:
+    """An activation the scale chain treats exactly (``kind`` with torch's ``params``); a parameter that
+    is not a plain number or string (a traced tensor) leaves it to the policy."""
+    wanted = {key: value for key, value in params.items() if key in _THEORY_PARAMS.get(kind, ())}
+    if not all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in wanted.values()):
+        return _policy(f"{kind} with traced parameters", slope, layer, source)
+    try:
+        act = chain_theory.activation(kind, **wanted)
+    except ValueError:  # a parameter the theory refuses (CELU alpha=0): the policy, with its warning
+        return _policy(f"{kind}({', '.join(f'{k}={v!r}' for k, v in wanted.items())})", slope, layer, source)
+    return SlopeInfo(slope, kind + ("" if source == "fx" else f" ({source})"), activation=act)
+
+
+def _call_params(kind: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """torch's parameters of a functional activation call ``F.elu(x, 0.5)`` (positional after ``x``)."""
+    names = _THEORY_PARAMS.get(kind, ())
+    params = dict(zip(names, args[1:]))
+    params.update({key: kwargs[key] for key in names if key in kwargs})
+    return params
 
 
 def _meaning(slope: float) -> str:
@@ -237,12 +278,70 @@ def _listed(layers: Sequence[str], shown: int = 6) -> str:
     return text + (f" and {len(layers) - shown} more" if len(layers) > shown else "")
 
 
+_REGISTERED: dict[type[nn.Module], tuple[chain_theory.Activation, float]] = {}
+
+
+def register_activation(
+    module_type: type[nn.Module],
+    activation: chain_theory.Activation | str | Callable[[Any], Any],
+    negative_slope: float = 0.0,
+) -> chain_theory.Activation:
+    """Tell the plan what an activation module class of yours computes, so that it is exact too.
+
+    ``activation``: what :func:`lightning_lyapunov.chain_theory.activation` takes: a built-in name, an
+    :class:`~lightning_lyapunov.chain_theory.Activation`, or your own vectorized **numpy** function
+    (``np.ndarray -> np.ndarray``, elementwise; it is checked on ``[-50, 50]``). ``negative_slope``: the
+    Leaky-ReLU slope the slope-based baselines (He, orthogonal) use for it. Every instance of
+    ``module_type`` (and of its subclasses) is then an activation: torch.fx treats it as a leaf, the
+    observed pass does not look inside it, and the scale chain plans the layers before it. Without
+    registering, the operations inside your module are followed one by one (``x * torch.sigmoid(x)``
+    would be seen as a sigmoid). Returns the :class:`~lightning_lyapunov.chain_theory.Activation`.
+    Raises ValueError for a function the theory cannot use (not elementwise, not finite), naming why.
+
+    Example::
+
+        class Swish(nn.Module):
+            def forward(self, x):
+                return x * torch.sigmoid(x)
+
+        register_activation(Swish, lambda x: x / (1.0 + np.exp(-x)))   # or simply register_activation(Swish, "silu")
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type={module_type!r} is invalid: it must be an nn.Module subclass (the class, "
+                        "not an instance)")
+    if issubclass(module_type, WEIGHT_LAYERS):
+        raise ValueError(f"module_type={module_type.__name__} is a weight layer, not an activation")
+    slope = float(negative_slope)
+    if not 0.0 <= slope <= 1.0:
+        raise ValueError(f"negative_slope={negative_slope!r} is invalid: it must be in [0, 1]")
+    if callable(activation) and not isinstance(activation, chain_theory.Activation):
+        act = chain_theory.activation(activation, name=module_type.__name__)
+    else:
+        act = chain_theory.activation(activation)
+    _REGISTERED[module_type] = (act, slope)
+    return act
+
+
+def _registered(module: nn.Module, source: str) -> SlopeInfo | None:
+    for kind, (act, slope) in _REGISTERED.items():
+        if isinstance(module, kind):
+            where = kind.__name__ + ("" if source == "fx" else f" ({source})")
+            if act.homogeneous:  # a Leaky ReLU: the closed forms
+                return SlopeInfo(act.homogeneous_slope, where)
+            return SlopeInfo(slope, where, activation=act)
+    return None
+
+
 def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None:
     """Slope implied by an activation module, or None if ``module`` is not an activation.
 
     ReLU: 0; LeakyReLU: ``|negative_slope|``; PReLU: ``|weight|`` (per-channel: the mean, with a
-    warning); RReLU: ``(lower + upper) / 2``; the policies in the module docstring otherwise.
+    warning); RReLU: ``(lower + upper) / 2``; the activations the scale chain treats exactly carry their
+    ``activation`` (module docstring).
     """
+    registered = _registered(module, source)
+    if registered is not None:
+        return registered
     if isinstance(module, nn.ReLU):
         return SlopeInfo(0.0, source)
     if isinstance(module, nn.LeakyReLU):
@@ -257,10 +356,11 @@ def module_slope(module: nn.Module, layer: str, source: str) -> SlopeInfo | None
         return info
     if isinstance(module, nn.RReLU):
         return _policy("RReLU", (module.lower + module.upper) / 2, layer, source)
-    if isinstance(module, _RELU_LIKE_MODULES):
-        return _policy(type(module).__name__, 0.0, layer, source)
-    if isinstance(module, _LINEAR_LIKE_MODULES):
-        return _policy(type(module).__name__, 1.0, layer, source)
+    for table, slope in ((_RELU_LIKE_MODULES, 0.0), (_LINEAR_LIKE_MODULES, 1.0)):
+        if isinstance(module, table):
+            kind = type(module).__name__ if type(module) in table else next(t.__name__ for t in table if isinstance(module, t))
+            params = {key: getattr(module, key, None) for key in _THEORY_PARAMS.get(kind, ())}
+            return _by_theory(kind, slope, layer, source, params)
     if isinstance(module, _OUTPUT_MODULES):
         return SlopeInfo(1.0, f"no activation ({type(module).__name__})")
     return None
@@ -296,7 +396,7 @@ def classify_call(
         if target in _RELU_METHODS:
             return "act", SlopeInfo(0.0, source)
         if target in _LINEAR_LIKE_METHODS:
-            return "act", _policy(_LINEAR_LIKE_METHODS[target], 1.0, layer, source)
+            return "act", _by_theory(_LINEAR_LIKE_METHODS[target], 1.0, layer, source, {})
         if target in _OUTPUT_METHODS:
             return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_METHODS[target]})")
         if target in _LINEAR_MAP_METHODS:
@@ -313,7 +413,8 @@ def classify_call(
             return "act", _leaky_slope(args, kwargs, layer, source)
         for table, slope in ((_RELU_LIKE_FUNCTIONS, 0.0), (_LINEAR_LIKE_FUNCTIONS, 1.0)):
             if target in table:
-                return "act", _policy(table[target], slope, layer, source)
+                kind = table[target]
+                return "act", _by_theory(kind, slope, layer, source, _call_params(kind, args, kwargs))
         if target in _OUTPUT_FUNCTIONS:
             return "act", SlopeInfo(1.0, f"no activation ({_OUTPUT_FUNCTIONS[target]})")
         if target in _LINEAR_MAP_FUNCTIONS:
@@ -365,13 +466,15 @@ def merge_findings(layer: str, found: list[SlopeInfo], residual: bool = False, w
     first = found[0]
     distinct = sorted({(f.slope, f.source) for f in found})
     warning = first.warning
-    if len({f.slope for f in found}) > 1:
+    if len({(f.slope, f.activation) for f in found}) > 1:
         listed = ", ".join(f"{s:g} ({src})" for s, src in distinct)
+        differ = "activations with different slopes" if len({f.slope for f in found}) > 1 else "different activations"
         warning = (
-            f"layer {layer!r} {what} several activations with different slopes [{listed}]: using the first, "
-            f"{first.slope:g}; one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
+            f"layer {layer!r} {what} several {differ} [{listed}]: using the first, "
+            f"{first.slope:g} ({first.source}); one layer gets one scale: choose with negative_slope={{'^{re.escape(layer)}$': <slope>}}"
         )
-    return SlopeInfo(first.slope, first.source, warning, residual, policy=first.policy if warning is first.warning else None)
+    return SlopeInfo(first.slope, first.source, warning, residual,
+                     policy=first.policy if warning is first.warning else None, activation=first.activation)
 
 
 def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeInfo:
@@ -391,9 +494,16 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module], layer: str) -> SlopeI
     return merge_findings(layer, found, residual)
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with the activation classes of :func:`register_activation` as leaves."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, tuple(_REGISTERED)) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace_slopes(model: nn.Module, names: Iterable[str]) -> tuple[dict[str, SlopeInfo], list[str]]:
     """Slopes of the named layers from the fx graph, and the layers in graph (forward) order."""
-    graph = fx.symbolic_trace(model).graph
+    graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     wanted, slopes, order = set(names), {}, []
     for node in graph.nodes:

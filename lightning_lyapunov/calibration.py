@@ -7,7 +7,15 @@ forward pass on an example batch and multiplies each planned layer's weight by a
 
 * ``"layers"`` (LSUV-style, on theory's draw instead of LSUV's unit orthogonal one): in forward
   order, layer ``l``'s output (its pre-activation) is rescaled to root-mean-square ``1``; the last
-  planned layer's to ``target``.
+  planned layer's to ``target``. The last layer of a residual branch (``x + f(x)``, recognized in
+  the pass: :func:`lightning_lyapunov.residual.find_residual_blocks`) is rescaled instead so that
+  the branch, where it joins the stream, is ``alpha`` times the stream's root-mean-square, with
+  ``alpha = sqrt(G^{2/B} - 1)`` for the ``B`` blocks: the stream's rms grows by ``G``
+  (``stream_growth``, default ``sqrt 2``) over the whole net at any depth, where branches at rms 1
+  would grow it like ``2^{B/2}`` (docs/theory.md section 9). A branch that ends in a normalization
+  with an affine weight (``bn2(conv2(...))``) is scaled by that normalization's weight and bias (its
+  last weight layer goes to rms 1 like the others); they are restored on error too.
+  ``stream_growth=None``: every layer to rms 1, residual or not.
 * ``"output"``: one factor ``c`` spread evenly, every layer times ``c^{1/L}``, so that the
   output's root-mean-square is ``target`` (the output: the last planned layer's, whatever the
   forward itself returns); a few Newton passes on ``log c`` for networks
@@ -41,10 +49,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -54,6 +63,7 @@ from ._warn import LyapunovWarning
 from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_r, rms
 from .plan import InitPlan
+from .residual import STREAM_GROWTH, ResidualBlock, branch_scale, find_residual_blocks
 from .settings import CALIBRATIONS, DEFAULT_TARGET
 
 __all__ = ["CalibrationResult", "calibrate_"]
@@ -73,7 +83,11 @@ class CalibrationResult:
     planned layer's output root-mean-square after calibration; ``dead``: layers left at factor 1
     because their output (or input) is all zero on the batch; ``uncalled``: layers the forward pass
     on the batch never calls, left with theory's draw (factor 1, log-gain NaN), the others
-    calibrated without them."""
+    calibrated without them; ``branch_scale``: the ``alpha`` residual branches were calibrated to
+    (None: no residual block, or not asked for), ``branches``: their last layers in forward order (a
+    normalization after the last weight layer, e.g. ``bn2``, whose weight and bias were scaled),
+    ``branch_ratios``: ``r(branch) / r(stream)`` measured where each joins the stream after
+    calibration."""
 
     method: str
     target: float
@@ -82,6 +96,9 @@ class CalibrationResult:
     output_rms: float
     dead: list[str] = field(default_factory=list)
     uncalled: list[str] = field(default_factory=list)
+    branch_scale: float | None = None
+    branches: list[str] = field(default_factory=list)
+    branch_ratios: list[float] = field(default_factory=list)
 
 
 class _Runner:
@@ -122,12 +139,21 @@ def _scale(module: nn.Module, factor: float) -> None:
     module.weight.mul_(factor)
 
 
-def _calibrate_layers(runner: _Runner, layers: list[Any], target: float) -> tuple[list[float], list[str]]:
-    """In forward order each layer's output to rms 1 (the last to ``target``). A layer whose output
-    or input is all zero on the batch (dead units: the weight does not reach the output) keeps
-    factor 1 and is returned by name."""
+def _calibrate_layers(runner: _Runner, layers: list[Any], target: float, scale: float | None = None,
+                      blocks: Sequence[ResidualBlock] = ()) -> tuple[list[float], list[str]]:
+    """In forward order each layer's output to rms 1 (the last to ``target``); a residual branch's
+    last layer (a block of ``blocks``) so that the branch is ``scale`` times the stream where they add
+    up, and a branch ending in a normalization by that normalization's weight and bias, just before
+    the planned layer that follows its sum. A layer whose output or input is all zero on the batch
+    (dead units: the weight does not reach the output) keeps factor 1 and is returned by name."""
     factors, dead = [], []
+    names = [layer.name for layer in layers]
+    branches = {b.layer for b in blocks if not b.norm}
+    norms = [b for b in blocks if b.norm]
     for i, layer in enumerate(layers):
+        for block in norms:
+            if block.before == layer.name:
+                _scale_norm(runner, names, block.layer, scale)
         goal = target if i == len(layers) - 1 else 1.0
         call = runner.first_call(layer)
         out_rms = _require_finite(f"layer {layer.name!r}", rms(call.output))
@@ -136,10 +162,51 @@ def _calibrate_layers(runner: _Runner, layers: list[Any], target: float) -> tupl
             factors.append(1.0)
             dead.append(layer.name)
             continue
+        if scale is not None and layer.name in branches and i < len(layers) - 1:
+            out_rms, goal = _branch_rms(runner, names, layer.name, scale)
         factor = goal / out_rms
         _scale(layer.module, factor)
         factors.append(factor)
+    for block in norms:
+        if block.before not in names:
+            _scale_norm(runner, names, block.layer, scale)
     return factors, dead
+
+
+def _scale_norm(runner: _Runner, names: list[str], name: str, scale: float) -> None:
+    """Multiply normalization ``name``'s weight and bias so that its branch is ``scale`` times the stream."""
+    branch, goal = _branch_rms(runner, names, name, scale)
+    if branch > 0:
+        module = runner.model.get_submodule(name)
+        module.weight.mul_(goal / branch)
+        if isinstance(module.bias, torch.Tensor):
+            module.bias.mul_(goal / branch)
+
+
+@contextlib.contextmanager
+def _norms_restored(model: nn.Module, names: list[str]) -> Iterator[None]:
+    """On any exception, put back the weights and biases of the named normalizations."""
+    tensors = [t for name in names for t in (model.get_submodule(name).weight, model.get_submodule(name).bias)
+               if isinstance(t, torch.Tensor)]
+    with torch.no_grad():
+        saved = [t.detach().clone() for t in tensors]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for tensor, value in zip(tensors, saved):
+                tensor.copy_(value)
+        raise
+
+
+def _branch_rms(runner: _Runner, names: list[str], layer: str, scale: float) -> tuple[float, float]:
+    """``(r(branch), scale * r(stream))`` where the branch ending in ``layer`` joins the stream."""
+    found = [b for b in find_residual_blocks(runner.model, names, runner.run, stop_after=layer) if b.layer == layer]
+    if not found:  # the earlier layers' calibration cannot remove a sum; kept as a clear error all the same
+        raise ValueError(f"calibrate: the residual sum after layer {layer!r} was not seen again; pass "
+                         "stream_growth=None to calibrate every layer to rms 1")
+    branch = _require_finite(f"the residual branch ending in {layer!r}", found[0].branch_rms)
+    return branch, scale * found[0].stream_rms
 
 
 def _calibrate_output(runner: _Runner, layers: list[Any], target: float) -> tuple[list[float], list[str]]:
@@ -217,6 +284,22 @@ def _dead_warning(method: str, dead: list[str]) -> str:
             "(factor 1). A wider net, Leaky ReLU instead of ReLU, or another batch avoids it")
 
 
+def _branch_warnings(result: CalibrationResult) -> list[str]:
+    """A warning naming the branches whose scale is not the one asked for (a normalization without a
+    weight after their last layer, or a nonlinear map, undoes its weight's scale)."""
+    if result.branch_scale is None:
+        return []
+    off = [name for name, ratio in zip(result.branches, result.branch_ratios)
+           if not (ratio > 0 and abs(math.log(ratio / result.branch_scale)) < 0.1)]
+    if not off:
+        return []
+    shown = ", ".join(repr(name) for name in off[:4]) + (f" and {len(off) - 4} more" if len(off) > 4 else "")
+    return [f"calibrate='layers': the residual branches ending in {shown} are not at branch scale "
+            f"{result.branch_scale:.4g} after calibration (something after that layer, e.g. a normalization without "
+            "an affine weight, undoes its weight's scale): the stream may grow with depth; scale the branch's output "
+            "yourself (or zero its last layer), or pass stream_growth=None"]
+
+
 def calibrate_(
     model: nn.Module,
     plan: InitPlan,
@@ -224,6 +307,7 @@ def calibrate_(
     method: Calibration = "layers",
     target: float = DEFAULT_TARGET,
     forward: Forward | None = None,
+    stream_growth: float | None = STREAM_GROWTH,
 ) -> CalibrationResult:
     """Rescale the weights of ``plan``'s layers (forward order) on ``example_input`` by ``method``
     (module docstring); return each layer's factor and measured log-gain, also recorded as
@@ -234,7 +318,8 @@ def calibrate_(
     zero on the batch (dead ReLU units) keep factor 1, with a warning; so do the layers the forward
     pass never calls (``result.uncalled``: an auxiliary head, a branch this batch does not take),
     and the layers that ran are calibrated as if they were the whole plan. ValueError when the pass
-    calls no planned layer.
+    calls no planned layer. ``stream_growth``: with ``method="layers"``, the growth ``G`` of the
+    residual stream's rms over all recognized residual blocks (module docstring; None: none).
 
     Example::
 
@@ -251,16 +336,30 @@ def calibrate_(
             raise ValueError("calibrate: no planned layer was called by the forward pass on example_input; pass "
                              "forward=lambda model, batch: ... that runs the network")
         runner.check_signal(ran[0])
-        run = _calibrate_layers if method == "layers" else _calibrate_output
-        factors, dead = run(runner, ran, target)
-        log_gains, output_rms = _measure(runner, ran)
+        names = [layer.name for layer in ran]
+        blocks: list[ResidualBlock] = []
+        if method == "layers" and stream_growth is not None:
+            stream_growth = check_float("stream_growth", stream_growth, minimum=1.0, low_open=True,
+                                        allowed="a number > 1 (the residual stream's rms growth over all blocks) "
+                                                "or None")
+            blocks = [b for b in find_residual_blocks(model, names, runner.run) if b.layer != names[-1]]
+        branches = [b.layer for b in blocks]
+        scale = branch_scale(len(blocks), stream_growth) if blocks else None
+        with _norms_restored(model, [b.layer for b in blocks if b.norm]):
+            if method == "layers":
+                factors, dead = _calibrate_layers(runner, ran, target, scale, blocks)
+            else:
+                factors, dead = _calibrate_output(runner, ran, target)
+            log_gains, output_rms = _measure(runner, ran)
+            ratios = {b.layer: b.ratio for b in find_residual_blocks(model, names, runner.run)} if blocks else {}
     measured = {id(layer): (factor, gain) for layer, factor, gain in zip(ran, factors, log_gains)}
     per_layer = [measured.get(id(layer), (1.0, math.nan)) for layer in plan.layers]
     uncalled = [layer.name for layer in plan.layers if id(layer) not in measured]
     plan.calibration = CalibrationResult(method, target, [f for f, _ in per_layer], [g for _, g in per_layer],
-                                         output_rms, dead, uncalled)
+                                         output_rms, dead, uncalled, scale, branches,
+                                         [ratios.get(name, math.nan) for name in branches])
     for message in ([_uncalled_warning(method, uncalled)] if uncalled else []) + (
-            [_dead_warning(method, dead)] if dead else []):
+            [_dead_warning(method, dead)] if dead else []) + _branch_warnings(plan.calibration):
         plan.warnings.append(message)
         warnings.warn(message, LyapunovWarning, stacklevel=2)
     return plan.calibration

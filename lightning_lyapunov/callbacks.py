@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ._checks import check_bool, check_int
 from ._lifecycle import check_single, check_strategy, checkpoint_to_restore
-from ._warn import LyapunovWarning, warn
+from ._warn import warn
 from ._writers import Writers
 from .dashboard import featured_layers, figure_due
 from .diagnosis import SignalReport
@@ -228,7 +228,8 @@ class LyapunovInit(Callback):
         plan_text = self.plan.describe(warnings=False) + self.look_ahead.planned()  # warnings: emitted by plan_init
         _info(f"LyapunovInit plan:\n{plan_text}")
         relu = [layer.name for layer in self.plan.layers if layer.negative_slope == 0.0]  # units can die there
-        self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None, relu)
+        self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None, relu,
+                           look_ahead=bool(self.look_ahead.planned()))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # the hooks stay attached from one measured step to the next (attaching them costs ~0.1 ms);

@@ -23,7 +23,8 @@ without ``data/cifar10``) ends the command with one line and exit status 1.
 read) and prints :func:`~lightning_lyapunov.plan_init` with the settings of the config's last
 :class:`~lightning_lyapunov.LyapunovInit` callback (the defaults without one), overridden by
 ``--scheme``, ``--distribution``, ``--moment`` and ``--negative_slope`` (``--details=true``: every
-column of the table, not the 120-column default). ``theory`` is
+column of the table, not the 120-column default); a look-ahead (``look_ahead:`` of the callback) is
+described after the table. ``theory`` is
 ``python -m lightning_lyapunov.theory``.
 
 This module imports neither torch nor Lightning: ``--help`` and ``theory`` start in a fraction of
@@ -70,7 +71,7 @@ def main(args: Sequence[str] | None = None) -> None:
         cli = lightning_cli.PlanCLI(args=argv[1:])
         note = lightning_cli.fit_note(cli.spec)
         table = cli.plan.describe(details=bool(cli.config.get("details")))
-        print(table if note is None else f"{table}\n{note}")
+        print("\n".join(part for part in (table, note, cli.look_ahead) if part))
         return
     try:
         lightning_cli.LyapunovCLI(args=argv)

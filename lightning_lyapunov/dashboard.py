@@ -27,7 +27,8 @@ Scalars, to every logger, at every measured step (statistics in
 
 With a TensorBoard logger, also: a custom-scalars layout (TensorBoard's CUSTOM SCALARS tab) whose
 summary charts hold one line per run (one tag each), each logged layer in a category of its own;
-the plan as text (``lyapunov/plan``); and, at the first measured step, at the end of epochs 1, 2,
+the plan as text (``lyapunov/plan``); with a look-ahead, a category of its charts (which candidate
+trained at each of its steps, their losses, the cuts, the kept one: its steps are marked as such); and, at the first measured step, at the end of epochs 1, 2,
 4, 8, ... and at the end of training, the per-sample log-norm histograms of the same layers
 (``lyapunov/log_norm_hist/<layer>``) and the depth profile, one image per panel
 (``lyapunov/depth/<panel>``, :data:`PANELS`, titled with the run, the step and the verdict,
@@ -51,8 +52,9 @@ import numpy as np
 
 from lightning_lyapunov.diagnostics import COLLAPSED_SHARE, STAT_KEYS, SignalStats
 
-__all__ = ["FIGURE_SHARE", "FigureBudget", "PANELS", "VERDICTS", "featured_layers", "plan_exponent", "summary_scalars", "layer_scalars",
-           "StepScalars", "layout", "depth_figure", "depth_figures", "figure_due"]
+__all__ = ["FIGURE_SHARE", "FigureBudget", "LOOK_AHEAD_CATEGORY", "PANELS", "VERDICTS", "featured_layers", "plan_exponent",
+           "predicted_band", "summary_scalars", "layer_scalars", "StepScalars", "layout", "depth_figure", "depth_figures",
+           "figure_due"]
 
 #: The verdicts, by their code in ``lyapunov/verdict`` (worse ones higher, for sorting runs).
 VERDICTS: tuple[str, ...] = ("healthy", "dead units", "vanishing", "exploding", "collapsed", "NaN/Inf")
@@ -221,10 +223,34 @@ def predicted_log_norm(stats: SignalStats, plan: Any) -> np.ndarray | None:
     return StepScalars(plan, stats.names, ()).predicted_log_norm(stats)
 
 
-def layout(layers: Sequence[str], relu_layers: Sequence[str] | None = None) -> dict[str, dict[str, list]]:
+#: The look-ahead's charts (:mod:`lightning_lyapunov.lookahead_fit` logs the tags): title, tag regex.
+_LOOK_AHEAD_CHARTS = (
+    ("look-ahead: the candidate trained at each step (its steps only; they are training steps)",
+     r"^lyapunov/lookahead/candidate$"),
+    ("look-ahead: each candidate's training loss at its steps (one line per candidate)",
+     r"^lyapunov/lookahead/loss/\d+$"),
+    ("look-ahead: each candidate's ranking loss at each cut (the better half goes on)", r"^lyapunov/lookahead/cut/\d+$"),
+    ("look-ahead: the kept candidate (at the last cut)", r"^lyapunov/lookahead/kept$"),
+)
+LOOK_AHEAD_CATEGORY = "lyapunov: look-ahead (the first training steps: candidate draws trained in turn)"
+
+
+def layout(layers: Sequence[str] | None, relu_layers: Sequence[str] | None = None,
+           look_ahead: bool = False) -> dict[str, dict[str, list]]:
     """The custom-scalars layout (``SummaryWriter.add_custom_scalars``; tags are regexes). Every
-    summary chart has one tag, so one line per run; each of ``layers`` gets a category of its own.
-    The dead-unit charts appear for ``relu_layers`` only (None: for every layer)."""
+    summary chart has one tag, so one line per run; each of ``layers`` gets a category of its own
+    (``layers=None``: diagnostics off, no signal charts). The dead-unit charts appear for
+    ``relu_layers`` only (None: for every layer). ``look_ahead``: a category for the look-ahead's
+    steps (:data:`LOOK_AHEAD_CATEGORY`), after the summary.
+
+    Example::
+
+        >>> list(layout(None, look_ahead=True)) == [LOOK_AHEAD_CATEGORY]
+        True
+    """
+    look = {LOOK_AHEAD_CATEGORY: {title: ["Multiline", [tag]] for title, tag in _LOOK_AHEAD_CHARTS}} if look_ahead else {}
+    if layers is None:
+        return look
     codes = ", ".join(f"{code} {name}" for code, name in enumerate(VERDICTS))
     summary = {
         f"verdict ({codes})": ["Multiline", [r"^lyapunov/verdict$"]],
@@ -238,7 +264,7 @@ def layout(layers: Sequence[str], relu_layers: Sequence[str] | None = None) -> d
     for reduce, key, title in _SUMMARY:
         if key != "dead_fraction" or relu_layers is None or relu_layers:
             summary[title] = ["Multiline", [rf"^lyapunov/{reduce}/{key}$"]]
-    categories = {"lyapunov: verdict and summary (one line per run)": summary}
+    categories = {"lyapunov: verdict and summary (one line per run)": summary, **look}
     for name in layers:
         escaped = _regex(name)
         charts = {}
@@ -390,6 +416,16 @@ def _draw_panels(axes: list[Any], stats: SignalStats, plan: Any, fontsize: int =
         axis.set_xticks(ticks, [stats.names[i] for i in ticks], rotation=60, ha="right", fontsize=fontsize - 1)
 
 
+def predicted_band(plan: Any) -> np.ndarray:
+    """Half-width of the plan's band around its line, per layer: ``2 sqrt(sum_{k=1..l} s_k^2)`` of the
+    per-layer variances (0 at the first layer, where the line starts on the measured mean). For a plan
+    by the scale chain (activations that are not Leaky ReLUs) the variances are the chain's growth of
+    the log-norm's variance, so this is ``2 sqrt(std_l^2 - std_0^2)`` of
+    :func:`~lightning_lyapunov.chain_theory.predict_chain`."""
+    variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
+    return 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+
+
 def _ticks(count: int, most: int = 15) -> list[int]:
     """At most ``most`` layer positions to name on the axis, the first and last included."""
     if count <= most:
@@ -414,8 +450,7 @@ def _signal_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray], s
     axis.plot(depth, column["log_rms"], ":", lw=1.5, color="tab:gray", label="log root-mean-square of h")
     line = predicted_log_norm(stats, plan)
     if line is not None:
-        variances = np.array([layer.init.variance for layer in plan.layers], dtype=float)
-        band = 2.0 * np.sqrt(np.concatenate([[0.0], np.cumsum(variances[1:])]))
+        band = predicted_band(plan)
         calibrated = getattr(plan, "calibration", None) is not None
         axis.plot(depth, line, "k--", label="plan: log-gains measured at calibration" if calibrated
                   else "plan: sum of theory's exponents")
@@ -473,7 +508,10 @@ def _kurtosis_panel(axis: Any, depth: np.ndarray, column: dict[str, np.ndarray],
         axis.axhline(batch, color="gray", ls=":", label=f"largest measurable over a batch of {batch}")
     measured = median[np.isfinite(median)]
     top = 10.0 * max(float(measured.max()) if measured.size else 3.0, batch, 3.0)
-    if plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
+    exact = plan is not None and any(getattr(layer, "activation", None) is not None for layer in plan.layers)
+    if exact:  # the recursion is the Leaky ReLU's: say so rather than draw it for GELU, tanh, ...
+        axis.plot([], [], " ", label="no kurtosis recursion for activations that are not Leaky ReLUs")
+    elif plan is not None and len(plan.layers) == len(depth) and len(depth) > 1:
         start = median[0] if np.isfinite(median[0]) and median[0] >= 1 else 3.0
         widths = [layer.d_out for layer in plan.layers[:-1]]
         slopes = [layer.negative_slope for layer in plan.layers[:-1]]

@@ -179,7 +179,8 @@ class PlanCLI(LyapunovCLI):
     callbacks only. :attr:`plan` is the :class:`~lightning_lyapunov.InitPlan` of the config's
     callback's :class:`~lightning_lyapunov.InitSpec` (the one ``fit`` applies), with the overrides;
     :attr:`spec` that spec. ``print(cli)`` shows the plan and, when ``fit`` would sample or
-    calibrate on the first training batch, says so (this command reads no data).
+    calibrate on the first training batch, says so (this command reads no data); :attr:`look_ahead`:
+    what the callback's look-ahead will do (empty without one).
 
     Example::
 
@@ -222,6 +223,8 @@ class PlanCLI(LyapunovCLI):
             self.model = self.config_init.get("model")
             callback = _lyapunov_init(_callbacks(self.config_init.get("trainer", {})))
             self.spec = callback.spec if callback is not None else LyapunovInit().spec
+            configured = callback.look_ahead.configured() if callback is not None else ""
+            self.look_ahead = textwrap.fill(configured, width=120)
             overrides = {k: self.config[k] for k in _OVERRIDES if self.config.get(k) is not None}
             if overrides:
                 self.spec = self.spec.replace(**overrides)

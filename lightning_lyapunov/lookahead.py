@@ -22,7 +22,8 @@ Defaults (:data:`DEFAULT_CANDIDATES`, :data:`DEFAULT_STEPS`): ``K = 8`` in at mo
 for both, trained = test MSE below 0.1 var(y)): one calibrated draw trains 21/40 seeds at width 2,
 depth 40 and 19/40 at width 3, depth 60; the look-ahead 34/40 and 30/40, with a median test loss
 8-30x lower (the README's look-ahead section has the table). 4 or 16 candidates in about the same
-budget did no better; 512 steps trained 37/40 and 36/40.
+budget did no better; 512 steps trained 37/40 and 36/40. Against LSUV, He and best-of-K restarts of
+them at equal total steps, on this regression and on score matching: ``benchmarks/lookahead.py``.
 
 :func:`look_ahead_` runs it in a plain PyTorch loop; the :class:`~lightning_lyapunov.LyapunovInit`
 callback runs it inside Lightning's training loop (``look_ahead=``). :class:`LookAhead` is the state

@@ -57,7 +57,7 @@ from lightning.pytorch import LightningModule, Trainer
 from ._checks import check_int
 from ._writers import Writers, tensorboards
 from .initialize import initialize_
-from .halving import candidate_seeds
+from .halving import candidate_seeds, halving_cost
 from .lookahead import DEFAULT_STEPS, LookAhead, check_look_ahead, draw_candidates_
 from .plan import InitPlan
 from .settings import InitSpec
@@ -105,14 +105,39 @@ class LookAheadFit:
         self._drawn = (drawn, targets)
         return plans[0]
 
+    def configured(self) -> str:
+        """What ``fit`` will do with the configured look-ahead, before anything is drawn (the text
+        ``lightning-lyapunov plan`` adds to the plan); empty without one.
+
+        Example::
+
+            >>> from lightning_lyapunov import LyapunovInit
+            >>> print(LyapunovInit(look_ahead=8).look_ahead.configured())  # doctest: +NORMALIZE_WHITESPACE
+            look-ahead (look_ahead=8, look_ahead_steps=256): fit draws 8 candidates as this plan says (candidate 0
+            from the run's seed) and trains them in turn in its first 256 training steps, by successive halving:
+            the better half by training loss goes on at steps 16/32/64 of each candidate; the best is kept with its
+            progress (64 of those steps are its own, 192 extra)
+        """
+        if self.candidates is None:
+            return ""
+        used, own = halving_cost(self.candidates) * self.cuts[0], self.cuts[-1]
+        return (f"look-ahead (look_ahead={self.candidates}, look_ahead_steps={self.steps}): fit draws {self.candidates} "
+                f"candidates as this plan says (candidate 0 from the run's seed) and trains them in turn in its first "
+                f"{used} training steps, by successive halving: the better half by training loss goes on at steps "
+                f"{'/'.join(map(str, self.cuts))} of each candidate; the best is kept with its progress ({own} of "
+                f"those steps are its own, {used - own} extra)")
+
     def planned(self) -> str:
         """The plan text's look-ahead line (empty without one)."""
         look = self.look
         if look is None or not (look.running or self._drawn is not None or look.resumable):
             return ""
+        cuts = look.halving.cuts
+        used = halving_cost(len(look.seeds)) * cuts[0]
         return (f"\nlook-ahead: {len(look.seeds)} candidate draws as above (seeds {look.seeds[0]}, ...), trained in "
-                f"turn in the first training steps; successive halving by training loss at steps "
-                f"{'/'.join(map(str, look.halving.cuts))} of each candidate; the best one is kept with its progress")
+                f"turn in the first {used} training steps; successive halving by training loss at steps "
+                f"{'/'.join(map(str, cuts))} of each candidate; the best one is kept with its progress "
+                f"({cuts[-1]} of those steps are its own, {used - cuts[-1]} extra)")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         look = self.look

@@ -19,7 +19,9 @@ Each activation kind gets its slope from :mod:`lightning_lyapunov.activations` (
 as the fx walk). A layer called several times collects every call's activations; different slopes
 warn, naming the layer and the fix. Afterwards every module's training flag, every buffer (BatchNorm
 running statistics, spectral norm's ``_u``/``_v``), the parameters' ``.grad`` and the CPU and CUDA
-random number generator states are restored: observing changes nothing.
+random number generator states are restored: observing changes nothing. The per-unit root-mean-square
+of each planned layer's input at its first call is kept (``SlopeInfo.input_rms``): the first layer's
+is the operating scale of a plan by the scale chain (:mod:`lightning_lyapunov.chain_init`).
 
 Without an example input (or if the observed pass fails), torch.fx tracing and then module
 registration order are the fallbacks (:func:`lightning_lyapunov.activations.detect_slopes`).
@@ -27,6 +29,7 @@ registration order are the fallbacks (:func:`lightning_lyapunov.activations.dete
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import replace
 from typing import Any, Callable
@@ -77,6 +80,7 @@ class _Observer(TorchFunctionMode):
         self.unknown: dict[str, list[SlopeInfo]] = {name: [] for name in names}
         self.residual: set[str] = set()
         self.calls: dict[str, int] = {}
+        self.input_rms: dict[str, float | None] = {}  # per planned layer, its input's rms at its first call
         self.depth = 0  # > 0 inside a module consumed as a whole: its inner calls are not followed
         self.handles: list[Any] = []
         self.modules = list(model.modules())
@@ -122,7 +126,10 @@ class _Observer(TorchFunctionMode):
                 elif not is_pass_module(module):
                     self._record(tags, lambda name: module_slope(module, name, "observed"), True)
             module.__dict__["_lyapunov_observed_tags"] = tags if is_pass_module(module) else frozenset()
-        self.depth += 1
+        self.depth += 1  # from here on, the torch calls below are not the model's: not followed
+        name = self.planned.get(id(module))
+        if name is not None and name not in self.input_rms:
+            self.input_rms[name] = _rms(args, kwargs)
 
     def _leave(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         self.depth -= 1
@@ -194,8 +201,17 @@ class _Observer(TorchFunctionMode):
                                   "is called with" if calls > 1 else "feeds")
             if not found:
                 info = replace(info, source="no activation (observed)")
-            slopes[name] = replace(info, found_by="observed", calls=calls)
+            slopes[name] = replace(info, found_by="observed", calls=calls, input_rms=self.input_rms.get(name))
         return slopes, order
+
+
+def _rms(args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
+    """The per-unit root-mean-square of a layer's input (its first floating tensor), or None."""
+    for tensor in tensors((args, kwargs)):
+        if tensor.is_floating_point() and tensor.numel() > 0:
+            value = float(tensor.detach().double().pow(2).mean().sqrt())
+            return value if math.isfinite(value) and value > 0.0 else None
+    return None
 
 
 def _is_scaling(args: tuple[Any, ...], result: Any) -> bool:

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import _checks
+from . import _checks, chain_theory
 from . import init as _init
 from ._checks import check_bool, check_int, check_tensor, invalid
+from .chain_init import exact_label
 from .settings import InitSpec
 
 if TYPE_CHECKING:  # results attached by the initialization engine
@@ -40,7 +41,10 @@ class LayerPlan:
     by a module that the plan leaves alone is left alone). ``taps``: for a delta conv, the kernel
     positions that hold a drawn matrix (every other tap is 0); None for a full draw. ``slope_source``
     says what was found after the layer, ``slope_found_by`` how (``"observed"``, ``"fx"``, ``"module
-    order"``, ``"override"``); ``calls``: how often the layer ran in the observed pass.
+    order"``, ``"override"``); ``calls``: how often the layer ran in the observed pass. ``activation``:
+    the activation after the layer when it is not a Leaky ReLU (:mod:`~lightning_lyapunov.chain_theory`);
+    ``exact_scale``: the operating scale at which the scale chain planned it (None: by policy, as
+    ``negative_slope``); ``stability``: its fixed point's there (:attr:`theory` says all three).
     """
 
     name: str
@@ -61,10 +65,26 @@ class LayerPlan:
     slope_found_by: str = "fx"
     calls: int | None = None
     kept_biases: tuple[str, ...] = ()
+    activation: chain_theory.Activation | None = None
+    exact_scale: float | None = None
+    stability: str | None = None
+
+    @property
+    def theory(self) -> str:
+        """How theory treats the activation after the layer: ``"closed form"`` (Leaky ReLU, none),
+        ``"gelu exact at s=1 (unstable)"`` (planned by the scale chain at operating scale ``s``, with
+        the stability of its fixed point), or ``"policy"`` (treated as its ``negative_slope``)."""
+        if self.activation is None or self.activation.homogeneous:
+            return "policy" if self.slope_source.startswith("policy:") else "closed form"
+        if self.exact_scale is None:
+            return "policy"
+        return exact_label(self.activation, self.exact_scale, self.stability)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (no module) for logging."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("module", "sharers", "init")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("module", "sharers", "init", "activation")}
+        out["activation"] = None if self.activation is None else repr(self.activation)
+        out["theory"] = self.theory
         out["shape"] = list(self.shape)
         out["shared_with"] = list(self.shared_with)
         out["kept_biases"] = list(self.kept_biases)
@@ -131,6 +151,12 @@ class InitPlan:
     sqrt(d), from input to output; after a calibration, the sum of the measured log-gains,
     ``layer_log_gains``) and ``predicted_spread`` = sqrt(sum of per-layer variances) (the standard
     deviation of theory's draw by the CLT); None when the theory does not apply to some layer (ZerO).
+    ``operating_scale``: when the activations are not all Leaky ReLUs and the scale chain planned the
+    layers (:mod:`~lightning_lyapunov.chain_init`), the per-unit rms every layer's pre-activation keeps
+    in expectation (the example input's, or 1); the exponents and variances are then the chain's
+    per-layer changes of the mean and variance of the log-norm, and ``chain`` holds the whole
+    :class:`~lightning_lyapunov.chain_theory.ChainPrediction` (mean, spread and alive probability at every
+    depth). None otherwise.
     """
 
     spec: InitSpec
@@ -139,6 +165,8 @@ class InitPlan:
     warnings: list[str] = field(default_factory=list)
     sampling: SamplingReport | None = None
     calibration: CalibrationResult | None = None
+    operating_scale: float | None = None
+    chain: chain_theory.ChainPrediction | None = field(default=None, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -229,6 +257,7 @@ class InitPlan:
             "warnings": list(self.warnings),
             "predicted_drift": self.predicted_drift,
             "predicted_spread": self.predicted_spread,
+            "operating_scale": self.operating_scale,
             "sampling": None if self.sampling is None else self.sampling.summary(),
             "calibration": None if self.calibration is None else asdict(self.calibration),
         }
@@ -245,21 +274,26 @@ class InitPlan:
         ``fractional``). ``fold``: runs of at least this many consecutive layers identical but for
         their names are shown as one row (``3-38  net.6 ... 76 (x36)  2x2 ...``; 0 shows every layer);
         after a calibration a folded row shows the range of the factors and measured log-gains
-        (``-0.9977 .. 1.3048``). Without ``details`` the columns that say nothing new are left out: the
+        (``-0.9977 .. 1.3048``), and in a plan by the scale chain the range of the scales, exponents and
+        variances, which change a little from layer to layer. Without ``details`` the columns that say nothing new are left out: the
         type and the draw when every layer has the same (the header says which), ``d_in``/``d_out``
         (the shape holds them), and ``slope from`` says how the slope was found (``observed``,
-        ``fx``, ``module order``, ``override``, or ``policy:GELU``) without what was found.
+        ``fx``, ``module order``, ``override``, or ``policy:RReLU``) without what was found; the ``theory``
+        column (shown when an activation is not a Leaky ReLU) says how theory treats each layer
+        (:attr:`LayerPlan.theory`: ``closed form``, ``gelu exact at s=1 (unstable)`` or ``policy``).
         ``warnings=False`` leaves out the plan's warnings (already emitted as Python warnings by
         :func:`~lightning_lyapunov.plan_init`).
         """
         check_bool("warnings", warnings)
         check_int("fold", fold, minimum=0, allowed="an integer >= 0 (0 shows every layer)")
         check_bool("details", details)
-        header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "calls", "draw", "scale",
-                  "exponent", "variance", "shared with")
+        header = ("#", "layer", "type", "shape", "d_in", "d_out", "slope", "slope from", "theory", "calls", "draw",
+                  "scale", "exponent", "variance", "shared with")
         body = [_row(i, layer, details) for i, layer in enumerate(self.layers)]
         unused = [c for c, name in enumerate(header) if name in ("shared with", "calls") and
                   all(row[c] in ("-", "1") for row in body)]  # no tied weights, no layer called twice
+        if all(layer.activation is None for layer in self.layers):  # Leaky ReLUs only: the closed forms
+            unused.append(header.index("theory"))
         if not details:
             unused += [c for c, name in enumerate(header) if name in ("d_in", "d_out") or
                        name in ("type", "draw") and len({row[c] for row in body}) == 1]
@@ -270,7 +304,10 @@ class InitPlan:
             header += ("calibration", "log-gain")
             body = [row + (("-", "-") if layer.name in uncalled else (_fmt(factor), _fmt(gain)))
                     for row, layer, factor, gain in zip(body, self.layers, calibration.factors, calibration.log_gains)]
-        rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0, short=not details)
+        spanned = [c for c, name in enumerate(header) if name in ("scale", "exponent", "variance")
+                   and self.operating_scale is not None]  # the scale chain's values change a little per layer
+        rows = [header] + _fold_rows(body, fold, ranged=2 if calibration is not None else 0, short=not details,
+                                     spanned=spanned)
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
         draws = sorted({layer.init.distribution for layer in self.layers})
         kinds = sorted({layer.kind for layer in self.layers})
@@ -297,6 +334,8 @@ class InitPlan:
             measured = sum(gains) if all(_finite(g) for g in gains) else math.nan
             lines.append(f"calibrated ({calibration.method!r}) on the example input: weights times 'calibration'; "
                          f"the 'log-gain's measured there sum to {measured:+.3f}")
+            if calibration.branch_scale is not None:
+                lines.append(_residual_line(calibration))
             if uncalled:
                 lines.append(f"not calibrated, theory's draw kept: {', '.join(sorted(uncalled, key=self.layer_names.index))}"
                              " (not called by the forward pass on the example input; '-' above)")
@@ -306,6 +345,12 @@ class InitPlan:
             lines.append(f"before calibration, theory's log-norm drift: {theory}")
         else:
             lines.append(f"predicted log-norm drift input -> output: {theory}")
+        if self.operating_scale is not None:
+            unstable = any(layer.stability == "unstable" for layer in self.layers)
+            lines.append(f"scale chain (docs/theory.md, section 7): the activations are not all Leaky ReLUs; exact "
+                         f"at the operating scale s={self.operating_scale:.3g} (the input's per-unit rms), the expected "
+                         "log-norm stays at log s at every depth" + ("; an unstable fixed point widens the spread"
+                                                                     if unstable else ""))
         by_reason: dict[str, list[str]] = {}
         for name, reason in self.skipped:
             by_reason.setdefault(reason, []).append(name)
@@ -315,6 +360,16 @@ class InitPlan:
         if warnings:
             lines += [f"warning: {message}" for message in self.warnings]
         return "\n".join(lines)
+
+
+def _residual_line(calibration: CalibrationResult) -> str:
+    """One line on the residual blocks the calibration scaled (docs/theory.md section 9)."""
+    n, scale = len(calibration.branches), calibration.branch_scale
+    ratios = [r for r in calibration.branch_ratios if _finite(r)]
+    measured = f"; measured {min(ratios):.4g} .. {max(ratios):.4g}" if ratios else ""
+    return (f"residual blocks: {n} (branches ending in {calibration.branches[0]}{' .. ' + calibration.branches[-1] if n > 1 else ''}), each branch calibrated to "
+            f"branch scale {scale:.4g} times the stream's rms{measured}: the stream's rms grows by "
+            f"(1 + {scale:.4g}^2)^({n}/2) = {(1 + scale * scale) ** (n / 2):.4g} over them")
 
 
 def check_cpu_generator(generator: torch.Generator | None) -> None:
@@ -354,23 +409,26 @@ def _drop(row: tuple[str, ...], columns: Sequence[int]) -> tuple[str, ...]:
     return tuple(cell for c, cell in enumerate(row) if c not in columns)
 
 
-def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0, short: bool = False) -> list[tuple[str, ...]]:
+def _fold_rows(rows: list[tuple[str, ...]], fold: int, ranged: int = 0, short: bool = False,
+               spanned: Sequence[int] = ()) -> list[tuple[str, ...]]:
     """Rows (index, name, *rest): runs of ``>= fold`` consecutive rows with equal ``rest`` become one.
-    The last ``ranged`` columns (measured values) may differ within a run: a folded row shows their
-    range ``min .. max``. ``short``: the last name without the prefix it shares with the first
-    (``model.net.2 ... 78``)."""
-    cut = len(rows[0]) - ranged if rows else 0
+    The last ``ranged`` columns (measured values) and the columns ``spanned`` (a scale chain's per-layer
+    values) may differ within a run: a folded row shows their range ``min .. max``. ``short``: the
+    last name without the prefix it shares with the first (``model.net.2 ... 78``)."""
+    width = len(rows[0]) if rows else 0
+    free = set(range(width - ranged, width)) | set(spanned)
+    fixed = [c for c in range(2, width) if c not in free]
     out: list[tuple[str, ...]] = []
     start = 0
     while start < len(rows):
         end = start + 1
-        while end < len(rows) and rows[end][2:cut] == rows[start][2:cut]:
+        while end < len(rows) and all(rows[end][c] == rows[start][c] for c in fixed):
             end += 1
         if fold and end - start >= fold:
             first, last = rows[start], rows[end - 1]
-            spans = tuple(_span([row[c] for row in rows[start:end]]) for c in range(cut, len(first)))
+            cells = tuple(_span([row[c] for row in rows[start:end]]) if c in free else first[c] for c in range(2, width))
             shown = _suffix(first[1], last[1]) if short else last[1]
-            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {shown} (x{end - start})", *first[2:cut], *spans))
+            out.append((f"{first[0]}-{last[0]}", f"{first[1]} ... {shown} (x{end - start})", *cells))
         else:
             out += rows[start:end]
         start = end
@@ -409,7 +467,8 @@ def _row(index: int, layer: LayerPlan, details: bool = True) -> tuple[str, ...]:
     if not details:  # how, not what: the slope column says what
         found = layer.slope_source.split(" (")[0] if layer.slope_source.startswith("policy:") else layer.slope_found_by
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
-            str(layer.d_out), f"{layer.negative_slope:g}", found, "-" if layer.calls is None else str(layer.calls),
+            str(layer.d_out), f"{layer.negative_slope:g}", found, layer.theory,
+            "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),
             _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance),
             ", ".join(layer.shared_with) or "-")

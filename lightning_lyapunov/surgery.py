@@ -52,7 +52,9 @@ from . import init as _init
 from ._checks import check_module, invalid
 from ._forward import Forward
 from ._warn import warn
-from .activations import WEIGHT_LAYERS, SlopeInfo, policy_warning
+from .activations import WEIGHT_LAYERS, SlopeInfo, first_line, policy_warning
+from .chain_init import RANDOM_SCHEMES, chain_inits, unstable_at_width_8, uses_chain
+from .chain_theory import ChainPrediction
 from .observe import find_slopes
 from .plan import InitPlan, LayerPlan, zeroable_bias
 from .settings import InitSpec
@@ -275,9 +277,11 @@ def plan_init(
         drawn[id(module.weight)] = _layer_plan(name, module, info, spec)
         layers.append(drawn[id(module.weight)])
     _keep_shared_biases(model, layers, warnings_)
+    scale, chain = _by_chain(layers, spec, slopes[layers[0].name].input_rms if layers[0].name in slopes else None,
+                             by_policy, warnings_)
     if by_policy:
         warnings_.append(policy_warning(by_policy))
-    plan = InitPlan(spec, layers, skipped, warnings_)
+    plan = InitPlan(spec, layers, skipped, warnings_, operating_scale=scale, chain=chain)
     for message in warnings_:
         warn(message)  # attributed to the user's line
     return plan
@@ -340,5 +344,55 @@ def _layer_plan(name: str, module: nn.Module, info: SlopeInfo, spec: InitSpec) -
     return LayerPlan(name, type(module).__name__, tuple(module.weight.shape), d_in, d_out, groups, info.slope,
                      info.source, layer_init, bias is not None and bias.requires_grad,
                      isinstance(module, _TRANSPOSED), taps=_delta_taps(module) if delta else None, module=module,
-                     slope_found_by=info.found_by, calls=info.calls)
+                     slope_found_by=info.found_by, calls=info.calls, activation=info.activation)
+
+
+def _by_chain(layers: list[LayerPlan], spec: InitSpec, input_rms: float | None,
+              by_policy: list[tuple[str, str, float]], warnings_: list[str]
+              ) -> tuple[float | None, ChainPrediction | None]:
+    """Plan the layers by the exact scale chain (:mod:`lightning_lyapunov.chain_init`) when an activation
+    is not a Leaky ReLU and the scheme's draw is random; returns the operating scale and the chain's
+    prediction, or ``(None, None)``.
+
+    The operating scale is the per-unit rms of the first layer's input in the observed pass (1 without
+    an example input). Where the chain cannot plan (a transposed full convolution, whose outputs each see
+    a part of the drawn columns; every network dead before the output), those activations are treated by
+    policy, as ``negative_slope``, and ``by_policy`` gets them (one warning says which, and why). Layers
+    narrower than 8 followed by an activation whose fixed point is unstable at width 8 (GELU, SiLU, Mish,
+    Hardswish; narrower, it may look stable) get a warning: there three
+    cumulants per step do not describe the chain's law well (docs/theory.md, section 7, Limits).
+    """
+    if spec.scheme not in RANDOM_SCHEMES or not uses_chain([layer.activation for layer in layers]):
+        return None, None
+    scale = input_rms if input_rms is not None else 1.0
+    transposed = [layer.name for layer in layers if layer.transposed and layer.taps is None]
+    reason = None
+    if transposed:
+        reason = (f"transposed convolutions ({', '.join(map(repr, transposed[:4]))}) see part of their drawn columns, "
+                  "which the scale chain does not model")
+    else:
+        try:
+            result = chain_inits([(layer.d_in, layer.d_out, layer.activation, layer.negative_slope) for layer in layers],
+                                 spec.scheme, spec.distribution, spec.moment, scale)
+        except ValueError as error:
+            reason = f"the scale chain failed: {first_line(error)}"
+    if reason is not None:
+        warnings_.append(f"the scale chain cannot plan this model ({reason}): its activations that are not Leaky "
+                         "ReLUs fall back to the policy (next warning)")
+        by_policy += [(layer.name, layer.slope_source.split(" (")[0], layer.negative_slope)
+                      for layer in layers if layer.activation is not None and not layer.activation.homogeneous]
+        return None, None
+    for layer, layer_init, stability in zip(layers, result.inits, result.stability):
+        layer.init, layer.stability = layer_init, stability
+        layer.exact_scale = scale if layer.activation is not None and not layer.activation.homogeneous else None
+    narrow = [layer for layer in layers if layer.exact_scale is not None and layer.d_out < 8
+              and unstable_at_width_8(layer.activation, spec.distribution, scale)]
+    if narrow:
+        names = ", ".join(repr(layer.name) for layer in narrow[:4]) + (f" and {len(narrow) - 4} more" if len(narrow) > 4 else "")
+        kinds = ", ".join(sorted({layer.activation.name for layer in narrow}))
+        warnings_.append(
+            f"layers {names} have fewer than 8 units and are followed by {kinds}, whose fixed point is unstable: the "
+            "scale chain's prediction is approximate there (the spread up to 10% too small, the mean off by up to "
+            "0.05 per layer at width 2; docs/theory.md, section 7, Limits)")
+    return scale, result.prediction
 

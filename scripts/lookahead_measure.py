@@ -25,7 +25,6 @@ seeds and prints its decisions next to the stacked one's weights.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 import warnings
 
@@ -266,7 +265,7 @@ def main() -> None:
     points = [args.steps, args.steps + args.steps // 10]
     results = continue_all(task, stacks, used, points)
     print(f"  continued to {points} total steps: {time.time() - t0:.0f} s", flush=True)
-    print(f"\n| method | " + " | ".join(f"trained, median at T={p}" for p in points) + " |")
+    print("\n| method | " + " | ".join(f"trained, median at T={p}" for p in points) + " |")
     print("|---|" + "---|" * len(points))
     for label, result in zip(labels, results):
         cells = [f"{int((result[p] < TRAINED).sum())}/{len(seeds)}, {np.median(result[p]):.4f}" for p in points]

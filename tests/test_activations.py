@@ -38,13 +38,14 @@ def test_activation_detection_with_fx() -> None:
             return self.f(x)
 
     model = Net()
-    with pytest.warns(UserWarning) as record:
-        plan = plan_init(model, scheme="he")
+    plan = plan_init(model, scheme="he")
     got = {l.name: (round(l.negative_slope, 6), l.slope_source) for l in plan.layers}
-    assert got == {"a": (0.2, "fx"), "b": (0.0, "fx"), "c": (0.3, "fx"), "d": (1.0, "policy:Tanh"),
-                   "e": (0.0, "policy:GELU"), "f": (1.0, "no activation")}
-    messages = [str(w.message) for w in record]
-    assert any("'e'" in m and "GELU" in m for m in messages) and any("'d'" in m and "Tanh" in m for m in messages)
+    assert got == {"a": (0.2, "fx"), "b": (0.0, "fx"), "c": (0.3, "fx"), "d": (1.0, "Tanh"),
+                   "e": (0.0, "GELU"), "f": (1.0, "no activation")}
+    # tanh and GELU are exact by the scale chain (no policy warning); He keeps its slope-based scale
+    assert [l.theory for l in plan.layers] == ["closed form"] * 3 + [
+        "tanh exact at s=1 (stable)", "gelu exact at s=1 (stable)", "closed form"]  # GELU: stable at width 4
+    assert plan.layers[4].init.scale == pytest.approx((2 / 4) ** 0.5)
     assert ("norm", "BatchNorm1d: not a Linear/Conv weight layer, left alone") in plan.skipped
 
     with pytest.warns(UserWarning, match="per-channel PReLU"):
@@ -53,17 +54,19 @@ def test_activation_detection_with_fx() -> None:
 
 
 def test_layers_treated_by_policy_get_one_warning_naming_them_all() -> None:
-    # 7 layers followed by GELU or SiLU: one warning, not 7
+    # 7 layers followed by GELU or SiLU where the scale chain cannot plan (transposed convs): one warning, not 7
     import warnings
 
     from lightning_lyapunov import LyapunovWarning
     from lightning_lyapunov.activations import policy_warning
 
-    layers = [m for i in range(7) for m in (nn.Linear(8, 8), nn.GELU() if i % 2 else nn.SiLU())]
-    model = nn.Sequential(*layers, nn.Linear(8, 1))
+    layers = [m for i in range(7) for m in (nn.ConvTranspose1d(8, 8, 3, padding=1), nn.GELU() if i % 2 else nn.SiLU())]
+    model = nn.Sequential(*layers, nn.Conv1d(8, 1, 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = plan_init(model, example_input=torch.randn(16, 8))
+        plan = plan_init(model, example_input=torch.randn(16, 8, 5))
+    assert any("the scale chain cannot plan this model (transposed convolutions" in str(w.message) for w in caught)
+    assert [layer.theory for layer in plan.layers] == ["policy"] * 7 + ["closed form"]
     policy = [str(w.message) for w in caught if "by policy" in str(w.message)]
     assert all(issubclass(w.category, LyapunovWarning) for w in caught)
     assert len(policy) == 1 and policy == [m for m in plan.warnings if "by policy" in m]
@@ -77,3 +80,26 @@ def test_layers_treated_by_policy_get_one_warning_naming_them_all() -> None:
     assert policy_warning([("fc", "GELU", 0.0)]) == ("layer 'fc' is followed by GELU, which is not a Leaky ReLU: "
                                                      "treated as ReLU (slope 0) by policy; pass "
                                                      "negative_slope={'fc': ...} to override")
+    # a plain chain of them: exact, no policy warning
+    dense = nn.Sequential(*[m for i in range(7) for m in (nn.Linear(8, 8), nn.GELU() if i % 2 else nn.SiLU())],
+                          nn.Linear(8, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = plan_init(dense, example_input=torch.randn(16, 8))
+    assert not [w for w in caught if "policy" in str(w.message)]
+    assert all("exact at s=" in layer.theory for layer in plan.layers[:-1])
+
+
+def test_a_layer_feeding_two_different_exact_activations_warns_and_uses_the_first() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(F.gelu(h) + F.silu(h))
+
+    with pytest.warns(UserWarning, match=r"layer 'a' feeds several different activations \[0 \(GELU\), 0 \(SiLU\)\]"):
+        plan = plan_init(Two())
+    assert plan.layers[0].activation.name == "gelu"

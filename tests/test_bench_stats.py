@@ -90,3 +90,19 @@ def test_best_and_ranking_use_the_median():
     values = {"a": [1.0, 2.0, 9.0, 10.0], "b": [4.0, 5.0, 5.0, 7.0]}  # a's lower middle value (2) would win
     assert stats.best(values, higher_is_better=False) == "b"
     assert stats.ranking(values, higher_is_better=True).startswith("a 5.5 [")
+
+
+def test_rank_correlation_matches_the_gaussian_closed_form():
+    # for a bivariate normal with correlation r, Spearman's rho = (6 / pi) asin(r / 2)
+    rng = np.random.default_rng(1)
+    r = -0.6
+    z = rng.standard_normal((4000, 2))
+    x, y = z[:, 0], r * z[:, 0] + np.sqrt(1 - r * r) * z[:, 1]
+    rho, lo, hi = stats.rank_correlation(x, y, resamples=300)
+    expected = 6 / np.pi * np.arcsin(r / 2)  # -0.5824
+    assert abs(rho - expected) < 0.03
+    assert lo < expected < hi and hi - lo < 0.08
+    assert stats.rank_correlation([1, 2, 3, 4], [10, 20, 30, 45], resamples=50)[0] == pytest.approx(1.0)
+    assert math.isnan(stats.rank_correlation([1, 2], [2, 1])[0])
+    assert "negative" in stats.correlation_sentence(x, y, "x vs y")
+    assert "no monotone" in stats.correlation_sentence(x, rng.standard_normal(4000), "x vs noise")

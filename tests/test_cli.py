@@ -269,3 +269,16 @@ def test_cifar10_config_runs_with_synthetic_true_alone(tmp_path):
                             "--data.init_args.synthetic=true"])
     assert cli.trainer.state.status == TrainerStatus.FINISHED and cli.trainer.global_step == 1
     assert {k: len(v[0]) for k, v in cli.datamodule.splits.items()} == {"train": 1844, "val": 204, "test": 409}
+
+
+def test_plan_describes_the_look_ahead_of_the_config_callback(tmp_path, capsys):
+    config = yaml.safe_load((CONFIGS / "polynomial.yaml").read_text())
+    config["trainer"]["callbacks"][0]["init_args"].update(look_ahead=4, look_ahead_steps=60)
+    path = tmp_path / "look_ahead.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = " ".join(_plan(capsys, "-c", str(path)).split())
+    # cost(4) = 4 + 2 = 6 steps per first-rung step: cuts at 10 and 20, 60 steps in all, 20 the kept one's own
+    assert ("look-ahead (look_ahead=4, look_ahead_steps=60): fit draws 4 candidates as this plan says" in out
+            and "in its first 60 training steps" in out and "at steps 10/20 of each candidate" in out
+            and "(20 of those steps are its own, 40 extra)" in out), out
+    assert "look-ahead" not in _plan(capsys, "-c", str(CONFIGS / "polynomial.yaml"))

@@ -278,3 +278,50 @@ def test_figure_budget_keeps_the_figures_within_their_share_of_the_time():
     assert dashboard.FigureBudget(share=1, clock=clock).allows()  # share 1: always
     with pytest.raises(ValueError, match="share=0 must be > 0"):
         dashboard.FigureBudget(share=0)
+
+
+class GeluNarrow(DeepNarrow):
+    """A LightningModule as users write one: nn.GELU modules, and a functional F.gelu in forward."""
+
+    def __init__(self, width=8, depth=10):
+        super().__init__(width=width, depth=depth)
+        blocks = [m for _ in range(depth - 2) for m in (torch.nn.Linear(width, width), torch.nn.GELU())]
+        self.net = torch.nn.Sequential(*blocks, torch.nn.Linear(width, width))
+        self.head = torch.nn.Linear(width, 1)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.gelu(self.net(x)))
+
+
+@pytest.mark.parametrize("calibrate", [None, "layers"])
+def test_the_predicted_line_and_band_of_a_gelu_net_are_the_scale_chains(tmp_path, calibrate):
+    from lightning_lyapunov import chain_theory
+
+    module = GeluNarrow()
+    callback = LyapunovInit(seed=0, calibrate=calibrate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no logger
+        fit(module, tmp_path, callback, width=8, logger=False, max_steps=1)
+    plan = callback.plan
+    assert plan.operating_scale is not None and all("gelu exact at s=" in l.theory for l in plan.layers[:-1])
+    layers = [(l.d_in, l.d_out, "gelu") for l in plan.layers[:-1]] + [(8, 1, None)]
+    chain = chain_theory.predict_chain(layers, "orthogonal", plan.operating_scale, input_scale=plan.operating_scale)
+    np.testing.assert_allclose(dashboard.predicted_band(plan), 2 * np.sqrt(chain.std_log_norm**2 - chain.std_log_norm[0]**2),
+                               rtol=1e-6, atol=1e-9)
+    stats = callback.report.first
+    line = dashboard.predicted_log_norm(stats, plan)
+    matplotlib = pytest.importorskip("matplotlib")
+    figure = dashboard.depth_figure(stats, plan, "gelu")
+    try:  # the kurtosis recursion is the Leaky ReLU's: not drawn, a note says why
+        kurtosis = figure.axes[3]
+        assert not [l for l in kurtosis.get_lines() if l.get_label().startswith("theory")]
+        assert "not Leaky ReLUs" in " ".join(t.get_text() for t in kurtosis.get_legend().get_texts())
+    finally:
+        matplotlib.pyplot.close(figure)
+    if calibrate is None:  # theory's line through the first layer's measured mean
+        np.testing.assert_allclose(line, stats.column("log_norm_mean")[0] + chain.mean_log_norm - chain.mean_log_norm[0],
+                                   atol=1e-9)
+    else:  # the log-gains measured at calibration, where the plan's table says "the diagnostics' prediction from here on"
+        gains = np.array(plan.calibration.log_gains)
+        np.testing.assert_allclose(line, stats.column("log_norm_mean")[0] + np.concatenate([[0], np.cumsum(gains[1:])]))
+        assert "before calibration, theory's log-norm drift: +0.000" in plan.describe()

@@ -211,3 +211,32 @@ def test_ddp_processes_hold_the_same_candidates_and_keep_the_same_one(tmp_path):
     assert first["local"] != second["local"]  # each process ranked its own batches' losses ...
     for key in first["weights"]:  # ... and their mean: one decision, one model
         assert torch.equal(first["weights"][key], second["weights"][key]), key
+
+
+@pytest.mark.parametrize("diagnostics", [True, False])
+def test_the_dashboard_layout_has_the_look_ahead_charts_and_each_shows_its_tags(tmp_path, diagnostics):
+    import re
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    from lightning_lyapunov.dashboard import LOOK_AHEAD_CATEGORY
+
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    look = LyapunovInit(seed=0, look_ahead=4, look_ahead_steps=12, diagnostics=diagnostics)
+    run(tmp_path, look, max_steps=14, logger=logger, log_every_n_steps=1)
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    config = layout_pb2.Layout()
+    config.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    titles = [category.title for category in config.category]
+    assert titles.index(LOOK_AHEAD_CATEGORY) == (1 if diagnostics else 0) and (len(titles) > 1) == diagnostics
+    charts = config.category[titles.index(LOOK_AHEAD_CATEGORY)].chart
+    tags = events.Tags()["scalars"]
+    shown = [sorted(t for t in tags for r in chart.multiline.tag if re.search(r, t)) for chart in charts]
+    report = look.look_ahead.look.report
+    assert shown == [["lyapunov/lookahead/candidate"], [f"lyapunov/lookahead/loss/{k}" for k in range(4)],
+                     [f"lyapunov/lookahead/cut/{k}" for k in range(4)], ["lyapunov/lookahead/kept"]]
+    assert [e.value for e in events.Scalars("lyapunov/lookahead/kept")] == [report.kept]
+    assert [e.step for e in events.Scalars("lyapunov/lookahead/candidate")] == list(range(12))  # its steps only

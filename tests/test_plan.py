@@ -54,7 +54,7 @@ def test_plan_moment_only_for_the_fractional_scheme():
 
 
 def test_describe_can_leave_out_the_warnings():
-    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 1))
+    model = nn.Sequential(nn.Linear(4, 4), nn.RReLU(), nn.Linear(4, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plan = plan_init(model)
@@ -77,9 +77,9 @@ def test_plan_command_prints_each_plan_warning_once(tmp_path, capsys):
         warnings.simplefilter("always")
         main(["plan", "-c", str(path)])
     out = capsys.readouterr().out
-    printed = [line for line in out.splitlines() if line.startswith("warning: ") and "GELU" in line]
-    assert len(printed) >= 1
-    assert not [w for w in caught if "GELU" in str(w.message)]  # not a second time as a Python warning
+    printed = [line for line in out.splitlines() if line.startswith("warning: ") and "gelu" in line]
+    assert len(printed) >= 1  # width 2: the scale chain is approximate there
+    assert not [w for w in caught if "gelu" in str(w.message)]  # not a second time as a Python warning
 
 
 def chain() -> nn.Sequential:

@@ -31,7 +31,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ __all__ = [
     "FullBatch",
     "Fit",
     "fit",
+    "take_state",
     "mse",
     "cross_entropy",
     "classification",
@@ -56,6 +57,7 @@ __all__ = [
 Batch = tuple[Tensor, ...]
 Objective = Callable[["Stack", Batch, "torch.Generator | None"], Tensor]  # -> per-run loss (R,)
 Metric = Callable[["Stack", Batch], "Tensor | dict[str, Tensor]"]  # -> (R,) or {name: (R,)}
+OptimizerState = dict[str, Tensor]  # per-element tensors over Stack.flat (Adam: "m", "v"; SGD: none)
 
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.Identity)
 _POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
@@ -271,6 +273,22 @@ class Stack(nn.Module):
         call = lambda p, b, xx: torch.func.functional_call(self._template, (p, b), (xx,))  # noqa: E731
         return torch.vmap(call, in_dims=(0, 0, 0 if per_run else None))(params, self._buffers_stacked, x)
 
+    def elements(self, runs: Sequence[int] | Tensor) -> Tensor:
+        """Indices into :attr:`flat` of the elements of ``runs``, in the order of :meth:`take`'s stack
+        (per parameter, run by run): ``flat[stack.elements(runs)]`` is ``stack.take(runs).flat``."""
+        index = torch.as_tensor(runs, dtype=torch.long).reshape(-1, 1)
+        parts, start = [], 0
+        for p in self._params:
+            per = p[0].numel()
+            parts.append((start + index * per + torch.arange(per)).reshape(-1))
+            start += p.numel()
+        return torch.cat(parts)
+
+    def take(self, runs: Sequence[int] | Tensor) -> Stack:
+        """A new stack of the runs ``runs`` (in that order, repeats allowed), with their current
+        parameters and buffers; carry an optimizer's state along with :func:`take_state`."""
+        return Stack([self.module(int(r)) for r in torch.as_tensor(runs).reshape(-1)], self.sample_dims)
+
     def module(self, run: int) -> nn.Module:
         """A copy of the architecture holding run ``run``'s current parameters and buffers."""
         out = copy.deepcopy(self._template)
@@ -306,7 +324,8 @@ class SGD:
     lr: float | Sequence[float]
     weight_decay: float = 0.0
 
-    def start(self, stack: Stack) -> Callable[[int], None]:
+    def start(self, stack: Stack, state: OptimizerState | None = None) -> Callable[[int], None]:
+        """The step function ``step(t)`` (``t``: the step's number, from 1); SGD has no state."""
         lr = _per_element(stack, self.lr)
         neg_lr = -lr if isinstance(lr, float) else (-lr)[stack.run_of].float()
         flat, grad = stack.flat, stack.flat_grad
@@ -319,6 +338,7 @@ class SGD:
             else:
                 flat.addcmul_(g, neg_lr)
 
+        step.state = {}  # type: ignore[attr-defined]
         return step
 
 
@@ -332,11 +352,20 @@ class Adam:
     eps: float = 1e-8
     weight_decay: float = 0.0
 
-    def start(self, stack: Stack) -> Callable[[int], None]:
+    def start(self, stack: Stack, state: OptimizerState | None = None) -> Callable[[int], None]:
+        """The step function ``step(t)`` (``t``: the step's number, from 1; pass on from the steps
+        already taken when continuing), starting from ``state`` (``{"m", "v"}`` over :attr:`Stack.flat`,
+        e.g. an earlier :attr:`Fit.state`; default zeros); ``step.state`` is the live state."""
         lr = _per_element(stack, self.lr)
         per_run = None if isinstance(lr, float) else lr[stack.run_of]
         flat, grad = stack.flat, stack.flat_grad
-        m, v = torch.zeros_like(flat), torch.zeros_like(flat)
+        if state:
+            m, v = state["m"].clone(), state["v"].clone()
+            if m.shape != flat.shape or v.shape != flat.shape:
+                raise ValueError(f"an Adam state of {m.numel()} elements for a stack of {flat.numel()}: take the "
+                                 "state of the same runs (take_state)")
+        else:
+            m, v = torch.zeros_like(flat), torch.zeros_like(flat)
         b1, b2 = self.betas
 
         @torch.no_grad()
@@ -351,7 +380,15 @@ class Adam:
             else:
                 flat.add_(m.div(denom).mul_((-per_run / bias1).float()))
 
+        step.state = {"m": m, "v": v}  # type: ignore[attr-defined]
         return step
+
+
+def take_state(state: OptimizerState, stack: Stack, runs: Sequence[int] | Tensor) -> OptimizerState:
+    """The optimizer state of ``stack.take(runs)``: each per-element tensor of ``state`` taken at
+    :meth:`Stack.elements` (e.g. to continue the kept candidates of a selection with their moments)."""
+    index = stack.elements(runs)
+    return {name: value[index].clone() for name, value in state.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,7 +512,8 @@ class Fit:
     ``curves[name]``: ``(len(steps), R)`` per metric (non-finite values stored as ``inf``);
     ``final[name]``: ``(R,)`` per metric of ``final_evals``, evaluated once after the last step;
     ``losses``: the training loss of every step ``(steps, R)`` (``inf`` when non-finite);
-    ``stopped[r]``: the step at which run r stopped on a non-finite loss (-1: never); ``seconds``: CPU time."""
+    ``stopped[r]``: the step at which run r stopped on a non-finite loss (-1: never); ``seconds``: CPU time;
+    ``state``: the optimizer's state after the last step (pass it to :func:`fit` to continue)."""
 
     steps: np.ndarray
     curves: dict[str, np.ndarray]
@@ -483,6 +521,7 @@ class Fit:
     losses: np.ndarray
     stopped: np.ndarray
     seconds: float
+    state: OptimizerState = field(default_factory=dict)
 
 
 def _evaluate(model: Stack, evals: Mapping[str, tuple[Batch, Metric]], chunk: int | None) -> dict[str, np.ndarray]:
@@ -508,7 +547,8 @@ def _evaluate(model: Stack, evals: Mapping[str, tuple[Batch, Metric]], chunk: in
 def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Adam, steps: int,
         order: Epochs | Draws | FullBatch, evals: Mapping[str, tuple[Batch, Metric]] | None = None,
         record: Iterable[int] = (), eval_chunk: int | None = None, nonfinite: str = "stop",
-        final_evals: Mapping[str, tuple[Batch, Metric]] | None = None) -> Fit:
+        final_evals: Mapping[str, tuple[Batch, Metric]] | None = None, state: OptimizerState | None = None,
+        first_step: int = 0) -> Fit:
     """Train the ``R`` runs of ``model`` for ``steps`` steps on the summed per-run losses.
 
     ``objective(model, batch, generator)`` returns the per-run training loss ``(R,)``; ``batch`` holds
@@ -517,6 +557,10 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
     ``(R,)`` (curve ``name``) or a dict (curves ``name_key``), evaluated in eval mode, in chunks of
     ``eval_chunk`` rows (a weighted mean) at every step in ``record`` and after the last step;
     ``final_evals`` the same, after the last step only (large test sets).
+    ``state``, ``first_step``: continue a training that took ``first_step`` optimizer steps and left
+    the optimizer in ``state`` (:attr:`Fit.state`; after :meth:`Stack.take`, :func:`take_state`):
+    the steps are numbered from ``first_step + 1`` (Adam's bias correction); ``record`` and the
+    order's draws count from this call's first step.
     ``nonfinite``: a run whose training loss is not finite ``"stop"``s there (its parameters are frozen,
     as a run that stops on a NaN), or (``"skip"``) gets zero gradient for that step and goes on (the
     optimizer still steps: Adam's moments move it).
@@ -530,7 +574,7 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
         raise ValueError(f"nonfinite={nonfinite!r}: choose 'stop' or 'skip'")
     runs, n = model.runs, len(train[0])
     batcher = order.start(n, runs)
-    update = optimizer.start(model)
+    update = optimizer.start(model, state)
     wanted = sorted(set(record) | {steps})
     alive = torch.ones(runs, dtype=torch.bool)
     stopped = np.full(runs, -1)
@@ -568,10 +612,11 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
             warnings.filterwarnings("ignore", message="grad and param do not obey")
             kept.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).sum().backward()
         model.flat_grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        update(step + 1)
+        update(first_step + step + 1)
         if frozen is not None:
             with torch.no_grad():
                 torch.where(frozen_mask, frozen, model.flat, out=model.flat)
     curves = {name: np.stack([r[name] for r in records]) for name in (records[-1] if records else {})}
     final = _evaluate(model, final_evals or {}, eval_chunk)
-    return Fit(np.array(wanted), curves, final, losses, stopped, time.process_time() - start)
+    return Fit(np.array(wanted), curves, final, losses, stopped, time.process_time() - start,
+               {name: value.clone() for name, value in update.state.items()})

@@ -21,12 +21,23 @@ SOURCES: dict[str, tuple[str, str | None]] = {
     "calibrate_": ("lightning_lyapunov.calibration", "calibrate_"),
     "DEFAULT_TARGET": ("lightning_lyapunov.settings", "DEFAULT_TARGET"),
     "InitSpec": ("lightning_lyapunov", "InitSpec"),
+    "find_residual_blocks": ("lightning_lyapunov.residual", "find_residual_blocks"),
+    "branch_scale": ("lightning_lyapunov.residual", "branch_scale"),
     "orthogonal_": ("lightning_lyapunov.init", "orthogonal_"),
     "orthogonal_gain": ("lightning_lyapunov.theory", "orthogonal_gain"),
     "lyapunov_orthogonal_": ("lightning_lyapunov.init", "lyapunov_orthogonal_"),
     "stiefel_orthogonal_": ("lightning_lyapunov.init", "stiefel_orthogonal_"),
+    # look-ahead selection
+    "look_ahead_": ("lightning_lyapunov", "look_ahead_"),
+    "Halving": ("lightning_lyapunov.halving", "Halving"),
+    "candidate_seeds": ("lightning_lyapunov.halving", "candidate_seeds"),
+    "halving_cost": ("lightning_lyapunov.halving", "halving_cost"),
+    "halving_cuts": ("lightning_lyapunov.halving", "halving_cuts"),
+    "DEFAULT_CANDIDATES": ("lightning_lyapunov.lookahead", "DEFAULT_CANDIDATES"),
+    "DEFAULT_STEPS": ("lightning_lyapunov.lookahead", "DEFAULT_STEPS"),
     # theory and measurement
     "theory": ("lightning_lyapunov.theory", None),
+    "chain_theory": ("lightning_lyapunov.chain_theory", None),
     "log_gain": ("lightning_lyapunov.log_norm", "log_gain"),
     "SignalMonitor": ("lightning_lyapunov.diagnostics", "SignalMonitor"),
     # example models and data

@@ -287,3 +287,38 @@ def against_best(values: Mapping[str, Sequence[float] | np.ndarray], metric: str
     others = [label for label in (among or values) if label != leader]
     return [compare(values[leader], values[o], leader, o, higher_is_better=higher_is_better).sentence(metric, style)
             for o in others]
+
+
+def rank_correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, level: float = LEVEL,
+                     resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's rank correlation of paired observations ``(x_i, y_i)`` (average ranks for ties) with a
+    percentile bootstrap interval (pairs resampled with replacement): ``(rho, lo, hi)``. NaN pairs are
+    dropped; fewer than 3 pairs give NaN."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if a.size < 3:
+        return math.nan, math.nan, math.nan
+
+    def rho(idx: np.ndarray) -> np.ndarray:  # one row of indices per resample
+        ra, rb = rankdata(a[idx], axis=-1), rankdata(b[idx], axis=-1)
+        ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (ra * rb).sum(-1) / np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+
+    rng = np.random.default_rng(seed)
+    boot = rho(rng.integers(0, a.size, (resamples, a.size)))
+    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(rho(np.arange(a.size)[None])[0]), float(lo), float(hi)
+
+
+def correlation_sentence(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, what: str,
+                         level: float = LEVEL) -> str:
+    """``"<what>: Spearman rho = -0.62 [-0.70, -0.53] (95% bootstrap, n = 240), negative"`` (``"no
+    monotone association shown"`` when the interval holds 0)."""
+    r, lo, hi = rank_correlation(x, y, level)
+    n = int((~(np.isnan(np.asarray(x, float)) | np.isnan(np.asarray(y, float)))).sum())
+    sign = "negative" if hi < 0 else "positive" if lo > 0 else "no monotone association shown (the interval holds 0)"
+    return f"{what}: Spearman rho = {r:+.2f} [{lo:+.2f}, {hi:+.2f}] ({100 * level:.0f}% bootstrap, n = {n}), {sign}"

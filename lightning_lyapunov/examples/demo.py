@@ -28,7 +28,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_lyapunov import LyapunovInit, theory
-from lightning_lyapunov.callbacks import LyapunovWarning, log as callback_log
+from lightning_lyapunov._warn import LyapunovWarning
+from lightning_lyapunov.callbacks import log as callback_log
 from lightning_lyapunov.examples.data import PolynomialRegression
 from lightning_lyapunov.examples.models import DeepMLP, RegressionModule
 
