@@ -6,7 +6,7 @@ cost longer than a small training step), to any other logger through Lightning's
 The plan text, the custom-scalars layout, the log-norm histograms and the depth figure need a
 ``TensorBoardLogger`` (its ``SummaryWriter``, whose records :mod:`._events` frames). The depth figures take
 ~0.3 s each: they are rendered within a share of the run's time (:class:`~.dashboard.FigureBudget`), the
-first one deferred until that allows it, the final one always. A logger or writer that fails (a full disk, a logger that rejects the
+first one deferred until that allows it (at the latest, with the final one), the final one always. A logger or writer that fails (a full disk, a logger that rejects the
 ``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
 switched off for that logger. Without matplotlib there is no depth figure, which is said once.
 """
@@ -44,7 +44,7 @@ class Writers:
         self._distribution_steps: set[int] = set()  # steps whose histograms were written
         self._figure_steps: set[int] = set()  # steps whose depth figure was rendered (or failed)
         self._pending: tuple[Any, ...] | None = None  # the first depth figure, deferred
-        #: when the depth figures (~0.3 s each) are rendered; the final one always is
+        #: when the depth figures (~0.3 s each) are rendered; the first and the final one always are
         self.figures = figures if figures is not None else FigureBudget()
 
     def emit(self, logger: Any, output: str, write: Callable[[Any], None]) -> None:
@@ -91,7 +91,8 @@ class Writers:
                       step: int, verdict: Any = None, final: bool = False) -> None:
         """Histograms of ``layers``' per-sample log-norms (once per step) and the depth figure (its title
         names the ``verdict``): the ``final`` one always, the others while :attr:`figures` allows
-        (the first is kept until it does, then rendered with its step: :meth:`deferred`)."""
+        (the first is kept until it does, then rendered with its step: :meth:`deferred`; at the latest with
+        the final one, so that step 0 and the end are always there to compare)."""
         boards = tensorboards(loggers)
         if not boards:
             return
@@ -110,8 +111,10 @@ class Writers:
         if step in self._figure_steps:
             return
         figure = (stats, plan, step, verdict)
-        if final:
-            self.deferred(loggers)
+        if final:  # the first measured step's figure too, if the budget never allowed it
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._figure(boards, *pending)
             self._figure(boards, *figure)
         elif self.figures.allows():
             self._figure(boards, *(self._pending or figure))

@@ -32,8 +32,9 @@ trained at each of its steps, their losses, the cuts, the kept one: its steps ar
 4, 8, ... and at the end of training, the per-sample log-norm histograms of the same layers
 (``lyapunov/log_norm_hist/<layer>``) and the depth profile, one image per panel
 (``lyapunov/depth/<panel>``, :data:`PANELS`, titled with the run, the step and the verdict,
-:func:`depth_figures`): the final one always, the others while they take at most
-:data:`FIGURE_SHARE` of the run's time (:class:`FigureBudget`; the first one is kept until then).
+:func:`depth_figures`): the first measured step's and the final one always, the others while they take
+at most :data:`FIGURE_SHARE` of the run's time (:class:`FigureBudget`; the first one is kept until then,
+at the latest until the end).
 
 Example::
 
@@ -292,8 +293,8 @@ FIGURE_SHARE = 0.02
 class FigureBudget:
     """When a depth figure may be rendered: while the seconds spent rendering them, the next one and
     the final one included (each estimated as the last one's), stay within ``share`` of the seconds
-    since :meth:`start` (``share >= 1``: always). The writers always render the final one, so a run
-    shorter than ~30 s shows that one only; a 10-minute run one every ~15 s of training at most.
+    since :meth:`start` (``share >= 1``: always). The writers always render the first measured step's
+    and the final one (the first at the end if not before), so a run shorter than ~30 s shows those two; a 10-minute run one every ~15 s of training at most.
     ``clock``: seconds.
 
     Example::
