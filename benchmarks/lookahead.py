@@ -350,6 +350,9 @@ def figure(runs: list[dict[str, Any]]):
 
 def run(size: Size) -> Report:
     runs = [row for cell in _cells(size) for row in cell]
+    cached = ("\nThe cells were run one by one (`python -m benchmarks.lookahead TASK SHAPE` with `$LOOKAHEAD_CELLS`) "
+              "and read back here: the CPU time above is the report's, not the cells'."
+              if os.environ.get("LOOKAHEAD_CELLS") else "")
     rows = table(runs)
     found, summary = findings(runs, size)
     cuts = "/".join(map(str, halving_cuts(size.candidates, size.look_ahead_steps)))
@@ -385,7 +388,7 @@ that built this benchmark.
 Columns: trained count with its 95% Wilson interval; the median of the metric over seeds with a 95%
 percentile-bootstrap interval; "extra steps": the look-ahead's steps beyond the kept candidate's own.
 Per-seed rows in the CSV, with the kept candidate and its ranking loss at each cut. All runs of one
-(task, shape) trained stacked by the benchmark engine, one thread per cell.
+(task, shape) trained stacked by the benchmark engine, one thread per cell.{cached}
 """
     return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary)
 
