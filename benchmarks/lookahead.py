@@ -220,8 +220,8 @@ def select(task, shape: Shape, schemes: Sequence, seeds: Sequence[int], candidat
 
 
 def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
-    """Every method on one (task, shape): one row per (method, seed)."""
-    torch.set_num_threads(1)
+    """Every method on one (task, shape): one row per (method, seed). Threads: the runner's (forked
+    cell processes inherit them; a direct ``python -m benchmarks.lookahead`` takes ``OMP_NUM_THREADS``)."""
     seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds))
     task = TASKS[task_name](seeds)
     rows: list[dict[str, Any]] = []
@@ -396,5 +396,6 @@ Per-seed rows in the CSV, with the kept candidate and its ranking loss at each c
     return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary)
 
 
-if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS: python -m benchmarks.lookahead TASK SHAPE
+if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS (run it with OMP_NUM_THREADS=1):
+    # python -m benchmarks.lookahead TASK SHAPE
     cached_cell(sys.argv[1], next(s for s in SHAPES if s.name == sys.argv[2]), SIZES.full)
