@@ -87,10 +87,8 @@ class Size:
 
 
 SHAPES = (Shape("w2d40", 2, 40, 0.1), Shape("w3d60", 3, 60, 0.05))
-#: The cells of the committed run. ("regression", SHAPES[1]) belongs here too: it takes about 30 CPU
-#: minutes (0.64 million run-steps of a depth-60 net on 1024 points), more than the session that built
-#: this benchmark could spend on a shared 2-core machine; add it when rerunning.
-FULL_CELLS = (("regression", SHAPES[0]), ("score", SHAPES[0]), ("score", SHAPES[1]))
+#: The cells of the committed run: both tasks at both shapes.
+FULL_CELLS = tuple((task, shape) for shape in SHAPES for task in ("regression", "score"))
 SIZES = Sizes(quick=Size(seeds=2, steps=24, candidates=2, look_ahead_steps=8,
                          cells=(("regression", Shape("w2d6", 2, 6, 0.1)), ("score", Shape("w2d6", 2, 6, 0.1))),
                          workers=1),
@@ -103,6 +101,7 @@ class Regression:
     divided by var(y); metric: test MSE / var(y_test)."""
 
     name, features, metric, threshold = "regression", 1, "test MSE / var(y)", REGRESSION_TRAINED
+    limits = (1e-4, 10.0)  # the figure's axis (values beyond it drawn at its edge)
 
     def __init__(self, seeds: Sequence[int]) -> None:
         splits = [PolynomialRegression(in_features=1, degree=5, seed=s).build() for s in seeds]
@@ -135,6 +134,7 @@ class Score:
     step; metric: relative score error on the noisy test points (1 = the zero predictor)."""
 
     name, features, metric, threshold = "score", 2, "relative score error", SCORE_TRAINED
+    limits = (0.4, 2.0)
 
     def __init__(self, seeds: Sequence[int]) -> None:
         data, self.x, _, noisy_test, self.probe_batch = noisy_data(PROBE_SIZE)
@@ -218,8 +218,8 @@ def select(task, shape: Shape, schemes: Sequence, seeds: Sequence[int], candidat
 
 
 def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
-    """Every method on one (task, shape): one row per (method, seed)."""
-    torch.set_num_threads(1)
+    """Every method on one (task, shape): one row per (method, seed). Threads: the runner's (forked
+    cell processes inherit them; a direct ``python -m benchmarks.lookahead`` takes ``OMP_NUM_THREADS``)."""
     seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds))
     task = TASKS[task_name](seeds)
     rows: list[dict[str, Any]] = []
@@ -339,7 +339,7 @@ def figure(runs: list[dict[str, Any]]):
         for r in runs:
             if (r["task"], r["shape"]) == cell:
                 by.setdefault(r["scheme"], []).append(r["metric"])
-        dots(ax, {m: np.array(v) for m, v in by.items()}, TASKS[cell[0]].metric)
+        dots(ax, {m: np.array(v) for m, v in by.items()}, TASKS[cell[0]].metric, limits=TASKS[cell[0]].limits)
         ax.axvline(TASKS[cell[0]].threshold, color="grey", ls="--", lw=1)
         ax.set_title(f"{cell[0]}, {cell[1]}", fontsize=10)
         if ax is not axes[0][0]:
@@ -350,6 +350,9 @@ def figure(runs: list[dict[str, Any]]):
 
 def run(size: Size) -> Report:
     runs = [row for cell in _cells(size) for row in cell]
+    cached = ("\nThe cells were run one by one (`python -m benchmarks.lookahead TASK SHAPE` with `$LOOKAHEAD_CELLS`) "
+              "and read back here: the CPU time above is the report's, not the cells'."
+              if os.environ.get("LOOKAHEAD_CELLS") else "")
     rows = table(runs)
     found, summary = findings(runs, size)
     cuts = "/".join(map(str, halving_cuts(size.candidates, size.look_ahead_steps)))
@@ -382,13 +385,15 @@ for hundreds of iterations, with hyper-parameters the paper tunes per architectu
 reproduction (and its share of the equal step budget) was not attempted in the CPU budget of the session
 that built this benchmark.
 
-Columns: trained count with its 95% Wilson interval; the median of the metric over seeds with a 95%
+The figure: every seed's final metric, clipped to [1e-4, 10] (regression) and [0.4, 2] (score); the
+table has the unclipped numbers. Columns: trained count with its 95% Wilson interval; the median of the metric over seeds with a 95%
 percentile-bootstrap interval; "extra steps": the look-ahead's steps beyond the kept candidate's own.
 Per-seed rows in the CSV, with the kept candidate and its ranking loss at each cut. All runs of one
-(task, shape) trained stacked by the benchmark engine, one thread per cell.
+(task, shape) trained stacked by the benchmark engine, one thread per cell.{cached}
 """
     return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary)
 
 
-if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS: python -m benchmarks.lookahead TASK SHAPE
+if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS (run it with OMP_NUM_THREADS=1):
+    # python -m benchmarks.lookahead TASK SHAPE
     cached_cell(sys.argv[1], next(s for s in SHAPES if s.name == sys.argv[2]), SIZES.full)
