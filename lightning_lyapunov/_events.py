@@ -59,6 +59,13 @@ def _bytewise(register: int, data: bytes, byte_table: list[int]) -> int:
     return register
 
 
+def _carried(table: np.ndarray, register: int, length: int) -> int:
+    """``R(register, 0...0)`` over ``length >= 4`` zero bytes: the register's 4 bytes (little endian)
+    read as the message's first 4."""
+    return int(table[length - 1][register & 0xFF] ^ table[length - 2][(register >> 8) & 0xFF]
+               ^ table[length - 3][(register >> 16) & 0xFF] ^ table[length - 4][register >> 24])
+
+
 def crc32c(data: bytes) -> int:
     """The CRC-32C of ``data`` (``crc32c(b"123456789") == 0xE3069283``)."""
     table, byte_table, reverse = _tables()
@@ -69,16 +76,12 @@ def crc32c(data: bytes) -> int:
     register = _MASK
     if full:
         blocks = table[reverse, buffer[: full * BLOCK].reshape(full, BLOCK)]
-        shift = table[BLOCK - 4 : BLOCK][::-1]  # the register's 4 bytes as the block's first 4
         for contribution in np.bitwise_xor.reduce(blocks, axis=1).tolist():
-            register = contribution ^ int(shift[0][register & 0xFF] ^ shift[1][(register >> 8) & 0xFF]
-                                          ^ shift[2][(register >> 16) & 0xFF] ^ shift[3][register >> 24])
+            register = contribution ^ _carried(table, register, BLOCK)
     if tail >= 4:
         rest = buffer[full * BLOCK :]
-        rows = table[tail - 1 :: -1][:tail] if tail < BLOCK else table[::-1]
-        contribution = int(np.bitwise_xor.reduce(rows[np.arange(tail), rest]))
-        register = contribution ^ int(table[tail - 1][register & 0xFF] ^ table[tail - 2][(register >> 8) & 0xFF]
-                                      ^ table[tail - 3][(register >> 16) & 0xFF] ^ table[tail - 4][register >> 24])
+        contribution = int(np.bitwise_xor.reduce(table[tail - 1 :: -1][np.arange(tail), rest]))  # tail < BLOCK
+        register = contribution ^ _carried(table, register, tail)
     elif tail:
         register = _bytewise(register, data[full * BLOCK :], byte_table)
     return register ^ _MASK
