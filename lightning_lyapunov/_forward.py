@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Callable, NamedTuple, Sequence
@@ -31,7 +32,7 @@ from torch import nn
 
 __all__ = [
     "Forward", "FirstCall", "InputShapeError", "call_forward", "called", "global_rng_preserved", "preserved", "quiet",
-    "shapes_checked", "stop_at", "tensors",
+    "shapes_checked", "stop_at", "tensors", "TensorMarks",
 ]
 
 #: ``forward(model, example)``: how to run a model on an example (default :func:`call_forward`).
@@ -74,6 +75,35 @@ def tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from tensors(item)
+
+
+class TensorMarks:
+    """A mark per tensor, kept by the tensor's identity while it lives: what an observer of a forward
+    pass attaches to the tensors it follows. A freed tensor's id may be reused by a new one; the weak
+    reference tells them apart, so a new tensor never inherits an old mark.
+
+    Example::
+
+        marks = TensorMarks()
+        marks.set(x, "seen")
+        marks.get(x), marks.get(x.clone())   # ("seen", None)
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, Any]] = {}
+
+    def get(self, tensor: torch.Tensor, default: Any = None) -> Any:
+        """The mark of ``tensor``, or ``default``."""
+        entry = self._entries.get(id(tensor))
+        return entry[1] if entry is not None and entry[0]() is tensor else default
+
+    def set(self, tensor: torch.Tensor, mark: Any) -> None:
+        """Mark ``tensor`` (replacing any mark it had)."""
+        self._entries[id(tensor)] = (weakref.ref(tensor), mark)
+
+    def discard(self, tensor: torch.Tensor) -> None:
+        """Forget the mark of ``tensor``, if any."""
+        self._entries.pop(id(tensor), None)
 
 
 @contextmanager

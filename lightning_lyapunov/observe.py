@@ -30,7 +30,6 @@ registration order are the fallbacks (:func:`lightning_lyapunov.activations.dete
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -38,7 +37,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._forward import Forward, InputShapeError, call_forward, preserved, shapes_checked, tensors
+from ._forward import Forward, InputShapeError, TensorMarks, call_forward, preserved, shapes_checked, tensors
 from .activations import (
     WEIGHT_LAYERS,
     SlopeInfo,
@@ -75,7 +74,7 @@ class _Observer(TorchFunctionMode):
         super().__init__()
         wanted = set(names)
         self.planned = {id(m): n for n, m in model.named_modules() if n in wanted}
-        self.tags: dict[int, tuple[weakref.ref, frozenset[Tag]]] = {}
+        self.tags = TensorMarks()  # per tensor, the planned layers' outputs it carries: frozenset[Tag]
         self.definite: dict[str, list[SlopeInfo]] = {name: [] for name in names}
         self.unknown: dict[str, list[SlopeInfo]] = {name: [] for name in names}
         self.residual: set[str] = set()
@@ -94,17 +93,16 @@ class _Observer(TorchFunctionMode):
     # ---------------------------------------------------------------- tags
 
     def _get(self, tensor: torch.Tensor) -> frozenset[Tag]:
-        entry = self.tags.get(id(tensor))
-        return entry[1] if entry is not None and entry[0]() is tensor else frozenset()
+        return self.tags.get(tensor, frozenset())
 
     def _set(self, value: Any, tags: frozenset[Tag]) -> None:
         for tensor in tensors(value):
             if tensor.is_floating_point() and tensor.dim() > 0:
-                self.tags[id(tensor)] = (weakref.ref(tensor), tags | self._get(tensor))
+                self.tags.set(tensor, tags | self._get(tensor))
 
     def _clear(self, value: Any) -> None:
         for tensor in tensors(value):
-            self.tags.pop(id(tensor), None)
+            self.tags.discard(tensor)
 
     def _tags_of(self, *values: Any) -> frozenset[Tag]:
         return frozenset().union(*(self._get(t) for value in values for t in tensors(value)))

@@ -54,7 +54,6 @@ Example::
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -64,7 +63,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._checks import check_float, check_int
-from ._forward import tensors
+from ._forward import TensorMarks, tensors
 from .log_norm import rms
 from .observe import _target
 
@@ -155,8 +154,8 @@ class _Watcher(TorchFunctionMode):
         wanted = set(names)
         self.step = 0
         self.depth = 0  # > 0 inside a planned layer: its inner calls are its own
-        self.tags: dict[int, tuple[weakref.ref, frozenset[tuple[str, int]]]] = {}
-        self.consumed: dict[int, tuple[weakref.ref, int]] = {}
+        self.tags = TensorMarks()  # per tensor, the planned layers' outputs it carries: frozenset[(name, step)]
+        self.consumed = TensorMarks()  # per tensor, the step at which the network first read it
         self.blocks: dict[str, ResidualBlock] = {}
         self.stop_after = stop_after
         self.norms: set[str] = set()
@@ -169,22 +168,18 @@ class _Watcher(TorchFunctionMode):
                 self.handles.append(module.register_forward_pre_hook(self._make_enter(name)))
                 self.handles.append(module.register_forward_hook(self._make_leave(name)))
 
-    def _lookup(self, table: dict, tensor: torch.Tensor) -> Any:
-        entry = table.get(id(tensor))
-        return entry[1] if entry is not None and entry[0]() is tensor else None
-
     def _consume(self, values: Any) -> None:
         for tensor in tensors(values):
-            if self._lookup(self.consumed, tensor) is None:
-                self.consumed[id(tensor)] = (weakref.ref(tensor), self.step)
+            if self.consumed.get(tensor) is None:
+                self.consumed.set(tensor, self.step)
 
     def _tags(self, values: Any) -> frozenset[tuple[str, int]]:
-        return frozenset().union(*(self._lookup(self.tags, t) or frozenset() for t in tensors(values)))
+        return frozenset().union(*(self.tags.get(t, frozenset()) for t in tensors(values)))
 
     def _tag(self, values: Any, tags: frozenset[tuple[str, int]]) -> None:
         for tensor in tensors(values):
             if tensor.is_floating_point():
-                self.tags[id(tensor)] = (weakref.ref(tensor), tags)
+                self.tags.set(tensor, tags)
 
     def _make_enter(self, name: str) -> Callable[..., None]:
         def enter(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -216,7 +211,7 @@ class _Watcher(TorchFunctionMode):
             self._consume((args, kwargs))
             self.step += 1
             if tags and isinstance(result, torch.Tensor) and result.dim() > 0:
-                self._tag(result, tags | (self._lookup(self.tags, result) or frozenset()))
+                self._tag(result, tags | self.tags.get(result, frozenset()))
         return result
 
     def _check_sum(self, pair: tuple[Any, ...]) -> None:
@@ -226,7 +221,7 @@ class _Watcher(TorchFunctionMode):
             return
         for stream, branch in (pair, pair[::-1]):
             fresh = self._tags(branch) - self._tags(stream)
-            seen = self._lookup(self.consumed, stream)
+            seen = self.consumed.get(stream)
             if not fresh or seen is None:
                 continue
             layer, called = max(fresh, key=lambda tag: tag[1])

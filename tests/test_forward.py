@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_lyapunov._forward import call_forward, preserved, quiet, stop_at
+from lightning_lyapunov._forward import TensorMarks, call_forward, preserved, quiet, stop_at
 
 
 class TwoInputs(nn.Module):
@@ -106,3 +106,23 @@ def test_shapes_checked_names_the_layer_and_the_shape_it_takes() -> None:
         model(torch.randn(4, 3))
         raise KeyError("not a shape")
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_tensor_marks_follow_identity_and_a_reused_id_does_not_inherit_a_mark() -> None:
+    marks = TensorMarks()
+    x = torch.zeros(3)
+    marks.set(x, "seen")
+    assert marks.get(x) == "seen" and marks.get(x.clone()) is None and marks.get(x.view(3), "none") == "none"
+    old_id = id(x)
+    del x
+    for _ in range(1000):  # a new tensor at the freed address must not read the old mark
+        y = torch.zeros(3)
+        if id(y) == old_id:
+            assert marks.get(y) is None
+            break
+        del y
+    z = torch.ones(2)
+    marks.set(z, 1)
+    marks.discard(z)
+    marks.discard(z)  # discarding twice is fine
+    assert marks.get(z) is None
