@@ -113,7 +113,7 @@ class Writers:
         figure = (stats, plan, step, verdict)
         if final:  # the first measured step's figure too, if the budget never allowed it
             pending, self._pending = self._pending, None
-            if pending is not None:
+            if pending is not None and pending[2] != step:  # a one-step run: its first step is its last
                 self._figure(boards, *pending)
             self._figure(boards, *figure)
         elif self.figures.allows():

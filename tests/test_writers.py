@@ -116,9 +116,11 @@ def test_without_matplotlib_the_missing_depth_figure_is_said_once(tmp_path, monk
     assert len(said) == 1 and "depth figure" in said[0] and "pip install matplotlib" in said[0]
 
 
-@pytest.mark.parametrize("jump", [30.0, 1.0], ids=["budget allows it at step 6", "budget never allows it"])
+@pytest.mark.parametrize(("jump", "max_steps", "steps"), [(30.0, 9, [0, 8]), (1.0, 9, [0, 8]), (1.0, 1, [0])],
+                         ids=["budget allows it at step 6", "budget never allows it", "one step: one figure"])
 def test_the_first_depth_figure_waits_for_the_budget_and_the_final_one_is_always_rendered(tmp_path, deep_narrow,
-                                                                                         monkeypatch, jump):
+                                                                                         monkeypatch, jump,
+                                                                                         max_steps, steps):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from lightning_lyapunov import dashboard
@@ -146,12 +148,12 @@ def test_the_first_depth_figure_waits_for_the_budget_and_the_final_one_is_always
             clock.now += jump if trainer.global_step == 6 else 1.0
 
     logger = TensorBoardLogger(tmp_path, name="tb")
-    trainer = pl.Trainer(callbacks=[callback, Tick()], **trainer_kwargs(tmp_path, logger=logger, max_steps=9,
+    trainer = pl.Trainer(callbacks=[callback, Tick()], **trainer_kwargs(tmp_path, logger=logger, max_steps=max_steps,
                                                                         log_every_n_steps=1))
     trainer.fit(deep_narrow, loader())
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0})
     events.Reload()
     # the first measured step's figure, rendered at step 6 (or with the final one) with its step; none other
-    assert [image.step for image in events.Images("lyapunov/depth/1_signal")] == [0, 8]
+    assert [image.step for image in events.Images("lyapunov/depth/1_signal")] == steps
     histograms = events.Histograms(f"lyapunov/log_norm_hist/{callback._logged_layers()[0]}")
     assert [h.step for h in histograms][0] == 0  # the histograms are not deferred
