@@ -248,27 +248,31 @@ def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
     return rows
 
 
-def cached_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
-    """:func:`run_cell`, kept in ``$LOOKAHEAD_CELLS/<task>_<shape>.json`` when that variable names a
-    folder (a cell already there for the same size is read back, not rerun): a long run can be done
-    cell by cell (``python -m benchmarks.lookahead TASK SHAPE``), then reported by the runner."""
+def cached_cell(task_name: str, shape: Shape, size: Size) -> tuple[list[dict[str, Any]], float]:
+    """:func:`run_cell`, kept in ``$LOOKAHEAD_CELLS/<task>_<shape>.json`` with the CPU seconds it took
+    when that variable names a folder (a cell already there for the same size is read back, not rerun):
+    a long run can be done cell by cell (``python -m benchmarks.lookahead TASK SHAPE``), then reported
+    by the runner. Returns the rows and the CPU seconds of a cell read back (0 for a cell run here,
+    whose time the runner measures itself)."""
     folder = os.environ.get("LOOKAHEAD_CELLS")
     path = Path(folder) / f"{task_name}_{shape.name}.json" if folder else None
     key = f"{task_name} {shape} seeds={size.seeds} steps={size.steps} K={size.candidates} budget={size.look_ahead_steps}"
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
-        if saved["size"] == key:
-            return saved["rows"]
-    start = time.time()
+        if saved["size"] == key and "cpu_seconds" in saved:  # a cell without its CPU time is rerun
+            return saved["rows"], float(saved["cpu_seconds"])
+    start, cpu = time.time(), time.process_time()
     rows = run_cell(task_name, shape, size)
-    print(f"lookahead: {task_name} {shape.name} done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    cpu = time.process_time() - cpu
+    print(f"lookahead: {task_name} {shape.name} done in {time.time() - start:.0f} s ({cpu:.0f} s CPU)",
+          file=sys.stderr, flush=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"size": key, "rows": rows}))
-    return rows
+        path.write_text(json.dumps({"size": key, "cpu_seconds": cpu, "rows": rows}))
+    return rows, 0.0
 
 
-def _cells(size: Size) -> list[list[dict[str, Any]]]:
+def _cells(size: Size) -> list[tuple[list[dict[str, Any]], float]]:
     jobs = [(task, shape, size) for task, shape in size.cells]
     if size.workers <= 1:
         return [cached_cell(*job) for job in jobs]
@@ -349,10 +353,12 @@ def figure(runs: list[dict[str, Any]]):
 
 
 def run(size: Size) -> Report:
-    runs = [row for cell in _cells(size) for row in cell]
-    cached = ("\nThe cells were run one by one (`python -m benchmarks.lookahead TASK SHAPE` with `$LOOKAHEAD_CELLS`) "
-              "and read back here: the CPU time above is the report's, not the cells'."
-              if os.environ.get("LOOKAHEAD_CELLS") else "")
+    computed = _cells(size)
+    runs = [row for rows, _ in computed for row in rows]
+    earlier = sum(cpu for _, cpu in computed)
+    cached = (f"\n{sum(cpu > 0 for _, cpu in computed)} of the {len(computed)} cells were run before, one by one "
+              f"(`python -m benchmarks.lookahead TASK SHAPE` with `$LOOKAHEAD_CELLS`), and read back here: the CPU "
+              f"time above includes their {earlier:.0f} s." if earlier else "")
     rows = table(runs)
     found, summary = findings(runs, size)
     cuts = "/".join(map(str, halving_cuts(size.candidates, size.look_ahead_steps)))
@@ -391,7 +397,8 @@ percentile-bootstrap interval; "extra steps": the look-ahead's steps beyond the 
 Per-seed rows in the CSV, with the kept candidate and its ranking loss at each cut. All runs of one
 (task, shape) trained stacked by the benchmark engine, one thread per cell.{cached}
 """
-    return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary)
+    return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary,
+                  earlier_cpu_seconds=earlier)
 
 
 if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS (run it with OMP_NUM_THREADS=1):

@@ -229,7 +229,7 @@ def main() -> None:
     if args.load:
         data = dict(np.load(args.load))
     else:
-        data = record(args.shape, args.seeds, args.candidates, args.steps)
+        data = record(args.shape, args.seeds, args.candidates, args.steps, args.first_seed)
         if args.save:
             np.savez_compressed(args.save, **data)
     report(data)

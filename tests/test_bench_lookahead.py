@@ -35,3 +35,24 @@ def test_the_benchmark_keeps_the_candidate_and_weights_that_look_ahead_keeps(gen
                                rtol=1e-4, atol=0)
     for (name, mine), theirs in zip(stack.module(0).named_parameters(), net.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_report_of_cells_read_back_states_the_cpu_time_the_cells_took(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.lookahead as lookahead
+    from benchmarks.__main__ import run_one
+
+    monkeypatch.setenv("LOOKAHEAD_CELLS", str(tmp_path / "cells"))
+    size = lookahead.SIZES.quick
+    assert all(cpu == 0 for _, cpu in lookahead._cells(size))  # run here: the runner measures them
+    files = sorted((tmp_path / "cells").glob("*.json"))
+    assert len(files) == len(size.cells)
+    for path in files:  # as if each cell had taken 1000 s in its own process
+        saved = json.loads(path.read_text())
+        assert saved["cpu_seconds"] > 0
+        path.write_text(json.dumps({**saved, "cpu_seconds": 1000.0}))
+    report = run_one(lookahead, quick=True, out_dir=tmp_path / "out")
+    assert 2000 <= report.cpu_seconds < 2060 and report.earlier_cpu_seconds == 2000
+    header = (tmp_path / "out" / "lookahead.md").read_text().splitlines()[2]
+    assert f"CPU time {report.cpu_seconds:.0f} s (2000 s of it in earlier processes, read back)" in header
