@@ -259,12 +259,62 @@ def report(data: dict) -> None:
               f"{fails} ({len(missed)} of them had a candidate that trains)")
 
 
+ROWS = ["source", "seeds", "task", "shape", "K", "stages", "rule", "extra", "seed", "metric", "trained"]
+
+
+def append_rows(out: str, rows: list[list]) -> None:
+    """Append per-seed rows (:data:`ROWS`) to the CSV ``out`` (its header first if it is new)."""
+    import csv
+    import os
+
+    new = not os.path.exists(out)
+    with open(out, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(ROWS)
+        writer.writerows(rows)
+
+
+def stages_text(stages: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"{cut}:{keep}" for cut, keep in stages)
+
+
+def search_csv(tune: dict, fresh: dict, tune_seeds: str, fresh_seeds: str, shape: str, out: str, rows_out: str,
+               most_extra: int = 200) -> None:
+    """The replayed search (:func:`rules`) tuned on ``tune`` and replayed on ``fresh``: one row per
+    (K, schedule, rule) into ``out`` (in-sample and out-of-sample counts and medians), and the per-seed
+    rows of the library's rule and of the in-sample best of each K on both sets into ``rows_out``."""
+    import csv
+
+    found = rules(tune, [fresh], most_extra)
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["shape", "K", "schedule", "stages", "rule", "extra", "tune seeds", "trained (tune)",
+                         "median (tune)", "fresh seeds", "trained (fresh)", "median (fresh)"])
+        writer.writerows([shape, r["K"], r["schedule"], stages_text(r["stages"]), r["rule"], r["extra"], tune_seeds,
+                          r["trained 0"], r["median 0"], fresh_seeds, r.get("trained 1", ""), r.get("median 1", "")]
+                         for r in found)
+    named = [{"K": 8, "stages": [(16, 4), (32, 2), (64, 1)], "rule": "window"}]  # the library's
+    for k in sorted({r["K"] for r in found}):
+        named.append(min((r for r in found if r["K"] == k), key=lambda r: (-r["trained 0"], r["median 0"])))
+    for r in named:
+        for data, seeds in ((tune, tune_seeds), (fresh, fresh_seeds)):
+            if r["K"] > data["losses"].shape[1]:
+                continue
+            values, extra = play(data, r["K"], r["stages"], r["rule"])
+            first = int(seeds.split("..")[0])
+            append_rows(rows_out, [["replay", seeds, "regression", shape, r["K"], stages_text(r["stages"]), r["rule"],
+                                    extra, first + i, float(v), bool(v < REGRESSION_TRAINED)]
+                                   for i, v in enumerate(values)])
+
+
 def validate(task_name: str, shape_name: str, seeds: int, first_seed: int, steps: int, candidates: int,
-             schedules: dict[str, tuple]) -> None:
+             schedules: dict[str, tuple], out: str | None = None) -> None:
     """Fresh seeds, the schedules trained for real (stacked, as the benchmark does, on either task: the
     score task's minibatches and noise cannot be replayed): every candidate in trains to each cut, the
     best ``keep`` by ``rule`` (:func:`rule_scores` on the rung's training losses) go on with their Adam
-    state; the kept one continues to ``steps`` in all. ``schedules[label] = (stages, rule)``."""
+    state; the kept one continues to ``steps`` in all. ``schedules[label] = (stages, rule)``. ``out``:
+    a CSV the per-seed rows are appended to (:func:`append_rows`)."""
     from benchmarks._lib.engine import take_state
     from benchmarks.lookahead import TASKS, _train
 
@@ -290,6 +340,10 @@ def validate(task_name: str, shape_name: str, seeds: int, first_seed: int, steps
             state, stack, seed_of, done = take_state(result.state, stack, index), stack.take(index), seed_of[index], cut
         values = _train(task, stack, seed_of, steps - used, first_step=done, state=state, test=True).final["test"]
         trained = values < task.threshold
+        if out is not None:
+            append_rows(out, [["trained", f"{seed_list[0]}..{seed_list[-1]}", task_name, shape_name, candidates,
+                               stages_text(stages), rule, used - done, seed, float(v), bool(t)]
+                              for seed, v, t in zip(seed_list, values, trained)])
         print(f"{task_name} {shape_name}, seeds {seed_list[0]}..{seed_list[-1]}: {label} ({stages}, ranked by {rule}, "
               f"extra {used - done}): trained {count(trained)}, median {np.median(values):.4g}; failing seeds "
               f"{[seed_list[i] for i in np.flatnonzero(~trained)]} ({time.process_time() - start:.0f} s CPU)",
@@ -306,6 +360,12 @@ def main() -> None:
     parser.add_argument("--load")
     parser.add_argument("--validate", action="store_true",
                         help="train --stages ranked by each of --rules for real on fresh seeds (--first-seed)")
+    parser.add_argument("--out", help="--validate, --search: append the per-seed rows to this CSV")
+    parser.add_argument("--search", metavar="TUNE.npz,FRESH.npz",
+                        help="replay every rule tuned on TUNE, then on FRESH (recordings of --save); one row per rule "
+                             "into --search-out, the per-seed rows of the named ones into --out")
+    parser.add_argument("--search-seeds", metavar="A..B,C..D", help="--search: the two recordings' seeds")
+    parser.add_argument("--search-out", help="--search: the CSV of every rule's counts")
     parser.add_argument("--task", default="regression", help="--validate: regression or score")
     parser.add_argument("--stages", default="16:4,32:2,64:1", help="--validate: cut:keep,... (default: the library's)")
     parser.add_argument("--rules", default="window", help=f"--validate: comma-separated, of {', '.join(RULES)}")
@@ -314,7 +374,12 @@ def main() -> None:
     if args.validate:
         validate(args.task, args.shape, args.seeds, args.first_seed, args.steps, args.candidates, {
             rule: (stages, rule) for rule in args.rules.split(",")
-            for stages in [[tuple(int(v) for v in stage.split(":")) for stage in args.stages.split(",")]]})
+            for stages in [[tuple(int(v) for v in stage.split(":")) for stage in args.stages.split(",")]]}, args.out)
+        return
+    if args.search:
+        tune, fresh = args.search.split(",")
+        search_csv(dict(np.load(tune)), dict(np.load(fresh)), *args.search_seeds.split(","), args.shape,
+                   args.search_out, args.out)
         return
     if args.load:
         data = dict(np.load(args.load))

@@ -56,3 +56,10 @@ def test_a_report_of_cells_read_back_states_the_cpu_time_the_cells_took(tmp_path
     assert 2000 <= report.cpu_seconds < 2060 and report.earlier_cpu_seconds == 2000
     header = (tmp_path / "out" / "lookahead.md").read_text().splitlines()[2]
     assert f"CPU time {report.cpu_seconds:.0f} s (2000 s of it in earlier processes, read back)" in header
+    saved = json.loads(files[0].read_text())
+    del saved["cpu_seconds"]  # a cell cached before its CPU time was stored with it: read back, time unknown
+    files[0].write_text(json.dumps(saved))
+    report = run_one(lookahead, quick=True, out_dir=tmp_path / "out")
+    text = (tmp_path / "out" / "lookahead.md").read_text()
+    assert "(quick run: CPU time not recorded, one torch thread" in text.splitlines()[2]
+    assert "1 of them were cached before their CPU time was stored with them" in text
