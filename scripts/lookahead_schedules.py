@@ -11,6 +11,17 @@ held-out ranking), the test loss at every other step near the end.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python scripts/lookahead_schedules.py --shape w2d40 --seeds 40 --save /tmp/w2d40.npz
     PYTHONPATH=. python scripts/lookahead_schedules.py --load /tmp/w2d40.npz       # the schedules' table only
+
+The rules search behind ``benchmarks/results/lookahead_rules*.csv`` (the lookahead report's findings):
+16 candidates recorded on the tuning seeds, every rule tuned there and replayed on the benchmark's seeds,
+then the in-sample best trained for real on the benchmark's seeds, both tasks and shapes:
+
+    ... --shape w2d40 --seeds 40 --candidates 16 --first-seed 27000 --save /tmp/tune.npz
+    ... --shape w2d40 --seeds 40 --candidates 8 --save /tmp/fresh.npz
+    ... --shape w2d40 --search /tmp/tune.npz,/tmp/fresh.npz --search-seeds 27000..27039,25000..25039 \
+        --search-out benchmarks/results/lookahead_rules_search.csv --out benchmarks/results/lookahead_rules.csv
+    ... --validate --task score --shape w3d60 --candidates 16 --stages 6:8,12:4,24:2,48:1 --rules window \
+        --out benchmarks/results/lookahead_rules.csv
 """
 
 from __future__ import annotations
