@@ -63,3 +63,41 @@ def test_a_report_of_cells_read_back_states_the_cpu_time_the_cells_took(tmp_path
     text = (tmp_path / "out" / "lookahead.md").read_text()
     assert "(quick run: CPU time not recorded, one torch thread" in text.splitlines()[2]
     assert "1 of them were cached before their CPU time was stored with them" in text
+
+
+def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_same_seeds(tmp_path):
+    import csv
+
+    from benchmarks.lookahead import LOOK_AHEAD, rule_findings
+
+    def write(name, header, rows):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+
+    header = ["source", "seeds", "task", "shape", "K", "stages", "rule", "extra", "seed", "metric", "trained"]
+    library = [["replay", "1..6", "regression", "w2d40", 8, "16:4,32:2,64:1", "window", 192, s, 0.5, False]
+               for s in range(1, 7)]
+    other = [["replay", "1..6", "regression", "w2d40", 16, "6:8,12:4,24:2,48:1", "last", 192, s, 0.01, True]
+             for s in range(1, 7)]
+    real = [["trained", "7..8", "score", "w3d60", 16, "6:8,12:4,24:2,48:1", "window", 192, s, 0.7, s == 7]
+            for s in (7, 8)]
+    write("lookahead_rules.csv", header, library + other + real)
+    runs = [{"task": "score", "shape": "w3d60", "scheme": LOOK_AHEAD, "seed": s, "trained": True} for s in (7, 8)]
+    out, summary = rule_findings(runs, tmp_path)
+    assert summary == [] and len(out) == 3
+    assert out[0].startswith("regression, w2d40, seeds 1..6, replayed: K=8, cuts 16:4,32:2,64:1 ranked by window "
+                             "(192 extra steps) trained 0/6")
+    assert "trained 6/6" in out[1] and "is trained more often than the library's rule replayed" in out[1]
+    assert "sign test p = 0.031" in out[1]  # 6 seeds for one, 0 for the other: 2 / 2^6
+    assert "trained 1/2" in out[2] and "this run's look-ahead" in out[2] and "not distinguishable" in out[2]
+
+    search = [["w2d40", 8, "h", "16:4", rule, 192, "1..40", tune, 0.01, "41..80", fresh, 0.02]
+              for rule, tune, fresh in (("a", 30, 31), ("b", 36, 33), ("c", 33, 35), ("d", 31, 30))]
+    write("lookahead_rules_search.csv", ["shape", "K", "schedule", "stages", "rule", "extra", "tune seeds",
+                                         "trained (tune)", "median (tune)", "fresh seeds", "trained (fresh)",
+                                         "median (fresh)"], search)
+    out, summary = rule_findings(runs, tmp_path)
+    assert summary == out[:1] and "4 (K, schedule, ranking) within 192 extra steps" in out[0]
+    assert "in-sample trained counts 30..36/40, on the fresh seeds 30..35/40" in out[0]
+    assert "the in-sample best (K=8, h 16:4, b: 36/40) trained 33/40 on the fresh seeds" in out[0]
+    assert "Spearman correlation of a rule's two counts 0.60" in out[0]  # ranks 1432 vs 2341: 1 - 6 * 4 / 60
