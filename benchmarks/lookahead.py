@@ -389,6 +389,21 @@ def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[
                     line += "; " + compare_counts(flags, np.array([t["trained"] in (True, "True") for t in theirs]),
                                                   label, reference)
             out.append(line)
+        fresh: dict[tuple[str, str, str], dict[str, int]] = {}  # rule -> cell -> trained, on this run's seeds
+        for (source, seeds, task, shape, k, stages, rule, _), rows in groups.items():
+            if (k, stages, rule) != library and all((task, shape, int(r["seed"])) in own for r in rows):
+                fresh.setdefault((k, stages, rule), {})[f"{task} {shape}"] = sum(r["trained"] == "True" for r in rows)
+        if fresh:
+            cells = {f"{r['task']} {r['shape']}" for r in runs if r["scheme"] == LOOK_AHEAD}
+            need = math.ceil(39 * len(own) / len(cells) / 40) if cells else 0
+            met = [rule for rule, counts in fresh.items() if set(counts) >= cells and min(counts.values()) >= need]
+            line = ("the other rules on this run's seeds (replayed or trained for real): " + "; ".join(
+                f"K={k}, cuts {stages}, {rule}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+                for (k, stages, rule), counts in fresh.items())
+                + f"; the goal ({need} trained in every cell) met by "
+                + (", ".join(f"K={k}, cuts {st}, {ru}" for k, st, ru in met) if met else "none of them"))
+            out.append(line)
+            summary.append(line)
     return out, summary
 
 

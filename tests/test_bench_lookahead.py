@@ -84,7 +84,9 @@ def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_s
     write("lookahead_rules.csv", header, library + other + real)
     runs = [{"task": "score", "shape": "w3d60", "scheme": LOOK_AHEAD, "seed": s, "trained": True} for s in (7, 8)]
     out, summary = rule_findings(runs, tmp_path)
-    assert summary == [] and len(out) == 3
+    assert len(out) == 4 and summary == out[3:]
+    assert out[3].endswith("K=16, cuts 6:8,12:4,24:2,48:1, window: score w3d60 1; the goal (2 trained in every cell) "
+                           "met by none of them")  # the only rule on the run's seeds
     assert out[0].startswith("regression, w2d40, seeds 1..6, replayed: K=8, cuts 16:4,32:2,64:1 ranked by window "
                              "(192 extra steps) trained 0/6")
     assert "trained 6/6" in out[1] and "is trained more often than the library's rule replayed" in out[1]
@@ -97,7 +99,7 @@ def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_s
                                          "trained (tune)", "median (tune)", "fresh seeds", "trained (fresh)",
                                          "median (fresh)"], search)
     out, summary = rule_findings(runs, tmp_path)
-    assert summary == out[:1] and "4 (K, schedule, ranking) within 192 extra steps" in out[0]
+    assert summary == [out[0], out[-1]] and "4 (K, schedule, ranking) within 192 extra steps" in out[0]
     assert "in-sample trained counts 30..36/40, on the fresh seeds 30..35/40" in out[0]
     assert "the in-sample best (K=8, h 16:4, b: 36/40) trained 33/40 on the fresh seeds" in out[0]
     assert "Spearman correlation of a rule's two counts 0.60" in out[0]  # ranks 1432 vs 2341: 1 - 6 * 4 / 60
