@@ -15,6 +15,9 @@ deep narrow shapes; every method takes the same number of optimizer steps in all
 All runs of a cell (task, shape) are trained stacked by the benchmark engine (``Stack``, ``fit``;
 ``Stack.take`` and ``take_state`` carry the surviving candidates and their optimizer state from cut
 to cut). The cells run in parallel processes (``Size.workers``).
+
+The report also counts the other selection rules tried for issue 25's goal (:func:`rule_findings`),
+from the files ``scripts/lookahead_schedules.py`` writes (``--search``, ``--validate --out``).
 """
 
 from __future__ import annotations
