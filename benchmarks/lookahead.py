@@ -334,6 +334,9 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
     return out, summary
 
 
+SCAN = "library halving, budget"  # scripts/lookahead_schedules.py's rows of the library's schedule at larger budgets
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     import csv
 
@@ -352,12 +355,14 @@ def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[
     if search_path.exists():
         search = _read_csv(search_path)
         for shape in dict.fromkeys(r["shape"] for r in search):
-            mine = [r for r in search if r["shape"] == shape and r["trained (fresh)"] != ""]
+            scan = [r for r in search if r["shape"] == shape and r["schedule"].startswith(SCAN)]
+            mine = [r for r in search if r["shape"] == shape and r["trained (fresh)"] != "" and r not in scan]
             tune, fresh = (np.array([int(r[f"trained ({w})"]) for r in mine]) for w in ("tune", "fresh"))
             best = max(mine, key=lambda r: (int(r["trained (tune)"]), -float(r["median (tune)"])))
             rho, lo, hi = rank_correlation(tune, fresh)
             line = (f"rules replayed (regression, {shape}, every candidate recorded to the end): {len(mine)} (K, "
-                    f"schedule, ranking) within {max(int(r['extra']) for r in mine)} extra steps, tuned on seeds "
+                    f"schedule, ranking) within {max(int(r['extra']) for r in mine)} extra steps (K up to "
+                    f"{max(int(r['K']) for r in mine)}, the candidates recorded on both sets), tuned on seeds "
                     f"{mine[0]['tune seeds']} and replayed on {mine[0]['fresh seeds']}; in-sample trained counts "
                     f"{tune.min()}..{tune.max()}/40, on the fresh seeds {fresh.min()}..{fresh.max()}/40; the in-sample "
                     f"best (K={best['K']}, {best['schedule']} {best['stages']}, {best['rule']}: {best['trained (tune)']}"
@@ -367,6 +372,11 @@ def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[
                 line += ": a rule's count on one set of 40 seeds says little about its count on another"
             out.append(line)
             summary.append(line)
+            if scan:
+                out.append(f"the library's schedule and rule with larger budgets (regression, {shape}, replayed), "
+                           "trained on the tuning / fresh seeds: " + "; ".join(
+                               f"K={r['K']}, {r['schedule'][len(SCAN):].strip()} ({r['extra']} extra): "
+                               f"{r['trained (tune)']} / {r['trained (fresh)'] or '-'}" for r in scan))
     if rows_path.exists():
         library = ("8", "16:4,32:2,64:1", "window")
         own = {(r["task"], r["shape"], r["seed"]): r for r in runs if r["scheme"] == LOOK_AHEAD}

@@ -270,6 +270,7 @@ def report(data: dict) -> None:
               f"{fails} ({len(missed)} of them had a candidate that trains)")
 
 
+SCAN = "library halving, budget"  # the search CSV's rows of the library's schedule at larger budgets
 ROWS = ["source", "seeds", "task", "shape", "K", "stages", "rule", "extra", "seed", "metric", "trained"]
 
 
@@ -298,6 +299,19 @@ def search_csv(tune: dict, fresh: dict, tune_seeds: str, fresh_seeds: str, shape
     import csv
 
     found = rules(tune, [fresh], most_extra)
+    named = [{"K": 8, "stages": [(16, 4), (32, 2), (64, 1)], "rule": "window"}]  # the library's
+    for k in sorted({r["K"] for r in found}):
+        named.append(min((r for r in found if r["K"] == k), key=lambda r: (-r["trained 0"], r["median 0"])))
+    for candidates in (8, 16):  # what the library's schedule and rule need: larger budgets (``SCAN`` rows)
+        for budget in (halving_cost(candidates) * n for n in (8, 16, 32) if candidates * n < int(tune["steps"]) // 2):
+            cuts, alive = halving_cuts(candidates, budget), [candidates]
+            stages = [(cut, alive.append(math.ceil(alive[-1] / 2)) or alive[-1]) for cut in cuts]
+            row = {"K": candidates, "schedule": f"{SCAN} {budget} steps", "stages": stages, "rule": "window"}
+            for i, data in enumerate([tune, fresh]):
+                if candidates <= data["losses"].shape[1]:
+                    values, row["extra"] = play(data, candidates, stages, "window")
+                    row[f"trained {i}"], row[f"median {i}"] = int((values < REGRESSION_TRAINED).sum()), np.median(values)
+            found.append(row)
     with open(out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["shape", "K", "schedule", "stages", "rule", "extra", "tune seeds", "trained (tune)",
@@ -305,9 +319,6 @@ def search_csv(tune: dict, fresh: dict, tune_seeds: str, fresh_seeds: str, shape
         writer.writerows([shape, r["K"], r["schedule"], stages_text(r["stages"]), r["rule"], r["extra"], tune_seeds,
                           r["trained 0"], r["median 0"], fresh_seeds, r.get("trained 1", ""), r.get("median 1", "")]
                          for r in found)
-    named = [{"K": 8, "stages": [(16, 4), (32, 2), (64, 1)], "rule": "window"}]  # the library's
-    for k in sorted({r["K"] for r in found}):
-        named.append(min((r for r in found if r["K"] == k), key=lambda r: (-r["trained 0"], r["median 0"])))
     for r in named:
         for data, seeds in ((tune, tune_seeds), (fresh, fresh_seeds)):
             if r["K"] > data["losses"].shape[1]:

@@ -99,7 +99,7 @@ def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_s
                                          "trained (tune)", "median (tune)", "fresh seeds", "trained (fresh)",
                                          "median (fresh)"], search)
     out, summary = rule_findings(runs, tmp_path)
-    assert summary == [out[0], out[-1]] and "4 (K, schedule, ranking) within 192 extra steps" in out[0]
+    assert summary == [out[0], out[-1]] and "4 (K, schedule, ranking) within 192 extra steps (K up to 8" in out[0]
     assert "in-sample trained counts 30..36/40, on the fresh seeds 30..35/40" in out[0]
     assert "the in-sample best (K=8, h 16:4, b: 36/40) trained 33/40 on the fresh seeds" in out[0]
     assert "Spearman correlation of a rule's two counts 0.60" in out[0]  # ranks 1432 vs 2341: 1 - 6 * 4 / 60
