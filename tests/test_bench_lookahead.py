@@ -95,6 +95,8 @@ def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_s
 
     search = [["w2d40", 8, "h", "16:4", rule, 192, "1..40", tune, 0.01, "41..80", fresh, 0.02]
               for rule, tune, fresh in (("a", 30, 31), ("b", 36, 33), ("c", 33, 35), ("d", 31, 30))]
+    search.append(["w2d40", 8, "library halving, budget 512 steps", "32:4,64:2,128:1", "window", 384, "1..40", 35,
+                   0.01, "41..80", 39, 0.01])  # a larger budget: its own line, not among the rules searched
     write("lookahead_rules_search.csv", ["shape", "K", "schedule", "stages", "rule", "extra", "tune seeds",
                                          "trained (tune)", "median (tune)", "fresh seeds", "trained (fresh)",
                                          "median (fresh)"], search)
@@ -102,4 +104,6 @@ def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_s
     assert summary == [out[0], out[-1]] and "4 (K, schedule, ranking) within 192 extra steps (K up to 8" in out[0]
     assert "in-sample trained counts 30..36/40, on the fresh seeds 30..35/40" in out[0]
     assert "the in-sample best (K=8, h 16:4, b: 36/40) trained 33/40 on the fresh seeds" in out[0]
-    assert "Spearman correlation of a rule's two counts 0.60" in out[0]  # ranks 1432 vs 2341: 1 - 6 * 4 / 60
+    assert "Spearman correlation of a rule's two counts 0.60" in out[0]
+    assert out[1].endswith("with larger budgets (regression, w2d40, replayed), trained on the tuning / fresh seeds: "
+                           "K=8, 512 steps (384 extra): 35 / 39")  # ranks 1432 vs 2341: 1 - 6 * 4 / 60
