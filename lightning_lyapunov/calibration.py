@@ -62,8 +62,8 @@ from ._warn import LyapunovWarning
 from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_r, rms
 from .plan import InitPlan, restored_on_error
-from .residual import STREAM_GROWTH, ResidualBlock, branch_scale, find_residual_blocks
-from .settings import CALIBRATIONS, DEFAULT_TARGET
+from .residual import ResidualBlock, branch_scale, find_residual_blocks
+from .settings import CALIBRATIONS, DEFAULT_TARGET, STREAM_GROWTH
 
 __all__ = ["CalibrationResult", "calibrate_"]
 
