@@ -44,9 +44,9 @@ from benchmarks._lib.package import (
     halving_cost,
     halving_cuts,
 )
-from benchmarks._lib.report import Report, Sizes
+from benchmarks._lib.report import RESULTS, Report, Sizes
 from benchmarks._lib.schemes import HE, LSUV, Calibrated, Scheme
-from benchmarks._lib.stats import bootstrap_median, compare, compare_counts, count, median
+from benchmarks._lib.stats import bootstrap_median, compare, compare_counts, count, median, rank_correlation
 from benchmarks.deep_narrow_regression import BATCH_SIZE, PROBE_SIZE
 from benchmarks.score_learning import SIGMA, TRAINED as SCORE_TRAINED, dsm_loss, noisy_data, relative_score_error
 
@@ -248,27 +248,31 @@ def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
     return rows
 
 
-def cached_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
-    """:func:`run_cell`, kept in ``$LOOKAHEAD_CELLS/<task>_<shape>.json`` when that variable names a
-    folder (a cell already there for the same size is read back, not rerun): a long run can be done
-    cell by cell (``python -m benchmarks.lookahead TASK SHAPE``), then reported by the runner."""
+def cached_cell(task_name: str, shape: Shape, size: Size) -> tuple[list[dict[str, Any]], float]:
+    """:func:`run_cell`, kept in ``$LOOKAHEAD_CELLS/<task>_<shape>.json`` with the CPU seconds it took
+    when that variable names a folder (a cell already there for the same size is read back, not rerun):
+    a long run can be done cell by cell (``python -m benchmarks.lookahead TASK SHAPE``), then reported
+    by the runner. Returns the rows and the CPU seconds of a cell read back (0 for a cell run here,
+    whose time the runner measures itself; NaN for a cell cached without its time)."""
     folder = os.environ.get("LOOKAHEAD_CELLS")
     path = Path(folder) / f"{task_name}_{shape.name}.json" if folder else None
     key = f"{task_name} {shape} seeds={size.seeds} steps={size.steps} K={size.candidates} budget={size.look_ahead_steps}"
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
-        if saved["size"] == key:
-            return saved["rows"]
-    start = time.time()
+        if saved["size"] == key:  # NaN: cached before the CPU time was stored with it
+            return saved["rows"], float(saved.get("cpu_seconds", math.nan))
+    start, cpu = time.time(), time.process_time()
     rows = run_cell(task_name, shape, size)
-    print(f"lookahead: {task_name} {shape.name} done in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    cpu = time.process_time() - cpu
+    print(f"lookahead: {task_name} {shape.name} done in {time.time() - start:.0f} s ({cpu:.0f} s CPU)",
+          file=sys.stderr, flush=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"size": key, "rows": rows}))
-    return rows
+        path.write_text(json.dumps({"size": key, "cpu_seconds": cpu, "rows": rows}))
+    return rows, 0.0
 
 
-def _cells(size: Size) -> list[list[dict[str, Any]]]:
+def _cells(size: Size) -> list[tuple[list[dict[str, Any]], float]]:
     jobs = [(task, shape, size) for task, shape in size.cells]
     if size.workers <= 1:
         return [cached_cell(*job) for job in jobs]
@@ -327,6 +331,82 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
     return out, summary
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[list[str], list[str]]:
+    """What the other selection rules did (issue 25's goal), from ``scripts/lookahead_schedules.py``'s
+    files in ``results``: ``lookahead_rules_search.csv`` (every rule replayed on recorded trajectories,
+    tuned on one set of seeds, replayed on another) and ``lookahead_rules.csv`` (per-seed rows of the
+    named rules, replayed or trained for real), each rule against the library's on the same seeds
+    (paired: this run's look-ahead rows where the seeds and cell are this run's). Empty without them."""
+    out, summary = [], []
+    search_path, rows_path = results / "lookahead_rules_search.csv", results / "lookahead_rules.csv"
+    if search_path.exists():
+        search = _read_csv(search_path)
+        for shape in dict.fromkeys(r["shape"] for r in search):
+            mine = [r for r in search if r["shape"] == shape and r["trained (fresh)"] != ""]
+            tune, fresh = (np.array([int(r[f"trained ({w})"]) for r in mine]) for w in ("tune", "fresh"))
+            best = max(mine, key=lambda r: (int(r["trained (tune)"]), -float(r["median (tune)"])))
+            rho, lo, hi = rank_correlation(tune, fresh)
+            line = (f"rules replayed (regression, {shape}, every candidate recorded to the end): {len(mine)} (K, "
+                    f"schedule, ranking) within {max(int(r['extra']) for r in mine)} extra steps, tuned on seeds "
+                    f"{mine[0]['tune seeds']} and replayed on {mine[0]['fresh seeds']}; in-sample trained counts "
+                    f"{tune.min()}..{tune.max()}/40, on the fresh seeds {fresh.min()}..{fresh.max()}/40; the in-sample "
+                    f"best (K={best['K']}, {best['schedule']} {best['stages']}, {best['rule']}: {best['trained (tune)']}"
+                    f"/40) trained {best['trained (fresh)']}/40 on the fresh seeds; Spearman correlation of a rule's "
+                    f"two counts {rho:.2f} [{lo:.2f}, {hi:.2f}] (95% bootstrap)")
+            if hi < 0.5:
+                line += ": a rule's count on one set of 40 seeds says little about its count on another"
+            out.append(line)
+            summary.append(line)
+    if rows_path.exists():
+        library = ("8", "16:4,32:2,64:1", "window")
+        own = {(r["task"], r["shape"], r["seed"]): r for r in runs if r["scheme"] == LOOK_AHEAD}
+        groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+        for r in _read_csv(rows_path):
+            groups.setdefault(tuple(r[k] for k in ("source", "seeds", "task", "shape", "K", "stages", "rule",
+                                                   "extra")), []).append(r)
+        for key, rows in groups.items():
+            source, seeds, task, shape, k, stages, rule, extra = key
+            flags = np.array([r["trained"] == "True" for r in rows])
+            label = f"K={k}, cuts {stages} ranked by {rule} ({extra} extra steps)"
+            line = (f"{task}, {shape}, seeds {seeds}, {'replayed' if source == 'replay' else 'trained for real'}: "
+                    f"{label} trained {count(flags)}, median {median(np.array([float(r['metric']) for r in rows])):.3g}")
+            if (k, stages, rule) != library:
+                theirs = [own.get((task, shape, int(r["seed"]))) for r in rows]
+                reference = "this run's look-ahead"
+                if any(t is None for t in theirs):  # not this run's seeds or cell: the library's rule replayed
+                    replayed = {r["seed"]: r for (src, sd, ts, sh, *rest), rs in groups.items() for r in rs
+                                if (src, sd, ts, sh) == (source, seeds, task, shape) and tuple(rest[:3]) == library}
+                    theirs = [replayed.get(r["seed"]) for r in rows]
+                    reference = "the library's rule replayed"
+                if all(t is not None for t in theirs):
+                    line += "; " + compare_counts(flags, np.array([t["trained"] in (True, "True") for t in theirs]),
+                                                  label, reference)
+            out.append(line)
+        fresh: dict[tuple[str, str, str], dict[str, int]] = {}  # rule -> cell -> trained, on this run's seeds
+        for (source, seeds, task, shape, k, stages, rule, _), rows in groups.items():
+            if (k, stages, rule) != library and all((task, shape, int(r["seed"])) in own for r in rows):
+                fresh.setdefault((k, stages, rule), {})[f"{task} {shape}"] = sum(r["trained"] == "True" for r in rows)
+        if fresh:
+            cells = {f"{r['task']} {r['shape']}" for r in runs if r["scheme"] == LOOK_AHEAD}
+            need = math.ceil(39 * len(own) / len(cells) / 40) if cells else 0
+            met = [rule for rule, counts in fresh.items() if set(counts) >= cells and min(counts.values()) >= need]
+            line = ("the other rules on this run's seeds (replayed or trained for real): " + "; ".join(
+                f"K={k}, cuts {stages}, {rule}: " + ", ".join(f"{c} {n}" for c, n in counts.items())
+                for (k, stages, rule), counts in fresh.items())
+                + f"; the goal ({need} trained in every cell) met by "
+                + (", ".join(f"K={k}, cuts {st}, {ru}" for k, st, ru in met) if met else "none of them"))
+            out.append(line)
+            summary.append(line)
+    return out, summary
+
+
 def figure(runs: list[dict[str, Any]]):
     import matplotlib.pyplot as plt
 
@@ -349,12 +429,19 @@ def figure(runs: list[dict[str, Any]]):
 
 
 def run(size: Size) -> Report:
-    runs = [row for cell in _cells(size) for row in cell]
-    cached = ("\nThe cells were run one by one (`python -m benchmarks.lookahead TASK SHAPE` with `$LOOKAHEAD_CELLS`) "
-              "and read back here: the CPU time above is the report's, not the cells'."
-              if os.environ.get("LOOKAHEAD_CELLS") else "")
+    computed = _cells(size)
+    runs = [row for rows, _ in computed for row in rows]
+    earlier = sum(cpu for _, cpu in computed)
+    read = [cpu for _, cpu in computed if cpu != 0]
+    cached = (f"\n{len(read)} of the {len(computed)} cells were run before, one by one (`python -m benchmarks.lookahead "
+              f"TASK SHAPE` with `$LOOKAHEAD_CELLS`), and read back here: " + (
+                  f"the CPU time above includes their {earlier:.0f} s." if not math.isnan(earlier) else
+                  f"{sum(map(math.isnan, read))} of them were cached before their CPU time was stored with them, "
+              "so the run's CPU time is not recorded.") if read else "")
     rows = table(runs)
     found, summary = findings(runs, size)
+    tried, tried_summary = rule_findings(runs)
+    found, summary = found + tried, summary + tried_summary
     cuts = "/".join(map(str, halving_cuts(size.candidates, size.look_ahead_steps)))
     shapes = "; ".join(f"{s.name}: width {s.width}, depth {s.depth}, Leaky ReLU {s.slope}"
                        for s in dict.fromkeys(shape for _, shape in size.cells))
@@ -391,7 +478,8 @@ percentile-bootstrap interval; "extra steps": the look-ahead's steps beyond the 
 Per-seed rows in the CSV, with the kept candidate and its ranking loss at each cut. All runs of one
 (task, shape) trained stacked by the benchmark engine, one thread per cell.{cached}
 """
-    return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary)
+    return Report("lookahead", TITLE, setup, rows, found, figure(runs), runs=runs, summary=summary,
+                  earlier_cpu_seconds=earlier)
 
 
 if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS (run it with OMP_NUM_THREADS=1):

@@ -35,3 +35,71 @@ def test_the_benchmark_keeps_the_candidate_and_weights_that_look_ahead_keeps(gen
                                rtol=1e-4, atol=0)
     for (name, mine), theirs in zip(stack.module(0).named_parameters(), net.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_report_of_cells_read_back_states_the_cpu_time_the_cells_took(tmp_path, monkeypatch):
+    import json
+
+    import benchmarks.lookahead as lookahead
+    from benchmarks.__main__ import run_one
+
+    monkeypatch.setenv("LOOKAHEAD_CELLS", str(tmp_path / "cells"))
+    size = lookahead.SIZES.quick
+    assert all(cpu == 0 for _, cpu in lookahead._cells(size))  # run here: the runner measures them
+    files = sorted((tmp_path / "cells").glob("*.json"))
+    assert len(files) == len(size.cells)
+    for path in files:  # as if each cell had taken 1000 s in its own process
+        saved = json.loads(path.read_text())
+        assert saved["cpu_seconds"] > 0
+        path.write_text(json.dumps({**saved, "cpu_seconds": 1000.0}))
+    report = run_one(lookahead, quick=True, out_dir=tmp_path / "out")
+    assert 2000 <= report.cpu_seconds < 2060 and report.earlier_cpu_seconds == 2000
+    header = (tmp_path / "out" / "lookahead.md").read_text().splitlines()[2]
+    assert f"CPU time {report.cpu_seconds:.0f} s (2000 s of it in earlier processes, read back)" in header
+    saved = json.loads(files[0].read_text())
+    del saved["cpu_seconds"]  # a cell cached before its CPU time was stored with it: read back, time unknown
+    files[0].write_text(json.dumps(saved))
+    report = run_one(lookahead, quick=True, out_dir=tmp_path / "out")
+    text = (tmp_path / "out" / "lookahead.md").read_text()
+    assert "(quick run: CPU time not recorded, one torch thread" in text.splitlines()[2]
+    assert "1 of them were cached before their CPU time was stored with them" in text
+
+
+def test_the_rules_tried_are_counted_and_compared_with_the_library_rule_on_the_same_seeds(tmp_path):
+    import csv
+
+    from benchmarks.lookahead import LOOK_AHEAD, rule_findings
+
+    def write(name, header, rows):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+
+    header = ["source", "seeds", "task", "shape", "K", "stages", "rule", "extra", "seed", "metric", "trained"]
+    library = [["replay", "1..6", "regression", "w2d40", 8, "16:4,32:2,64:1", "window", 192, s, 0.5, False]
+               for s in range(1, 7)]
+    other = [["replay", "1..6", "regression", "w2d40", 16, "6:8,12:4,24:2,48:1", "last", 192, s, 0.01, True]
+             for s in range(1, 7)]
+    real = [["trained", "7..8", "score", "w3d60", 16, "6:8,12:4,24:2,48:1", "window", 192, s, 0.7, s == 7]
+            for s in (7, 8)]
+    write("lookahead_rules.csv", header, library + other + real)
+    runs = [{"task": "score", "shape": "w3d60", "scheme": LOOK_AHEAD, "seed": s, "trained": True} for s in (7, 8)]
+    out, summary = rule_findings(runs, tmp_path)
+    assert len(out) == 4 and summary == out[3:]
+    assert out[3].endswith("K=16, cuts 6:8,12:4,24:2,48:1, window: score w3d60 1; the goal (2 trained in every cell) "
+                           "met by none of them")  # the only rule on the run's seeds
+    assert out[0].startswith("regression, w2d40, seeds 1..6, replayed: K=8, cuts 16:4,32:2,64:1 ranked by window "
+                             "(192 extra steps) trained 0/6")
+    assert "trained 6/6" in out[1] and "is trained more often than the library's rule replayed" in out[1]
+    assert "sign test p = 0.031" in out[1]  # 6 seeds for one, 0 for the other: 2 / 2^6
+    assert "trained 1/2" in out[2] and "this run's look-ahead" in out[2] and "not distinguishable" in out[2]
+
+    search = [["w2d40", 8, "h", "16:4", rule, 192, "1..40", tune, 0.01, "41..80", fresh, 0.02]
+              for rule, tune, fresh in (("a", 30, 31), ("b", 36, 33), ("c", 33, 35), ("d", 31, 30))]
+    write("lookahead_rules_search.csv", ["shape", "K", "schedule", "stages", "rule", "extra", "tune seeds",
+                                         "trained (tune)", "median (tune)", "fresh seeds", "trained (fresh)",
+                                         "median (fresh)"], search)
+    out, summary = rule_findings(runs, tmp_path)
+    assert summary == [out[0], out[-1]] and "4 (K, schedule, ranking) within 192 extra steps" in out[0]
+    assert "in-sample trained counts 30..36/40, on the fresh seeds 30..35/40" in out[0]
+    assert "the in-sample best (K=8, h 16:4, b: 36/40) trained 33/40 on the fresh seeds" in out[0]
+    assert "Spearman correlation of a rule's two counts 0.60" in out[0]  # ranks 1432 vs 2341: 1 - 6 * 4 / 60

@@ -54,7 +54,10 @@ class Report:
     per row, the same keys in every row); ``findings``: what the numbers say, every comparison computed
     by :mod:`benchmarks._lib.stats`; ``summary``: the few computed sentences the README shows;
     ``runs``: one dict per run (scheme, seed, ... and its numbers), from which the table can be
-    recomputed; ``figure``: a matplotlib figure or None. The runner fills ``cpu_seconds`` and ``seconds``.
+    recomputed; ``figure``: a matplotlib figure or None. The runner fills ``cpu_seconds`` and ``seconds``;
+    ``earlier_cpu_seconds``: the CPU time of work done in earlier processes whose results the benchmark
+    read back (cached cells), which the runner adds to the CPU time it measures (NaN: not recorded, and
+    then neither is the report's CPU time).
     """
 
     name: str
@@ -67,6 +70,7 @@ class Report:
     summary: list[str] = field(default_factory=list)
     cpu_seconds: float = math.nan
     seconds: float = math.nan
+    earlier_cpu_seconds: float = 0.0
     command: str | None = None  # the command line shown in the md (default: python -m benchmarks <name>)
 
 
@@ -107,7 +111,13 @@ def header(report: Report, quick: bool) -> str:
     """The md's second line: command, mode, CPU time (one torch thread) and wall time."""
     command = report.command or f"python -m benchmarks {report.name}"
     mode = "quick" if quick else "full"
-    return (f"`{command}{' --quick' if quick else ''}` ({mode} run: CPU time {report.cpu_seconds:.0f} s, "
+    if math.isnan(report.cpu_seconds):  # work read back without its CPU time
+        cpu = "CPU time not recorded"
+    else:
+        cpu = f"CPU time {report.cpu_seconds:.0f} s" + (
+            f" ({report.earlier_cpu_seconds:.0f} s of it in earlier processes, read back)"
+            if report.earlier_cpu_seconds else "")
+    return (f"`{command}{' --quick' if quick else ''}` ({mode} run: {cpu}, "
             f"one torch thread; wall time {report.seconds:.0f} s on a shared 2-core CPU)")
 
 
