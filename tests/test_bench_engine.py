@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks._lib import engine
 from benchmarks._lib.engine import (SGD, Adam, Checkpoint, Draws, Epochs, FullBatch, Stack, classification, cross_entropy,
                                     fit, mse, take_state)
 from benchmarks._lib.package import DeepMLP, PlainCNN, SmallResNet
@@ -227,6 +228,7 @@ def test_a_run_resumed_from_its_checkpoint_is_the_uninterrupted_run(order, tmp_p
         np.testing.assert_array_equal(resumed.curves[name], straight.curves[name])
     assert torch.equal(resumed_stack.flat, straight_stack.flat)
     assert 0 < resumed.earlier_seconds <= resumed.seconds and straight.earlier_seconds == 0
+    assert engine.resumed_cpu_seconds() >= resumed.earlier_seconds
     assert not torch.equal(Stack(nets(build, (5, 6, 7, 8))).flat, straight_stack.flat)  # the test can fail
     again_stack, again = run((5, 6, 7, 8), checkpoint=checkpoint, nan_at=None)  # finished: evaluations only
     assert torch.equal(again_stack.flat, straight_stack.flat) and again.losses.shape == straight.losses.shape

@@ -600,6 +600,7 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
     saved = checkpoint.load(model, steps) if checkpoint is not None else None
     if saved is not None:
         begin, earlier_seconds, state = saved["step"], saved["seconds"], saved["state"]
+        _RESUMED_SECONDS.append(earlier_seconds)
         alive, stopped, frozen, records = saved["alive"], saved["stopped"], saved["frozen"], saved["records"]
         losses[:begin] = saved["losses"]
         batcher.set_state(saved["batcher"])
@@ -650,6 +651,15 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
     final = _evaluate(model, final_evals or {}, eval_chunk)
     return Fit(np.array(wanted), curves, final, losses, stopped, earlier_seconds + time.process_time() - start,
                {name: value.clone() for name, value in update.state.items()}, earlier_seconds)
+
+
+_RESUMED_SECONDS: list[float] = []
+
+
+def resumed_cpu_seconds() -> float:
+    """CPU seconds that the fits of this process resumed from checkpoints had taken in earlier
+    processes (the benchmark runner adds them to the run's CPU time)."""
+    return float(sum(_RESUMED_SECONDS))
 
 
 @dataclass(frozen=True)
