@@ -17,7 +17,7 @@ from types import ModuleType
 import matplotlib
 import torch
 
-from benchmarks._lib import catalogue
+from benchmarks._lib import catalogue, engine
 from benchmarks._lib.report import RESULTS, Report, write_report
 
 OPTIONS = ("device", "only")  # options only some benchmarks take (checked against their run())
@@ -40,8 +40,9 @@ def run_one(module: ModuleType, quick: bool, out_dir: Path | None = None, **opti
     out = out_dir or (RESULTS / "quick" if quick else RESULTS)
     if "results_dir" in accepted:
         options["results_dir"] = out
-    start, cpu = time.perf_counter(), cpu_time()
+    start, cpu, resumed = time.perf_counter(), cpu_time(), engine.resumed_cpu_seconds()
     report = module.run(module.SIZES.quick if quick else module.SIZES.full, **options)
+    report.earlier_cpu_seconds += engine.resumed_cpu_seconds() - resumed  # trainings resumed from checkpoints
     report.cpu_seconds = cpu_time() - cpu + report.earlier_cpu_seconds  # + cached work read back
     report.seconds = time.perf_counter() - start
     for path in write_report(report, quick=quick, out_dir=out):

@@ -42,7 +42,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(seeds=2, steps=4, every=2, val_size=64, n_test=256, synthetic_size=256, synthetic_val=64),
-              full=Size(seeds=3, steps=300, every=50, val_size=1000, n_test=None, synthetic_size=4096,
+              full=Size(seeds=20, steps=300, every=50, val_size=1000, n_test=None, synthetic_size=4096,
                         synthetic_val=256))
 
 

@@ -34,7 +34,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(seeds=2, epochs=1, n_train=128, n_test=64),
-              full=Size(seeds=3, epochs=3, n_train=1920, n_test=1000))
+              full=Size(seeds=20, epochs=3, n_train=1920, n_test=1000))
 
 
 def run(size: Size) -> Report:

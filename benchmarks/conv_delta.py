@@ -44,7 +44,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(init_seeds=2, train_seeds=2, steps=5, samples=1000),
-              full=Size(init_seeds=20, train_seeds=3, steps=250, samples=5000))
+              full=Size(init_seeds=20, train_seeds=20, steps=250, samples=5000))
 
 
 def cnn2d() -> nn.Sequential:

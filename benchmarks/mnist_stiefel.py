@@ -30,7 +30,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(depths=(5, 10), seeds=2, steps=3, n_train=256),
-              full=Size(depths=(50, 100, 200), seeds=2, steps=200, n_train=None))
+              full=Size(depths=(50, 100, 200), seeds=20, steps=200, n_train=None))
 
 
 def run(size: Size) -> Report:

@@ -36,7 +36,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(init_seeds=2, init_inputs=256, train_seeds=2, steps=4, every=4, samples=1000),
-              full=Size(init_seeds=10, init_inputs=3500, train_seeds=3, steps=200, every=25, samples=5000))
+              full=Size(init_seeds=10, init_inputs=3500, train_seeds=20, steps=200, every=25, samples=5000))
 
 
 def build() -> DeepMLP:

@@ -49,11 +49,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -62,9 +61,9 @@ from ._checks import check_choice, check_float
 from ._warn import LyapunovWarning
 from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_checked, stop_at
 from .log_norm import log_r, rms
-from .plan import InitPlan
-from .residual import STREAM_GROWTH, ResidualBlock, branch_scale, find_residual_blocks
-from .settings import CALIBRATIONS, DEFAULT_TARGET
+from .plan import InitPlan, restored_on_error
+from .residual import ResidualBlock, branch_scale, find_residual_blocks
+from .settings import CALIBRATIONS, DEFAULT_TARGET, STREAM_GROWTH
 
 __all__ = ["CalibrationResult", "calibrate_"]
 
@@ -181,22 +180,6 @@ def _scale_norm(runner: _Runner, names: list[str], name: str, scale: float) -> N
         module.weight.mul_(goal / branch)
         if isinstance(module.bias, torch.Tensor):
             module.bias.mul_(goal / branch)
-
-
-@contextlib.contextmanager
-def _norms_restored(model: nn.Module, names: list[str]) -> Iterator[None]:
-    """On any exception, put back the weights and biases of the named normalizations."""
-    tensors = [t for name in names for t in (model.get_submodule(name).weight, model.get_submodule(name).bias)
-               if isinstance(t, torch.Tensor)]
-    with torch.no_grad():
-        saved = [t.detach().clone() for t in tensors]
-    try:
-        yield
-    except BaseException:
-        with torch.no_grad():
-            for tensor, value in zip(tensors, saved):
-                tensor.copy_(value)
-        raise
 
 
 def _branch_rms(runner: _Runner, names: list[str], layer: str, scale: float) -> tuple[float, float]:
@@ -345,7 +328,8 @@ def calibrate_(
             blocks = [b for b in find_residual_blocks(model, names, runner.run) if b.layer != names[-1]]
         branches = [b.layer for b in blocks]
         scale = branch_scale(len(blocks), stream_growth) if blocks else None
-        with _norms_restored(model, [b.layer for b in blocks if b.norm]):
+        norms = [model.get_submodule(b.layer) for b in blocks if b.norm]
+        with restored_on_error([t for norm in norms for t in (norm.weight, norm.bias) if isinstance(t, torch.Tensor)]):
             if method == "layers":
                 factors, dead = _calibrate_layers(runner, ran, target, scale, blocks)
             else:

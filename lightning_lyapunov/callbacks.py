@@ -43,7 +43,7 @@ from .initialize import measured_state, restore_measured
 from .lookahead import DEFAULT_STEPS
 from .lookahead_fit import LookAheadFit
 from .plan import InitPlan
-from .settings import DEFAULT_TARGET, InitSpec
+from .settings import DEFAULT_TARGET, STREAM_GROWTH, InitSpec
 from .surgery import plan_init
 from .training_batch import check_observation, observation
 
@@ -87,20 +87,18 @@ class LyapunovInit(Callback):
         sampled: ``True``/``"network"``: keep the best of ``candidates`` draws on the training
             batch; ``"layerwise"``: choose each layer's draw in turn.
         candidates: how many draws ``sampled`` compares (``None``: ``ceil(2 sqrt(layers))``).
-        calibrate: rescale the draw on the first training batch: ``"layers"`` (each layer's output
-            to root-mean-square 1, the last to ``calibrate_target``), ``"output"`` (one factor on
-            every layer) or ``None``. ``"auto"``: ``"layers"`` for ``scheme="lyapunov"``, ``None``
-            for the baselines, and theory's draw kept (with a warning) when the batch cannot
-            calibrate it. Under DDP every rank calibrates alike before DDP copies rank 0's weights.
+        calibrate: rescale the draw on the first training batch: ``"layers"`` (each layer's output to rms 1,
+            the last to ``calibrate_target``), ``"output"`` (one factor on every layer), ``None``, or ``"auto"``:
+            ``"layers"`` for ``scheme="lyapunov"`` (theory's draw kept, with a warning, if the batch cannot
+            calibrate it), ``None`` for the baselines. Under DDP every rank calibrates alike.
         calibrate_target: the output's root-mean-square after calibration.
+        stream_growth: with ``calibrate="layers"``, a residual stream's rms growth ``G`` over its ``B`` blocks
+            ``x + f(x)``: each branch at ``sqrt(G^(2/B) - 1)`` times the stream; ``None``: at rms 1.
         diagnostics: measure and log the signal statistics.
         log_every_n_steps: measuring cadence; ``None`` uses the Trainer's ``log_every_n_steps``.
-        seed: seed of the weights' generator; ``None`` draws one from torch's global generator
-            (so ``seed_everything`` makes runs reproducible).
-        all_layers: log every layer's statistics as scalars and histograms; by default only the
-            first, middle and last planned layer's (the summary and the depth figure cover all).
-        initialize: ``False`` leaves the weights alone (pretrained weights, fine-tuning): the plan
-            is made for the diagnostics' predictions only.
+        seed: seed of the weights' generator; ``None``: drawn from torch's global one (``seed_everything``).
+        all_layers: every layer's scalars and histograms (default: first, middle and last; the figure shows all).
+        initialize: ``False`` leaves the weights alone (fine-tuning): the plan only serves the diagnostics.
         example_input: observe, sample and calibrate on this batch instead of the first training
             batch: a tensor, or a tuple, list or dict of them (what ``forward`` takes). Python only:
             a tensor cannot come from a YAML config.
@@ -135,6 +133,7 @@ class LyapunovInit(Callback):
         candidates: int | None = None,
         calibrate: Literal["auto", "layers", "output"] | None = "auto",
         calibrate_target: float = DEFAULT_TARGET,
+        stream_growth: float | None = STREAM_GROWTH,
         diagnostics: bool = True,
         log_every_n_steps: int | None = None,
         seed: int | None = None,
@@ -148,7 +147,7 @@ class LyapunovInit(Callback):
         super().__init__()
         self.spec = InitSpec(scheme=scheme, distribution=distribution, moment=moment, negative_slope=negative_slope,
                              include=include, exclude=exclude, conv=conv, sampled=sampled, candidates=candidates,
-                             calibrate=calibrate, calibrate_target=calibrate_target)
+                             calibrate=calibrate, calibrate_target=calibrate_target, stream_growth=stream_growth)
         self.diagnostics = check_bool("diagnostics", diagnostics)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, minimum=1, allow_none=True,
                                            allowed="an integer >= 1 or None (None: the Trainer's log_every_n_steps)")
@@ -160,7 +159,8 @@ class LyapunovInit(Callback):
         self.example_input, self.forward = example_input, forward
         if not initialize:
             _refuse_unused(sampled=(sampled, False), candidates=(candidates, None), calibrate=(calibrate, "auto"),
-                           calibrate_target=(calibrate_target, DEFAULT_TARGET), look_ahead=(look_ahead, None))
+                           calibrate_target=(calibrate_target, DEFAULT_TARGET),
+                           stream_growth=(stream_growth, STREAM_GROWTH), look_ahead=(look_ahead, None))
         self.initialized = False
         self.plan: InitPlan | None = None
         self.monitor: SignalMonitor | None = None
@@ -385,7 +385,7 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
         if seen.example is None and spec.calibration_method is not None:  # nothing to calibrate on
             if not spec.calibration_optional:
                 callback._warn(f"no training pass observed, so calibrate={spec.calibrate!r} is skipped")
-            spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET)
+            spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET, stream_growth=STREAM_GROWTH)
         seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
         plan = callback.look_ahead.initialize(pl_module, spec, seen.example, seen.forward, seed)
         callback.initialized = callback._initialized_here = True

@@ -121,7 +121,8 @@ def _calibrate(model: nn.Module, plan: InitPlan, example_input: Any, forward: Fo
     the draw (``calibrate_`` has put its own writes back) and says why."""
     spec = plan.spec
     try:
-        calibrate_(model, plan, example_input, spec.calibration_method, spec.calibrate_target, forward)
+        calibrate_(model, plan, example_input, spec.calibration_method, spec.calibrate_target, forward,
+                   spec.stream_growth)
     except ValueError as error:
         if not spec.calibration_optional:
             raise

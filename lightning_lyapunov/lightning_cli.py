@@ -271,7 +271,12 @@ def fit_note(spec: InitSpec) -> str | None:
     if spec.calibration_method is not None:
         optional = " (calibrate='auto': skipped, with a warning, if the batch cannot calibrate the draw)" \
             if spec.calibration_optional else ""
-        steps.append(f"calibrates ({spec.calibration_method!r}, output root-mean-square {spec.calibrate_target:g}){optional}")
+        stream = ""
+        if spec.calibration_method == "layers":
+            stream = (", residual streams' rms growth at most " + f"{spec.stream_growth:.3g}x" if spec.stream_growth
+                      else ", residual branches at rms 1 (stream_growth=None)")
+        steps.append(f"calibrates ({spec.calibration_method!r}, output root-mean-square {spec.calibrate_target:g}"
+                     f"{stream}){optional}")
     if not steps:
         return None
     return textwrap.fill("fit observes the first training batch, then " + " and ".join(steps)

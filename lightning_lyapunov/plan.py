@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -225,16 +225,8 @@ class InitPlan:
         """
         check_cpu_generator(generator)
         rng = generator if generator is not None else torch.default_generator
-        rng_state = rng.get_state()
-        targets = list({id(t): t for layer in self.layers for t in layer.targets()}.values())
-        with torch.no_grad():
-            saved = [t.detach().clone() for t in targets]
-        try:
+        with restored_on_error((t for layer in self.layers for t in layer.targets()), rng):
             yield
-        except BaseException:
-            _restore(targets, saved)
-            rng.set_state(rng_state)
-            raise
 
     def applied(self, seed: str = "", batch: str = "the example input") -> str:
         """One line: what applying this plan did (``initialized 41 layers: scheme='lyapunov', orthogonal
@@ -390,6 +382,25 @@ def zeroable_bias(module: nn.Module) -> bool:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+@contextlib.contextmanager
+def restored_on_error(tensors: Iterable[torch.Tensor], generator: torch.Generator | None = None) -> Iterator[None]:
+    """Context: on any exception inside it (``KeyboardInterrupt`` included), copy back the values
+    ``tensors`` held on entry (each tensor once, however often it is listed) and the state of
+    ``generator`` (if given), then re-raise. What :meth:`InitPlan.restoring` and the calibration's
+    normalization scales build on."""
+    targets = list({id(t): t for t in tensors}.values())
+    rng_state = generator.get_state() if generator is not None else None
+    with torch.no_grad():
+        saved = [t.detach().clone() for t in targets]
+    try:
+        yield
+    except BaseException:
+        _restore(targets, saved)
+        if generator is not None:
+            generator.set_state(rng_state)
+        raise
 
 
 def _restore(targets: list[torch.Tensor], saved: list[torch.Tensor]) -> None:

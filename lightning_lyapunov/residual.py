@@ -66,12 +66,11 @@ from ._checks import check_float, check_int
 from ._forward import TensorMarks, tensors
 from .log_norm import rms
 from .observe import _target
+from .settings import STREAM_GROWTH
 
 __all__ = ["STREAM_GROWTH", "ResidualBlock", "branch_scale", "find_residual_blocks", "is_affine_norm",
            "stream_log_norm"]
 
-#: default total growth of the stream's root-mean-square over all residual blocks
-STREAM_GROWTH = math.sqrt(2.0)
 _ADDS = {"add", "add_", "__add__", "__radd__", "__iadd__", torch.add}
 _QUERIES = {"dim", "size", "shape", "numel", "is_floating_point", "device", "dtype", "ndim", "requires_grad"}
 _SERIES_TERMS = 4000

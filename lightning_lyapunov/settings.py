@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from typing import Any, Literal, Union
 from lightning_lyapunov import init as _init
 from lightning_lyapunov._checks import check_choice, check_float, check_int, check_slope, invalid
 
-__all__ = ["CALIBRATIONS", "CONV_DRAWS", "DEFAULT_TARGET", "SAMPLINGS", "InitSpec", "Patterns", "SlopeOverride"]
+__all__ = ["CALIBRATIONS", "CONV_DRAWS", "DEFAULT_TARGET", "SAMPLINGS", "STREAM_GROWTH", "InitSpec", "Patterns",
+           "SlopeOverride"]
 
 Patterns = Union[str, Sequence[str], None]
 SlopeOverride = Union[float, Mapping[str, float], None]
@@ -41,6 +43,9 @@ SAMPLINGS: tuple[str, ...] = ("network", "layerwise")
 #: The output's root-mean-square after a calibration (0.1: more deep narrow nets train with Adam,
 #: plain SGD starts slower; see :mod:`lightning_lyapunov.calibration`).
 DEFAULT_TARGET = 1.0
+#: The default growth ``G`` of a residual stream's root-mean-square over all its residual blocks
+#: under ``calibrate="layers"`` (see :mod:`lightning_lyapunov.residual`).
+STREAM_GROWTH = math.sqrt(2.0)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class InitSpec:
             output's root-mean-square is ``calibrate_target``; ``"auto"``: ``"layers"`` for
             ``scheme="lyapunov"``, ``None`` otherwise, and optional (module docstring).
         calibrate_target: the output's root-mean-square after a calibration.
+        stream_growth: with ``calibrate="layers"``, the growth ``G > 1`` of a residual stream's
+            root-mean-square over all its recognized residual blocks ``x + f(x)``: each branch is
+            set to ``sqrt(G^(2/B) - 1)`` times the stream's rms (``B`` blocks); ``None``: every
+            layer to rms 1, residual or not (the stream then grows like ``sqrt(1 + B)``).
 
     Example::
 
@@ -85,6 +94,7 @@ class InitSpec:
     candidates: int | None = None
     calibrate: Literal["auto", "layers", "output"] | None = None
     calibrate_target: float = DEFAULT_TARGET
+    stream_growth: float | None = STREAM_GROWTH
     _slopes: Any = field(init=False, repr=False, compare=False)
     _include: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
     _exclude: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
@@ -117,6 +127,13 @@ class InitSpec:
         target = check_float("calibrate_target", self.calibrate_target, minimum=0.0, low_open=True,
                              allowed="a positive finite number (the output's root-mean-square after calibration)")
         object.__setattr__(self, "calibrate_target", target)
+        if self.stream_growth is not None:
+            growth = check_float("stream_growth", self.stream_growth, minimum=1.0, low_open=True,
+                                 allowed="a number > 1 (the residual stream's rms growth over all blocks) or None")
+            object.__setattr__(self, "stream_growth", growth)
+        if self.calibration_method != "layers" and self.stream_growth != STREAM_GROWTH:
+            raise ValueError(f"stream_growth={self.stream_growth!r} is only used by calibrate='layers' (calibration "
+                             f"method here: {self.calibration_method!r}): pass calibrate='layers', or drop stream_growth=")
         if self.calibration_method is None and target != DEFAULT_TARGET:
             why = (f"calibrate='auto' calibrates nothing for scheme={self.scheme!r} (only 'lyapunov' is calibrated "
                    "by default)" if self.calibrate == "auto" else "calibrate=None calibrates nothing")

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks._lib.engine import SGD, Adam, Draws, Epochs, FullBatch, Stack, cross_entropy, fit, mse, take_state
+from benchmarks._lib import engine
+from benchmarks._lib.engine import (SGD, Adam, Checkpoint, Draws, Epochs, FullBatch, Stack, classification, cross_entropy,
+                                    fit, mse, take_state)
 from benchmarks._lib.package import DeepMLP, PlainCNN, SmallResNet
 
 
@@ -181,3 +183,55 @@ def test_taken_runs_continue_with_their_optimizer_state_as_if_never_interrupted(
         assert abs(restarted.losses[-1, r] - losses[-1]) > 1e-4  # fresh moments would not match: the test can fail
     with pytest.raises(ValueError, match="take_state"):
         fit(kept, mse, (x, y), optimizer=Adam(1e-2), steps=1, order=FullBatch(), state=first.state)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("order", [Epochs(8, seeds=(0, 1, 2), streams=(0, 1, 2, 0)), Draws(8, seed=4)])
+def test_a_run_resumed_from_its_checkpoint_is_the_uninterrupted_run(order, tmp_path):
+    """Killed at step 13 (a checkpoint every 5 steps), then started again from fresh nets: the same losses
+    at every step, the same records, the same stopped run (a NaN at step 3) and the same parameters."""
+    build = lambda: DeepMLP(3, 2, width=4, depth=3)  # noqa: E731
+    x, y = torch.randn(32, 3, generator=torch.Generator().manual_seed(1)), torch.randint(2, (32,))
+    evals = {"train": ((x, y), classification)}
+
+    def objective(interrupt_at: int | None, nan_at: int | None):
+        calls = {"n": 0}
+
+        def loss(model, batch, generator):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise _Interrupted
+            nan = float("nan") if calls["n"] == nan_at else 1.0
+            return cross_entropy(model, batch) * torch.tensor([1.0, 1.0, 1.0, nan])
+
+        return loss
+
+    def run(seeds, interrupt_at=None, checkpoint=None, nan_at=4):  # run 3 stops at step 3
+        stack = Stack(nets(build, seeds))
+        result = fit(stack, objective(interrupt_at, nan_at), (x, y), optimizer=Adam([1e-2, 1e-2, 3e-3, 1e-2]),
+                     steps=20, order=order, evals=evals, record=[0, 7, 12, 15], checkpoint=checkpoint)
+        return stack, result
+
+    straight_stack, straight = run((0, 1, 2, 3))
+    checkpoint = Checkpoint(str(tmp_path / "fit.pt"), every=5)
+    with pytest.raises(_Interrupted):
+        run((0, 1, 2, 3), interrupt_at=14, checkpoint=checkpoint)
+    assert torch.load(checkpoint.path, weights_only=False)["step"] == 10
+    # other draws, and no NaN (the resumed objective's calls count from step 10): the saved state wins
+    resumed_stack, resumed = run((5, 6, 7, 8), checkpoint=checkpoint, nan_at=None)
+    np.testing.assert_array_equal(resumed.losses, straight.losses)
+    assert resumed.stopped.tolist() == straight.stopped.tolist() == [-1, -1, -1, 3]
+    for name in straight.curves:
+        np.testing.assert_array_equal(resumed.curves[name], straight.curves[name])
+    assert torch.equal(resumed_stack.flat, straight_stack.flat)
+    assert 0 < resumed.earlier_seconds <= resumed.seconds and straight.earlier_seconds == 0
+    assert engine.resumed_cpu_seconds() >= resumed.earlier_seconds
+    assert not torch.equal(Stack(nets(build, (5, 6, 7, 8))).flat, straight_stack.flat)  # the test can fail
+    again_stack, again = run((5, 6, 7, 8), checkpoint=checkpoint, nan_at=None)  # finished: evaluations only
+    assert torch.equal(again_stack.flat, straight_stack.flat) and again.losses.shape == straight.losses.shape
+    with pytest.raises(ValueError, match="delete it to start afresh"):
+        fit(Stack(nets(build, (0, 1))), mse, (x, y), optimizer=Adam(1e-2), steps=20, order=FullBatch(),
+            checkpoint=checkpoint)

@@ -62,3 +62,31 @@ def test_sampled_steps_compares_every_pair_at_every_step_and_rate():
     line = next(x for x in lines if x.startswith("toy: sampled lyapunov-orth"))
     assert "better at 2 (lr 0.003 step 10, lr 0.003 step 30), worse at 0, not distinguishable at 2" in line
     assert all("better at 0, worse at 0" in x for x in lines if x is not line)
+
+
+def test_a_grid_with_checkpoints_writes_one_file_per_training_and_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    from benchmarks._lib import protocol
+    from benchmarks._lib.engine import SGD
+    from benchmarks._lib.package import DeepMLP
+    from benchmarks._lib.schemes import HE, ORTHOGONAL
+
+    x = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+    data = {"train": (x, (x[:, 0] > 0).long()), "test": (x[:32], (x[:32, 0] > 0).long())}
+
+    def grid(lrs, steps=12):
+        return protocol.classify(lambda: DeepMLP(5, 2, 4, 3), (HE, ORTHOGONAL), (0, 1), data, evals=("test",),
+                                 optimizer=SGD, lrs=lrs, steps=steps, batch_size=16, record=[0, 6])
+
+    plain = grid((0.1,))
+    monkeypatch.setenv(protocol.CHECKPOINT_ENV, str(tmp_path))
+    monkeypatch.setattr(protocol, "CHECKPOINT_EVERY", 5)
+    first = grid((0.1,))
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    again = grid((0.1,))  # read back: the finished training's state, evaluated again
+    grid((0.05,))  # another training, another file
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    for result in (first, again):
+        np.testing.assert_array_equal(result.curves["test_acc"], plain.curves["test_acc"])
+        np.testing.assert_array_equal(result.stopped, plain.stopped)
+    monkeypatch.delenv(protocol.CHECKPOINT_ENV)
+    assert protocol.checkpoint_for("anything") is None

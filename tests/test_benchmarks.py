@@ -75,6 +75,16 @@ def test_every_benchmark_runs_at_its_quick_size(name, tiny_data, tmp_path):
     assert report.cpu_seconds < 60, f"{name} --quick took {report.cpu_seconds:.0f} s of CPU: make its quick size smaller"
 
 
+def test_a_benchmark_run_again_with_checkpoints_continues_and_counts_the_earlier_cpu_time(tiny_data, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setenv("LYAPUNOV_BENCH_CHECKPOINTS", str(tmp_path / "state"))
+    first = run_one(REGISTRY["stiefel_protocol"], quick=True, out_dir=tmp_path / "a")
+    again = run_one(REGISTRY["stiefel_protocol"], quick=True, out_dir=tmp_path / "b")
+    assert list((tmp_path / "state").glob("*.pt")) and first.earlier_cpu_seconds == 0 < again.earlier_cpu_seconds
+    assert "in earlier processes, read back" in (tmp_path / "b" / "stiefel_protocol.md").read_text()
+    assert [r["test_acc final"] for r in again.runs] == [r["test_acc final"] for r in first.runs]
+
+
 def test_the_theory_report_matches_the_closed_forms(tmp_path):
     import benchmarks.theory as theory
 

@@ -207,6 +207,7 @@ CASES = {
     "candidates": {"sampled": True, "candidates": 3},
     "calibrate": {"calibrate": "output"},
     "calibrate_target": {"calibrate": "layers", "calibrate_target": 0.5},
+    "stream_growth": {"calibrate": "layers", "stream_growth": 2.0},
 }
 
 

@@ -146,3 +146,22 @@ def test_plan_write_refuses_wrong_shapes_and_counts_before_writing() -> None:
     assert changed(model, before) == []
     plan.write(weights)
     assert all(torch.equal(layer.module.weight, w) for layer, w in zip(plan.layers, weights))
+
+
+def test_restored_on_error_puts_back_each_tensor_once_and_the_generator() -> None:
+    from lightning_lyapunov.plan import restored_on_error
+
+    a, b = torch.ones(3), torch.zeros(2)
+    rng = torch.Generator().manual_seed(5)
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(5))
+    with pytest.raises(KeyboardInterrupt):
+        with restored_on_error([a, b, a], rng):  # `a` listed twice: saved once, restored to its entry value
+            a.add_(1.0)
+            b.fill_(7.0)
+            torch.rand(4, generator=rng)
+            raise KeyboardInterrupt
+    assert torch.equal(a, torch.ones(3)) and torch.equal(b, torch.zeros(2))
+    assert torch.equal(torch.rand(4, generator=rng), expected)
+    with restored_on_error([a]):  # no error: the changes stay
+        a.add_(1.0)
+    assert torch.equal(a, torch.full((3,), 2.0))

@@ -177,6 +177,22 @@ def test_without_stream_growth_every_branch_is_at_rms_one_and_the_stream_grows_w
     assert sum(squares) / len(squares) == pytest.approx(1 + 24, rel=0.2)
 
 
+@pytest.mark.parametrize("growth", [3.0, None])
+def test_the_stream_growth_setting_reaches_the_calibration(growth) -> None:
+    # apply_init(stream_growth=...) / LyapunovInit(stream_growth=...) do what calibrate_'s argument does
+    torch.manual_seed(0)
+    model = PreNorm(blocks=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = apply_init(model, example_input=X, calibrate="layers", stream_growth=growth,
+                          generator=torch.Generator().manual_seed(0))
+    assert plan.spec.stream_growth == growth
+    expected = branch_scale(6, growth) if growth else None
+    assert plan.calibration.branch_scale == (pytest.approx(expected) if growth else None)
+    if growth:
+        assert plan.calibration.branch_ratios == pytest.approx([expected] * 6, rel=1e-4)
+
+
 def test_the_plan_shows_the_branch_scale_and_bad_growth_is_refused() -> None:
     _, plan, _, _ = calibrated(0, 6)
     assert (f"residual blocks: 6 (branches ending in blocks.0.fc2 .. blocks.5.fc2), each branch calibrated to branch "

@@ -47,6 +47,9 @@ def test_auto_calibrates_lyapunov_only_and_optionally(scheme: str, calibration: 
     ({"calibrate": "Auto"}, r"calibrate='Auto' is invalid .*'auto', 'layers', 'output'.*did you mean 'auto'"),
     ({"calibrate": "layers", "calibrate_target": -1.0}, "calibrate_target=-1.0 is invalid"),
     ({"calibrate_target": 0.1}, "calibrate=None calibrates nothing"),
+    ({"calibrate": "layers", "stream_growth": 1.0}, "stream_growth=1.0 is invalid"),
+    ({"calibrate": "output", "stream_growth": 2.0}, "stream_growth=2.0 is only used by calibrate='layers'"),
+    ({"stream_growth": None}, "stream_growth=None is only used by calibrate='layers'"),
     ({"scheme": "he", "calibrate": "auto", "calibrate_target": 0.1}, "calibrate='auto' calibrates nothing for scheme='he'"),
 ])
 def test_every_rule_is_checked_on_construction(settings: dict, match: str) -> None:

@@ -399,12 +399,23 @@ def take_state(state: OptimizerState, stack: Stack, runs: Sequence[int] | Tensor
 class _Batcher:
     """Per step, ``draw(step)``: training row indices ``(streams, B)`` (None: the full training set);
     ``stream_of[r]``: run r's stream; ``per_run``: whether the batch is indexed per run ``(R, B, ...)``
-    (else stream 0's rows are shared by all runs); ``generator``: handed to the objective."""
+    (else stream 0's rows are shared by all runs); ``generator``: handed to the objective;
+    ``generators``/``orders``: what the draws depend on beyond the step (saved by a checkpoint)."""
 
     draw: Callable[[int], Tensor | None]
     stream_of: Tensor
     per_run: bool
     generator: torch.Generator | None
+    generators: list[torch.Generator] = field(default_factory=list)
+    orders: list[Tensor] = field(default_factory=list)
+
+    def get_state(self) -> dict[str, list[Tensor]]:
+        return {"generators": [g.get_state() for g in self.generators], "orders": [o.clone() for o in self.orders]}
+
+    def set_state(self, state: dict[str, list[Tensor]]) -> None:
+        for g, value in zip(self.generators, state["generators"]):
+            g.set_state(value)
+        self.orders[:] = state["orders"]
 
 
 def _stream_of(streams: Sequence[int] | None, runs: int, default_own: bool) -> tuple[Tensor, int]:
@@ -442,7 +453,7 @@ class Epochs:
                 orders[:] = [torch.randperm(n, generator=g) for g in gens]
             return torch.stack([o[slot * self.batch_size:(slot + 1) * self.batch_size] for o in orders])
 
-        return _Batcher(draw, stream_of, count > 1, None)
+        return _Batcher(draw, stream_of, count > 1, None, gens, orders)
 
 
 @dataclass(frozen=True)
@@ -459,7 +470,7 @@ class Draws:
         stream_of, count = _stream_of(self.streams, runs, default_own=True)
         generator = torch.Generator().manual_seed(self.seed)
         return _Batcher(lambda step: torch.randint(n, (count, self.batch_size), generator=generator),
-                        stream_of, True, generator)
+                        stream_of, True, generator, [generator])
 
 
 @dataclass(frozen=True)
@@ -469,8 +480,8 @@ class FullBatch:
     seed: int = 0
 
     def start(self, n: int, runs: int) -> _Batcher:
-        return _Batcher(lambda step: None, torch.zeros(runs, dtype=torch.long), False,
-                        torch.Generator().manual_seed(self.seed))
+        generator = torch.Generator().manual_seed(self.seed)
+        return _Batcher(lambda step: None, torch.zeros(runs, dtype=torch.long), False, generator, [generator])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,7 +524,8 @@ class Fit:
     ``final[name]``: ``(R,)`` per metric of ``final_evals``, evaluated once after the last step;
     ``losses``: the training loss of every step ``(steps, R)`` (``inf`` when non-finite);
     ``stopped[r]``: the step at which run r stopped on a non-finite loss (-1: never); ``seconds``: CPU time;
-    ``state``: the optimizer's state after the last step (pass it to :func:`fit` to continue)."""
+    ``state``: the optimizer's state after the last step (pass it to :func:`fit` to continue);
+    ``earlier_seconds``: the part of ``seconds`` spent before a checkpoint this fit resumed from."""
 
     steps: np.ndarray
     curves: dict[str, np.ndarray]
@@ -522,6 +534,7 @@ class Fit:
     stopped: np.ndarray
     seconds: float
     state: OptimizerState = field(default_factory=dict)
+    earlier_seconds: float = 0.0
 
 
 def _evaluate(model: Stack, evals: Mapping[str, tuple[Batch, Metric]], chunk: int | None) -> dict[str, np.ndarray]:
@@ -548,7 +561,7 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
         order: Epochs | Draws | FullBatch, evals: Mapping[str, tuple[Batch, Metric]] | None = None,
         record: Iterable[int] = (), eval_chunk: int | None = None, nonfinite: str = "stop",
         final_evals: Mapping[str, tuple[Batch, Metric]] | None = None, state: OptimizerState | None = None,
-        first_step: int = 0) -> Fit:
+        first_step: int = 0, checkpoint: Checkpoint | None = None) -> Fit:
     """Train the ``R`` runs of ``model`` for ``steps`` steps on the summed per-run losses.
 
     ``objective(model, batch, generator)`` returns the per-run training loss ``(R,)``; ``batch`` holds
@@ -564,6 +577,9 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
     ``nonfinite``: a run whose training loss is not finite ``"stop"``s there (its parameters are frozen,
     as a run that stops on a NaN), or (``"skip"``) gets zero gradient for that step and goes on (the
     optimizer still steps: Adam's moments move it).
+    ``checkpoint``: save the whole training state every ``checkpoint.every`` steps and at the end, and
+    start from the saved state when the file is there (a long run survives its process: the resumed
+    run's losses and parameters are the uninterrupted run's, ``tests/test_bench_engine.py``).
 
     Example::
 
@@ -574,17 +590,32 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
         raise ValueError(f"nonfinite={nonfinite!r}: choose 'stop' or 'skip'")
     runs, n = model.runs, len(train[0])
     batcher = order.start(n, runs)
-    update = optimizer.start(model, state)
     wanted = sorted(set(record) | {steps})
     alive = torch.ones(runs, dtype=torch.bool)
     stopped = np.full(runs, -1)
     frozen: Tensor | None = None
     losses = np.empty((steps, runs))
     records: list[dict[str, np.ndarray]] = []
+    begin, earlier_seconds = 0, 0.0
+    saved = checkpoint.load(model, steps) if checkpoint is not None else None
+    if saved is not None:
+        begin, earlier_seconds, state = saved["step"], saved["seconds"], saved["state"]
+        _RESUMED_SECONDS.append(earlier_seconds)
+        alive, stopped, frozen, records = saved["alive"], saved["stopped"], saved["frozen"], saved["records"]
+        losses[:begin] = saved["losses"]
+        batcher.set_state(saved["batcher"])
+        with torch.no_grad():
+            model.flat.copy_(saved["flat"])
+        frozen_mask = ~alive[model.run_of]
+    update = optimizer.start(model, state)
     start = time.process_time()
     model.train()
-    for step in range(steps + 1):
-        if step in wanted:
+    for step in range(begin, steps + 1):
+        if checkpoint is not None and step > begin and (step % checkpoint.every == 0 or step == steps):
+            checkpoint.save(model, steps, step=step, seconds=earlier_seconds + time.process_time() - start,
+                            state=update.state, alive=alive, stopped=stopped, frozen=frozen, records=records,
+                            losses=losses[:step], batcher=batcher.get_state(), flat=model.flat.detach())
+        if step in wanted:  # a resumed run evaluates its first step again (saved before the evaluation)
             records.append(_evaluate(model, evals or {}, eval_chunk))
         if step == steps:
             break
@@ -618,5 +649,43 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
                 torch.where(frozen_mask, frozen, model.flat, out=model.flat)
     curves = {name: np.stack([r[name] for r in records]) for name in (records[-1] if records else {})}
     final = _evaluate(model, final_evals or {}, eval_chunk)
-    return Fit(np.array(wanted), curves, final, losses, stopped, time.process_time() - start,
-               {name: value.clone() for name, value in update.state.items()})
+    return Fit(np.array(wanted), curves, final, losses, stopped, earlier_seconds + time.process_time() - start,
+               {name: value.clone() for name, value in update.state.items()}, earlier_seconds)
+
+
+_RESUMED_SECONDS: list[float] = []
+
+
+def resumed_cpu_seconds() -> float:
+    """CPU seconds that the fits of this process resumed from checkpoints had taken in earlier
+    processes (the benchmark runner adds them to the run's CPU time)."""
+    return float(sum(_RESUMED_SECONDS))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where :func:`fit` keeps its training state (``path``, written atomically) and how often
+    (``every`` steps, and after the last). A saved state is used only by a fit of the same number of
+    runs, parameters and steps; anything else is a ``ValueError`` naming the file to delete."""
+
+    path: str
+    every: int = 500
+
+    def load(self, model: Stack, steps: int) -> dict[str, Any] | None:
+        import os
+
+        if not os.path.exists(self.path):
+            return None
+        saved = torch.load(self.path, weights_only=False)
+        if (saved["runs"], saved["numel"], saved["steps"]) != (model.runs, model.flat.numel(), steps):
+            raise ValueError(f"checkpoint {self.path} is of another training ({saved['runs']} runs, {saved['numel']} "
+                             f"parameters, {saved['steps']} steps; here {model.runs}, {model.flat.numel()}, {steps}): "
+                             "delete it to start afresh")
+        return saved
+
+    def save(self, model: Stack, steps: int, **state: Any) -> None:
+        import os
+
+        tmp = f"{self.path}.tmp"
+        torch.save({"runs": model.runs, "numel": model.flat.numel(), "steps": steps, **state}, tmp)
+        os.replace(tmp, self.path)

@@ -7,10 +7,18 @@ learning rate, trains all of them with one engine call and returns the curves as
 ``(records, lrs, schemes, seeds)`` in a :class:`Grid`. The seed also picks the run's batch stream
 (the ``order`` callable receives the stream of every run), so runs of the same seed see the same
 batches whatever their scheme: the pairing :mod:`benchmarks._lib.stats` relies on.
+
+Long runs survive their process: with ``$LYAPUNOV_BENCH_CHECKPOINTS`` set to a directory, every grid
+saves its training state there (``<key>.pt``, the key a hash of the nets, schemes, seeds, learning
+rates, steps, data and order) every ``CHECKPOINT_EVERY`` steps, and the same command started again
+continues from it (the resumed training is the uninterrupted one; its CPU time counts the earlier
+processes' too).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,11 +29,25 @@ from torch import Tensor, nn
 
 from benchmarks._lib import stats
 from benchmarks._lib.engine import (
-    SGD, Adam, Batch, Draws, Epochs, FullBatch, Metric, Objective, Stack, classification, cross_entropy, fit)
+    SGD, Adam, Batch, Checkpoint, Draws, Epochs, FullBatch, Metric, Objective, Stack, classification, cross_entropy,
+    fit)
 from benchmarks._lib.package import log_gain
 from benchmarks._lib.schemes import init_modules, non_finite
 
 Order = Callable[[list[int]], "Epochs | Draws | FullBatch"]
+CHECKPOINT_ENV = "LYAPUNOV_BENCH_CHECKPOINTS"
+CHECKPOINT_EVERY = 1000
+
+
+def checkpoint_for(*identity: object) -> Checkpoint | None:
+    """The checkpoint of the training ``identity`` describes (its reprs hashed), in
+    ``$LYAPUNOV_BENCH_CHECKPOINTS``; None when that is not set."""
+    directory = os.environ.get(CHECKPOINT_ENV)
+    if not directory:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    key = hashlib.sha256(repr(identity).encode()).hexdigest()[:20]
+    return Checkpoint(os.path.join(directory, f"{key}.pt"), every=CHECKPOINT_EVERY)
 
 
 @dataclass
@@ -51,6 +73,7 @@ class Grid:
     init_seconds: float
     train_seconds: float
     path: str
+    resumed_seconds: float = 0.0  # the part of train_seconds spent by earlier processes (a checkpoint)
 
     @property
     def labels(self) -> list[str]:
@@ -129,13 +152,19 @@ def train_grid(build: Callable[[], nn.Module], schemes: Sequence, seeds: Sequenc
     stack = Stack(nets * len(lrs), sample_dims=train[0].dim() - 1)
     per_run = [float(lr) for lr in lrs for _ in nets]
     streams = list(range(len(seeds))) * (len(lrs) * len(schemes))
+    data = [(tuple(t.shape), float(t.double().sum())) for t in train]
+    checkpoint = checkpoint_for(repr(build()), [s.label for s in schemes], seeds, lrs, steps, data, order(streams),
+                                optimizer(per_run), getattr(objective, "__name__", repr(objective)), sorted(record),
+                                nonfinite)
     result = fit(stack, objective, train, optimizer=optimizer(per_run), steps=steps, order=order(streams),
-                 evals=evals, record=record, eval_chunk=eval_chunk, nonfinite=nonfinite, final_evals=final_evals)
+                 evals=evals, record=record, eval_chunk=eval_chunk, nonfinite=nonfinite, final_evals=final_evals,
+                 checkpoint=checkpoint)
     shape = (len(lrs), len(schemes), len(seeds))
     curves = {name: values.reshape(len(result.steps), *shape) for name, values in result.curves.items()}
     finals = {name: values.reshape(shape) for name, values in result.final.items()}
     return Grid(tuple(schemes), tuple(float(lr) for lr in lrs), tuple(seeds), result.steps, curves, finals,
-                result.stopped.reshape(shape), gains, counts, init_seconds, result.seconds, stack.path)
+                result.stopped.reshape(shape), gains, counts, init_seconds, result.seconds, stack.path,
+                result.earlier_seconds)
 
 
 def classify(build: Callable[[], nn.Module], schemes: Sequence, seeds: Sequence[int], data: Mapping[str, Batch], *,
