@@ -7,7 +7,8 @@ one measured step, competing for the GIL with training. :func:`masked_crc32c` co
 checksum with numpy (a table lookup per byte and one XOR reduction per block) and
 :func:`speed_up` swaps :class:`FastRecordWriter` into a ``SummaryWriter``'s file writer, so every
 record it writes (ours, Lightning's ``log_metrics``, histograms, images) is framed by it. The bytes
-written are identical.
+written are identical. :func:`add_summary` frames the callback's per-step events in the training
+thread and hands them to the writer's thread about once a second instead of once per event.
 
 CRC-32C (Castagnoli, reflected, polynomial ``0x82F63B78``, initial value and final XOR
 ``0xFFFFFFFF``). The register ``R(r, m)`` after a message ``m`` from the register ``r`` is linear:
@@ -24,12 +25,16 @@ from __future__ import annotations
 
 import functools
 import struct
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-__all__ = ["BLOCK", "FastRecordWriter", "crc32c", "masked_crc32c", "speed_up"]
+__all__ = ["BLOCK", "FastRecordWriter", "Framed", "add_summary", "crc32c", "frame", "masked_crc32c", "speed_up"]
 
 #: Bytes reduced per block (the table ``P`` has ``BLOCK x 256`` entries, 1 MiB).
 BLOCK = 1024
@@ -93,13 +98,66 @@ def masked_crc32c(data: bytes) -> int:
     return (((x >> 15) | (x << 17)) + 0xA282EAD8) & _MASK
 
 
+def frame(data: bytes) -> bytes:
+    """``data`` as one record: ``length | masked CRC of length | data | masked CRC of data``."""
+    header = struct.pack("<Q", len(data))
+    return b"".join((header, struct.pack("<I", masked_crc32c(header)), data, struct.pack("<I", masked_crc32c(data))))
+
+
+class Framed(bytes):
+    """Records already framed (:func:`frame`, one or many joined): :class:`FastRecordWriter` writes them as they are."""
+
+
 class FastRecordWriter(RecordWriter):
-    """``tensorboard``'s ``RecordWriter`` with :func:`masked_crc32c`: the same bytes, one ``write``."""
+    """``tensorboard``'s ``RecordWriter`` with :func:`masked_crc32c`: the same bytes, one ``write``;
+    :class:`Framed` records are written as they are. :attr:`kept` holds the records that
+    :func:`add_summary` has not handed to the writer's thread yet: :meth:`flush` writes them first
+    (the thread flushes every ``flush_secs``; ``SummaryWriter.flush()`` and ``close()`` flush too), so
+    none is lost when the writer closes. A lock keeps the thread's writes and a flush from another
+    thread apart."""
+
+    def __init__(self, writer: Any) -> None:
+        super().__init__(writer)
+        self.kept: list[bytes] = []
+        self.handed = time.perf_counter()  # when the kept records were last handed over
+        self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        header = struct.pack("<Q", len(data))
-        self._writer.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
-                                     struct.pack("<I", masked_crc32c(data)))))
+        with self._lock:
+            self._writer.write(data if type(data) is Framed else frame(data))
+
+    def flush(self) -> None:
+        kept, self.kept = self.kept, []
+        with self._lock:
+            if kept:
+                self._writer.write(b"".join(kept))
+            self._writer.flush()
+
+
+def add_summary(summary_writer: Any, summary: Any, step: int, every: float = 1.0,
+                clock: Callable[[], float] = time.perf_counter) -> None:
+    """``summary_writer.add_summary(summary, step)``, framed here and handed to the writer's thread with
+    the others of the last ``every`` seconds (and whatever is left at its next flush): one hand-over
+    per event wakes the thread each time, ~0.35 ms of CPU per measured step of a 4 ms training step
+    for a record that takes 0.02 ms to write. The file itself is flushed only every ``flush_secs``
+    (120 s by default), so a dashboard sees no delay. A writer :func:`speed_up` cannot change gets
+    the summary at once. ``clock``: seconds.
+
+    Example::
+
+        add_summary(SummaryWriter(log_dir), Summary(value=[Summary.Value(tag="a", simple_value=1.0)]), 3)
+    """
+    if not speed_up(summary_writer):
+        summary_writer._get_file_writer().add_summary(summary, step)
+        return
+    async_writer = summary_writer._get_file_writer().event_writer._async_writer
+    writer = async_writer._writer
+    writer.kept.append(frame(Event(summary=summary, step=int(step), wall_time=time.time()).SerializeToString()))
+    now = clock()
+    if now - writer.handed >= every:
+        writer.handed = now
+        kept, writer.kept = writer.kept, []
+        async_writer.write(Framed(b"".join(kept)))
 
 
 def speed_up(summary_writer: Any) -> bool:

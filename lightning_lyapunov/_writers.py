@@ -24,7 +24,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 
 from . import dashboard
 from .dashboard import FigureBudget
-from ._events import speed_up
+from ._events import add_summary, speed_up
 from .diagnostics import SignalStats
 
 __all__ = ["Writers", "tensorboards"]
@@ -160,15 +160,13 @@ class Writers:
 
 def _log_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
     """``logger.log_metrics(scalars, step)``; for TensorBoard the same tags and values (the logger's
-    prefix included) in one event."""
+    prefix included) in one event, handed to its writer's thread with others (:func:`~._events.add_summary`)."""
     if not isinstance(logger, TensorBoardLogger):
         logger.log_metrics(scalars, step=step)
         return
     tagged = _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR)
     summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in tagged.items()])
-    experiment = logger.experiment
-    speed_up(experiment)  # every record of this writer framed by a vectorized CRC (the same bytes)
-    experiment._get_file_writer().add_summary(summary, step)
+    add_summary(logger.experiment, summary, step)  # framed by the vectorized CRC (the same bytes)
 
 
 def _image(tag: str, figure: Any) -> Summary.Value:
