@@ -24,7 +24,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 
 from . import dashboard
 from .dashboard import FigureBudget
-from ._events import add_summary, speed_up
+from ._events import add_scalars, speed_up
 from .diagnostics import SignalStats
 
 __all__ = ["Writers", "tensorboards"]
@@ -160,13 +160,11 @@ class Writers:
 
 def _log_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
     """``logger.log_metrics(scalars, step)``; for TensorBoard the same tags and values (the logger's
-    prefix included) in one event, handed to its writer's thread with others (:func:`~._events.add_summary`)."""
+    prefix included) in one event, handed to its writer's thread with others (:func:`~._events.add_scalars`)."""
     if not isinstance(logger, TensorBoardLogger):
         logger.log_metrics(scalars, step=step)
         return
-    tagged = _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR)
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in tagged.items()])
-    add_summary(logger.experiment, summary, step)  # framed by the vectorized CRC (the same bytes)
+    add_scalars(logger.experiment, _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR), step)
 
 
 def _image(tag: str, figure: Any) -> Summary.Value:

@@ -77,10 +77,8 @@ def _summaries(path) -> list[tuple[int, float, list[tuple[str, float]]]]:
             if e.HasField("summary")]
 
 
-def test_summaries_are_handed_over_once_a_second_and_the_rest_at_close_and_read_back(tmp_path) -> None:
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    from lightning_lyapunov._events import add_summary
+def test_scalars_are_handed_over_once_a_second_and_the_rest_at_close_and_read_back(tmp_path) -> None:
+    from lightning_lyapunov._events import add_scalars
 
     class Clock:
         now = 0.0
@@ -97,8 +95,7 @@ def test_summaries_are_handed_over_once_a_second_and_the_rest_at_close_and_read_
     async_writer._byte_queue.put = lambda item, *args, **kwargs: handed.append(item) or put(item, *args, **kwargs)
     for step in range(5):
         clock.now += 0.3  # handed over with the step that finds 1 s passed (the fourth), the fifth kept
-        add_summary(writer, Summary(value=[Summary.Value(tag="a", simple_value=float(step)),
-                                           Summary.Value(tag="b", simple_value=-step / 2)]), step, clock=clock)
+        add_scalars(writer, {"a": float(step), "b": -step / 2}, step, clock=clock)
     assert [type(item).__name__ for item in handed] == ["Framed"]
     assert len(async_writer._writer.kept) == 1
     writer.close()  # its last flush writes the kept one
@@ -117,3 +114,27 @@ def test_framed_records_are_written_as_they_are() -> None:
     RecordWriter(theirs).write(data[:5])
     FastRecordWriter(ours).write(Framed(frame(data) + frame(data[:5])))
     assert ours.getvalue() == theirs.getvalue()
+
+
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 300, 2**40])
+def test_a_scalar_event_is_the_bytes_protobuf_serializes(step: int) -> None:
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from lightning_lyapunov import _events
+    from lightning_lyapunov._events import scalar_event
+
+    def expected(scalars: dict[str, float], wall_time: float) -> bytes:
+        return Event(wall_time=wall_time, step=step, summary=Summary(value=[
+            Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()])).SerializeToString()
+
+    rng = np.random.default_rng(step)
+    scalars = {f"run-lyapunov/kurtosis_median/layer.{i}" + "x" * i: float(v)  # tags of 1- and 2-byte lengths
+               for i, v in enumerate(rng.standard_normal(140) * 10.0 ** rng.integers(-44, 37, 140))}
+    scalars |= {"é/ü": -0.0, "inf": float("inf"), "nan": float("nan")}
+    for wall_time in (0.0, 1765432101.25):
+        _events._value_heads.cache_clear()
+        assert scalar_event(scalars, step, wall_time) == expected(scalars, wall_time)  # encoded here
+        assert _events._value_heads.cache_info().misses == 1
+        beyond = scalars | {"big": 1e300}  # beyond float32 (protobuf: infinite): protobuf's own path
+        assert scalar_event(beyond, step, wall_time) == expected(beyond, wall_time)
