@@ -4,10 +4,13 @@ Scalars go to every logger: to a ``TensorBoardLogger`` as one event per measured
 ``Summary`` holding every value: Lightning's ``log_metrics`` writes one event per scalar, 36 of them
 cost longer than a small training step), to any other logger through Lightning's ``log_metrics``.
 The plan text, the custom-scalars layout, the log-norm histograms and the depth figure need a
-``TensorBoardLogger`` (its ``SummaryWriter``, whose records :mod:`._events` frames). The depth figures (four
-panels, drawn and encoded once for every logger, written as one event) take ~0.45 s each on a CPU core: they are rendered within a share of the run's time (:class:`~.dashboard.FigureBudget`), the
-first one deferred until that allows it (at the latest, with the final one), the final one always. A logger or writer that fails (a full disk, a logger that rejects the
-``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
+``TensorBoardLogger`` (its ``SummaryWriter``, whose records :mod:`._events` frames; the scalars'
+events are handed to its thread about once a second). The depth figures (four panels, drawn and
+encoded once for every logger, written as one event) take ~0.45 s each on a CPU core: they are
+rendered within a share of the run's time (:class:`~.dashboard.FigureBudget`), the first one
+deferred until that allows it (at the latest, with the final one), the final one always. A logger
+or writer that fails (a full disk, a logger that rejects the ``lyapunov/...`` keys) never stops
+training: the failure is reported once and that output is
 switched off for that logger. Without matplotlib there is no depth figure, which is said once.
 """
 

@@ -403,7 +403,8 @@ def png(figure: Any) -> tuple[bytes, int, int]:
     return encoded.getvalue(), width, height
 
 
-#: zlib level of the PNGs: 1 encodes a panel in 9 ms instead of 13 (Pillow's default, 6), and these plots come out no larger (82 KB)
+#: zlib level of the PNGs: 1 encodes a panel in 9 ms instead of 13 (Pillow's default, 6), and these
+#: plots come out no larger (82 KB).
 _PNG_LEVEL = 1
 
 
