@@ -7,7 +7,8 @@ one measured step, competing for the GIL with training. :func:`masked_crc32c` co
 checksum with numpy (a table lookup per byte and one XOR reduction per block) and
 :func:`speed_up` swaps :class:`FastRecordWriter` into a ``SummaryWriter``'s file writer, so every
 record it writes (ours, Lightning's ``log_metrics``, histograms, images) is framed by it. The bytes
-written are identical.
+written are identical. :func:`add_scalars` encodes and frames the callback's per-step events in the training
+thread and hands them to the writer's thread about once a second instead of once per event.
 
 CRC-32C (Castagnoli, reflected, polynomial ``0x82F63B78``, initial value and final XOR
 ``0xFFFFFFFF``). The register ``R(r, m)`` after a message ``m`` from the register ``r`` is linear:
@@ -23,13 +24,20 @@ Example::
 from __future__ import annotations
 
 import functools
+import operator
 import struct
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-__all__ = ["BLOCK", "FastRecordWriter", "crc32c", "masked_crc32c", "speed_up"]
+__all__ = ["BLOCK", "FastRecordWriter", "Framed", "add_scalars", "crc32c", "frame", "masked_crc32c", "scalar_event",
+           "speed_up"]
 
 #: Bytes reduced per block (the table ``P`` has ``BLOCK x 256`` entries, 1 MiB).
 BLOCK = 1024
@@ -93,13 +101,113 @@ def masked_crc32c(data: bytes) -> int:
     return (((x >> 15) | (x << 17)) + 0xA282EAD8) & _MASK
 
 
+def frame(data: bytes) -> bytes:
+    """``data`` as one record: ``length | masked CRC of length | data | masked CRC of data``."""
+    header = struct.pack("<Q", len(data))
+    return b"".join((header, struct.pack("<I", masked_crc32c(header)), data, struct.pack("<I", masked_crc32c(data))))
+
+
+class Framed(bytes):
+    """Records already framed (:func:`frame`, one or many joined): :class:`FastRecordWriter` writes them as they are."""
+
+
 class FastRecordWriter(RecordWriter):
-    """``tensorboard``'s ``RecordWriter`` with :func:`masked_crc32c`: the same bytes, one ``write``."""
+    """``tensorboard``'s ``RecordWriter`` with :func:`masked_crc32c`: the same bytes, one ``write``;
+    :class:`Framed` records are written as they are. :attr:`kept` holds the records that
+    :func:`add_scalars` has not handed to the writer's thread yet: :meth:`flush` writes them first
+    (the thread flushes every ``flush_secs``; ``SummaryWriter.flush()`` and ``close()`` flush too), so
+    none is lost when the writer closes. A lock keeps the thread's writes and a flush from another
+    thread apart."""
+
+    def __init__(self, writer: Any) -> None:
+        super().__init__(writer)
+        self.kept: list[bytes] = []
+        self.handed = time.perf_counter()  # when the kept records were last handed over
+        self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        header = struct.pack("<Q", len(data))
-        self._writer.write(b"".join((header, struct.pack("<I", masked_crc32c(header)), data,
-                                     struct.pack("<I", masked_crc32c(data)))))
+        with self._lock:
+            self._writer.write(data if type(data) is Framed else frame(data))
+
+    def flush(self) -> None:
+        kept, self.kept = self.kept, []
+        with self._lock:
+            if kept:
+                self._writer.write(b"".join(kept))
+            self._writer.flush()
+
+
+def _varint(n: int) -> bytes:
+    """Protocol buffers' base-128 varint of ``n >= 0``."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=16)
+def _value_heads(tags: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Per tag, the bytes of a ``Summary.Value(tag=tag, simple_value=...)`` entry of a ``Summary`` up to
+    its 4 float bytes: ``value`` (field 1) key and length, ``tag`` (field 1) key, length and UTF-8,
+    ``simple_value`` (field 2, fixed32) key."""
+    heads = []
+    for tag in tags:
+        encoded = tag.encode()
+        inner = b"\x0a" + _varint(len(encoded)) + encoded
+        heads.append(b"\x0a" + _varint(len(inner) + 5) + inner + b"\x15")
+    return tuple(heads)
+
+
+def scalar_event(scalars: dict[str, float], step: int, wall_time: float) -> bytes:
+    """``Event(wall_time=wall_time, step=step, summary=Summary(value=[Summary.Value(tag=tag,
+    simple_value=value) for tag, value in scalars.items()])).SerializeToString()``, the same bytes
+    encoded here (a fifth of the time for 110 values: the tags' bytes are cached), ``step >= 0``.
+
+    Example::
+
+        scalar_event({"a": 1.0}, 3, 0.0) == Event(step=3, summary=Summary(value=[
+            Summary.Value(tag="a", simple_value=1.0)])).SerializeToString()
+    """
+    try:
+        packed = struct.pack(f"<{len(scalars)}f", *scalars.values())
+    except (OverflowError, struct.error):  # beyond float32: protobuf makes it infinite
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()])
+        return Event(summary=summary, step=step, wall_time=wall_time).SerializeToString()
+    floats = [packed[i : i + 4] for i in range(0, len(packed), 4)]
+    summary = b"".join(map(operator.add, _value_heads(tuple(scalars)), floats))
+    # proto3 leaves out fields at their default: a zero wall time or step
+    return b"".join((b"\x09" + struct.pack("<d", wall_time) if wall_time else b"",
+                     b"\x10" + _varint(step) if step else b"", b"\x2a", _varint(len(summary)), summary))
+
+
+def add_scalars(summary_writer: Any, scalars: dict[str, float], step: int, every: float = 1.0,
+                clock: Callable[[], float] = time.perf_counter) -> None:
+    """``summary_writer`` gets ``scalars`` at ``step`` as one event (one ``Summary`` of every value,
+    :func:`scalar_event`), framed here and handed to the writer's thread with the others of the last
+    ``every`` seconds (and whatever is left at its next flush): one hand-over per event wakes the
+    thread each time, ~0.35 ms of CPU per measured step of a 4 ms training step for a record that
+    takes 0.02 ms to write. The file itself is flushed only every ``flush_secs`` (120 s by default),
+    so a dashboard sees no delay. A writer :func:`speed_up` cannot change gets the event at once,
+    through ``add_summary``. ``clock``: seconds.
+
+    Example::
+
+        add_scalars(SummaryWriter(log_dir), {"lyapunov/verdict": 0.0, "lyapunov/centred_exponent": -0.01}, 3)
+    """
+    if not speed_up(summary_writer):
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()])
+        summary_writer._get_file_writer().add_summary(summary, step)
+        return
+    async_writer = summary_writer._get_file_writer().event_writer._async_writer
+    writer = async_writer._writer
+    writer.kept.append(frame(scalar_event(scalars, int(step), time.time())))
+    now = clock()
+    if now - writer.handed >= every:
+        writer.handed = now
+        kept, writer.kept = writer.kept, []
+        async_writer.write(Framed(b"".join(kept)))
 
 
 def speed_up(summary_writer: Any) -> bool:

@@ -4,10 +4,13 @@ Scalars go to every logger: to a ``TensorBoardLogger`` as one event per measured
 ``Summary`` holding every value: Lightning's ``log_metrics`` writes one event per scalar, 36 of them
 cost longer than a small training step), to any other logger through Lightning's ``log_metrics``.
 The plan text, the custom-scalars layout, the log-norm histograms and the depth figure need a
-``TensorBoardLogger`` (its ``SummaryWriter``, whose records :mod:`._events` frames). The depth figures take
-~0.3 s each: they are rendered within a share of the run's time (:class:`~.dashboard.FigureBudget`), the
-first one deferred until that allows it (at the latest, with the final one), the final one always. A logger or writer that fails (a full disk, a logger that rejects the
-``lyapunov/...`` keys) never stops training: the failure is reported once and that output is
+``TensorBoardLogger`` (its ``SummaryWriter``, whose records :mod:`._events` frames; the scalars'
+events are handed to its thread about once a second). The depth figures (four panels, drawn and
+encoded once for every logger, written as one event) take ~0.45 s each on a CPU core: they are
+rendered within a share of the run's time (:class:`~.dashboard.FigureBudget`), the first one
+deferred until that allows it (at the latest, with the final one), the final one always. A logger
+or writer that fails (a full disk, a logger that rejects the ``lyapunov/...`` keys) never stops
+training: the failure is reported once and that output is
 switched off for that logger. Without matplotlib there is no depth figure, which is said once.
 """
 
@@ -24,7 +27,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 
 from . import dashboard
 from .dashboard import FigureBudget
-from ._events import speed_up
+from ._events import add_scalars, speed_up
 from .diagnostics import SignalStats
 
 __all__ = ["Writers", "tensorboards"]
@@ -138,6 +141,8 @@ class Writers:
                 title = f"{_run_name(boards[0])}, scheme={plan.scheme!r}: step {step}" + (
                     f", verdict: {verdict}" if verdict is not None else "")
                 figures = dashboard.depth_figures(stats, plan, title)
+                # encoded once for every logger, the four panels in one event
+                images = Summary(value=[_image(f"lyapunov/depth/{panel}", figure) for panel, figure in figures.items()])
             except Exception as error:  # noqa: BLE001 - a plotting failure must not stop training
                 self._off.add((-1, "depth figure"))
                 self._warn(f"the depth figure failed ({type(error).__name__}: {error}); no more figures")
@@ -149,28 +154,27 @@ class Writers:
                 return
 
             def depth(writer: Any) -> None:
-                for panel, figure in figures.items():
-                    writer.add_figure(f"lyapunov/depth/{panel}", figure, step, close=False)
+                speed_up(writer)
+                writer._get_file_writer().add_summary(images, step)
 
             for logger in boards:
                 self.emit(logger, "depth figure", depth)
-            import matplotlib.pyplot as plt
-
-            for figure in figures.values():
-                plt.close(figure)
 
 
 def _log_scalars(logger: Any, scalars: dict[str, float], step: int) -> None:
     """``logger.log_metrics(scalars, step)``; for TensorBoard the same tags and values (the logger's
-    prefix included) in one event."""
+    prefix included) in one event, handed to its writer's thread with others (:func:`~._events.add_scalars`)."""
     if not isinstance(logger, TensorBoardLogger):
         logger.log_metrics(scalars, step=step)
         return
-    tagged = _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR)
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in tagged.items()])
-    experiment = logger.experiment
-    speed_up(experiment)  # every record of this writer framed by a vectorized CRC (the same bytes)
-    experiment._get_file_writer().add_summary(summary, step)
+    add_scalars(logger.experiment, _add_prefix(scalars, logger._prefix, logger.LOGGER_JOIN_CHAR), step)
+
+
+def _image(tag: str, figure: Any) -> Summary.Value:
+    """``figure`` as TensorBoard's image value ``tag`` (what ``SummaryWriter.add_figure`` writes)."""
+    encoded, width, height = dashboard.png(figure)
+    return Summary.Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=3,
+                                                      encoded_image_string=encoded))
 
 
 def _run_name(logger: Any) -> str:

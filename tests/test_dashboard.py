@@ -149,6 +149,27 @@ def test_depth_figures_shade_a_collapse_and_name_the_run_step_verdict_and_layers
             matplotlib.pyplot.close(each)
 
 
+def test_png_holds_the_pixels_add_figure_writes_and_uses_no_pyplot():
+    pytest.importorskip("matplotlib")
+    import io
+
+    from PIL import Image
+    from torch.utils.tensorboard._utils import figure_to_image
+    from test_diagnostics import bias_carried_net
+
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    figures = dashboard.depth_figures(measured(bias_carried_net(), torch.randn(64, 4)), None, "run: step 3")
+    assert plt.get_fignums() == before  # outside pyplot: nothing to close, no backend switched
+    encoded, width, height = dashboard.png(figures["1_signal"])
+    pixels = np.asarray(Image.open(io.BytesIO(encoded)))
+    assert pixels.shape == (height, width, 3) == (560, 800, 3)
+    # SummaryWriter.add_figure's pixels (CHW): the same, bit for bit
+    np.testing.assert_array_equal(np.moveaxis(figure_to_image(figures["1_signal"], close=False), 0, 2), pixels)
+    assert (pixels != 255).any(axis=-1).mean() > 0.02  # something is drawn
+
+
 def test_kurtosis_recursion_takes_one_slope_per_layer():
     widths, slopes = [4, 3, 5, 4], [0.1, 0.0, 0.5, 0.2]
     kappa = [3.0]

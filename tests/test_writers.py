@@ -17,20 +17,38 @@ def fit(module, tmp_path, callback, **overrides):
     return trainer
 
 
+def _full_disk(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
 class BrokenWriter:
-    """A SummaryWriter whose text, histogram, figure and layout writes fail, as on a full disk."""
+    """A SummaryWriter whose text, histogram, image and layout writes fail, as on a full disk (the
+    images also where they go to the file writer as summaries, as the depth figure's do)."""
 
     def __init__(self, writer):
         self.writer = writer
 
     def __getattr__(self, name):
+        if name == "_get_file_writer":
+            return lambda: BrokenFileWriter(self.writer._get_file_writer())
         if name not in ("add_text", "add_histogram", "add_figure", "add_custom_scalars"):
             return getattr(self.writer, name)
+        return _full_disk
 
-        def fail(*args, **kwargs):
-            raise OSError(28, "No space left on device")
 
-        return fail
+class BrokenFileWriter:
+    """A FileWriter that fails to write a summary holding an image (and writes the others)."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def add_summary(self, summary, *args, **kwargs):
+        if any(value.HasField("image") for value in summary.value):
+            _full_disk()
+        return self.writer.add_summary(summary, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
 
 
 class FullDiskTensorBoard(TensorBoardLogger):
