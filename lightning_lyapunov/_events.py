@@ -114,23 +114,36 @@ class Framed(bytes):
 class FastRecordWriter(RecordWriter):
     """``tensorboard``'s ``RecordWriter`` with :func:`masked_crc32c`: the same bytes, one ``write``;
     :class:`Framed` records are written as they are. :attr:`kept` holds the records that
-    :func:`add_scalars` has not handed to the writer's thread yet: :meth:`flush` writes them first
-    (the thread flushes every ``flush_secs``; ``SummaryWriter.flush()`` and ``close()`` flush too), so
-    none is lost when the writer closes. A lock keeps the thread's writes and a flush from another
-    thread apart."""
+    :func:`add_scalars` has not handed to the writer's thread yet (:meth:`keep`, :meth:`take_kept`):
+    :meth:`flush` writes them first (the thread flushes every ``flush_secs``; ``SummaryWriter.flush()``
+    and ``close()`` flush too), so none is lost when the writer closes. One lock keeps the thread's
+    writes and a flush from another thread apart, another the kept list's appends and hand-overs
+    (the training thread keeps while the writer's thread flushes)."""
 
     def __init__(self, writer: Any) -> None:
         super().__init__(writer)
         self.kept: list[bytes] = []
         self.handed = time.perf_counter()  # when the kept records were last handed over
         self._lock = threading.Lock()
+        self._kept_lock = threading.Lock()
+
+    def keep(self, record: bytes) -> None:
+        """Hold a framed record until :meth:`take_kept` (or a flush) takes it."""
+        with self._kept_lock:
+            self.kept.append(record)
+
+    def take_kept(self) -> list[bytes]:
+        """The records held so far, in order; none is held afterwards."""
+        with self._kept_lock:
+            kept, self.kept = self.kept, []
+        return kept
 
     def write(self, data: bytes) -> None:
         with self._lock:
             self._writer.write(data if type(data) is Framed else frame(data))
 
     def flush(self) -> None:
-        kept, self.kept = self.kept, []
+        kept = self.take_kept()
         with self._lock:
             if kept:
                 self._writer.write(b"".join(kept))
@@ -173,8 +186,7 @@ def scalar_event(scalars: dict[str, float], step: int, wall_time: float) -> byte
     try:
         packed = struct.pack(f"<{len(scalars)}f", *scalars.values())
     except (OverflowError, struct.error):  # beyond float32: protobuf makes it infinite
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()])
-        return Event(summary=summary, step=step, wall_time=wall_time).SerializeToString()
+        return Event(summary=_summary(scalars), step=step, wall_time=wall_time).SerializeToString()
     floats = [packed[i : i + 4] for i in range(0, len(packed), 4)]
     summary = b"".join(map(operator.add, _value_heads(tuple(scalars)), floats))
     # proto3 leaves out fields at their default: a zero wall time or step
@@ -197,17 +209,20 @@ def add_scalars(summary_writer: Any, scalars: dict[str, float], step: int, every
         add_scalars(SummaryWriter(log_dir), {"lyapunov/verdict": 0.0, "lyapunov/centred_exponent": -0.01}, 3)
     """
     if not speed_up(summary_writer):
-        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()])
-        summary_writer._get_file_writer().add_summary(summary, step)
+        summary_writer._get_file_writer().add_summary(_summary(scalars), step)
         return
     async_writer = summary_writer._get_file_writer().event_writer._async_writer
     writer = async_writer._writer
-    writer.kept.append(frame(scalar_event(scalars, int(step), time.time())))
+    writer.keep(frame(scalar_event(scalars, int(step), time.time())))
     now = clock()
     if now - writer.handed >= every:
         writer.handed = now
-        kept, writer.kept = writer.kept, []
-        async_writer.write(Framed(b"".join(kept)))
+        async_writer.write(Framed(b"".join(writer.take_kept())))
+
+
+def _summary(scalars: dict[str, float]) -> Summary:
+    """``Summary`` with one ``simple_value`` per tag (protobuf's own encoding)."""
+    return Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()])
 
 
 def speed_up(summary_writer: Any) -> bool:
