@@ -63,7 +63,7 @@ from ._forward import FirstCall, Forward, call_forward, called, quiet, shapes_ch
 from .log_norm import log_r, rms
 from .plan import InitPlan, restored_on_error
 from .residual import ResidualBlock, branch_scale, find_residual_blocks
-from .settings import CALIBRATIONS, DEFAULT_TARGET, STREAM_GROWTH
+from .settings import CALIBRATIONS, DEFAULT_TARGET, STREAM_GROWTH, check_stream_growth
 
 __all__ = ["CalibrationResult", "calibrate_"]
 
@@ -322,9 +322,7 @@ def calibrate_(
         names = [layer.name for layer in ran]
         blocks: list[ResidualBlock] = []
         if method == "layers" and stream_growth is not None:
-            stream_growth = check_float("stream_growth", stream_growth, minimum=1.0, low_open=True,
-                                        allowed="a number > 1 (the residual stream's rms growth over all blocks) "
-                                                "or None")
+            stream_growth = check_stream_growth(stream_growth)
             blocks = [b for b in find_residual_blocks(model, names, runner.run) if b.layer != names[-1]]
         branches = [b.layer for b in blocks]
         scale = branch_scale(len(blocks), stream_growth) if blocks else None

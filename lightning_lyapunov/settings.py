@@ -33,7 +33,7 @@ from lightning_lyapunov import init as _init
 from lightning_lyapunov._checks import check_choice, check_float, check_int, check_slope, invalid
 
 __all__ = ["CALIBRATIONS", "CONV_DRAWS", "DEFAULT_TARGET", "SAMPLINGS", "STREAM_GROWTH", "InitSpec", "Patterns",
-           "SlopeOverride"]
+           "SlopeOverride", "check_stream_growth"]
 
 Patterns = Union[str, Sequence[str], None]
 SlopeOverride = Union[float, Mapping[str, float], None]
@@ -46,6 +46,14 @@ DEFAULT_TARGET = 1.0
 #: The default growth ``G`` of a residual stream's root-mean-square over all its residual blocks
 #: under ``calibrate="layers"`` (see :mod:`lightning_lyapunov.residual`).
 STREAM_GROWTH = math.sqrt(2.0)
+
+
+def check_stream_growth(value: float | None) -> float | None:
+    """``stream_growth`` as a float ``> 1``, or None; ``ValueError``/``TypeError`` naming it otherwise."""
+    if value is None:
+        return None
+    return check_float("stream_growth", value, minimum=1.0, low_open=True,
+                       allowed="a number > 1 (the residual stream's rms growth over all blocks) or None")
 
 
 @dataclass(frozen=True)
@@ -127,10 +135,7 @@ class InitSpec:
         target = check_float("calibrate_target", self.calibrate_target, minimum=0.0, low_open=True,
                              allowed="a positive finite number (the output's root-mean-square after calibration)")
         object.__setattr__(self, "calibrate_target", target)
-        if self.stream_growth is not None:
-            growth = check_float("stream_growth", self.stream_growth, minimum=1.0, low_open=True,
-                                 allowed="a number > 1 (the residual stream's rms growth over all blocks) or None")
-            object.__setattr__(self, "stream_growth", growth)
+        object.__setattr__(self, "stream_growth", check_stream_growth(self.stream_growth))
         if self.calibration_method != "layers" and self.stream_growth != STREAM_GROWTH:
             raise ValueError(f"stream_growth={self.stream_growth!r} is only used by calibrate='layers' (calibration "
                              f"method here: {self.calibration_method!r}): pass calibrate='layers', or drop stream_growth=")
