@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -672,8 +673,6 @@ class Checkpoint:
     every: int = 500
 
     def load(self, model: Stack, steps: int) -> dict[str, Any] | None:
-        import os
-
         if not os.path.exists(self.path):
             return None
         saved = torch.load(self.path, weights_only=False)
@@ -684,8 +683,6 @@ class Checkpoint:
         return saved
 
     def save(self, model: Stack, steps: int, **state: Any) -> None:
-        import os
-
         tmp = f"{self.path}.tmp"
         torch.save({"runs": model.runs, "numel": model.flat.numel(), "steps": steps, **state}, tmp)
         os.replace(tmp, self.path)

@@ -73,7 +73,6 @@ class Grid:
     init_seconds: float
     train_seconds: float
     path: str
-    resumed_seconds: float = 0.0  # the part of train_seconds spent by earlier processes (a checkpoint)
 
     @property
     def labels(self) -> list[str]:
@@ -153,18 +152,18 @@ def train_grid(build: Callable[[], nn.Module], schemes: Sequence, seeds: Sequenc
     per_run = [float(lr) for lr in lrs for _ in nets]
     streams = list(range(len(seeds))) * (len(lrs) * len(schemes))
     data = [(tuple(t.shape), float(t.double().sum())) for t in train]
-    checkpoint = checkpoint_for(repr(build()), [s.label for s in schemes], seeds, lrs, steps, data, order(streams),
-                                optimizer(per_run), getattr(objective, "__name__", repr(objective)), sorted(record),
+    run_order, run_optimizer = order(streams), optimizer(per_run)
+    checkpoint = checkpoint_for(repr(build()), [s.label for s in schemes], seeds, lrs, steps, data, run_order,
+                                run_optimizer, getattr(objective, "__name__", repr(objective)), sorted(record),
                                 nonfinite)
-    result = fit(stack, objective, train, optimizer=optimizer(per_run), steps=steps, order=order(streams),
+    result = fit(stack, objective, train, optimizer=run_optimizer, steps=steps, order=run_order,
                  evals=evals, record=record, eval_chunk=eval_chunk, nonfinite=nonfinite, final_evals=final_evals,
                  checkpoint=checkpoint)
     shape = (len(lrs), len(schemes), len(seeds))
     curves = {name: values.reshape(len(result.steps), *shape) for name, values in result.curves.items()}
     finals = {name: values.reshape(shape) for name, values in result.final.items()}
     return Grid(tuple(schemes), tuple(float(lr) for lr in lrs), tuple(seeds), result.steps, curves, finals,
-                result.stopped.reshape(shape), gains, counts, init_seconds, result.seconds, stack.path,
-                result.earlier_seconds)
+                result.stopped.reshape(shape), gains, counts, init_seconds, result.seconds, stack.path)
 
 
 def classify(build: Callable[[], nn.Module], schemes: Sequence, seeds: Sequence[int], data: Mapping[str, Batch], *,
