@@ -40,6 +40,8 @@ from torch import Tensor
 
 from benchmarks._lib.engine import Adam, Draws, FullBatch, Stack, fit, take_state
 from benchmarks._lib.package import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_STEPS,
     DeepMLP,
     Halving,
     PolynomialRegression,
@@ -344,6 +346,14 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def library_rule() -> tuple[str, str, str]:
+    """The library's default look-ahead as the rule files write it: ``(K, "cut:keep,...", rule)``
+    (successive halving: each cut keeps half, the last one; ranked by the rung's window mean)."""
+    cuts = halving_cuts(DEFAULT_CANDIDATES, DEFAULT_STEPS)
+    keeps = [math.ceil(DEFAULT_CANDIDATES / 2 ** (r + 1)) for r in range(len(cuts) - 1)] + [1]
+    return str(DEFAULT_CANDIDATES), ",".join(f"{cut}:{keep}" for cut, keep in zip(cuts, keeps)), "window"
+
+
 def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[list[str], list[str]]:
     """What the other selection rules did (issue 25's goal), from ``scripts/lookahead_schedules.py``'s
     files in ``results``: ``lookahead_rules_search.csv`` (every rule replayed on recorded trajectories,
@@ -378,7 +388,7 @@ def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[
                                f"K={r['K']}, {r['schedule'][len(SCAN):].strip()} ({r['extra']} extra): "
                                f"{r['trained (tune)']} / {r['trained (fresh)'] or '-'}" for r in scan))
     if rows_path.exists():
-        library = ("8", "16:4,32:2,64:1", "window")
+        library = library_rule()
         own = {(r["task"], r["shape"], r["seed"]): r for r in runs if r["scheme"] == LOOK_AHEAD}
         groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
         for r in _read_csv(rows_path):

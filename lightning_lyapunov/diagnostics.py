@@ -56,7 +56,11 @@ tensor kept from one measured step to the next, ``(layers, B, max width)``, zero
 one batch size and similar widths (the padding adds at most a quarter) side by side, each a block
 of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in nine passes and a
 few dozen small kernels for all its layers instead of ~40 tiny ones per layer. Larger outputs are
-reduced in the hook (no copy is held). See ``benchmarks/diagnostics_overhead.py`` and
+reduced in the hook (no copy is held). An output with more than ``max_units`` (4096) units per sample
+(a conv's channels x positions) has its per-unit statistics (the centred log-norm, input share,
+empirical variance, kurtosis, dead units) estimated on 4096 of its units, in runs of 32 neighbours
+spread evenly over the output; its log-norms, ``log_rms`` and non-finite count use every unit. The
+centred log-norm's spread over the batch then includes the sample's own noise. See ``benchmarks/diagnostics_overhead.py`` and
 ``benchmarks/overhead.py`` for the measured cost.
 
 Example::
@@ -85,7 +89,8 @@ import torch
 from torch import nn
 
 from lightning_lyapunov._checks import check_bool, check_int, check_module, invalid
-from lightning_lyapunov._reduce import BATCH_STATS, COLLAPSE_THRESHOLD, STAT_KEYS, _buckets, _padded_stats, signal_stats
+from lightning_lyapunov._reduce import (BATCH_STATS, COLLAPSE_THRESHOLD, MAX_UNITS, STAT_KEYS, _buckets, _padded_stats,
+                                        signal_stats)
 from lightning_lyapunov.log_norm import log_r
 
 __all__ = ["STAT_KEYS", "BATCH_STATS", "COLLAPSE_THRESHOLD", "COLLAPSED_SHARE", "SignalMonitor", "SignalStats",
@@ -352,15 +357,16 @@ class _Joint(NamedTuple):
 class _CaptureBuffer:
     """What :class:`SignalMonitor` keeps between a measured forward pass and :meth:`SignalMonitor.compute`.
 
-    Small outputs (fewer than ``defer_below`` elements) are copied (fp32) into per-layer tensors
+    Small outputs (fewer than ``defer_below`` elements, at most ``max_units`` per sample) are copied (fp32) into per-layer tensors
     kept from one measured step to the next, which the first reduction turns into views of
     zero-padded ``(layers, B, max width)`` group tensors (:func:`_reduce._buckets`): from then on a
     capture is one contiguous ``copy_`` into its block and the reduction copies nothing. Larger
-    outputs are reduced at once (no copy is held).
+    outputs are reduced at once (no copy is held), a sample of their units where they have more
+    than ``max_units`` per sample (:func:`_reduce.signal_stats`).
     """
 
-    def __init__(self, names: tuple[str, ...], defer_below: int) -> None:
-        self.names, self.defer_below = names, defer_below
+    def __init__(self, names: tuple[str, ...], defer_below: int, max_units: int | None) -> None:
+        self.names, self.defer_below, self.max_units = names, defer_below, max_units
         self._index = {name: i for i, name in enumerate(names)}
         # per layer an fp32 tensor shaped like its output, and the same viewed as (B, features)
         self.captures: dict[str, torch.Tensor] = {}
@@ -377,11 +383,12 @@ class _CaptureBuffer:
         """Keep (a copy of, or the statistics of) layer ``name``'s output ``h`` (detached)."""
         self.where.pop(name, None)
         self.pending.pop(name, None)
-        if h.numel() >= self.defer_below:
+        flat = h.reshape(h.shape[0], -1)
+        if h.numel() >= self.defer_below or (self.max_units is not None and flat.shape[1] > self.max_units):
             if self.captures.pop(name, None) is not None:
                 self._joints.clear()
             self._flat.pop(name, None)
-            stats, log_norms = signal_stats(h.reshape(h.shape[0], -1))
+            stats, log_norms = signal_stats(flat, max_units=self.max_units)
             self.where[name] = (len(self._groups), 0)
             self._groups.append(([name], stats, log_norms))
             return
@@ -514,6 +521,11 @@ class SignalMonitor:
             together (the layers with the same batch size, in groups of similar widths) in
             :meth:`compute`; larger outputs are reduced in the hook itself. The copies' tensor
             is reused from one measured step to the next and freed by :meth:`remove`.
+        max_units: an output with more units per sample (a conv's channels x positions) has its
+            per-unit statistics (kurtosis, variance, input share, dead and collapsed units)
+            estimated on this many of its units, spread evenly (a quarter of a 32 x 32 x 32
+            output at the default: a quarter of the cost); its log-norms use every unit. ``None``:
+            every unit.
         persistent: register the hooks once, here, and gate them by :attr:`active` (what
             ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
             are attached when ``active`` turns True and removed when it turns False, so steps
@@ -543,6 +555,7 @@ class SignalMonitor:
         *,
         training_only: bool = True,
         defer_below: int = 1 << 18,
+        max_units: int | None = MAX_UNITS,
         persistent: bool = True,
         measure_input: bool = False,
     ) -> None:
@@ -555,7 +568,9 @@ class SignalMonitor:
         self.persistent = check_bool("persistent", persistent)
         self._active = False
         self._removed = False
-        self._buffer = _CaptureBuffer(names, defer_below)
+        max_units = check_int("max_units", max_units, minimum=1, allow_none=True,
+                              allowed="an integer >= 1 (units per sample) or None (every unit)")
+        self._buffer = _CaptureBuffer(names, defer_below, max_units)
         self._input: torch.Tensor | None = None  # batch-mean log r of the first layer's input, on its device
         self._input_handle: torch.utils.hooks.RemovableHandle | None = None
         self._modules = [modules[name] for name in names]

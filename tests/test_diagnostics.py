@@ -151,6 +151,23 @@ def test_large_outputs_reduced_in_hook_match_deferred():
         assert immediate[key] == pytest.approx(deferred[key], rel=1e-5, abs=1e-7), key
 
 
+def test_a_wide_output_is_measured_on_a_sample_of_its_units_unless_max_units_is_none():
+    h = torch.randn(8, 2, 16, 16)  # 512 units, a small output: reduced in the hook all the same
+    sampled, exact = measure(h, max_units=64), measure(h, max_units=None)
+    reference = direct_stats(h.numpy())
+    assert exact["kurtosis_median"] == pytest.approx(reference["kurtosis_median"], rel=1e-5)
+    from lightning_lyapunov._reduce import unit_sample
+
+    reference_sampled = direct_stats(unit_sample(h.reshape(8, -1), 64).numpy())  # 2 runs of 32 units
+    for key in ("kurtosis_median", "emp_var_mean", "input_share", "dead_fraction"):
+        assert sampled[key] == pytest.approx(reference_sampled[key], rel=1e-5, abs=1e-7), key
+    for key in ("log_norm_mean", "log_norm_std", "log_rms"):  # every unit
+        assert sampled[key] == pytest.approx(reference[key], rel=1e-5, abs=1e-7), key
+    assert sampled["kurtosis_median"] != exact["kurtosis_median"]
+    with pytest.raises(ValueError, match="max_units"):
+        SignalMonitor(nn.Sequential(nn.Identity()), ["0"], max_units=0)
+
+
 def mlp(width: int, depth: int, slope: float, seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []

@@ -92,3 +92,47 @@ def test_layers_are_grouped_so_that_zero_padding_adds_at_most_a_quarter():
             units = sum(widths[i] for i in group)
             assert max(widths[i] for i in group) * len(group) <= _PAD_LIMIT * units
             assert group == sorted(group)
+
+
+def test_the_unit_sample_takes_evenly_spread_runs_of_neighbours():
+    from lightning_lyapunov._reduce import _RUN, unit_sample
+
+    h = torch.arange(3 * 8192, dtype=torch.float64).reshape(3, 8192)  # unit j of sample b holds 8192 b + j
+    sample = unit_sample(h, 1024)
+    assert sample.dtype == torch.float32 and sample.shape == (3, 1024)
+    picked = sample[0].long().reshape(-1, _RUN)  # 32 runs of 32 neighbours, one per stretch of 256 units
+    assert torch.equal(picked, torch.arange(32).unsqueeze(1) * 256 + torch.arange(_RUN))
+    assert torch.equal(sample[2].long(), sample[0].long() + 2 * 8192)
+    # a conv output (32 channels x 16 x 16): every channel is represented
+    assert sorted(set((picked // 256).flatten().tolist())) == list(range(32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_layer_with_more_units_than_max_units_is_measured_on_a_sample_and_its_log_norms_on_every_unit(device):
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(64, 32, 16, 16, generator=g) * 1.5 + 0.2  # 8192 units per sample
+    h[:, :8] = -h[:, :8].abs()  # channels 0-7 dead: a quarter of the units, also of the sample's
+    h = h.reshape(64, -1).to(device)
+    sampled, sampled_log_norms = signal_stats(h, max_units=1024)
+    exact, exact_log_norms = signal_stats(h, max_units=None)
+    assert torch.equal(signal_stats(h)[0], signal_stats(h, max_units=4096)[0])  # the default
+    torch.testing.assert_close(sampled_log_norms, exact_log_norms)
+    column = {key: i for i, key in enumerate(STAT_KEYS)}
+    for key in ("log_norm_mean", "log_norm_std", "log_rms", "nonfinite"):  # every unit
+        torch.testing.assert_close(sampled[0, column[key]], exact[0, column[key]], rtol=1e-5, atol=1e-6)
+    assert sampled[0, column["dead_fraction"]] == exact[0, column["dead_fraction"]] == 0.25
+    # estimates from 1024 of 8192 units: within a few percent (a wrong constant would be far off)
+    for key, tolerance in (("emp_var_mean", 0.04), ("input_share", 0.01), ("kurtosis_median", 0.05),
+                           ("kurtosis_pooled", 0.05), ("centred_log_norm_mean", 0.01)):
+        assert sampled[0, column[key]].item() == pytest.approx(exact[0, column[key]].item(), rel=tolerance), key
+    with pytest.raises(ValueError, match="max_units"):
+        signal_stats(h, max_units=0)
+
+
+def test_a_nan_outside_the_unit_sample_is_still_counted_and_shows_in_the_log_norm():
+    h = torch.randn(16, 8192)
+    h[3, 100] = math.nan  # not among the first 32 units of each stretch of 256
+    stats, log_norms = signal_stats(h, max_units=1024)
+    assert stats[0, STAT_KEYS.index("nonfinite")] == 1
+    assert math.isnan(log_norms[0, 3]) and math.isnan(stats[0, STAT_KEYS.index("log_norm_mean")])
+    assert math.isfinite(stats[0, STAT_KEYS.index("kurtosis_median")])  # the sample's units are finite

@@ -73,7 +73,7 @@ SIZES = Sizes(
                engine_cases=("width-2 depth-40 MLP (deep_narrow_regression)",), engine_seeds=2, engine_steps=3,
                engine_rounds=1),
     full=Size(mlp_rounds=12, cnn_image=32, cnn_rounds=8, trainer_steps=305, trainer_rounds=8,
-              trainer_cnn_image=32, trainer_cnn_steps=30, trainer_cnn_rounds=3, memory_steps=10_000,
+              trainer_cnn_image=32, trainer_cnn_steps=30, trainer_cnn_rounds=5, memory_steps=10_000,
               init_models=("MLP 100 x 1024", "ResNet-50 shape (25.6 M params)"), init_rounds=2,
               qr_cases=(("MLP 100 x 1024", 2), ("ResNet-50 shape (25.6 M params)", 2), ("Linear(8192, 8192)", 1)),
               qr_large=("Linear(8192, 8192)", 1),
