@@ -56,9 +56,9 @@ tensor kept from one measured step to the next, ``(layers, B, max width)``, zero
 one batch size and similar widths (the padding adds at most a quarter) side by side, each a block
 of its own. :meth:`~SignalMonitor.compute` reduces that tensor in place, in nine passes and a
 few dozen small kernels for all its layers instead of ~40 tiny ones per layer. Larger outputs are
-reduced in the hook (no copy is held). An output with more than ``max_units`` (4096) units per sample
+reduced in the hook (no copy is held). An output with more than ``max_units`` (2048) units per sample
 (a conv's channels x positions) has its per-unit statistics (the centred log-norm, input share,
-empirical variance, kurtosis, dead units) estimated on 4096 of its units, in runs of 32 neighbours
+empirical variance, kurtosis, dead units) estimated on 2048 of its units, in runs of 32 neighbours
 spread evenly over the output; its log-norms, ``log_rms`` and non-finite count use every unit. The
 centred log-norm's spread over the batch then includes the sample's own noise. See ``benchmarks/diagnostics_overhead.py`` and
 ``benchmarks/overhead.py`` for the measured cost.

@@ -100,8 +100,8 @@ def test_the_unit_sample_takes_evenly_spread_runs_of_neighbours():
     h = torch.arange(3 * 8192, dtype=torch.float64).reshape(3, 8192)  # unit j of sample b holds 8192 b + j
     sample = unit_sample(h, 1024)
     assert sample.dtype == torch.float32 and sample.shape == (3, 1024)
-    picked = sample[0].long().reshape(-1, _RUN)  # 32 runs of 32 neighbours, one per stretch of 256 units
-    assert torch.equal(picked, torch.arange(32).unsqueeze(1) * 256 + torch.arange(_RUN))
+    picked = sample[0].long().reshape(-1, _RUN)  # 32 runs of 32 neighbours, in the middle of each stretch of 256
+    assert torch.equal(picked, torch.arange(32).unsqueeze(1) * 256 + 112 + torch.arange(_RUN))
     assert torch.equal(sample[2].long(), sample[0].long() + 2 * 8192)
     # a conv output (32 channels x 16 x 16): every channel is represented
     assert sorted(set((picked // 256).flatten().tolist())) == list(range(32))
@@ -115,7 +115,7 @@ def test_a_layer_with_more_units_than_max_units_is_measured_on_a_sample_and_its_
     h = h.reshape(64, -1).to(device)
     sampled, sampled_log_norms = signal_stats(h, max_units=1024)
     exact, exact_log_norms = signal_stats(h, max_units=None)
-    assert torch.equal(signal_stats(h)[0], signal_stats(h, max_units=4096)[0])  # the default
+    assert torch.equal(signal_stats(h)[0], signal_stats(h, max_units=2048)[0])  # the default
     torch.testing.assert_close(sampled_log_norms, exact_log_norms)
     column = {key: i for i, key in enumerate(STAT_KEYS)}
     for key in ("log_norm_mean", "log_norm_std", "log_rms", "nonfinite"):  # every unit
@@ -123,8 +123,11 @@ def test_a_layer_with_more_units_than_max_units_is_measured_on_a_sample_and_its_
     assert sampled[0, column["dead_fraction"]] == exact[0, column["dead_fraction"]] == 0.25
     # estimates from 1024 of 8192 units: within a few percent (a wrong constant would be far off)
     for key, tolerance in (("emp_var_mean", 0.04), ("input_share", 0.01), ("kurtosis_median", 0.05),
-                           ("kurtosis_pooled", 0.05), ("centred_log_norm_mean", 0.01)):
+                           ("kurtosis_pooled", 0.05)):
         assert sampled[0, column[key]].item() == pytest.approx(exact[0, column[key]].item(), rel=tolerance), key
+    # a log of an estimate: within 0.01 (its sampling noise; a wrong constant would be off by 0.1 or more)
+    assert sampled[0, column["centred_log_norm_mean"]].item() == pytest.approx(
+        exact[0, column["centred_log_norm_mean"]].item(), abs=0.01)
     with pytest.raises(ValueError, match="max_units"):
         signal_stats(h, max_units=0)
 
