@@ -50,6 +50,8 @@ class Size:
     trainer_cnn_image: int  # the Trainer CNN's input is image x image
     trainer_cnn_steps: int
     trainer_cnn_rounds: int
+    trainer_issue_steps: int  # issue 26's own MLP (16 x Linear(32, 32), batch 64, Adam)
+    trainer_issue_rounds: int
     memory_steps: int
     init_models: tuple[str, ...]  # init_time.MODELS
     init_rounds: int
@@ -66,14 +68,16 @@ class Size:
 
 SIZES = Sizes(
     quick=Size(mlp_rounds=1, cnn_image=8, cnn_rounds=1, trainer_steps=12, trainer_rounds=1,
-               trainer_cnn_image=8, trainer_cnn_steps=7, trainer_cnn_rounds=1, memory_steps=30,
+               trainer_cnn_image=8, trainer_cnn_steps=7, trainer_cnn_rounds=1, trainer_issue_steps=12,
+               trainer_issue_rounds=1, memory_steps=30,
                init_models=("MLP 4 x 64", "ResNet-50 shape, widths / 16"), init_rounds=1,
                qr_cases=(("Linear(64, 64)", 1),), qr_large=("Linear(256, 256)", 1),
                theory_widths=(2, 1024), theory_repeats=1, theory_cached_calls=10,
                engine_cases=("width-2 depth-40 MLP (deep_narrow_regression)",), engine_seeds=2, engine_steps=3,
                engine_rounds=1),
     full=Size(mlp_rounds=12, cnn_image=32, cnn_rounds=8, trainer_steps=305, trainer_rounds=8,
-              trainer_cnn_image=32, trainer_cnn_steps=30, trainer_cnn_rounds=5, memory_steps=10_000,
+              trainer_cnn_image=32, trainer_cnn_steps=30, trainer_cnn_rounds=5, trainer_issue_steps=1505,
+              trainer_issue_rounds=3, memory_steps=10_000,
               init_models=("MLP 100 x 1024", "ResNet-50 shape (25.6 M params)"), init_rounds=2,
               qr_cases=(("MLP 100 x 1024", 2), ("ResNet-50 shape (25.6 M params)", 2), ("Linear(8192, 8192)", 1)),
               qr_large=("Linear(8192, 8192)", 1),
@@ -131,6 +135,7 @@ def _lightning_cases(size: Size):
     from benchmarks.overhead import trainer
 
     return [trainer.mlp_case(size.trainer_steps, size.trainer_rounds),
+            trainer.issue_mlp_case(size.trainer_issue_steps, size.trainer_issue_rounds),
             trainer.cnn_case(size.trainer_cnn_image, size.trainer_cnn_steps, size.trainer_cnn_rounds)]
 
 
@@ -388,9 +393,11 @@ def run(size: Size, device: str = "cpu", only: Sequence[str] | None = None,
         f"`torch.compile`d models). Rounds: MLP {size.mlp_rounds}, CNN {size.cnn_rounds}.\n"
         f"- Lightning (`benchmarks/overhead/trainer.py`): `Trainer(max_steps=...)` with a `TensorBoardLogger` (what "
         "the README tells users to watch) or a `CSVLogger`, fitting a depth-32 width-64 Leaky ReLU MLP (SGD lr 1e-4, "
-        f"batch 128, {size.trainer_steps} steps, {size.trainer_rounds} rounds) and issue 26's CNN (8 conv 3x3 x 32 "
+        f"batch 128, {size.trainer_steps} steps, {size.trainer_rounds} rounds), issue 26's CNN (8 conv 3x3 x 32 "
         f"channels, Leaky ReLU, {size.trainer_cnn_image}x{size.trainer_cnn_image} inputs, batch 128, SGD lr 1e-3, "
-        f"{size.trainer_cnn_steps} steps, {size.trainer_cnn_rounds} rounds), cross-entropy, one fixed batch repeated; "
+        f"{size.trainer_cnn_steps} steps, {size.trainer_cnn_rounds} rounds), and the MLP issue 26 states its goal on "
+        f"(16 x Linear(32, 32) + Leaky ReLU and a head, Adam lr 1e-3, batch 64, {size.trainer_issue_steps} steps, "
+        f"{size.trainer_issue_rounds} rounds), cross-entropy, one fixed batch repeated; "
         "`LyapunovInit(seed=0, log_every_n_steps=1)` (every step) / `LyapunovInit(seed=0)` (Trainer cadence 50, and "
         "steps 1, 2, 4, ... before it) against `LyapunovInit(seed=0, diagnostics=False)` with the same logger; per-step "
         f"time = process CPU time (the TensorBoard writer's thread included) from the start of step "

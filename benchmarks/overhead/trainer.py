@@ -64,6 +64,13 @@ def mlp_case(steps: int, rounds: int) -> Case:
                 lambda params: torch.optim.SGD(params, lr=1e-4), steps, rounds)
 
 
+def issue_mlp_case(steps: int, rounds: int) -> Case:
+    """The MLP issue 26 states its every-step goal on: 16 x Linear(32, 32) + Leaky ReLU, a head, batch 64, Adam."""
+    return Case("MLP 16 x Linear(32, 32), batch 64, Adam", lambda: make_mlp(17, 32),
+                lambda g: (torch.randn(64, 32, generator=g), torch.randint(0, 10, (64,), generator=g)),
+                lambda params: torch.optim.Adam(params, lr=1e-3), steps, rounds)
+
+
 def cnn_case(image: int, steps: int, rounds: int) -> Case:
     return Case(f"CNN 8 conv x 32 ch, {image}x{image}, batch 128", make_cnn,
                 lambda g: (torch.randn(128, 3, image, image, generator=g), torch.randint(0, 10, (128,), generator=g)),
