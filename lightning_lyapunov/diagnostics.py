@@ -60,8 +60,8 @@ reduced in the hook (no copy is held). An output with more than ``max_units`` (2
 (a conv's channels x positions) has its per-unit statistics (the centred log-norm, input share,
 empirical variance, kurtosis, dead units) estimated on 2048 of its units, in runs of 32 neighbours
 spread evenly over the output; its log-norms, ``log_rms`` and non-finite count use every unit. The
-centred log-norm's spread over the batch then includes the sample's own noise. See ``benchmarks/diagnostics_overhead.py`` and
-``benchmarks/overhead.py`` for the measured cost.
+centred log-norm's spread over the batch then includes the sample's own noise. See
+``benchmarks/overhead/`` (``python -m benchmarks overhead``) for the measured cost.
 
 Example::
 
@@ -383,12 +383,12 @@ class _CaptureBuffer:
         """Keep (a copy of, or the statistics of) layer ``name``'s output ``h`` (detached)."""
         self.where.pop(name, None)
         self.pending.pop(name, None)
-        flat = h.reshape(h.shape[0], -1)
-        if h.numel() >= self.defer_below or (self.max_units is not None and flat.shape[1] > self.max_units):
+        units = h.numel() // h.shape[0]  # no reshape here: of a non-contiguous output it is a copy
+        if h.numel() >= self.defer_below or (self.max_units is not None and units > self.max_units):
             if self.captures.pop(name, None) is not None:
                 self._joints.clear()
             self._flat.pop(name, None)
-            stats, log_norms = signal_stats(flat, max_units=self.max_units)
+            stats, log_norms = signal_stats(h.reshape(h.shape[0], units), max_units=self.max_units)
             self.where[name] = (len(self._groups), 0)
             self._groups.append(([name], stats, log_norms))
             return
@@ -523,9 +523,8 @@ class SignalMonitor:
             is reused from one measured step to the next and freed by :meth:`remove`.
         max_units: an output with more units per sample (a conv's channels x positions) has its
             per-unit statistics (kurtosis, variance, input share, dead and collapsed units)
-            estimated on this many of its units, spread evenly (a quarter of a 32 x 32 x 32
-            output at the default: a quarter of the cost); its log-norms use every unit. ``None``:
-            every unit.
+            estimated on this many of its units, spread evenly (a sixteenth of a 32 x 32 x 32
+            output at the default); its log-norms use every unit. ``None``: every unit.
         persistent: register the hooks once, here, and gate them by :attr:`active` (what
             ``torch.compile`` needs: attaching hooks changes the graph). With ``False`` the hooks
             are attached when ``active`` turns True and removed when it turns False, so steps
