@@ -346,12 +346,22 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def halving_stages(candidates: int, steps: int) -> list[tuple[int, int]]:
+    """The library's successive halving of ``candidates`` draws in ``steps`` look-ahead steps as
+    ``[(cut, keep), ...]``: at each cut of ``halving_cuts`` the better half goes on, at the last one."""
+    cuts = halving_cuts(candidates, steps)
+    return [(cut, math.ceil(candidates / 2 ** (r + 1)) if r < len(cuts) - 1 else 1) for r, cut in enumerate(cuts)]
+
+
+def stages_text(stages: Sequence[tuple[int, int]]) -> str:
+    """``[(cut, keep), ...]`` as the rule files write it: ``"cut:keep,..."``."""
+    return ",".join(f"{cut}:{keep}" for cut, keep in stages)
+
+
 def library_rule() -> tuple[str, str, str]:
     """The library's default look-ahead as the rule files write it: ``(K, "cut:keep,...", rule)``
-    (successive halving: each cut keeps half, the last one; ranked by the rung's window mean)."""
-    cuts = halving_cuts(DEFAULT_CANDIDATES, DEFAULT_STEPS)
-    keeps = [math.ceil(DEFAULT_CANDIDATES / 2 ** (r + 1)) for r in range(len(cuts) - 1)] + [1]
-    return str(DEFAULT_CANDIDATES), ",".join(f"{cut}:{keep}" for cut, keep in zip(cuts, keeps)), "window"
+    (:func:`halving_stages`, ranked by the rung's window mean)."""
+    return str(DEFAULT_CANDIDATES), stages_text(halving_stages(DEFAULT_CANDIDATES, DEFAULT_STEPS)), "window"
 
 
 def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[list[str], list[str]]:

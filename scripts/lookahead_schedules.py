@@ -35,10 +35,12 @@ import numpy as np
 import torch
 
 from benchmarks._lib.engine import Adam, FullBatch, Stack, fit
-from benchmarks._lib.package import Halving, PolynomialRegression, candidate_seeds, halving_cost, halving_cuts
+from benchmarks._lib.package import (DEFAULT_CANDIDATES, DEFAULT_STEPS, Halving, PolynomialRegression, candidate_seeds,
+                                     halving_cost, halving_cuts)
 from benchmarks._lib.schemes import Calibrated
 from benchmarks._lib.stats import count
-from benchmarks.lookahead import FIRST_SEED, LR, REGRESSION_TRAINED, SHAPES, Regression, _draw
+from benchmarks.lookahead import (FIRST_SEED, LR, REGRESSION_TRAINED, SCAN, SHAPES, Regression, _draw, halving_stages,
+                                  library_rule, stages_text)
 
 TAIL = 400  # test losses are recorded every other step over the last TAIL steps
 EARLY = 600  # validation losses are recorded at every one of the first EARLY steps
@@ -270,7 +272,6 @@ def report(data: dict) -> None:
               f"{fails} ({len(missed)} of them had a candidate that trains)")
 
 
-SCAN = "library halving, budget"  # the search CSV's rows of the library's schedule at larger budgets
 ROWS = ["source", "seeds", "task", "shape", "K", "stages", "rule", "extra", "seed", "metric", "trained"]
 
 
@@ -287,10 +288,6 @@ def append_rows(out: str, rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def stages_text(stages: Sequence[tuple[int, int]]) -> str:
-    return ",".join(f"{cut}:{keep}" for cut, keep in stages)
-
-
 def search_csv(tune: dict, fresh: dict, tune_seeds: str, fresh_seeds: str, shape: str, out: str, rows_out: str,
                most_extra: int = 200) -> None:
     """The replayed search (:func:`rules`) tuned on ``tune`` and replayed on ``fresh``: one row per
@@ -299,13 +296,12 @@ def search_csv(tune: dict, fresh: dict, tune_seeds: str, fresh_seeds: str, shape
     import csv
 
     found = rules(tune, [fresh], most_extra)
-    named = [{"K": 8, "stages": [(16, 4), (32, 2), (64, 1)], "rule": "window"}]  # the library's
+    named = [{"K": DEFAULT_CANDIDATES, "stages": halving_stages(DEFAULT_CANDIDATES, DEFAULT_STEPS), "rule": "window"}]
     for k in sorted({r["K"] for r in found}):
         named.append(min((r for r in found if r["K"] == k), key=lambda r: (-r["trained 0"], r["median 0"])))
     for candidates in (8, 16):  # what the library's schedule and rule need: larger budgets (``SCAN`` rows)
         for budget in (halving_cost(candidates) * n for n in (8, 16, 32) if candidates * n < int(tune["steps"]) // 2):
-            cuts, alive = halving_cuts(candidates, budget), [candidates]
-            stages = [(cut, alive.append(math.ceil(alive[-1] / 2)) or alive[-1]) for cut in cuts]
+            stages = halving_stages(candidates, budget)
             row = {"K": candidates, "schedule": f"{SCAN} {budget} steps", "stages": stages, "rule": "window"}
             for i, data in enumerate([tune, fresh]):
                 if candidates <= data["losses"].shape[1]:
@@ -389,7 +385,7 @@ def main() -> None:
     parser.add_argument("--search-seeds", metavar="A..B,C..D", help="--search: the two recordings' seeds")
     parser.add_argument("--search-out", help="--search: the CSV of every rule's counts")
     parser.add_argument("--task", default="regression", help="--validate: regression or score")
-    parser.add_argument("--stages", default="16:4,32:2,64:1", help="--validate: cut:keep,... (default: the library's)")
+    parser.add_argument("--stages", default=library_rule()[1], help="--validate: cut:keep,... (default: the library's)")
     parser.add_argument("--rules", default="window", help=f"--validate: comma-separated, of {', '.join(RULES)}")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
     args = parser.parse_args()
