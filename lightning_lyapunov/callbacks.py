@@ -380,14 +380,16 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
         _warn_rank_zero(seen.missing)
     spec = callback.spec
     if callback.initialized:
-        plan = plan_init(pl_module, spec, example_input=seen.example, forward=seen.forward)
+        with seen.planning(pl_module):
+            plan = plan_init(pl_module, spec, example_input=seen.example, forward=seen.forward)
     else:
         if seen.example is None and spec.calibration_method is not None:  # nothing to calibrate on
             if not spec.calibration_optional:
-                callback._warn(f"no training pass observed, so calibrate={spec.calibrate!r} is skipped")
+                callback._warn(f"no training pass to run again, so calibrate={spec.calibrate!r} is skipped")
             spec = spec.replace(calibrate=None, calibrate_target=DEFAULT_TARGET, stream_growth=STREAM_GROWTH)
         seed = callback.seed if callback.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-        plan = callback.look_ahead.initialize(pl_module, spec, seen.example, seen.forward, seed)
+        with seen.planning(pl_module):
+            plan = callback.look_ahead.initialize(pl_module, spec, seen.example, seen.forward, seed)
         callback.initialized = callback._initialized_here = True
         callback._used_seed, callback._observed = seed, seen.how
     if seen.missing is not None:

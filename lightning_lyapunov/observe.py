@@ -24,12 +24,17 @@ of each planned layer's input at its first call is kept (``SlopeInfo.input_rms``
 is the operating scale of a plan by the scale chain (:mod:`lightning_lyapunov.chain_init`).
 
 Without an example input (or if the observed pass fails), torch.fx tracing and then module
-registration order are the fallbacks (:func:`lightning_lyapunov.activations.detect_slopes`).
+registration order are the fallbacks (:func:`lightning_lyapunov.activations.detect_slopes`), unless
+the slopes were observed in another pass: :func:`observing` follows any code (the callback's one
+``training_step`` run), and inside :func:`slopes_seen` ``find_slopes`` without an example takes them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -50,7 +55,7 @@ from .activations import (
     module_slope,
 )
 
-__all__ = ["find_slopes", "observe_slopes"]
+__all__ = ["find_slopes", "observe_slopes", "observing", "slopes_seen"]
 
 Tag = tuple[str, int]  # (planned layer, call number)
 # modules consumed as a whole: their input meets a linear map, not an activation
@@ -234,14 +239,45 @@ def observe_slopes(
     the forward raises (:class:`~lightning_lyapunov._forward.InputShapeError` for a batch of the
     wrong width); the model's state is restored in every case.
     """
+    with preserved(model), torch.no_grad(), shapes_checked(model), observing(model, names) as observer:
+        observer.output((forward or call_forward)(model, example_input))
+    return observer.slopes(names)
+
+
+@contextmanager
+def observing(model: nn.Module, names: list[str]) -> Iterator[_Observer]:
+    """Follow the named layers' outputs through whatever runs inside (module docstring); afterwards
+    ``observer.slopes(names)`` has the slope of every layer that ran. Give the code's result to
+    ``observer.output`` (what reaches it had no activation). The hooks are removed on exit, errors too.
+
+    Example::
+
+        with torch.no_grad(), observing(model, ["0", "2"]) as observer:
+            observer.output(model(x))
+        slopes, order = observer.slopes(["0", "2"])
+    """
     observer = _Observer(model, names)
     try:
-        with preserved(model), torch.no_grad(), shapes_checked(model), observer:
-            output = (forward or call_forward)(model, example_input)
-            observer.output(output)
+        with observer:
+            yield observer
     finally:
         observer.remove()
-    return observer.slopes(names)
+
+
+#: Slopes observed in another pass, by model (:func:`slopes_seen`).
+_SEEN: ContextVar[tuple[nn.Module, dict[str, SlopeInfo], list[str], str] | None] = ContextVar("_SEEN", default=None)
+
+
+@contextmanager
+def slopes_seen(model: nn.Module, slopes: dict[str, SlopeInfo], order: list[str], where: str) -> Iterator[None]:
+    """Inside, ``find_slopes(model, names)`` without an example input takes ``slopes`` (observed
+    ``where``, in first-call ``order``) instead of tracing: a pass that cannot be run again, such as
+    the callback's one ``training_step`` run, still gives the plan its observed activations."""
+    token = _SEEN.set((model, slopes, order, where))
+    try:
+        yield
+    finally:
+        _SEEN.reset(token)
 
 
 def find_slopes(
@@ -261,7 +297,12 @@ def find_slopes(
         slopes["0"].slope, slopes["0"].found_by   # (0.1, 'observed')
     """
     if example_input is None:
-        return detect_slopes(model, names)
+        seen = _SEEN.get()
+        if seen is None or seen[0] is not model:
+            return detect_slopes(model, names)
+        _, slopes, order, where = seen
+        return complete_slopes(model, names, {name: slopes[name] for name in names if name in slopes},
+                               [name for name in order if name in names], f"they are never called in {where}")
     try:
         slopes, order = observe_slopes(model, names, example_input, forward)
     except InputShapeError:  # a batch no layer can take is a wrong argument, not a failed observation

@@ -22,7 +22,10 @@ function, not the training step, so :func:`observation` finds, once, an ``exampl
    run on the recorded arguments. Afterwards every parameter (values and ``requires_grad``),
    buffer, ``.grad``, the random generators and every module's attributes (a step counter, the
    training flags) are as before; only in-place changes to other Python objects (a list appended
-   to) are not undone.
+   to) are not undone. The step is observed as it runs (:func:`~lightning_lyapunov.observe.observing`):
+   when no submodule call can be run again (layers called one by one from the step, with
+   ``F.gelu`` between them), the plan still gets the activations seen in it
+   (``Observation.slopes``), but there is nothing to calibrate or sample on.
 
 When none works, the callback falls back (fx tracing, no calibration) with a warning that says
 what was tried and how to fix it (``forward=``); it never fails a fit that would run without it.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -43,7 +46,8 @@ from torch import nn
 
 from ._checks import describe, invalid
 from ._forward import Forward, call_forward, called, global_rng_preserved, preserved, tensors
-from .activations import first_line
+from .activations import SlopeInfo, first_line
+from .observe import observing, slopes_seen
 from .settings import InitSpec
 from .surgery import eligible_layers
 
@@ -60,6 +64,13 @@ class Observation:
     forward: Forward | None = None
     how: str = ""
     missing: str | None = None
+    slopes: tuple[dict[str, SlopeInfo], list[str]] | None = None  # seen in a pass that cannot be rerun
+
+    def planning(self, model: nn.Module) -> AbstractContextManager[None]:
+        """Where the plan of ``model`` is made: with ``slopes``, planning without an example takes them."""
+        if self.slopes is None:
+            return nullcontext()
+        return slopes_seen(model, *self.slopes, "the observed training_step")
 
 
 def check_observation(example_input: Any, forward: Any) -> None:
@@ -122,11 +133,13 @@ def observation(trainer: Trainer, pl_module: LightningModule, spec: InitSpec, ex
     return found if found is not None else Observation(missing=_fallback("tried: " + "; ".join(tried), fix=True))
 
 
+_FIX = (". Pass LyapunovInit(forward=lambda module, batch: ...) that runs the network on a training batch, "
+        "or example_input=")
+
+
 def _fallback(why: str, fix: bool = False) -> str:
     return (f"LyapunovInit observed no training pass ({why}): slopes from torch.fx tracing, or module registration "
-            "order where tracing fails; nothing to sample or calibrate on"
-            + (". Pass LyapunovInit(forward=lambda module, batch: ...) that runs the network on a training batch, "
-               "or example_input=" if fix else ""))
+            "order where tracing fails; nothing to sample or calibrate on" + (_FIX if fix else ""))
 
 
 # ---------------------------------------------------------------------- the module's forward
@@ -250,8 +263,8 @@ def _through_training_step(pl_module: LightningModule, batch: Any, names: list[s
     handles += [modules[name].register_forward_pre_hook(layer_ran(name)) for name in names]
     error: Exception | None = None
     try:
-        with _neutralized(pl_module), torch.no_grad():
-            pl_module.training_step(batch, 0)
+        with _neutralized(pl_module), torch.no_grad(), observing(pl_module, names) as observer:
+            observer.output(pl_module.training_step(batch, 0))
     except _Recorded:
         pass
     except Exception as raised:  # noqa: BLE001 - what it recorded before the error still counts
@@ -263,12 +276,15 @@ def _through_training_step(pl_module: LightningModule, batch: Any, names: list[s
     if whole in calls or covering:
         path = whole if whole in calls else max(covering, key=_depth)
         return _replayed(path, calls[path])
-    if error is not None:
-        tried.append(f"training_step(batch, 0) raised {type(error).__name__}: {first_line(error)}")
-    else:
-        tried.append("training_step(batch, 0) ran " + ("no planned layer" if not step_ran else
-                                                       "the planned layers from no single submodule call"))
-    return None
+    raised = f"raised {type(error).__name__}: {first_line(error)}" if error is not None else ""
+    if not step_ran:
+        tried.append(f"training_step(batch, 0) {raised or 'ran no planned layer'}")
+        return None
+    how = "one training_step(batch, 0), observed as it ran" + (f" until it {raised}" if raised else "")
+    return Observation(how=how, slopes=observer.slopes(names), missing=(
+        f"LyapunovInit observed the activations in {how}, but no single submodule call in it runs every planned "
+        "layer" + (f" (the step ran {len(step_ran)} of {len(names)})" if len(step_ran) < len(names) else "")
+        + ", so the network cannot be run again: nothing to sample or calibrate on" + _FIX))
 
 
 # ---------------------------------------------------------------------- neutralized

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from helpers import HelperNet, gen, quiet, trainer_kwargs
-from lightning_lyapunov import LyapunovInit, LyapunovWarning, apply_init
+from lightning_lyapunov import LyapunovInit, LyapunovWarning, apply_init, plan_init
 
 
 class NoForward(__import__("lightning.pytorch", fromlist=["LightningModule"]).LightningModule):
@@ -279,6 +279,24 @@ class Unreachable(Step):
         return super().training_step(batch, batch_idx) * lr
 
 
+class LayerByLayer(Step):
+    """No submodule call runs every layer: the step calls the layers one by one, F.gelu and
+    F.leaky_relu(0.2) between them (module order would say slope 1: no activation modules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+        self.head = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        self.step_calls.append(batch_idx)
+        x, y = self.unpack(batch)
+        for i, layer in enumerate(self.layers):
+            x = F.gelu(layer(x)) if i % 2 == 0 else F.leaky_relu(layer(x), 0.2)
+        return F.mse_loss(self.head(x), y)
+
+
 class AtStart(pl.Callback):
     """What the module looks like when training starts (after the callback's setup); the batches trained on."""
 
@@ -379,7 +397,7 @@ def test_when_nothing_reaches_the_network_the_fit_runs_and_the_warning_says_what
     assert "IndexError" in message and "forward=" in message
     assert callback.plan.calibration is None
     _, _, messages = fit_steps(Unreachable(), tmp_path, steps=1, calibrate="layers")  # asked for: said
-    assert any("no training pass observed, so calibrate='layers' is skipped" in m for m in messages)
+    assert any("no training pass to run again, so calibrate='layers' is skipped" in m for m in messages)
 
 
 def test_the_callback_takes_forward_and_example_input(tmp_path) -> None:
@@ -399,3 +417,20 @@ def test_the_callback_takes_forward_and_example_input(tmp_path) -> None:
         LyapunovInit(forward="net")
     with pytest.raises(ValueError, match="example_input=.*tensor"):
         LyapunovInit(example_input=[1.0, 2.0])
+
+
+def test_layers_called_one_by_one_from_the_step_get_the_activations_seen_in_its_one_run(tmp_path) -> None:
+    module = LayerByLayer()
+    callback, probe, messages = fit_steps(module, tmp_path, steps=2)
+    assert probe.calls == 1 and len(module.step_calls) == 3  # still once outside the loop
+    layers = {l.name: l for l in callback.plan.layers}
+    assert {l.slope_found_by for l in layers.values()} == {"observed"}
+    assert layers["layers.1"].negative_slope == 0.2 and layers["head"].negative_slope == 1.0
+    assert [layers[f"layers.{i}"].activation.name for i in (0, 2)] == ["gelu", "gelu"]  # by the scale chain
+    assert callback.plan.operating_scale == pytest.approx(float(first_batch()[0].pow(2).mean().sqrt()))
+    assert callback.plan.calibration is None  # nothing that can be run again
+    (message,) = [m for m in messages if "observed the activations in one training_step" in m]
+    assert "the step ran" not in message and "forward=" in message and "calibrate" in message
+    assert "observed as it ran" in callback._observed
+    plain = LayerByLayer()  # the same model planned by registration order: no activation seen
+    assert {l.negative_slope for l in quiet(plan_init, plain).layers} == {1.0}
