@@ -356,3 +356,22 @@ def test_example_input_forms_and_failed_observation_falls_back() -> None:
         plan_init(Keywords(), example_input=torch.randn(5, 7))
 
 
+
+
+def test_slopes_observed_in_a_pass_that_cannot_be_rerun_plan_that_model_only() -> None:
+    from lightning_lyapunov.observe import observing, slopes_seen
+
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 1))
+    names = ["0", "1", "2"]
+    with torch.no_grad(), observing(model, names) as observer:  # the model's layers driven by other code
+        h = F.leaky_relu(model[0](torch.randn(8, 3, generator=gen(0))), 0.3)
+        observer.output(model[2](F.gelu(model[1](h))))
+    slopes, order = observer.slopes(names)
+    assert [slopes[n].slope for n in names] == [0.3, 0.0, 1.0] and "GELU" in slopes["1"].source
+    with slopes_seen(model, {"0": slopes["0"]}, ["0"], "the test's pass"):
+        seen, _, warnings_ = find_slopes(model, names)
+        other, _, _ = find_slopes(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)), ["0", "2"])
+    assert seen["0"].slope == 0.3 and seen["0"].found_by == "observed"
+    assert seen["1"].found_by == "module order" and "never called in the test's pass" in warnings_[0]
+    assert other["0"].slope == 0.0 and other["0"].found_by == "fx"  # another model: traced as before
+    assert find_slopes(model, names)[0]["0"].found_by == "fx"  # outside: as before
