@@ -3,8 +3,10 @@
 On the candidates ``scripts/lookahead_schedules.py --save`` recorded (every candidate of every seed
 trained 2000 steps: which ones train is known), each candidate is drawn again and measured at step
 0, before any training: the training loss, the gradient's norm, the log of the smallest weight
-gradient's norm over the layers, and the empirical neural tangent kernel on 128 training points (its
-effective rank ``(sum ev)^2 / sum ev^2`` and ``log(ev_3 / ev_1)``). Against them, the look-ahead's own
+gradient's norm over the layers, the empirical neural tangent kernel on 128 training points (its
+effective rank ``(sum ev)^2 / sum ev^2`` and ``log(ev_3 / ev_1)``), and the loss on one half of the
+training points after one Adam-like step (``lr * sign(gradient)``) on the other half, the kind of
+signal GradInit optimizes. Against them, the look-ahead's own
 signal, the training loss after ``n`` steps. Per criterion: the within-seed AUC (over seeds with
 candidates that train and candidates that do not, the chance that a trained candidate scores better;
 0.5 is no information) and how many seeds train when each keeps its best-scoring candidate.
@@ -32,6 +34,8 @@ from benchmarks._lib.stats import count
 from benchmarks.lookahead import FIRST_SEED, REGRESSION_TRAINED, SHAPES, Regression, _draw
 from scripts.lookahead_schedules import staged
 
+#: Learning rates of the one-step criterion (Adam's first step is ``lr * sign(gradient)``).
+ONE_STEP_LRS = (1e-3, 1e-2)
 #: (candidates kept by the smallest step-0 gradient norm (None: no prefilter), halving stages (cut, keep)).
 RULES = ((None, ((16, 4), (32, 2), (64, 1))), (None, ((12, 2), (100, 1))), (4, ((16, 2), (64, 1))),
          (4, ((12, 2), (100, 1))), (6, ((20, 3), (40, 2), (80, 1))))
@@ -47,7 +51,16 @@ def at_init(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, var: torch.T
     jacobian = jacrev(lambda p: functional_call(net, p, (points,)).squeeze(-1))(params)
     j = torch.cat([v.reshape(points.shape[0], -1) for v in jacobian.values()], 1).detach()
     ev = torch.linalg.eigvalsh(j @ j.T).clamp_min(0).flip(0).double()
-    return {"-loss at step 0": -loss.item(), "-gradient norm": -float(torch.stack([g.norm() for g in grads]).norm()),
+    half = x.shape[0] // 2  # one sign step (Adam's first) on one half, the loss on the other: GradInit's kind of signal
+    first = (functional_call(net, params, (x[:half],)) - y[:half]).pow(2).mean() / var
+    step = torch.autograd.grad(first, list(params.values()))
+    after = {}
+    for lr in ONE_STEP_LRS:
+        moved = {name: (p - lr * torch.sign(g)).detach() for (name, p), g in zip(params.items(), step)}
+        with torch.no_grad():
+            after[f"-held-out loss after a step of {lr:g}"] = -float(
+                (functional_call(net, moved, (x[half:],)) - y[half:]).pow(2).mean() / var)
+    return {**after, "-loss at step 0": -loss.item(), "-gradient norm": -float(torch.stack([g.norm() for g in grads]).norm()),
             "-log smallest weight gradient": -float(np.log(min(weight_norms))),
             "kernel effective rank": float(ev.sum() ** 2 / ev.pow(2).sum()),
             "kernel log(ev3 / ev1)": float(torch.log(ev[2] / ev[0] + 1e-300))}
