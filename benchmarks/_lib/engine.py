@@ -410,6 +410,16 @@ class _Batcher:
     generators: list[torch.Generator] = field(default_factory=list)
     orders: list[Tensor] = field(default_factory=list)
 
+    def batch(self, train: Batch, step: int) -> Batch:
+        """Step ``step``'s batch of the training tensors ``train``."""
+        idx = self.draw(step)
+        if idx is None:
+            return train
+        if not self.per_run:
+            return tuple(t[idx[0]] for t in train)
+        rows = idx[self.stream_of]
+        return tuple(t[rows] for t in train)
+
     def get_state(self) -> dict[str, list[Tensor]]:
         return {"generators": [g.get_state() for g in self.generators], "orders": [o.clone() for o in self.orders]}
 
@@ -620,15 +630,7 @@ def fit(model: Stack, objective: Objective, train: Batch, *, optimizer: SGD | Ad
             records.append(_evaluate(model, evals or {}, eval_chunk))
         if step == steps:
             break
-        idx = batcher.draw(step)
-        if idx is None:
-            batch = train
-        elif not batcher.per_run:
-            batch = tuple(t[idx[0]] for t in train)
-        else:
-            rows = idx[batcher.stream_of]
-            batch = tuple(t[rows] for t in train)
-        loss = objective(model, batch, batcher.generator)
+        loss = objective(model, batcher.batch(train, step), batcher.generator)
         finite = torch.isfinite(loss.detach())
         losses[step] = np.where(finite.numpy(), loss.detach().double().numpy(), np.inf)
         if nonfinite == "stop" and not bool(finite[alive].all()):
