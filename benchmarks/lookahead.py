@@ -10,7 +10,9 @@ deep narrow shapes; every method takes the same number of optimizer steps in all
   candidate with the same weights, ``tests/test_bench_lookahead.py``), whose look-ahead steps count:
   the kept candidate continues with its Adam moments until the run has taken ``steps`` in all. The
   candidates are the default's draws (``look_ahead=K``, candidate 0 is the default's own draw), or
-  best-of-K restarts of He or of LSUV under the same budget and rule.
+  best-of-K restarts of He or of LSUV under the same budget and rule;
+* GradInit (:mod:`benchmarks._lib.gradinit`) on He's and on the default's draw, its iterations
+  counted as two steps each, as many as the look-ahead's extra steps.
 
 All runs of a cell (task, shape) are trained stacked by the benchmark engine (``Stack``, ``fit``;
 ``Stack.take`` and ``take_state`` carry the surviving candidates and their optimizer state from cut
@@ -39,6 +41,7 @@ import torch
 from torch import Tensor
 
 from benchmarks._lib.engine import Adam, Draws, FullBatch, Stack, fit, take_state
+from benchmarks._lib.gradinit import GradInit
 from benchmarks._lib.package import (
     DEFAULT_CANDIDATES,
     DEFAULT_STEPS,
@@ -71,6 +74,8 @@ SINGLE: dict[str, Any] = {
 LOOK_AHEAD = "look-ahead"
 #: the selections: label -> the scheme drawing the candidates
 SELECTED: dict[str, Any] = {LOOK_AHEAD: Calibrated(), "best-of-K he": HE, "best-of-K lsuv": LSUV()}
+#: GradInit (Zhu et al. 2021) on the draws of: label -> scheme
+GRADINIT: dict[str, Any] = {"gradinit (he)": HE, "gradinit (default)": Calibrated()}
 
 
 @dataclass(frozen=True)
@@ -222,54 +227,86 @@ def select(task, shape: Shape, schemes: Sequence, seeds: Sequence[int], candidat
     return stack, state, seed_t, halving_cost(candidates) * cuts[0], cuts[-1], kept, losses
 
 
+def _rows(task, shape: Shape, seeds: Sequence[int], labels: Sequence[str], values: np.ndarray,
+          extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, seed) of runs stacked method-major (``values``, ``extra``: one per run)."""
+    rows = []
+    for j, label in enumerate(labels):
+        for i, seed in enumerate(seeds):
+            value = float(values[j * len(seeds) + i])
+            rows.append({"task": task.name, "shape": shape.name, "scheme": label, "seed": seed, "metric": value,
+                         "trained": bool(value < task.threshold), **extra[j * len(seeds) + i]})
+    return rows
+
+
 def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
-    """Every method on one (task, shape): one row per (method, seed). Threads: the runner's (forked
+    """Every method but GradInit on one (task, shape): one row per (method, seed). Threads: the runner's (forked
     cell processes inherit them; a direct ``python -m benchmarks.lookahead`` takes ``OMP_NUM_THREADS``)."""
     seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds))
     task = TASKS[task_name](seeds)
-    rows: list[dict[str, Any]] = []
-    base = {"task": task.name, "shape": shape.name}
-
-    def record(labels: Sequence[str], values: np.ndarray, extra: list[dict[str, Any]]) -> None:
-        for j, label in enumerate(labels):
-            for i, seed in enumerate(seeds):
-                value = float(values[j * len(seeds) + i])
-                rows.append({**base, "scheme": label, "seed": seed, "metric": value,
-                             "trained": bool(value < task.threshold), **extra[j * len(seeds) + i]})
-
     labels = list(SINGLE)
     nets = [_draw(task, shape, SINGLE[label], seed, i) for label in labels for i, seed in enumerate(seeds)]
     seed_of = torch.arange(len(seeds)).repeat(len(labels))
     single = _train(task, Stack(nets), seed_of, size.steps, test=True)
-    record(labels, single.final["test"], [{"steps": size.steps, "extra steps": 0, "kept": "", "cut losses": ""}]
-           * len(nets))
+    rows = _rows(task, shape, seeds, labels, single.final["test"],
+                 [{"steps": size.steps, "extra steps": 0, "kept": "", "cut losses": ""}] * len(nets))
     stack, state, seed_of, used, own, kept, losses = select(
         task, shape, list(SELECTED.values()), seeds, size.candidates, size.look_ahead_steps)
     after = _train(task, stack, seed_of, size.steps - used, first_step=own, state=state, test=True)
     extra = [{"steps": size.steps, "extra steps": used - own, "kept": k,
               "cut losses": "/".join(f"{v:.4g}" for v in loss)} for k, loss in zip(kept, losses)]
-    record([label if label == LOOK_AHEAD else label.replace("K", str(size.candidates)) for label in SELECTED],
-           after.final["test"], extra)
-    return rows
+    return rows + _rows(task, shape, seeds, [label if label == LOOK_AHEAD else label.replace("K", str(size.candidates))
+                                             for label in SELECTED], after.final["test"], extra)
 
 
-def cached_cell(task_name: str, shape: Shape, size: Size) -> tuple[list[dict[str, Any]], float]:
-    """:func:`run_cell`, kept in ``$LOOKAHEAD_CELLS/<task>_<shape>.json`` with the CPU seconds it took
-    when that variable names a folder (a cell already there for the same size is read back, not rerun):
-    a long run can be done cell by cell (``python -m benchmarks.lookahead TASK SHAPE``), then reported
-    by the runner. Returns the rows and the CPU seconds of a cell read back (0 for a cell run here,
-    whose time the runner measures itself; NaN for a cell cached without its time)."""
+def gradinit_for(size: Size) -> GradInit:
+    """GradInit with the look-ahead's extra steps (the candidates' steps beyond the kept one's own):
+    half as many iterations, two gradients each."""
+    cuts = halving_cuts(size.candidates, size.look_ahead_steps)
+    return GradInit(iterations=(halving_cost(size.candidates) * cuts[0] - cuts[-1]) // 2, eta=LR)
+
+
+def run_gradinit(task_name: str, shape: Shape, size: Size, seeds: Sequence[int] | None = None,
+                 gradinit: GradInit | None = None) -> list[dict[str, Any]]:
+    """GradInit (:mod:`benchmarks._lib.gradinit`) on the draws of :data:`GRADINIT`'s schemes, then
+    Adam for the rest of the ``size.steps`` (its iterations count two steps each): one row per
+    (method, seed), with the learned scales' range and how often the gradient-norm constraint acted."""
+    seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds)) if seeds is None else list(seeds)
+    gradinit = gradinit_for(size) if gradinit is None else gradinit
+    task = TASKS[task_name](seeds)
+    labels = list(GRADINIT)
+    nets = [_draw(task, shape, GRADINIT[label], seed, i) for label in labels for i, seed in enumerate(seeds)]
+    seed_of = torch.arange(len(seeds)).repeat(len(labels))
+    stack = Stack(nets)
+    learned = gradinit.fit_(stack, task.objective, task.data(seed_of), task.order(seed_of, 0))
+    after = _train(task, stack, seed_of, size.steps - gradinit.steps, test=True)
+    extra = [{"steps": size.steps, "extra steps": gradinit.steps, "kept": "", "cut losses": "",
+              "gradinit scales": f"{scales.min():.3g}..{scales.max():.3g}", "gradinit constraint steps": int(c)}
+             for scales, c in zip(learned["scales"], learned["constrained"])]
+    return _rows(task, shape, seeds, labels, after.final["test"], extra)
+
+
+#: the parts of a cell, each cached on its own: file suffix -> the function computing its rows
+PARTS = {"": run_cell, "_gradinit": run_gradinit}
+
+
+def cached_cell(task_name: str, shape: Shape, size: Size, part: str = "") -> tuple[list[dict[str, Any]], float]:
+    """The rows of :data:`PARTS` ``[part]`` on one cell, kept in ``$LOOKAHEAD_CELLS/<task>_<shape><part>.json``
+    with the CPU seconds they took when that variable names a folder (a part already there for the same
+    size is read back, not rerun): a long run can be done cell by cell (``python -m benchmarks.lookahead
+    TASK SHAPE``), then reported by the runner. Returns the rows and the CPU seconds of a part read back
+    (0 for a part run here, whose time the runner measures itself; NaN for a part cached without its time)."""
     folder = os.environ.get("LOOKAHEAD_CELLS")
-    path = Path(folder) / f"{task_name}_{shape.name}.json" if folder else None
+    path = Path(folder) / f"{task_name}_{shape.name}{part}.json" if folder else None
     key = f"{task_name} {shape} seeds={size.seeds} steps={size.steps} K={size.candidates} budget={size.look_ahead_steps}"
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
         if saved["size"] == key:  # NaN: cached before the CPU time was stored with it
             return saved["rows"], float(saved.get("cpu_seconds", math.nan))
     start, cpu = time.time(), time.process_time()
-    rows = run_cell(task_name, shape, size)
+    rows = PARTS[part](task_name, shape, size)
     cpu = time.process_time() - cpu
-    print(f"lookahead: {task_name} {shape.name} done in {time.time() - start:.0f} s ({cpu:.0f} s CPU)",
+    print(f"lookahead: {task_name} {shape.name}{part} done in {time.time() - start:.0f} s ({cpu:.0f} s CPU)",
           file=sys.stderr, flush=True)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,7 +315,7 @@ def cached_cell(task_name: str, shape: Shape, size: Size) -> tuple[list[dict[str
 
 
 def _cells(size: Size) -> list[tuple[list[dict[str, Any]], float]]:
-    jobs = [(task, shape, size) for task, shape in size.cells]
+    jobs = [(task, shape, size, part) for task, shape in size.cells for part in PARTS]
     if size.workers <= 1:
         return [cached_cell(*job) for job in jobs]
     with ProcessPoolExecutor(max_workers=size.workers) as pool:
@@ -466,12 +503,14 @@ def run(size: Size) -> Report:
     runs = [row for rows, _ in computed for row in rows]
     earlier = sum(cpu for _, cpu in computed)
     read = [cpu for _, cpu in computed if cpu != 0]
-    cached = (f"\n{len(read)} of the {len(computed)} cells were run before, one by one (`python -m benchmarks.lookahead "
-              f"TASK SHAPE` with `$LOOKAHEAD_CELLS`), and read back here: " + (
+    cached = (f"\n{len(read)} of the {len(computed)} parts of cells (a cell's methods; its GradInit runs) were run "
+              f"before, one by one (`python -m benchmarks.lookahead TASK SHAPE [PART]` with `$LOOKAHEAD_CELLS`), and "
+              f"read back here: " + (
                   f"the CPU time above includes their {earlier:.0f} s." if not math.isnan(earlier) else
                   f"{sum(map(math.isnan, read))} of them were cached before their CPU time was stored with them, "
               "so the run's CPU time is not recorded.") if read else "")
     rows = table(runs)
+    gradinit = gradinit_for(size)
     found, summary = findings(runs, size)
     tried, tried_summary = rule_findings(runs)
     found, summary = found + tried, summary + tried_summary
@@ -499,11 +538,15 @@ cuts at {cuts} steps of each candidate) and rule (mean training loss over the la
 `look-ahead` (`LyapunovInit(look_ahead={size.candidates}, look_ahead_steps={size.look_ahead_steps})`'s
 candidates: the default's draws from `candidate_seeds(s, K)`) and best-of-{size.candidates} restarts of He and of
 LSUV (the same seeds, rule and budget); the kept candidate continues with its Adam state until {size.steps}
-steps in all. GradInit (Zhu et al. 2021) is not here: it learns a scale per weight tensor by minimizing
-the loss after one optimizer step (differentiated through that step, under a bound on the gradient norm)
-for hundreds of iterations, with hyper-parameters the paper tunes per architecture; a faithful
-reproduction (and its share of the equal step budget) was not attempted in the CPU budget of the session
-that built this benchmark.
+steps in all. GradInit (Zhu et al. 2021, the authors' algorithm for a target Adam as their code runs it:
+`benchmarks/_lib/gradinit.py`) on the draws of He (`gradinit (he)`, the paper's kind of start) and of the default
+(`gradinit (default)`): a scale per weight tensor, learned for {gradinit.iterations} iterations to lower the loss
+after Adam's first step (`{gradinit.eta:g} sign(g)`) on the next batch (the full batch in the regression), under
+the bound {gradinit.gamma:g} on the gradient's 1-norm; Adam on the scales (lr {gradinit.lr:g}, betas
+{gradinit.betas[0]:g}/{gradinit.betas[1]:g}), scales in [{gradinit.min_scale:g}, {gradinit.max_scale:g}]: the authors'
+settings for their Adam-trained Transformer, not tuned here. An iteration takes two gradients and counts as two
+steps ({gradinit.steps} in all, the look-ahead's extra steps); Adam then trains {size.steps - gradinit.steps} steps.
+The CSV has each run's range of learned scales and how many iterations took the constraint's step.
 
 The figure: every seed's final metric, clipped to [1e-4, 10] (regression) and [0.4, 2] (score); the
 table has the unclipped numbers. Columns: trained count with its 95% Wilson interval; the median of the metric over seeds with a 95%
@@ -516,5 +559,6 @@ Per-seed rows in the CSV, with the kept candidate and its ranking loss at each c
 
 
 if __name__ == "__main__":  # one cell of the full size into $LOOKAHEAD_CELLS (run it with OMP_NUM_THREADS=1):
-    # python -m benchmarks.lookahead TASK SHAPE
-    cached_cell(sys.argv[1], next(s for s in SHAPES if s.name == sys.argv[2]), SIZES.full)
+    # python -m benchmarks.lookahead TASK SHAPE [PART]  (PART: one of PARTS, e.g. _gradinit; default every part)
+    for part in sys.argv[3:] or PARTS:
+        cached_cell(sys.argv[1], next(s for s in SHAPES if s.name == sys.argv[2]), SIZES.full, part)

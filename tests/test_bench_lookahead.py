@@ -47,15 +47,15 @@ def test_a_report_of_cells_read_back_states_the_cpu_time_the_cells_took(tmp_path
     size = lookahead.SIZES.quick
     assert all(cpu == 0 for _, cpu in lookahead._cells(size))  # run here: the runner measures them
     files = sorted((tmp_path / "cells").glob("*.json"))
-    assert len(files) == len(size.cells)
-    for path in files:  # as if each cell had taken 1000 s in its own process
+    assert len(files) == len(size.cells) * len(lookahead.PARTS)  # a cell's methods; its GradInit runs
+    for path in files:  # as if each part had taken 1000 s in its own process
         saved = json.loads(path.read_text())
         assert saved["cpu_seconds"] > 0
         path.write_text(json.dumps({**saved, "cpu_seconds": 1000.0}))
     report = run_one(lookahead, quick=True, out_dir=tmp_path / "out")
-    assert 2000 <= report.cpu_seconds < 2060 and report.earlier_cpu_seconds == 2000
+    assert 4000 <= report.cpu_seconds < 4060 and report.earlier_cpu_seconds == 4000
     header = (tmp_path / "out" / "lookahead.md").read_text().splitlines()[2]
-    assert f"CPU time {report.cpu_seconds:.0f} s (2000 s of it in earlier processes, read back)" in header
+    assert f"CPU time {report.cpu_seconds:.0f} s (4000 s of it in earlier processes, read back)" in header
     saved = json.loads(files[0].read_text())
     del saved["cpu_seconds"]  # a cell cached before its CPU time was stored with it: read back, time unknown
     files[0].write_text(json.dumps(saved))
