@@ -222,3 +222,15 @@ def test_overhead_a_remeasured_trainer_group_replaces_its_previous_rows(tmp_path
     steps = overhead.SIZES.quick.memory_steps
     assert events["reference_ms"] == steps and events["ratio"] * 1e3 * steps == pytest.approx(events["ms"] * 2**20)
     assert any(line.startswith("Memory: ") for line in report.summary)
+
+
+def test_the_lookahead_readme_table_puts_each_methods_trained_counts_under_its_cell(tmp_path):
+    (tmp_path / "lookahead_table.csv").write_text(
+        "task,shape,scheme,trained [95% Wilson],extra steps\n"
+        'regression,w2,he,"1/2 [9%, 91%]",0\nregression,w2,look-ahead,"2/2 [34%, 100%]",6\n'
+        'score,w2,look-ahead,"0/2 [0%, 66%]",6\n')
+    lines = catalogue.lookahead_table(tmp_path).splitlines()
+    assert lines[0] == "| method | extra steps | regression w2 | score w2 |"
+    assert lines[2] == "| he | 0 | 1/2 [9%, 91%] | - |"
+    assert lines[3] == "| **look-ahead** | 6 | **2/2 [34%, 100%]** | **0/2 [0%, 66%]** |"
+    assert catalogue.lookahead_table(tmp_path / "none") == "(lookahead not run yet)"

@@ -157,11 +157,31 @@ def overhead_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def lookahead_table(results: Path = RESULTS, highlight: str = "look-ahead") -> str:
+    """Trained seeds [95% Wilson] per method (rows) and cell (columns), from ``lookahead_table.csv``."""
+    path = results / "lookahead_table.csv"
+    if not path.exists():
+        return "(lookahead not run yet)"
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    cells = list(dict.fromkeys(f"{r['task']} {r['shape']}" for r in rows))
+    trained = {(r["scheme"], f"{r['task']} {r['shape']}"): r["trained [95% Wilson]"] for r in rows}
+    lines = ["| method | extra steps | " + " | ".join(cells) + " |", "|---|---:|" + "---|" * len(cells)]
+    extra = {r["scheme"]: r["extra steps"] for r in rows}
+    for scheme in dict.fromkeys(r["scheme"] for r in rows):
+        bold = "**" if scheme == highlight else ""
+        lines.append(f"| {bold}{_cell(scheme)}{bold} | {extra[scheme]} | " + " | ".join(
+            f"{bold}{trained.get((scheme, c), '-')}{bold}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def tables(registry_: dict[str, ModuleType], readme: Path, results: Path = RESULTS) -> dict[str, str]:
-    """The generated tables of ``readme`` by marker name (links relative to that README)."""
-    link = "benchmarks/results/" if readme.parent == ROOT else "results/"
+    """The generated tables of ``readme`` by marker name (links relative to that README; the look-ahead's
+    trained counts in the top README only)."""
+    top = readme.parent == ROOT
+    link = "benchmarks/results/" if top else "results/"
     return {"catalogue": catalogue_table(registry_, results, link), "sizes": sizes_table(registry_),
-            "overhead": overhead_table(results)}
+            "overhead": overhead_table(results), **({"lookahead": lookahead_table(results)} if top else {})}
 
 
 def fill(text: str, generated: dict[str, str]) -> str:
