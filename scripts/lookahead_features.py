@@ -18,6 +18,11 @@ steps. A step-0 gradient costs a forward and a backward pass per candidate, coun
 
     OMP_NUM_THREADS=1 python -m scripts.lookahead_schedules --shape w2d40 --seeds 40 --save /tmp/w2d40.npz
     OMP_NUM_THREADS=1 python -m scripts.lookahead_features --shape w2d40 --load /tmp/w2d40.npz
+
+``--learned TRAIN,... --on TEST,...``: instead, a ranking learned from the loss curves of the first
+``n`` steps (a logistic regression on the log losses at steps 1, 2, 4, ..., n, the last half's trend,
+mean and spread and the lowest loss, centred within the seed) fitted on the TRAIN recordings'
+trained/not labels and scored on the TEST recordings against the plain loss at step n.
 """
 
 from __future__ import annotations
@@ -75,12 +80,50 @@ def within_seed_auc(score: np.ndarray, good: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
+def _recorded(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A recording's training losses ``(seeds, candidates, steps)`` and which candidates train."""
+    data = np.load(path)
+    points = list(data["points"])
+    return data["losses"], data["test"][:, :, points.index(int(data["steps"]))] < REGRESSION_TRAINED
+
+
+def curve_features(losses: np.ndarray, n: int) -> np.ndarray:
+    """Features of each candidate's first ``n`` training losses, centred within its seed."""
+    logs = np.log(np.maximum(losses[:, :, :n], 1e-12))
+    at = [logs[:, :, k] for k in sorted({k for k in (0, 1, 3, 7, 15, 31, 63, 127) if k < n} | {n - 1})]
+    tail = logs[:, :, n // 2:]
+    features = np.stack(at + [logs[:, :, n - 1] - logs[:, :, n // 2], tail.mean(2), tail.std(2), logs.min(2)], -1)
+    return features - features.mean(1, keepdims=True)
+
+
+def learned(train: list[str], test: list[str], steps: tuple[int, ...] = (16, 24, 32, 64)) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    fitted, scored = [_recorded(p) for p in train], [_recorded(p) for p in test]
+    for n in steps:
+        x = np.concatenate([f.reshape(-1, f.shape[-1]) for f in (curve_features(losses, n) for losses, _ in fitted)])
+        model = LogisticRegression(max_iter=2000).fit(x, np.concatenate([good.reshape(-1) for _, good in fitted]))
+        for path, (losses, good) in zip(test, scored):
+            features = curve_features(losses, n)
+            score = model.decision_function(features.reshape(-1, features.shape[-1])).reshape(features.shape[:2])
+            rows = np.arange(len(good))
+            print(f"  {path}, first {n} steps: learned ranking AUC {within_seed_auc(score, good):.3f}, keeping the "
+                  f"best trains {good[rows, score.argmax(1)].sum()}/{len(good)}; the loss at step {n}: AUC "
+                  f"{within_seed_auc(-losses[:, :, n - 1], good):.3f}, {good[rows, (-losses[:, :, n - 1]).argmax(1)].sum()}"
+                  f"/{len(good)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="w2d40", choices=[s.name for s in SHAPES])
-    parser.add_argument("--load", required=True, help="a recording of scripts/lookahead_schedules.py --save")
+    parser.add_argument("--load", help="a recording of scripts/lookahead_schedules.py --save")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    parser.add_argument("--learned", help="recordings to fit a learned ranking on (comma-separated)")
+    parser.add_argument("--on", help="recordings to score the learned ranking on (comma-separated)")
     args = parser.parse_args()
+    if args.learned:
+        learned(args.learned.split(","), args.on.split(","))
+        return
     torch.set_num_threads(1)
     data = np.load(args.load)
     losses, points = data["losses"], list(data["points"])
