@@ -12,7 +12,9 @@ deep narrow shapes; every method takes the same number of optimizer steps in all
   candidates are the default's draws (``look_ahead=K``, candidate 0 is the default's own draw), or
   best-of-K restarts of He or of LSUV under the same budget and rule;
 * GradInit (:mod:`benchmarks._lib.gradinit`) on He's and on the default's draw, its iterations
-  counted as two steps each, as many as the look-ahead's extra steps.
+  counted as two steps each, as many as the look-ahead's extra steps;
+* the default's draw and the look-ahead with a small output (``calibrate_target`` chosen on other
+  seeds by ``scripts/lookahead_targets.py``: :func:`small_target`).
 
 All runs of a cell (task, shape) are trained stacked by the benchmark engine (``Stack``, ``fit``;
 ``Stack.take`` and ``take_state`` carry the surviving candidates and their optimizer state from cut
@@ -76,6 +78,11 @@ LOOK_AHEAD = "look-ahead"
 SELECTED: dict[str, Any] = {LOOK_AHEAD: Calibrated(), "best-of-K he": HE, "best-of-K lsuv": LSUV()}
 #: GradInit (Zhu et al. 2021) on the draws of: label -> scheme
 GRADINIT: dict[str, Any] = {"gradinit (he)": HE, "gradinit (default)": Calibrated()}
+#: output scales (``calibrate_target``) tried for the small-output methods on the tuning seeds
+#: (``scripts/lookahead_targets.py`` writes :data:`TARGETS_CSV`; :func:`small_target` picks one)
+TARGETS = (1.0, 0.1, 0.01, 0.001)
+TUNING_FIRST_SEED = 29000
+TARGETS_CSV = RESULTS / "lookahead_targets.csv"
 
 
 @dataclass(frozen=True)
@@ -239,24 +246,51 @@ def _rows(task, shape: Shape, seeds: Sequence[int], labels: Sequence[str], value
     return rows
 
 
-def run_cell(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
-    """Every method but GradInit on one (task, shape): one row per (method, seed). Threads: the runner's (forked
+def run_cell(task_name: str, shape: Shape, size: Size, single: dict[str, Any] | None = None,
+             selected: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The one-draw methods ``single`` (default :data:`SINGLE`) and the selections ``selected`` (default
+    :data:`SELECTED`) on one (task, shape): one row per (method, seed). Threads: the runner's (forked
     cell processes inherit them; a direct ``python -m benchmarks.lookahead`` takes ``OMP_NUM_THREADS``)."""
+    single, selected = SINGLE if single is None else single, SELECTED if selected is None else selected
     seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds))
     task = TASKS[task_name](seeds)
-    labels = list(SINGLE)
-    nets = [_draw(task, shape, SINGLE[label], seed, i) for label in labels for i, seed in enumerate(seeds)]
+    labels = list(single)
+    nets = [_draw(task, shape, single[label], seed, i) for label in labels for i, seed in enumerate(seeds)]
     seed_of = torch.arange(len(seeds)).repeat(len(labels))
-    single = _train(task, Stack(nets), seed_of, size.steps, test=True)
-    rows = _rows(task, shape, seeds, labels, single.final["test"],
+    trained = _train(task, Stack(nets), seed_of, size.steps, test=True)
+    rows = _rows(task, shape, seeds, labels, trained.final["test"],
                  [{"steps": size.steps, "extra steps": 0, "kept": "", "cut losses": ""}] * len(nets))
     stack, state, seed_of, used, own, kept, losses = select(
-        task, shape, list(SELECTED.values()), seeds, size.candidates, size.look_ahead_steps)
+        task, shape, list(selected.values()), seeds, size.candidates, size.look_ahead_steps)
     after = _train(task, stack, seed_of, size.steps - used, first_step=own, state=state, test=True)
     extra = [{"steps": size.steps, "extra steps": used - own, "kept": k,
               "cut losses": "/".join(f"{v:.4g}" for v in loss)} for k, loss in zip(kept, losses)]
-    return rows + _rows(task, shape, seeds, [label if label == LOOK_AHEAD else label.replace("K", str(size.candidates))
-                                             for label in SELECTED], after.final["test"], extra)
+    return rows + _rows(task, shape, seeds, [label.replace("best-of-K", f"best-of-{size.candidates}")
+                                             for label in selected], after.final["test"], extra)
+
+
+def small_target(path: Path = TARGETS_CSV) -> tuple[float, dict[float, int], int]:
+    """The output scale of the small-output methods: of :data:`TARGETS`, the one that trained the most
+    tuning seeds over the cells of ``path`` (``scripts/lookahead_targets.py``; a tie goes to the larger
+    target). Returns it, the trained count of every target, and the number of runs per target."""
+    rows = _read_csv(path)
+    counts = {t: sum(r["trained"] == "True" for r in rows if float(r["target"]) == t) for t in TARGETS}
+    runs = sum(float(r["target"]) == TARGETS[0] for r in rows)
+    return max(TARGETS, key=lambda t: (counts[t], t)), counts, runs
+
+
+def small_labels(target: float) -> tuple[str, str]:
+    """The labels of the small-output one-draw method and look-ahead."""
+    return f"default at target {target:g}", f"{LOOK_AHEAD} at target {target:g}"
+
+
+def run_small(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
+    """The default's draw and the look-ahead with the output calibrated to :func:`small_target`'s scale
+    (``LyapunovInit(calibrate_target=...)``, with ``look_ahead=K`` for the second)."""
+    target = small_target()[0]
+    one, look = small_labels(target)
+    return run_cell(task_name, shape, size, single={one: Calibrated(target=target)},
+                    selected={look: Calibrated(target=target)})
 
 
 def gradinit_for(size: Size) -> GradInit:
@@ -287,7 +321,7 @@ def run_gradinit(task_name: str, shape: Shape, size: Size, seeds: Sequence[int] 
 
 
 #: the parts of a cell, each cached on its own: file suffix -> the function computing its rows
-PARTS = {"": run_cell, "_gradinit": run_gradinit}
+PARTS = {"": run_cell, "_gradinit": run_gradinit, "_small": run_small}
 
 
 def cached_cell(task_name: str, shape: Shape, size: Size, part: str = "") -> tuple[list[dict[str, Any]], float]:
@@ -341,7 +375,8 @@ def table(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[str]]:
-    """Per cell: the goal check, then the look-ahead against every peer (counts, then paired medians)."""
+    """Per cell and look-ahead (the default's, and the small-output one when run): the goal check, then
+    the look-ahead against every other method (counts, then paired medians)."""
     out, summary = [], []
     for cell in dict.fromkeys((r["task"], r["shape"]) for r in runs):
         by = {}
@@ -350,27 +385,36 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
                 by.setdefault(r["scheme"], []).append(r)
         metric = {m: np.array([r["metric"] for r in rs]) for m, rs in by.items()}
         flags = {m: np.array([r["trained"] for r in rs]) for m, rs in by.items()}
-        look = metric[LOOK_AHEAD]
-        n = len(look)
-        need = math.ceil(39 * n / 40)
-        peers = [m for m in metric if m != LOOK_AHEAD]
-        lowest = all(median(look) < median(metric[m]) for m in peers)
-        extra = by[LOOK_AHEAD][0]["extra steps"]
-        line = (f"{cell[0]}, {cell[1]}: the look-ahead ({size.candidates} candidates, {extra} extra steps = "
-                f"{100 * extra / size.steps:.1f}% of {size.steps}) trained {count(flags[LOOK_AHEAD])} (goal: at "
-                f"least {need}/{n}: {'met' if flags[LOOK_AHEAD].sum() >= need else 'missed'}); its median "
-                f"{median(look):.3g} is {'below' if lowest else 'not below'} every "
-                f"peer's")
-        closest = min(peers, key=lambda m: median(metric[m]))
-        line += "; " + compare(look, metric[closest], LOOK_AHEAD, closest, higher_is_better=False).sentence(
-            TASKS[cell[0]].metric)
-        summary.append(line)
-        out.append(line)
-        for m in peers:
-            out.append(f"{cell[0]}, {cell[1]}: " + compare_counts(flags[LOOK_AHEAD], flags[m], LOOK_AHEAD, m))
-            out.append(f"{cell[0]}, {cell[1]}: " + compare(look, metric[m], LOOK_AHEAD, m, higher_is_better=False)
-                       .sentence(TASKS[cell[0]].metric))
+        for name in [m for m in metric if m.startswith(LOOK_AHEAD)]:
+            look = metric[name]
+            n = len(look)
+            need = math.ceil(39 * n / 40)
+            peers = [m for m in metric if m != name]
+            lowest = all(median(look) < median(metric[m]) for m in peers)
+            extra = by[name][0]["extra steps"]
+            line = (f"{cell[0]}, {cell[1]}: {name} ({size.candidates} candidates, {extra} extra steps = "
+                    f"{100 * extra / size.steps:.1f}% of {size.steps}) trained {count(flags[name])} (goal: at "
+                    f"least {need}/{n}: {'met' if flags[name].sum() >= need else 'missed'}); its median "
+                    f"{median(look):.3g} is {'below' if lowest else 'not below'} every other method's")
+            closest = min(peers, key=lambda m: median(metric[m]))
+            line += "; " + compare(look, metric[closest], name, closest, higher_is_better=False).sentence(
+                TASKS[cell[0]].metric)
+            summary.append(line)
+            out.append(line)
+            for m in peers:
+                out.append(f"{cell[0]}, {cell[1]}: " + compare_counts(flags[name], flags[m], name, m))
+                out.append(f"{cell[0]}, {cell[1]}: " + compare(look, metric[m], name, m, higher_is_better=False)
+                           .sentence(TASKS[cell[0]].metric))
     return out, summary
+
+
+def target_finding(path: Path = TARGETS_CSV) -> str:
+    """How the small-output methods' target was chosen, from the tuning runs."""
+    target, counts, runs = small_target(path)
+    tried = "; ".join(f"{t:g}: {c}/{runs}" for t, c in counts.items())
+    return (f"output scale of the small-output methods: on the tuning seeds ({TUNING_FIRST_SEED}.., one calibrated "
+            f"draw per seed trained {SIZES.full.steps} steps in the four cells, `scripts/lookahead_targets.py`), "
+            f"seeds trained per `calibrate_target`: {tried}; chosen {target:g} (the most)")
 
 
 SCAN = "library halving, budget"  # scripts/lookahead_schedules.py's rows of the library's schedule at larger budgets
@@ -511,9 +555,11 @@ def run(size: Size) -> Report:
               "so the run's CPU time is not recorded.") if read else "")
     rows = table(runs)
     gradinit = gradinit_for(size)
+    target = small_target()[0]
+    one, look = small_labels(target)
     found, summary = findings(runs, size)
     tried, tried_summary = rule_findings(runs)
-    found, summary = found + tried, summary + tried_summary
+    found, summary = [target_finding()] + found + tried, [target_finding()] + summary + tried_summary
     cuts = "/".join(map(str, halving_cuts(size.candidates, size.look_ahead_steps)))
     shapes = "; ".join(f"{s.name}: width {s.width}, depth {s.depth}, Leaky ReLU {s.slope}"
                        for s in dict.fromkeys(shape for _, shape in size.cells))
@@ -547,6 +593,9 @@ the bound {gradinit.gamma:g} on the gradient's 1-norm; Adam on the scales (lr {g
 settings for their Adam-trained Transformer, not tuned here. An iteration takes two gradients and counts as two
 steps ({gradinit.steps} in all, the look-ahead's extra steps); Adam then trains {size.steps - gradinit.steps} steps.
 The CSV has each run's range of learned scales and how many iterations took the constraint's step.
+Small output: `{one}` and `{look}` are the default's draw and the look-ahead with the
+output calibrated to root-mean-square {target:g} instead of 1 (`LyapunovInit(calibrate_target={target:g})`, with
+`look_ahead={size.candidates}` for the second), the scale chosen on other seeds (the first finding).
 
 The figure: every seed's final metric, clipped to [1e-4, 10] (regression) and [0.4, 2] (score); the
 table has the unclipped numbers. Columns: trained count with its 95% Wilson interval; the median of the metric over seeds with a 95%

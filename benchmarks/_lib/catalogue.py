@@ -158,7 +158,8 @@ def overhead_table(results: Path = RESULTS) -> str:
 
 
 def lookahead_table(results: Path = RESULTS, highlight: str = "look-ahead") -> str:
-    """Trained seeds [95% Wilson] per method (rows) and cell (columns), from ``lookahead_table.csv``."""
+    """Trained seeds [95% Wilson] per method (rows) and cell (columns), from ``lookahead_table.csv`` (the
+    methods whose name starts with ``highlight`` in bold)."""
     path = results / "lookahead_table.csv"
     if not path.exists():
         return "(lookahead not run yet)"
@@ -169,7 +170,7 @@ def lookahead_table(results: Path = RESULTS, highlight: str = "look-ahead") -> s
     lines = ["| method | extra steps | " + " | ".join(cells) + " |", "|---|---:|" + "---|" * len(cells)]
     extra = {r["scheme"]: r["extra steps"] for r in rows}
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
-        bold = "**" if scheme == highlight else ""
+        bold = "**" if scheme.startswith(highlight) else ""
         lines.append(f"| {bold}{_cell(scheme)}{bold} | {extra[scheme]} | " + " | ".join(
             f"{bold}{trained.get((scheme, c), '-')}{bold}" for c in cells) + " |")
     return "\n".join(lines)
