@@ -83,6 +83,7 @@ GRADINIT: dict[str, Any] = {"gradinit (he)": HE, "gradinit (default)": Calibrate
 TARGETS = (1.0, 0.1, 0.01, 0.001)
 TUNING_FIRST_SEED = 29000
 TARGETS_CSV = RESULTS / "lookahead_targets.csv"
+TARGETS_SGD_CSV = RESULTS / "lookahead_targets_sgd.csv"  # the same with plain SGD (w2d40 regression)
 
 
 @dataclass(frozen=True)
@@ -408,13 +409,23 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
     return out, summary
 
 
-def target_finding(path: Path = TARGETS_CSV) -> str:
-    """How the small-output methods' target was chosen, from the tuning runs."""
+def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV) -> str:
+    """How the small-output methods' target was chosen, from the tuning runs (and the SGD runs, if any)."""
     target, counts, runs = small_target(path)
     tried = "; ".join(f"{t:g}: {c}/{runs}" for t, c in counts.items())
-    return (f"output scale of the small-output methods: on the tuning seeds ({TUNING_FIRST_SEED}.., one calibrated "
-            f"draw per seed trained {SIZES.full.steps} steps in the four cells, `scripts/lookahead_targets.py`), "
+    line = (f"output scale of the small-output methods: on the tuning seeds ({TUNING_FIRST_SEED}.., one calibrated "
+            f"draw per seed trained {SIZES.full.steps} Adam steps in the four cells, `scripts/lookahead_targets.py`), "
             f"seeds trained per `calibrate_target`: {tried}; chosen {target:g} (the most)")
+    if sgd.exists():
+        rows = _read_csv(sgd)
+        per_lr = []
+        for lr in dict.fromkeys(r["sgd lr"] for r in rows):
+            mine = [r for r in rows if r["sgd lr"] == lr]
+            n = sum(float(r["target"]) == TARGETS[0] for r in mine)
+            per_lr.append(f"lr {float(lr):g}: " + ", ".join(
+                f"{t:g}: {sum(r['trained'] == 'True' for r in mine if float(r['target']) == t)}/{n}" for t in TARGETS))
+        line += f"; with plain SGD instead (regression w2d40, the same seeds) per target, {'; '.join(per_lr)}"
+    return line
 
 
 SCAN = "library halving, budget"  # scripts/lookahead_schedules.py's rows of the library's schedule at larger budgets

@@ -6,7 +6,12 @@ Writes ``benchmarks/results/lookahead_targets.csv`` (one row per cell, target an
 ``benchmarks/lookahead.py`` picks the target its small-output methods use (:func:`benchmarks.lookahead.
 small_target`: the most seeds trained over the four cells).
 
+``--sgd LR,...``: instead, plain SGD (no momentum) at those learning rates on the w2d40 regression, into
+``lookahead_targets_sgd.csv`` (a small last layer also shrinks the earlier layers' gradients, which Adam
+normalizes away and SGD does not: does a small output still help?).
+
     OMP_NUM_THREADS=1 python -m scripts.lookahead_targets
+    OMP_NUM_THREADS=1 python -m scripts.lookahead_targets --sgd 0.001,0.003
 """
 
 from __future__ import annotations
@@ -18,32 +23,44 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._lib.engine import Stack
+from benchmarks._lib.engine import SGD, Stack, fit
 from benchmarks._lib.schemes import Calibrated
-from benchmarks.lookahead import FULL_CELLS, SIZES, TARGETS, TARGETS_CSV, TASKS, TUNING_FIRST_SEED, _draw, _train
+from benchmarks.lookahead import (FULL_CELLS, SIZES, TARGETS, TARGETS_CSV, TARGETS_SGD_CSV, TASKS, TUNING_FIRST_SEED,
+                                  _draw, _train)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=SIZES.full.seeds)
-    parser.add_argument("--out", default=str(TARGETS_CSV))
+    parser.add_argument("--sgd", help="plain SGD at these learning rates (comma-separated), w2d40 regression only")
+    parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = list(range(TUNING_FIRST_SEED, TUNING_FIRST_SEED + args.seeds))
+    lrs = [float(v) for v in args.sgd.split(",")] if args.sgd else [None]  # None: the benchmark's Adam
+    cells = FULL_CELLS[:1] if args.sgd else FULL_CELLS
     rows = []
-    for task_name, shape in FULL_CELLS:
+    for task_name, shape in cells:
         start = time.process_time()
         task = TASKS[task_name](seeds)
-        nets = [_draw(task, shape, Calibrated(target=t), s, i) for t in TARGETS for i, s in enumerate(seeds)]
-        result = _train(task, Stack(nets), torch.arange(len(seeds)).repeat(len(TARGETS)), SIZES.full.steps, test=True)
-        values = np.asarray(result.final["test"]).reshape(len(TARGETS), len(seeds))
-        for target, row in zip(TARGETS, values):
-            rows += [{"task": task_name, "shape": shape.name, "target": target, "seed": s, "metric": float(v),
-                      "trained": bool(v < task.threshold)} for s, v in zip(seeds, row)]
-            print(f"{task_name} {shape.name} target {target:g}: trained {(row < task.threshold).sum()}/{len(seeds)}",
-                  flush=True)
+        configs = [(lr, t) for lr in lrs for t in TARGETS]
+        nets = [_draw(task, shape, Calibrated(target=t), s, i) for _, t in configs for i, s in enumerate(seeds)]
+        seed_of = torch.arange(len(seeds)).repeat(len(configs))
+        if args.sgd:
+            result = fit(Stack(nets), task.objective, task.data(seed_of), optimizer=SGD([lr for lr, _ in configs
+                                                                                          for _ in seeds]),
+                         steps=SIZES.full.steps, order=task.order(seed_of, 0), nonfinite="skip",
+                         final_evals=task.test(seed_of))
+        else:
+            result = _train(task, Stack(nets), seed_of, SIZES.full.steps, test=True)
+        values = np.nan_to_num(np.asarray(result.final["test"]), nan=np.inf).reshape(len(configs), len(seeds))
+        for (lr, target), row in zip(configs, values):
+            rows += [{"task": task_name, "shape": shape.name, **({"sgd lr": lr} if args.sgd else {}), "target": target,
+                      "seed": s, "metric": float(v), "trained": bool(v < task.threshold)} for s, v in zip(seeds, row)]
+            print(f"{task_name} {shape.name}{f' SGD {lr:g}' if lr else ''} target {target:g}: trained "
+                  f"{(row < task.threshold).sum()}/{len(seeds)}", flush=True)
         print(f"{task_name} {shape.name}: {time.process_time() - start:.0f} s CPU", flush=True)
-    with open(args.out, "w", newline="") as f:
+    with open(args.out or (TARGETS_SGD_CSV if args.sgd else TARGETS_CSV), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
