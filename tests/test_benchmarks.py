@@ -234,3 +234,17 @@ def test_the_lookahead_readme_table_puts_each_methods_trained_counts_under_its_c
     assert lines[2] == "| he | 0 | 1/2 [9%, 91%] | - |"
     assert lines[3] == "| **look-ahead** | 6 | **2/2 [34%, 100%]** | **0/2 [0%, 66%]** |"
     assert catalogue.lookahead_table(tmp_path / "none") == "(lookahead not run yet)"
+
+
+def test_the_calibration_readme_table_has_one_row_per_method_at_the_chosen_protocol(tmp_path):
+    (tmp_path / "calibration_table.csv").write_text(
+        "task,method,protocol,lr,trained,test median\n"
+        'reg,plain,lr 1e-3,0.001,"1/2 [9%, 91%]",0.5\n'
+        'reg,plain,other,0.003,"2/2 [34%, 100%]",0.1\n'
+        'reg,x (the callback\'s default),lr 1e-3,0.001,"2/2 [34%, 100%]",0.01234\n'
+        'score,plain,lr 1e-3,0.001,"0/2 [0%, 66%]",1.0\n')
+    lines = catalogue.calibration_table(tmp_path).splitlines()
+    assert lines[0] == "| method | reg | score |"
+    assert lines[2] == "| plain | 1/2 [9%, 91%], 0.5 | 0/2 [0%, 66%], 1 |"
+    assert lines[3] == "| **x (the callback's default)** | **2/2 [34%, 100%], 0.0123** | **-** |"
+    assert len(lines) == 4

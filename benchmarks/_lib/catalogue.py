@@ -176,13 +176,32 @@ def lookahead_table(results: Path = RESULTS, highlight: str = "look-ahead") -> s
     return "\n".join(lines)
 
 
+def calibration_table(results: Path = RESULTS, protocol: str = "lr 1e-3") -> str:
+    """Trained seeds [95% Wilson] and median test loss per method (rows) and task (columns) at one
+    ``protocol``, from ``calibration_table.csv`` (the callback's default in bold)."""
+    path = results / "calibration_table.csv"
+    if not path.exists():
+        return "(calibration not run yet)"
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r["protocol"] == protocol]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    cell = {(r["method"], r["task"]): f"{r['trained']}, {float(r['test median']):.3g}" for r in rows}
+    lines = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        bold = "**" if "default" in method else ""
+        lines.append(f"| {bold}{_cell(method)}{bold} | " + " | ".join(
+            f"{bold}{cell.get((method, t), '-')}{bold}" for t in tasks) + " |")
+    return "\n".join(lines)
+
+
 def tables(registry_: dict[str, ModuleType], readme: Path, results: Path = RESULTS) -> dict[str, str]:
     """The generated tables of ``readme`` by marker name (links relative to that README; the look-ahead's
-    trained counts in the top README only)."""
+    and the calibration's trained counts in the top README only)."""
     top = readme.parent == ROOT
     link = "benchmarks/results/" if top else "results/"
     return {"catalogue": catalogue_table(registry_, results, link), "sizes": sizes_table(registry_),
-            "overhead": overhead_table(results), **({"lookahead": lookahead_table(results)} if top else {})}
+            "overhead": overhead_table(results),
+            **({"lookahead": lookahead_table(results), "calibration": calibration_table(results)} if top else {})}
 
 
 def fill(text: str, generated: dict[str, str]) -> str:
