@@ -45,7 +45,7 @@ from .lookahead_fit import LookAheadFit
 from .plan import InitPlan
 from .settings import DEFAULT_TARGET, STREAM_GROWTH, InitSpec
 from .surgery import plan_init
-from .training_batch import check_observation, observation
+from .training_batch import NO_RERUN_FIX, check_observation, observation
 
 __all__ = ["LyapunovInit"]
 
@@ -173,6 +173,7 @@ class LyapunovInit(Callback):
         self._used_seed: int | None = None
         self._initialized_here = False
         self._observed = "the first training batch"  # what the initialization ran the network on
+        self._rerunnable = True  # whether setup found a pass that runs the network again (to calibrate, sample)
         self._measured: dict[str, Any] | None = None  # a loaded state, until there is a plan to restore it on
 
     # ------------------------------------------------------------------ state
@@ -211,7 +212,8 @@ class LyapunovInit(Callback):
             # eager: hooks attached only for measured steps (zero cost otherwise); compiled:
             # registered once and gated, since attaching hooks would change the compiled graph
             self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
-            self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names)
+            self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names,
+                                       None if self._rerunnable else NO_RERUN_FIX)
 
     # ------------------------------------------------------------------ measuring and logging
 
@@ -376,6 +378,7 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
         _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
         callback.initialized = True
     seen = observation(trainer, pl_module, callback.spec, callback.example_input, callback.forward)
+    callback._rerunnable = seen.example is not None
     if seen.missing is not None:
         _warn_rank_zero(seen.missing)
     spec = callback.spec

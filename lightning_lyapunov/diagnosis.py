@@ -111,6 +111,11 @@ def verdict(stats: SignalStats, slopes: Sequence[float] | None = None) -> Verdic
     return Verdict("healthy", f"the {what} reaches the output{changes}")
 
 
+#: how to start at the input's scale, the advice of a large or small output at step 0
+RESCALE_FIX = ("To start at the input's scale, use the calibrated mode (LyapunovInit(calibrate='output') or 'layers': "
+               "rescaled on the first training batch) or keep the best of several draws (sampled=True)")
+
+
 class SignalReport:
     """The diagnosis of one run's measured steps (module docstring).
 
@@ -119,6 +124,8 @@ class SignalReport:
             are what the measurements are compared with, its slopes say where units can die), or None.
         layers: the layers whose statistics :meth:`scalars` logs one by one (default: the first,
             middle and last planned layer).
+        rescale_fix: the advice when the output starts far from the input's scale (default
+            :data:`RESCALE_FIX`: calibrate, or sample among draws).
 
     Attributes:
         first: the statistics of the first measured step (the signal at initialization), or None.
@@ -130,8 +137,9 @@ class SignalReport:
             below ``COLLAPSED_SHARE`` of the root-mean-square, down to the output).
     """
 
-    def __init__(self, plan: Any, layers: Sequence[str] | None = None) -> None:
+    def __init__(self, plan: Any, layers: Sequence[str] | None = None, rescale_fix: str | None = None) -> None:
         self.plan = plan
+        self.rescale_fix = rescale_fix or RESCALE_FIX
         names = plan.layer_names if plan is not None else []
         self.layers = list(layers) if layers is not None else featured_layers(names)
         self.first: SignalStats | None = None
@@ -239,9 +247,7 @@ class SignalReport:
         return message + (
             "The median log-norm is preserved, not the scale of one draw: the plan predicts that the output's scale "
             f"varies by a factor of e^(+-2 sqrt(L) s) = e^(+-{2 * spread:.1f}) ~ {math.exp(2 * spread):.0e} between "
-            f"random draws (L = {depth} layers). To start at the input's scale, use the calibrated mode "
-            "(LyapunovInit(calibrate='output') or 'layers': rescaled on the first training batch) or keep the best of "
-            "several draws (sampled=True)"
+            f"random draws (L = {depth} layers). {self.rescale_fix}"
         )
 
     def start_gap(self) -> float | None:

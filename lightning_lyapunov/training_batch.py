@@ -135,6 +135,8 @@ def observation(trainer: Trainer, pl_module: LightningModule, spec: InitSpec, ex
 
 _FIX = (". Pass LyapunovInit(forward=lambda module, batch: ...) that runs the network on a training batch, "
         "or example_input=")
+#: the diagnosis's advice on an output far from the input's scale when there is no pass to run again
+NO_RERUN_FIX = "LyapunovInit found no pass that runs the network again, so it could neither calibrate nor sample" + _FIX
 
 
 def _fallback(why: str, fix: bool = False) -> str:

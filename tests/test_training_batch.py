@@ -434,3 +434,13 @@ def test_layers_called_one_by_one_from_the_step_get_the_activations_seen_in_its_
     assert "observed as it ran" in callback._observed
     plain = LayerByLayer()  # the same model planned by registration order: no activation seen
     assert {l.negative_slope for l in quiet(plan_init, plain).layers} == {1.0}
+
+
+def test_without_a_pass_to_run_again_the_step_0_advice_is_how_to_give_one_not_to_calibrate(tmp_path) -> None:
+    from lightning_lyapunov.diagnosis import RESCALE_FIX
+
+    callback, _, _ = fit_steps(LayerByLayer(), tmp_path, steps=1, diagnostics=True)
+    fix = callback.report.rescale_fix
+    assert "found no pass that runs the network again" in fix and "forward=" in fix and "calibrate=" not in fix
+    callback, _, _ = fit_steps(Step(), tmp_path, steps=1, diagnostics=True)  # a forward the callback can run again
+    assert callback.report.rescale_fix == RESCALE_FIX and "calibrate='output'" in RESCALE_FIX
