@@ -46,13 +46,15 @@ TAIL = 400  # test losses are recorded every other step over the last TAIL steps
 EARLY = 600  # validation losses are recorded at every one of the first EARLY steps
 
 
-def record(shape_name: str, seeds: int, candidates: int, steps: int, first_seed: int = FIRST_SEED) -> dict:
+def record(shape_name: str, seeds: int, candidates: int, steps: int, first_seed: int = FIRST_SEED,
+           target: float | None = None) -> dict:
     torch.set_num_threads(1)
     shape = next(s for s in SHAPES if s.name == shape_name)
     seed_list = list(range(first_seed, first_seed + seeds))
     task = Regression(seed_list)
     val = [validation(s) for s in seed_list]
-    nets = [_draw(task, shape, Calibrated(), c, i) for i, s in enumerate(seed_list) for c in candidate_seeds(s, candidates)]
+    nets = [_draw(task, shape, Calibrated(target=target), c, i) for i, s in enumerate(seed_list)
+            for c in candidate_seeds(s, candidates)]
     seed_of = torch.arange(seeds).repeat_interleave(candidates)
     xv = torch.stack([v[0] for v in val])[seed_of]
     yv = torch.stack([v[1] for v in val])[seed_of]
@@ -388,6 +390,7 @@ def main() -> None:
     parser.add_argument("--stages", default=library_rule()[1], help="--validate: cut:keep,... (default: the library's)")
     parser.add_argument("--rules", default="window", help=f"--validate: comma-separated, of {', '.join(RULES)}")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    parser.add_argument("--target", type=float, help="--save: the candidates' calibrate_target (default: the default's)")
     args = parser.parse_args()
     if args.validate:
         validate(args.task, args.shape, args.seeds, args.first_seed, args.steps, args.candidates, {
@@ -402,7 +405,7 @@ def main() -> None:
     if args.load:
         data = dict(np.load(args.load))
     else:
-        data = record(args.shape, args.seeds, args.candidates, args.steps, args.first_seed)
+        data = record(args.shape, args.seeds, args.candidates, args.steps, args.first_seed, args.target)
         if args.save:
             np.savez_compressed(args.save, **data)
     report(data)
