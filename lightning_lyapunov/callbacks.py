@@ -173,7 +173,7 @@ class LyapunovInit(Callback):
         self._used_seed: int | None = None
         self._initialized_here = False
         self._observed = "the first training batch"  # what the initialization ran the network on
-        self._rerunnable = True  # whether setup found a pass that runs the network again (to calibrate, sample)
+        self._rescale_fix: str | None = None  # the report's advice on the output's scale (None: its default)
         self._measured: dict[str, Any] | None = None  # a loaded state, until there is a plan to restore it on
 
     # ------------------------------------------------------------------ state
@@ -213,13 +213,9 @@ class LyapunovInit(Callback):
             # registered once and gated, since attaching hooks would change the compiled graph
             self.monitor = SignalMonitor(pl_module, self.plan.layer_names, persistent=_is_compiled(pl_module))
             self.report = SignalReport(self.plan, None if not self.all_layers else self.plan.layer_names,
-                                       None if self._rerunnable else NO_RERUN_FIX)
+                                       self._rescale_fix)
 
     # ------------------------------------------------------------------ measuring and logging
-
-    def _logged_layers(self) -> list[str]:
-        names = self.plan.layer_names if self.plan is not None else []
-        return list(names) if self.all_layers else featured_layers(names)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.look_ahead.on_train_start(trainer, pl_module)
@@ -230,8 +226,8 @@ class LyapunovInit(Callback):
         plan_text = self.plan.describe(warnings=False) + self.look_ahead.planned()  # warnings: emitted by plan_init
         _info(f"LyapunovInit plan:\n{plan_text}")
         relu = [layer.name for layer in self.plan.layers if layer.negative_slope == 0.0]  # units can die there
-        self._writers.plan(trainer.loggers, plan_text, self._logged_layers() if self.diagnostics else None, relu,
-                           look_ahead=bool(self.look_ahead.planned()))
+        logged = _logged_layers(self.plan, self.all_layers) if self.diagnostics else None
+        self._writers.plan(trainer.loggers, plan_text, logged, relu, look_ahead=bool(self.look_ahead.planned()))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # the hooks stay attached from one measured step to the next (attaching them costs ~0.1 ms);
@@ -276,8 +272,9 @@ class LyapunovInit(Callback):
         """The latest statistics' histograms and depth figure (once per measured step; the figure
         within its time budget, the ``final`` one always)."""
         if self.report is not None and self.report.last is not None:
-            self._writers.distributions(trainer.loggers, self.report.last, self.plan, self._logged_layers(),
-                                        self._last_step or 0, self.report.verdict, final=final)
+            self._writers.distributions(trainer.loggers, self.report.last, self.plan,
+                                        _logged_layers(self.plan, self.all_layers), self._last_step or 0,
+                                        self.report.verdict, final=final)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.monitor is not None:
@@ -365,6 +362,12 @@ def _clear_progress_bar(trainer: Trainer | None) -> contextlib.AbstractContextMa
     return tqdm.external_write_mode(file=sys.stderr)
 
 
+def _logged_layers(plan: InitPlan | None, all_layers: bool) -> list[str]:
+    """The layers whose statistics are logged one by one: all, or the first, middle and last."""
+    names = plan.layer_names if plan is not None else []
+    return list(names) if all_layers else featured_layers(names)
+
+
 def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: LightningModule) -> InitPlan:
     """Initialize the model on what the callback observes (the first training batch), once; or, when
     its weights come from a checkpoint or stay as they are, plan it for the diagnostics' predictions only."""
@@ -378,7 +381,7 @@ def _initialize_or_plan(callback: LyapunovInit, trainer: Trainer, pl_module: Lig
         _info("LyapunovInit(initialize=False): weights left as they are, diagnostics only")
         callback.initialized = True
     seen = observation(trainer, pl_module, callback.spec, callback.example_input, callback.forward)
-    callback._rerunnable = seen.example is not None
+    callback._rescale_fix = None if seen.example is not None else NO_RERUN_FIX  # nothing to calibrate or sample on
     if seen.missing is not None:
         _warn_rank_zero(seen.missing)
     spec = callback.spec

@@ -173,5 +173,5 @@ def test_the_first_depth_figure_waits_for_the_budget_and_the_final_one_is_always
     events.Reload()
     # the first measured step's figure, rendered at step 6 (or with the final one) with its step; none other
     assert [image.step for image in events.Images("lyapunov/depth/1_signal")] == steps
-    histograms = events.Histograms(f"lyapunov/log_norm_hist/{callback._logged_layers()[0]}")
+    histograms = events.Histograms(f"lyapunov/log_norm_hist/{callback.plan.layer_names[0]}")
     assert [h.step for h in histograms][0] == 0  # the histograms are not deferred
