@@ -224,27 +224,25 @@ def test_overhead_a_remeasured_trainer_group_replaces_its_previous_rows(tmp_path
     assert any(line.startswith("Memory: ") for line in report.summary)
 
 
-def test_the_lookahead_readme_table_puts_each_methods_trained_counts_under_its_cell(tmp_path):
-    (tmp_path / "lookahead_table.csv").write_text(
-        "task,shape,scheme,trained [95% Wilson],extra steps\n"
-        'regression,w2,he,"1/2 [9%, 91%]",0\nregression,w2,look-ahead,"2/2 [34%, 100%]",6\n'
-        'score,w2,look-ahead,"0/2 [0%, 66%]",6\n')
-    lines = catalogue.lookahead_table(tmp_path).splitlines()
-    assert lines[0] == "| method | extra steps | regression w2 | score w2 |"
-    assert lines[2] == "| he | 0 | 1/2 [9%, 91%] | - |"
-    assert lines[3] == "| **look-ahead** | 6 | **2/2 [34%, 100%]** | **0/2 [0%, 66%]** |"
-    assert catalogue.lookahead_table(tmp_path / "none") == "(lookahead not run yet)"
+PIVOTS = {  # a generated README table: its file's rows -> the table's lines (a method per row, a cell per column)
+    "lookahead": ("lookahead_table.csv", "task,shape,scheme,trained [95% Wilson],extra steps\n"
+                  'regression,w2,he,"1/2 [9%, 91%]",0\nregression,w2,look-ahead,"2/2 [34%, 100%]",6\n'
+                  'score,w2,look-ahead,"0/2 [0%, 66%]",6\n',
+                  ["| method | extra steps | regression w2 | score w2 |", "|---|---:|---|---|",
+                   "| he | 0 | 1/2 [9%, 91%] | - |", "| **look-ahead** | 6 | **2/2 [34%, 100%]** | **0/2 [0%, 66%]** |"]),
+    "calibration": ("calibration_table.csv", "task,method,protocol,lr,trained,test median\n"
+                    'reg,plain,lr 1e-3,0.001,"1/2 [9%, 91%]",0.5\nreg,plain,other,0.003,"2/2 [34%, 100%]",0.1\n'
+                    'reg,x (the callback\'s default),lr 1e-3,0.001,"2/2 [34%, 100%]",0.01234\n'
+                    'score,plain,lr 1e-3,0.001,"0/2 [0%, 66%]",1.0\n',
+                    ["| method | reg | score |", "|---|---|---|", "| plain | 1/2 [9%, 91%], 0.5 | 0/2 [0%, 66%], 1 |",
+                     "| **x (the callback's default)** | **2/2 [34%, 100%], 0.0123** | **-** |"]),
+}
 
 
-def test_the_calibration_readme_table_has_one_row_per_method_at_the_chosen_protocol(tmp_path):
-    (tmp_path / "calibration_table.csv").write_text(
-        "task,method,protocol,lr,trained,test median\n"
-        'reg,plain,lr 1e-3,0.001,"1/2 [9%, 91%]",0.5\n'
-        'reg,plain,other,0.003,"2/2 [34%, 100%]",0.1\n'
-        'reg,x (the callback\'s default),lr 1e-3,0.001,"2/2 [34%, 100%]",0.01234\n'
-        'score,plain,lr 1e-3,0.001,"0/2 [0%, 66%]",1.0\n')
-    lines = catalogue.calibration_table(tmp_path).splitlines()
-    assert lines[0] == "| method | reg | score |"
-    assert lines[2] == "| plain | 1/2 [9%, 91%], 0.5 | 0/2 [0%, 66%], 1 |"
-    assert lines[3] == "| **x (the callback's default)** | **2/2 [34%, 100%], 0.0123** | **-** |"
-    assert len(lines) == 4
+@pytest.mark.parametrize("name", PIVOTS)
+def test_a_generated_readme_table_puts_each_methods_numbers_under_its_cell(name, tmp_path):
+    filename, text, expected = PIVOTS[name]
+    make = getattr(catalogue, f"{name}_table")
+    (tmp_path / filename).write_text(text)
+    assert make(tmp_path).splitlines() == expected
+    assert make(tmp_path / "none") == f"({name} not run yet)"
