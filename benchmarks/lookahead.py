@@ -558,9 +558,9 @@ def run(size: Size) -> Report:
     runs = [row for rows, _ in computed for row in rows]
     earlier = sum(cpu for _, cpu in computed)
     read = [cpu for _, cpu in computed if cpu != 0]
-    cached = (f"\n{len(read)} of the {len(computed)} parts of cells (a cell's methods; its GradInit runs) were run "
-              f"before, one by one (`python -m benchmarks.lookahead TASK SHAPE [PART]` with `$LOOKAHEAD_CELLS`), and "
-              f"read back here: " + (
+    cached = (f"\n{len(read)} of the {len(computed)} parts of cells (a cell's methods, its GradInit runs, its "
+              f"small-output runs) were run before, one by one (`python -m benchmarks.lookahead TASK SHAPE [PART]` "
+              f"with `$LOOKAHEAD_CELLS`), and read back here: " + (
                   f"the CPU time above includes their {earlier:.0f} s." if not math.isnan(earlier) else
                   f"{sum(map(math.isnan, read))} of them were cached before their CPU time was stored with them, "
               "so the run's CPU time is not recorded.") if read else "")
