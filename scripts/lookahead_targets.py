@@ -29,12 +29,13 @@ from benchmarks.lookahead import (FULL_CELLS, SIZES, TARGETS, TARGETS_CSV, TARGE
                                   _draw, _train)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=SIZES.full.seeds)
     parser.add_argument("--sgd", help="plain SGD at these learning rates (comma-separated), w2d40 regression only")
+    parser.add_argument("--steps", type=int, default=SIZES.full.steps)
     parser.add_argument("--out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     seeds = list(range(TUNING_FIRST_SEED, TUNING_FIRST_SEED + args.seeds))
     lrs = [float(v) for v in args.sgd.split(",")] if args.sgd else [None]  # None: the benchmark's Adam
@@ -49,10 +50,10 @@ def main() -> None:
         if args.sgd:
             result = fit(Stack(nets), task.objective, task.data(seed_of), optimizer=SGD([lr for lr, _ in configs
                                                                                           for _ in seeds]),
-                         steps=SIZES.full.steps, order=task.order(seed_of, 0), nonfinite="skip",
+                         steps=args.steps, order=task.order(seed_of, 0), nonfinite="skip",
                          final_evals=task.test(seed_of))
         else:
-            result = _train(task, Stack(nets), seed_of, SIZES.full.steps, test=True)
+            result = _train(task, Stack(nets), seed_of, args.steps, test=True)
         values = np.nan_to_num(np.asarray(result.final["test"]), nan=np.inf).reshape(len(configs), len(seeds))
         for (lr, target), row in zip(configs, values):
             rows += [{"task": task_name, "shape": shape.name, **({"sgd lr": lr} if args.sgd else {}), "target": target,

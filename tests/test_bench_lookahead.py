@@ -123,3 +123,19 @@ def test_the_small_output_target_is_the_one_that_trained_the_most_tuning_seeds(t
     assert small_target(tmp_path / "t.csv") == (0.1, {1.0: 1, 0.1: 3, 0.01: 2, 0.001: 0}, 4)
     write({1.0: 1, 0.01: 3, 0.001: 3})  # a tie goes to the larger output
     assert small_target(tmp_path / "t.csv")[0] == 0.01
+
+
+def test_the_targets_script_writes_every_cell_and_target_and_the_benchmark_reads_its_choice(tmp_path):
+    import csv
+
+    from benchmarks.lookahead import FULL_CELLS, TARGETS, small_target
+    from scripts.lookahead_targets import main
+
+    out = tmp_path / "targets.csv"
+    main(["--seeds", "1", "--steps", "2", "--out", str(out)])
+    rows = list(csv.DictReader(out.open()))
+    assert {(r["task"], r["shape"], float(r["target"])) for r in rows} == {
+        (task, shape.name, t) for task, shape in FULL_CELLS for t in TARGETS}
+    assert small_target(out)[0] in TARGETS and small_target(out)[2] == len(FULL_CELLS)
+    main(["--seeds", "1", "--steps", "2", "--sgd", "0.001", "--out", str(tmp_path / "sgd.csv")])
+    assert {r["sgd lr"] for r in csv.DictReader((tmp_path / "sgd.csv").open())} == {"0.001"}
