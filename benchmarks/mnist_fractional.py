@@ -37,7 +37,7 @@ class Size:
 
 
 SIZES = Sizes(quick=Size(seeds=2, n_train=256, n_test_mnist=256, n_test_cifar=128, mlp_epochs=1, cnn_epochs=1),
-              full=Size(seeds=20, n_train=3000, n_test_mnist=None, n_test_cifar=2000, mlp_epochs=30, cnn_epochs=5))
+              full=Size(seeds=20, n_train=3000, n_test_mnist=None, n_test_cifar=2000, mlp_epochs=30, cnn_epochs=50))
 
 
 def paper_cnn(in_channels: int, size: int) -> nn.Sequential:
