@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from benchmarks._lib.engine import Batch, Draws, Epochs, FullBatch, Objective, Stack
@@ -57,7 +56,7 @@ class GradInit:
         """Rescale every run's parameter tensors of ``stack`` in place. ``objective(stack, batch,
         generator)`` is the per-run training loss; iteration ``t`` takes its step on the order's batch
         ``2t`` and measures the loss after it on batch ``2t + 1``. Returns per run the learned scales
-        ``(R, tensors)``, how many iterations took the constraint step, and the largest ``||g||_1`` seen."""
+        ``(R, tensors)`` and how many iterations took the constraint step."""
         params = list(stack._params)
         runs = stack.runs
         with torch.no_grad():
@@ -71,13 +70,11 @@ class GradInit:
         steps, steps_constraint = torch.zeros(runs), torch.zeros(runs)
         batcher = order.start(len(train[0]), runs)
         b1, b2 = self.betas
-        constrained, largest = np.zeros(runs, dtype=int), np.zeros(runs)
         for t in range(self.iterations):
             loss = objective(stack, batcher.batch(train, 2 * t), batcher.generator)
             grads = torch.autograd.grad(loss.sum(), params, create_graph=True)
             gnorm = sum(g.abs().flatten(1).sum(1) for g in grads)  # (R,)
             over = (gnorm > self.gamma).detach()
-            largest = np.maximum(largest, np.nan_to_num(gnorm.detach().double().numpy(), nan=np.inf))
             constraint = torch.autograd.grad(gnorm.sum(), params) if bool(over.any()) else None
             with torch.no_grad():
                 moves = [self.eta * g.nan_to_num(nan=0.0).sign() for g in grads]
@@ -95,7 +92,6 @@ class GradInit:
                 if constraint is not None:
                     grad_alpha = torch.where(over[:, None], along(constraint), grad_alpha)
                 grad_alpha = torch.nan_to_num(grad_alpha, nan=0.0, posinf=0.0, neginf=0.0)
-                constrained += over.numpy()
                 steps_constraint += over
                 steps += ~over
                 first = torch.where(over[:, None], m_constraint, m).lerp_(grad_alpha, 1 - b1)
@@ -105,8 +101,8 @@ class GradInit:
                 own = torch.where(over, steps_constraint, steps).double()[:, None]
                 total = (steps + steps_constraint).double()[:, None]
                 denom = (v / (1 - b2**total)).sqrt() + self.eps
-                moved = (alpha - self.lr / (1 - b1**own) * first / denom).clamp(lower, torch.full_like(lower, self.max_scale))
-                alpha = torch.where(active, moved, alpha)
-                for p, s, i in zip(params, start, range(len(params))):
+                moved = alpha - self.lr / (1 - b1**own) * first / denom
+                alpha = torch.where(active, moved.clamp(lower, torch.full_like(lower, self.max_scale)), alpha)
+                for i, (p, s) in enumerate(zip(params, start)):
                     p.copy_(s * alpha[:, i].to(s.dtype).view(-1, *[1] * (s.dim() - 1)))
-        return {"scales": alpha.numpy(), "constrained": constrained, "largest gradient 1-norm": largest}
+        return {"scales": alpha.numpy(), "constrained": steps_constraint.long().numpy()}
