@@ -71,6 +71,12 @@ def halving_cost(candidates: int) -> int:
     return alive[0] + sum(n * 2 ** (r - 1) for r, n in enumerate(alive) if r)
 
 
+def halving_steps(candidates: int, cuts: Sequence[int]) -> tuple[int, int]:
+    """The look-ahead's training steps in all (``halving_cost(K) * cuts[0]``) and the kept
+    candidate's own (``cuts[-1]``); the difference is what the look-ahead adds to a run."""
+    return halving_cost(candidates) * cuts[0], cuts[-1]
+
+
 def halving_cuts(candidates: int, steps: int) -> tuple[int, ...]:
     """The cut points (each candidate's cumulative steps at each cut) of ``candidates`` draws in at
     most ``steps`` training steps (module docstring); ``ValueError`` naming the minimum if too few."""

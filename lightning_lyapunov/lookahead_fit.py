@@ -57,7 +57,7 @@ from lightning.pytorch import LightningModule, Trainer
 from ._checks import check_int
 from ._writers import Writers, tensorboards
 from .initialize import initialize_
-from .halving import candidate_seeds, halving_cost
+from .halving import candidate_seeds, halving_steps
 from .lookahead import DEFAULT_STEPS, LookAhead, check_look_ahead, draw_candidates_
 from .plan import InitPlan
 from .settings import InitSpec
@@ -120,7 +120,7 @@ class LookAheadFit:
         """
         if self.candidates is None:
             return ""
-        used, own = halving_cost(self.candidates) * self.cuts[0], self.cuts[-1]
+        used, own = halving_steps(self.candidates, self.cuts)
         return (f"look-ahead (look_ahead={self.candidates}, look_ahead_steps={self.steps}): fit draws {self.candidates} "
                 f"candidates as this plan says (candidate 0 from the run's seed) and trains them in turn in its first "
                 f"{used} training steps, by successive halving: the better half by training loss goes on at steps "
@@ -133,11 +133,11 @@ class LookAheadFit:
         if look is None or not (look.running or self._drawn is not None or look.resumable):
             return ""
         cuts = look.halving.cuts
-        used = halving_cost(len(look.seeds)) * cuts[0]
+        used, own = halving_steps(len(look.seeds), cuts)
         return (f"\nlook-ahead: {len(look.seeds)} candidate draws as above (seeds {look.seeds[0]}, ...), trained in "
                 f"turn in the first {used} training steps; successive halving by training loss at steps "
                 f"{'/'.join(map(str, cuts))} of each candidate; the best one is kept with its progress "
-                f"({cuts[-1]} of those steps are its own, {used - cuts[-1]} extra)")
+                f"({own} of those steps are its own, {used - own} extra)")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         look = self.look

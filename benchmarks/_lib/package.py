@@ -33,6 +33,7 @@ SOURCES: dict[str, tuple[str, str | None]] = {
     "candidate_seeds": ("lightning_lyapunov.halving", "candidate_seeds"),
     "halving_cost": ("lightning_lyapunov.halving", "halving_cost"),
     "halving_cuts": ("lightning_lyapunov.halving", "halving_cuts"),
+    "halving_steps": ("lightning_lyapunov.halving", "halving_steps"),
     "DEFAULT_CANDIDATES": ("lightning_lyapunov.lookahead", "DEFAULT_CANDIDATES"),
     "DEFAULT_STEPS": ("lightning_lyapunov.lookahead", "DEFAULT_STEPS"),
     # theory and measurement
