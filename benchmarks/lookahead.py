@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmarks._lib.engine import Adam, Draws, FullBatch, Stack, fit, take_state
+from benchmarks._lib.engine import SGD, Adam, Draws, FullBatch, Stack, fit, take_state
 from benchmarks._lib.gradinit import GradInit
 from benchmarks._lib.package import (
     DEFAULT_CANDIDATES,
@@ -51,8 +51,8 @@ from benchmarks._lib.package import (
     Halving,
     PolynomialRegression,
     candidate_seeds,
-    halving_cost,
     halving_cuts,
+    halving_steps,
 )
 from benchmarks._lib.report import RESULTS, Report, Sizes
 from benchmarks._lib.schemes import HE, LSUV, Calibrated, Scheme
@@ -190,8 +190,10 @@ def _draw(task, shape: Shape, scheme, seed: int, index: int) -> torch.nn.Module:
     return net
 
 
-def _train(task, stack: Stack, seed_of: Tensor, steps: int, first_step: int = 0, state=None, test: bool = False):
-    return fit(stack, task.objective, task.data(seed_of), optimizer=Adam(LR), steps=steps,
+def _train(task, stack: Stack, seed_of: Tensor, steps: int, first_step: int = 0, state=None, test: bool = False,
+           optimizer: Adam | SGD | None = None):
+    """``steps`` steps of ``optimizer`` (default the benchmark's Adam) on the task's objective."""
+    return fit(stack, task.objective, task.data(seed_of), optimizer=optimizer or Adam(LR), steps=steps,
                order=task.order(seed_of, first_step), nonfinite="skip", state=state, first_step=first_step,
                final_evals=task.test(seed_of) if test else None)
 
@@ -232,7 +234,7 @@ def select(task, shape: Shape, schemes: Sequence, seeds: Sequence[int], candidat
         done = cut
     kept = [int(k) for k in cand_t]
     losses = [[history[kept[g]] for history in histories[g]] for g in range(len(kept))]
-    return stack, state, seed_t, halving_cost(candidates) * cuts[0], cuts[-1], kept, losses
+    return stack, state, seed_t, *halving_steps(candidates, cuts), kept, losses
 
 
 def _rows(task, shape: Shape, seeds: Sequence[int], labels: Sequence[str], values: np.ndarray,
@@ -297,17 +299,16 @@ def run_small(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
 def gradinit_for(size: Size) -> GradInit:
     """GradInit with the look-ahead's extra steps (the candidates' steps beyond the kept one's own):
     half as many iterations, two gradients each."""
-    cuts = halving_cuts(size.candidates, size.look_ahead_steps)
-    return GradInit(iterations=(halving_cost(size.candidates) * cuts[0] - cuts[-1]) // 2, eta=LR)
+    used, own = halving_steps(size.candidates, halving_cuts(size.candidates, size.look_ahead_steps))
+    return GradInit(iterations=(used - own) // 2, eta=LR)
 
 
-def run_gradinit(task_name: str, shape: Shape, size: Size, seeds: Sequence[int] | None = None,
-                 gradinit: GradInit | None = None) -> list[dict[str, Any]]:
+def run_gradinit(task_name: str, shape: Shape, size: Size) -> list[dict[str, Any]]:
     """GradInit (:mod:`benchmarks._lib.gradinit`) on the draws of :data:`GRADINIT`'s schemes, then
     Adam for the rest of the ``size.steps`` (its iterations count two steps each): one row per
     (method, seed), with the learned scales' range and how often the gradient-norm constraint acted."""
-    seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds)) if seeds is None else list(seeds)
-    gradinit = gradinit_for(size) if gradinit is None else gradinit
+    seeds = list(range(FIRST_SEED, FIRST_SEED + size.seeds))
+    gradinit = gradinit_for(size)
     task = TASKS[task_name](seeds)
     labels = list(GRADINIT)
     nets = [_draw(task, shape, GRADINIT[label], seed, i) for label in labels for i, seed in enumerate(seeds)]
@@ -570,7 +571,8 @@ def run(size: Size) -> Report:
     one, look = small_labels(target)
     found, summary = findings(runs, size)
     tried, tried_summary = rule_findings(runs)
-    found, summary = [target_finding()] + found + tried, [target_finding()] + summary + tried_summary
+    chosen = target_finding()
+    found, summary = [chosen] + found + tried, [chosen] + summary + tried_summary
     cuts = "/".join(map(str, halving_cuts(size.candidates, size.look_ahead_steps)))
     shapes = "; ".join(f"{s.name}: width {s.width}, depth {s.depth}, Leaky ReLU {s.slope}"
                        for s in dict.fromkeys(shape for _, shape in size.cells))

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._lib.engine import SGD, Stack, fit
+from benchmarks._lib.engine import SGD, Stack
 from benchmarks._lib.schemes import Calibrated
 from benchmarks.lookahead import (FULL_CELLS, SIZES, TARGETS, TARGETS_CSV, TARGETS_SGD_CSV, TASKS, TUNING_FIRST_SEED,
                                   _draw, _train)
@@ -47,13 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         configs = [(lr, t) for lr in lrs for t in TARGETS]
         nets = [_draw(task, shape, Calibrated(target=t), s, i) for _, t in configs for i, s in enumerate(seeds)]
         seed_of = torch.arange(len(seeds)).repeat(len(configs))
-        if args.sgd:
-            result = fit(Stack(nets), task.objective, task.data(seed_of), optimizer=SGD([lr for lr, _ in configs
-                                                                                          for _ in seeds]),
-                         steps=args.steps, order=task.order(seed_of, 0), nonfinite="skip",
-                         final_evals=task.test(seed_of))
-        else:
-            result = _train(task, Stack(nets), seed_of, args.steps, test=True)
+        sgd = SGD([lr for lr, _ in configs for _ in seeds]) if args.sgd else None
+        result = _train(task, Stack(nets), seed_of, args.steps, test=True, optimizer=sgd)
         values = np.nan_to_num(np.asarray(result.final["test"]), nan=np.inf).reshape(len(configs), len(seeds))
         for (lr, target), row in zip(configs, values):
             rows += [{"task": task_name, "shape": shape.name, **({"sgd lr": lr} if args.sgd else {}), "target": target,
