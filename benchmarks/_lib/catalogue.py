@@ -14,6 +14,7 @@ import importlib
 import math
 import pkgutil
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
@@ -157,41 +158,50 @@ def overhead_table(results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+def _by_method(rows: list[dict[str, str]], method: str, column: Callable[[dict[str, str]], str],
+               value: Callable[[dict[str, str]], str], bold: Callable[[str], bool], lead: str | None = None) -> str:
+    """A markdown table of ``rows``: one line per ``row[method]`` (in order of appearance), one column
+    per ``column(row)`` holding ``value(row)`` (``-`` where none), the methods ``bold`` picks in bold;
+    ``lead``: a column of the method's first row put before the others (right-aligned)."""
+    columns = list(dict.fromkeys(column(r) for r in rows))
+    cells = {(r[method], column(r)): value(r) for r in rows}
+    first = {r[method]: r for r in reversed(rows)}
+    lines = ["| method | " + (f"{lead} | " if lead else "") + " | ".join(columns) + " |",
+             "|---|" + ("---:|" if lead else "") + "---|" * len(columns)]
+    for name in dict.fromkeys(r[method] for r in rows):
+        b = "**" if bold(name) else ""
+        lines.append(f"| {b}{_cell(name)}{b} | " + (f"{first[name][lead]} | " if lead else "") + " | ".join(
+            f"{b}{cells.get((name, c), '-')}{b}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _result_rows(results: Path, name: str) -> list[dict[str, str]] | None:
+    """The rows of ``results/<name>.csv`` (None when that benchmark has not run)."""
+    path = results / f"{name}.csv"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
 def lookahead_table(results: Path = RESULTS, highlight: str = "look-ahead") -> str:
     """Trained seeds [95% Wilson] per method (rows) and cell (columns), from ``lookahead_table.csv`` (the
     methods whose name starts with ``highlight`` in bold)."""
-    path = results / "lookahead_table.csv"
-    if not path.exists():
+    rows = _result_rows(results, "lookahead_table")
+    if rows is None:
         return "(lookahead not run yet)"
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    cells = list(dict.fromkeys(f"{r['task']} {r['shape']}" for r in rows))
-    trained = {(r["scheme"], f"{r['task']} {r['shape']}"): r["trained [95% Wilson]"] for r in rows}
-    lines = ["| method | extra steps | " + " | ".join(cells) + " |", "|---|---:|" + "---|" * len(cells)]
-    extra = {r["scheme"]: r["extra steps"] for r in rows}
-    for scheme in dict.fromkeys(r["scheme"] for r in rows):
-        bold = "**" if scheme.startswith(highlight) else ""
-        lines.append(f"| {bold}{_cell(scheme)}{bold} | {extra[scheme]} | " + " | ".join(
-            f"{bold}{trained.get((scheme, c), '-')}{bold}" for c in cells) + " |")
-    return "\n".join(lines)
+    return _by_method(rows, "scheme", lambda r: f"{r['task']} {r['shape']}", lambda r: r["trained [95% Wilson]"],
+                      lambda name: name.startswith(highlight), lead="extra steps")
 
 
 def calibration_table(results: Path = RESULTS, protocol: str = "lr 1e-3") -> str:
     """Trained seeds [95% Wilson] and median test loss per method (rows) and task (columns) at one
     ``protocol``, from ``calibration_table.csv`` (the callback's default in bold)."""
-    path = results / "calibration_table.csv"
-    if not path.exists():
+    rows = _result_rows(results, "calibration_table")
+    if rows is None:
         return "(calibration not run yet)"
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r["protocol"] == protocol]
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    cell = {(r["method"], r["task"]): f"{r['trained']}, {float(r['test median']):.3g}" for r in rows}
-    lines = ["| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        bold = "**" if "default" in method else ""
-        lines.append(f"| {bold}{_cell(method)}{bold} | " + " | ".join(
-            f"{bold}{cell.get((method, t), '-')}{bold}" for t in tasks) + " |")
-    return "\n".join(lines)
+    return _by_method([r for r in rows if r["protocol"] == protocol], "method", lambda r: r["task"],
+                      lambda r: f"{r['trained']}, {float(r['test median']):.3g}", lambda name: "default" in name)
 
 
 def tables(registry_: dict[str, ModuleType], readme: Path, results: Path = RESULTS) -> dict[str, str]:
