@@ -26,11 +26,10 @@ factors change the function only by their product: the two calibrations differ i
 scale at step 0 and in how weight magnitude is spread over the layers (which matters to Adam).
 Root-mean-square ``r = sqrt(mean v^2)`` over the whole batch tensor, not the standard deviation:
 with few units the batch mean of a unit is part of its signal. The default ``target`` is ``1``
-(:data:`DEFAULT_TARGET`). A small target (``0.1``: the network starts near the zero function, as
-zero-initialized output layers do) trains more width-2 deep narrow nets with Adam (regression, 40
-seeds: ``"layers"`` 36/40 vs 29/40), but slows plain SGD, whose steps on the earlier layers shrink
-with the last layer (the fractional-moment paper's CNN, SGD 0.01: CIFAR-10 31.4% train accuracy
-after 5 epochs vs 42.2% at target 1).
+(:data:`DEFAULT_TARGET`). A small target (the network starts near the zero function, as
+zero-initialized output layers do) trains more width-2 and width-3 deep narrow nets with Adam
+(``benchmarks/results/calibration.md``, ``benchmarks/results/lookahead.md``), but a small last layer
+also shrinks plain SGD's steps on every earlier layer, which Adam normalizes away.
 
 The passes run in eval mode (no dropout) but with BatchNorm on the batch's statistics, as in the
 first training step (its running statistics at init would make it the identity), under

@@ -40,8 +40,8 @@ SlopeOverride = Union[float, Mapping[str, float], None]
 CONV_DRAWS: tuple[str, ...] = ("full", "delta")
 CALIBRATIONS: tuple[str, ...] = ("layers", "output")
 SAMPLINGS: tuple[str, ...] = ("network", "layerwise")
-#: The output's root-mean-square after a calibration (0.1: more deep narrow nets train with Adam,
-#: plain SGD starts slower; see :mod:`lightning_lyapunov.calibration`).
+#: The output's root-mean-square after a calibration (a smaller ``calibrate_target`` trains more deep
+#: narrow nets with Adam; see :mod:`lightning_lyapunov.calibration`).
 DEFAULT_TARGET = 1.0
 #: The default growth ``G`` of a residual stream's root-mean-square over all its residual blocks
 #: under ``calibrate="layers"`` (see :mod:`lightning_lyapunov.residual`).
