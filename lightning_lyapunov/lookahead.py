@@ -17,13 +17,10 @@ The failures of deep narrow nets (a draw that sits on a plateau for thousands of
    others are discarded. Its steps count as training: it continues from where it is.
 
 Defaults (:data:`DEFAULT_CANDIDATES`, :data:`DEFAULT_STEPS`): ``K = 8`` in at most 256 steps (cuts at
-16, 32, 64 steps: 192 steps beyond the kept candidate's own 64, 10% of a 2000-step run). Measured
-(``scripts/lookahead_measure.py``; degree-5 regressions, Adam 1e-3, 40 fresh seeds, 2000 steps in all
-for both, trained = test MSE below 0.1 var(y)): one calibrated draw trains 21/40 seeds at width 2,
-depth 40 and 19/40 at width 3, depth 60; the look-ahead 34/40 and 30/40, with a median test loss
-8-30x lower (the README's look-ahead section has the table). 4 or 16 candidates in about the same
-budget did no better; 512 steps trained 37/40 and 36/40. Against LSUV, He and best-of-K restarts of
-them at equal total steps, on this regression and on score matching: ``benchmarks/lookahead.py``.
+16, 32, 64 steps: 192 steps beyond the kept candidate's own 64, 10% of a 2000-step run). What it
+buys, against one draw, LSUV, He, best-of-K restarts of them and GradInit at equal total steps (deep
+narrow regression and score matching, 40 seeds, two shapes): ``benchmarks/results/lookahead.md``,
+whose table the README's look-ahead section shows.
 
 :func:`look_ahead_` runs it in a plain PyTorch loop; the :class:`~lightning_lyapunov.LyapunovInit`
 callback runs it inside Lightning's training loop (``look_ahead=``). :class:`LookAhead` is the state
