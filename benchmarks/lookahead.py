@@ -56,7 +56,7 @@ from benchmarks._lib.package import (
 )
 from benchmarks._lib.report import RESULTS, Report, Sizes
 from benchmarks._lib.schemes import HE, LSUV, Calibrated, Scheme
-from benchmarks._lib.stats import bootstrap_median, compare, compare_counts, count, median, rank_correlation
+from benchmarks._lib.stats import bootstrap_median, compare, compare_counts, count, median, number, rank_correlation
 from benchmarks.deep_narrow_regression import BATCH_SIZE, PROBE_SIZE
 from benchmarks.score_learning import SIGMA, TRAINED as SCORE_TRAINED, dsm_loss, noisy_data, relative_score_error
 
@@ -84,6 +84,10 @@ TARGETS = (1.0, 0.1, 0.01, 0.001)
 TUNING_FIRST_SEED = 29000
 TARGETS_CSV = RESULTS / "lookahead_targets.csv"
 TARGETS_SGD_CSV = RESULTS / "lookahead_targets_sgd.csv"  # the same with plain SGD (w2d40 regression)
+#: the targets on two standard classifiers (``scripts/lookahead_targets.py --classification``)
+TARGETS_CLASSIFICATION_CSV = RESULTS / "lookahead_targets_classification.csv"
+CLASSIFICATION_TARGETS = (1.0, 0.01, 0.001)
+CLASSIFICATION_SEEDS, CLASSIFICATION_EPOCHS = 20, 5
 
 
 @dataclass(frozen=True)
@@ -410,8 +414,10 @@ def findings(runs: list[dict[str, Any]], size: Size) -> tuple[list[str], list[st
     return out, summary
 
 
-def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV) -> str:
-    """How the small-output methods' target was chosen, from the tuning runs (and the SGD runs, if any)."""
+def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV,
+                   classification: Path = TARGETS_CLASSIFICATION_CSV) -> str:
+    """How the small-output methods' target was chosen, from the tuning runs (and the SGD and classification
+    runs, if any)."""
     target, counts, runs = small_target(path)
     tried = "; ".join(f"{t:g}: {c}/{runs}" for t, c in counts.items())
     line = (f"output scale of the small-output methods: on the tuning seeds ({TUNING_FIRST_SEED}.., one calibrated "
@@ -426,7 +432,29 @@ def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV) -> str
             per_lr.append(f"lr {float(lr):g}: " + ", ".join(
                 f"{t:g}: {sum(r['trained'] == 'True' for r in mine if float(r['target']) == t)}/{n}" for t in TARGETS))
         line += f"; with plain SGD instead (regression w2d40, the same seeds) per target, {'; '.join(per_lr)}"
+    if classification.exists():
+        line += "; " + classification_finding(_read_csv(classification))
     return line
+
+
+def classification_finding(rows: list[dict[str, str]]) -> str:
+    """What a small target costs two standard classifiers (``scripts/lookahead_targets.py --classification``):
+    per model and optimizer the median train accuracy per target, and the smallest target against 1, paired."""
+    epoch = f"train acc epoch {CLASSIFICATION_EPOCHS}"
+    small, one = min(CLASSIFICATION_TARGETS), max(CLASSIFICATION_TARGETS)
+    parts = []
+    for model, optimizer in dict.fromkeys((r["model"], r["optimizer"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["optimizer"]) == (model, optimizer)]
+        acc = {t: np.array([float(r[epoch]) for r in mine if float(r["target"]) == t]) for t in CLASSIFICATION_TARGETS}
+        medians = " / ".join(number(float(np.median(v)), "percent") for v in acc.values())
+        paired = compare(acc[small], acc[one], f"target {small:g}", f"target {one:g}", higher_is_better=True)
+        parts.append(f"{model}, {optimizer}: {medians}; " + paired.sentence(f"train accuracy after {CLASSIFICATION_EPOCHS} "
+                                                                           "epochs", style="percent"))
+    seeds = len({r["seed"] for r in rows})
+    targets = " / ".join(f"{t:g}" for t in CLASSIFICATION_TARGETS)
+    return (f"on two standard classifiers instead (`mnist_fractional`'s MNIST MLP 64x20 and CIFAR-10 CNN, 3000 "
+            f"training images, {CLASSIFICATION_EPOCHS} epochs, {seeds} seeds, `--classification`), median train "
+            f"accuracy after {CLASSIFICATION_EPOCHS} epochs at target {targets}: " + "; ".join(parts))
 
 
 SCAN = "library halving, budget"  # scripts/lookahead_schedules.py's rows of the library's schedule at larger budgets

@@ -14,6 +14,7 @@ import importlib
 import math
 import pkgutil
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -204,14 +205,51 @@ def calibration_table(results: Path = RESULTS, protocol: str = "lr 1e-3") -> str
                       lambda r: f"{r['trained']}, {float(r['test median']):.3g}", lambda name: "default" in name)
 
 
+def targets_table(results: Path = RESULTS) -> str:
+    """What the output scale (``calibrate_target``) does, one row per setting and one column per target,
+    from ``scripts/lookahead_targets.py``'s files: seeds trained in the deep narrow cells (Adam; plain
+    SGD) and the median train accuracy of two standard classifiers after their last epoch."""
+    rows: list[dict[str, str]] = []
+
+    def trained(name: str, setting: Callable[[dict[str, str]], str]) -> None:
+        found = _result_rows(results, name) or []
+        for key in dict.fromkeys(setting(r) for r in found):
+            mine = [r for r in found if setting(r) == key]
+            for target in dict.fromkeys(r["target"] for r in mine):
+                flags = [r["trained"] == "True" for r in mine if r["target"] == target]
+                rows.append({"setting": f"{key}: seeds trained", "target": target,
+                             "value": f"{sum(flags)}/{len(flags)}"})
+
+    trained("lookahead_targets", lambda r: "deep narrow regression and score, 4 cells, Adam 1e-3")
+    trained("lookahead_targets_sgd", lambda r: f"deep narrow regression {r['shape']}, SGD {float(r['sgd lr']):g}")
+    found = _result_rows(results, "lookahead_targets_classification") or []
+    if found:
+        epoch = max((c for c in found[0] if c.startswith("train acc epoch ")), key=lambda c: int(c.split()[-1]))
+        for key in dict.fromkeys((r["model"], r["optimizer"]) for r in found):
+            mine = [r for r in found if (r["model"], r["optimizer"]) == key]
+            setting = (f"{key[0]}, {key[1]}: median train accuracy after {epoch.split()[-1]} epochs "
+                       f"({len({r['seed'] for r in mine})} seeds)")
+            for target in dict.fromkeys(r["target"] for r in mine):
+                acc = [float(r[epoch]) for r in mine if r["target"] == target]
+                rows.append({"setting": setting, "target": target, "value": f"{100 * statistics.median(acc):.1f}%"})
+    if not rows:
+        return "(scripts/lookahead_targets.py not run yet)"
+    order = sorted({float(r["target"]) for r in rows}, reverse=True)
+    rows.sort(key=lambda r: order.index(float(r["target"])))
+    table = _by_method(rows, "setting", lambda r: f"target {float(r['target']):g}", lambda r: r["value"],
+                       lambda name: False)
+    return table.replace("| method |", "| setting |", 1)
+
+
 def tables(registry_: dict[str, ModuleType], readme: Path, results: Path = RESULTS) -> dict[str, str]:
     """The generated tables of ``readme`` by marker name (links relative to that README; the look-ahead's
-    and the calibration's trained counts in the top README only)."""
+    and the calibration's trained counts and the targets' table in the top README only)."""
     top = readme.parent == ROOT
     link = "benchmarks/results/" if top else "results/"
     return {"catalogue": catalogue_table(registry_, results, link), "sizes": sizes_table(registry_),
             "overhead": overhead_table(results),
-            **({"lookahead": lookahead_table(results), "calibration": calibration_table(results)} if top else {})}
+            **({"lookahead": lookahead_table(results), "calibration": calibration_table(results),
+                "targets": targets_table(results)} if top else {})}
 
 
 def fill(text: str, generated: dict[str, str]) -> str:
