@@ -139,3 +139,34 @@ def test_the_targets_script_writes_every_cell_and_target_and_the_benchmark_reads
     assert small_target(out)[0] in TARGETS and small_target(out)[2] == len(FULL_CELLS)
     main(["--seeds", "1", "--steps", "2", "--sgd", "0.001", "--out", str(tmp_path / "sgd.csv")])
     assert {r["sgd lr"] for r in csv.DictReader((tmp_path / "sgd.csv").open())} == {"0.001"}
+
+
+def test_the_classification_finding_gives_each_targets_median_and_pairs_the_smallest_with_1():
+    from benchmarks.lookahead import CLASSIFICATION_EPOCHS, CLASSIFICATION_TARGETS, classification_finding
+
+    accuracy = {1.0: 0.8, 0.01: 0.5, 0.001: 0.4}
+    rows = [{"model": "MLP", "optimizer": optimizer, "target": str(t), "seed": str(s),
+             f"train acc epoch {CLASSIFICATION_EPOCHS}": str(accuracy[t] + 0.001 * s if optimizer == "SGD" else 0.9)}
+            for optimizer in ("SGD", "Adam") for t in CLASSIFICATION_TARGETS for s in range(20)]
+    line = classification_finding(rows)
+    assert "20 seeds" in line
+    sgd, adam = line.split("MLP, SGD: ")[1].split("; MLP, Adam: ")
+    assert sgd.startswith("81.0% / 51.0% / 41.0%; target 1 beats target 0.001")  # medians of 0.8 + s/1000
+    assert "20 seeds better, 0 worse" in sgd  # the sentence names the winner first
+    assert adam.startswith("90.0% / 90.0% / 90.0%; target 0.001 and target 1 are not distinguishable")
+
+
+def test_the_rank_target_script_ranks_every_candidate_at_one_target_and_trains_one_at_the_other(capsys, monkeypatch):
+    import scripts.lookahead_rank_target as script
+
+    drawn = []
+    real_draw = script._draw
+    monkeypatch.setattr(script, "_draw", lambda task, shape, scheme, seed, index: drawn.append((scheme.target, seed))
+                        or real_draw(task, shape, scheme, seed, index))
+    script.main(["--cells", "regression_w2d40", "--seeds", "1", "--candidates", "2", "--n", "1", "--steps", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("regression_w2d40: ranked at target 1, K=2 x 1 steps (2 extra), trained at 0.001: ")
+    assert lines[1].startswith("regression_w2d40: candidate 0 at 0.001, 4 steps: trained ")
+    seeds = script.candidate_seeds(script.TUNING_FIRST_SEED, 2)
+    assert drawn[:2] == [(1.0, s) for s in seeds]  # both ranked at target 1
+    assert drawn[2][0] == 0.001 and drawn[2][1] in seeds and drawn[3] == (0.001, seeds[0])
