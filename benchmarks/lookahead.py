@@ -21,7 +21,8 @@ All runs of a cell (task, shape) are trained stacked by the benchmark engine (``
 to cut). The cells run in parallel processes (``Size.workers``).
 
 The report also counts the other selection rules tried for issue 25's goal (:func:`rule_findings`),
-from the files ``scripts/lookahead_schedules.py`` writes (``--search``, ``--validate --out``).
+from the files ``scripts/lookahead_schedules.py`` writes (``--search``, ``--validate --out``; and
+``scripts/lookahead_rank_target.py --out``).
 """
 
 from __future__ import annotations
@@ -487,7 +488,7 @@ def library_rule() -> tuple[str, str, str]:
 
 def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[list[str], list[str]]:
     """What the other selection rules did (issue 25's goal), from ``scripts/lookahead_schedules.py``'s
-    files in ``results``: ``lookahead_rules_search.csv`` (every rule replayed on recorded trajectories,
+    files in ``results`` (``scripts/lookahead_rank_target.py`` appends to the second): ``lookahead_rules_search.csv`` (every rule replayed on recorded trajectories,
     tuned on one set of seeds, replayed on another) and ``lookahead_rules.csv`` (per-seed rows of the
     named rules, replayed or trained for real), each rule against the library's on the same seeds
     (paired: this run's look-ahead rows where the seeds and cell are this run's). Empty without them."""

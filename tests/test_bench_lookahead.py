@@ -156,17 +156,26 @@ def test_the_classification_finding_gives_each_targets_median_and_pairs_the_smal
     assert adam.startswith("90.0% / 90.0% / 90.0%; target 0.001 and target 1 are not distinguishable")
 
 
-def test_the_rank_target_script_ranks_every_candidate_at_one_target_and_trains_one_at_the_other(capsys, monkeypatch):
+def test_the_rank_target_script_ranks_every_candidate_at_one_target_and_trains_one_at_the_other(capsys, monkeypatch,
+                                                                                                 tmp_path):
+    import csv
+
     import scripts.lookahead_rank_target as script
 
     drawn = []
     real_draw = script._draw
     monkeypatch.setattr(script, "_draw", lambda task, shape, scheme, seed, index: drawn.append((scheme.target, seed))
                         or real_draw(task, shape, scheme, seed, index))
-    script.main(["--cells", "regression_w2d40", "--seeds", "1", "--candidates", "2", "--n", "1", "--steps", "4"])
+    out = tmp_path / "rules.csv"
+    script.main(["--cells", "regression_w2d40", "--seeds", "1", "--candidates", "2", "--n", "1", "--steps", "4",
+                 "--out", str(out)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("regression_w2d40: ranked at target 1, K=2 x 1 steps (2 extra), trained at 0.001: ")
     assert lines[1].startswith("regression_w2d40: candidate 0 at 0.001, 4 steps: trained ")
     seeds = script.candidate_seeds(script.TUNING_FIRST_SEED, 2)
     assert drawn[:2] == [(1.0, s) for s in seeds]  # both ranked at target 1
     assert drawn[2][0] == 0.001 and drawn[2][1] in seeds and drawn[3] == (0.001, seeds[0])
+    (row,) = csv.DictReader(out.open())  # the rules file's columns: the report compares it with its look-ahead
+    assert (row["source"], row["K"], row["stages"], row["extra"], row["seed"]) == (
+        "trained", "2", "1:1", "2", str(script.TUNING_FIRST_SEED))
+    assert row["rule"] == "loss at target 1, kept draw restarted at 0.001"
