@@ -91,9 +91,8 @@ class LyapunovInit(Callback):
             the last to ``calibrate_target``), ``"output"`` (one factor on every layer), ``None``, or ``"auto"``:
             ``"layers"`` for ``scheme="lyapunov"`` (theory's draw kept, with a warning, if the batch cannot
             calibrate it), ``None`` for the baselines. Under DDP every rank calibrates alike.
-        calibrate_target: the output's root-mean-square after calibration. A small one (e.g. ``0.001``) trains
-            more deep narrow nets (width 2-3) with Adam but slows ordinary ones, much more with plain SGD
-            (the README's targets table): keep ``1`` unless the net is deep and narrow.
+        calibrate_target: the output's root-mean-square after calibration. A small one (``0.001``) trains more
+            deep narrow nets with Adam but slows ordinary ones, SGD most (README): keep ``1`` for those.
         stream_growth: with ``calibrate="layers"``, a residual stream's rms growth ``G`` over its ``B`` blocks
             ``x + f(x)``: each branch at ``sqrt(G^(2/B) - 1)`` times the stream; ``None``: at rms 1.
         diagnostics: measure and log the signal statistics.
