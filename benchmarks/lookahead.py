@@ -277,14 +277,23 @@ def run_cell(task_name: str, shape: Shape, size: Size, single: dict[str, Any] | 
                                              for label in selected], after.final["test"], extra)
 
 
+def trained_per_target(rows: list[dict[str, str]]) -> dict[float, tuple[int, int]]:
+    """Per ``calibrate_target`` of ``rows`` (``scripts/lookahead_targets.py``'s per-run rows, in order of
+    appearance): how many runs trained, and how many there are."""
+    out: dict[float, tuple[int, int]] = {}
+    for r in rows:
+        trained, runs = out.get(float(r["target"]), (0, 0))
+        out[float(r["target"])] = (trained + (r["trained"] == "True"), runs + 1)
+    return out
+
+
 def small_target(path: Path = TARGETS_CSV) -> tuple[float, dict[float, int], int]:
     """The output scale of the small-output methods: of :data:`TARGETS`, the one that trained the most
     tuning seeds over the cells of ``path`` (``scripts/lookahead_targets.py``; a tie goes to the larger
     target). Returns it, the trained count of every target, and the number of runs per target."""
-    rows = _read_csv(path)
-    counts = {t: sum(r["trained"] == "True" for r in rows if float(r["target"]) == t) for t in TARGETS}
-    runs = sum(float(r["target"]) == TARGETS[0] for r in rows)
-    return max(TARGETS, key=lambda t: (counts[t], t)), counts, runs
+    tally = trained_per_target(_read_csv(path))
+    counts = {t: tally.get(t, (0, 0))[0] for t in TARGETS}
+    return max(TARGETS, key=lambda t: (counts[t], t)), counts, tally.get(TARGETS[0], (0, 0))[1]
 
 
 def small_labels(target: float) -> tuple[str, str]:
@@ -428,34 +437,68 @@ def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV,
         rows = _read_csv(sgd)
         per_lr = []
         for lr in dict.fromkeys(r["sgd lr"] for r in rows):
-            mine = [r for r in rows if r["sgd lr"] == lr]
-            n = sum(float(r["target"]) == TARGETS[0] for r in mine)
-            per_lr.append(f"lr {float(lr):g}: " + ", ".join(
-                f"{t:g}: {sum(r['trained'] == 'True' for r in mine if float(r['target']) == t)}/{n}" for t in TARGETS))
+            tally = trained_per_target([r for r in rows if r["sgd lr"] == lr])
+            per_lr.append(f"lr {float(lr):g}: " + ", ".join(f"{t:g}: {tally[t][0]}/{tally[TARGETS[0]][1]}"
+                                                            for t in TARGETS))
         line += f"; with plain SGD instead (regression w2d40, the same seeds) per target, {'; '.join(per_lr)}"
     if classification.exists():
         line += "; " + classification_finding(_read_csv(classification))
     return line
 
 
+def accuracy_per_target(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[float, np.ndarray]]:
+    """Per (model, optimizer) and ``calibrate_target`` of ``rows`` (``scripts/lookahead_targets.py
+    --classification``'s per-run rows): the runs' train accuracies after the last epoch."""
+    epoch = f"train acc epoch {CLASSIFICATION_EPOCHS}"
+    out: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for r in rows:
+        out.setdefault((r["model"], r["optimizer"]), {}).setdefault(float(r["target"]), []).append(float(r[epoch]))
+    return {key: {t: np.array(v) for t, v in per.items()} for key, per in out.items()}
+
+
 def classification_finding(rows: list[dict[str, str]]) -> str:
     """What a small target costs two standard classifiers (``scripts/lookahead_targets.py --classification``):
     per model and optimizer the median train accuracy per target, and the smallest target against 1, paired."""
-    epoch = f"train acc epoch {CLASSIFICATION_EPOCHS}"
     small, one = min(CLASSIFICATION_TARGETS), max(CLASSIFICATION_TARGETS)
     parts = []
-    for model, optimizer in dict.fromkeys((r["model"], r["optimizer"]) for r in rows):
-        mine = [r for r in rows if (r["model"], r["optimizer"]) == (model, optimizer)]
-        acc = {t: np.array([float(r[epoch]) for r in mine if float(r["target"]) == t]) for t in CLASSIFICATION_TARGETS}
-        medians = " / ".join(number(float(np.median(v)), "percent") for v in acc.values())
+    for (model, optimizer), acc in accuracy_per_target(rows).items():
+        medians = " / ".join(number(float(np.median(acc[t])), "percent") for t in CLASSIFICATION_TARGETS)
         paired = compare(acc[small], acc[one], f"target {small:g}", f"target {one:g}", higher_is_better=True)
-        parts.append(f"{model}, {optimizer}: {medians}; " + paired.sentence(f"train accuracy after {CLASSIFICATION_EPOCHS} "
-                                                                           "epochs", style="percent"))
+        sentence = paired.sentence(f"train accuracy after {CLASSIFICATION_EPOCHS} epochs", style="percent")
+        parts.append(f"{model}, {optimizer}: {medians}; {sentence}")
     seeds = len({r["seed"] for r in rows})
     targets = " / ".join(f"{t:g}" for t in CLASSIFICATION_TARGETS)
     return (f"on two standard classifiers instead (`mnist_fractional`'s MNIST MLP 64x20 and CIFAR-10 CNN, 3000 "
             f"training images, {CLASSIFICATION_EPOCHS} epochs, {seeds} seeds, `--classification`), median train "
             f"accuracy after {CLASSIFICATION_EPOCHS} epochs at target {targets}: " + "; ".join(parts))
+
+
+def targets_rows(results: Path = RESULTS) -> list[dict[str, str]]:
+    """The README's targets table as rows (``setting``, ``target``, ``value``), from the files of
+    ``scripts/lookahead_targets.py`` in ``results`` that exist: seeds trained per target in the deep
+    narrow cells (Adam; plain SGD per learning rate) and the classifiers' median train accuracy."""
+    rows: list[dict[str, str]] = []
+
+    def add(setting: str, values: dict[float, str]) -> None:
+        rows.extend({"setting": setting, "target": f"{t:g}", "value": v} for t, v in values.items())
+
+    paths = [results / p.name for p in (TARGETS_CSV, TARGETS_SGD_CSV, TARGETS_CLASSIFICATION_CSV)]
+    if paths[0].exists():
+        add("deep narrow regression and score, 4 cells, Adam 1e-3: seeds trained",
+            {t: f"{k}/{n}" for t, (k, n) in trained_per_target(_read_csv(paths[0])).items()})
+    if paths[1].exists():
+        found = _read_csv(paths[1])
+        for shape, lr in dict.fromkeys((r["shape"], r["sgd lr"]) for r in found):
+            tally = trained_per_target([r for r in found if (r["shape"], r["sgd lr"]) == (shape, lr)])
+            add(f"deep narrow regression {shape}, SGD {float(lr):g}: seeds trained",
+                {t: f"{k}/{n}" for t, (k, n) in tally.items()})
+    if paths[2].exists():
+        found = _read_csv(paths[2])
+        for (model, optimizer), acc in accuracy_per_target(found).items():
+            seeds = len({r["seed"] for r in found if (r["model"], r["optimizer"]) == (model, optimizer)})
+            add(f"{model}, {optimizer}: median train accuracy after {CLASSIFICATION_EPOCHS} epochs ({seeds} seeds)",
+                {t: f"{100 * float(np.median(v)):.1f}%" for t, v in acc.items()})
+    return rows
 
 
 SCAN = "library halving, budget"  # scripts/lookahead_schedules.py's rows of the library's schedule at larger budgets
@@ -488,8 +531,9 @@ def library_rule() -> tuple[str, str, str]:
 
 def rule_findings(runs: list[dict[str, Any]], results: Path = RESULTS) -> tuple[list[str], list[str]]:
     """What the other selection rules did (issue 25's goal), from ``scripts/lookahead_schedules.py``'s
-    files in ``results`` (``scripts/lookahead_rank_target.py`` appends to the second): ``lookahead_rules_search.csv`` (every rule replayed on recorded trajectories,
-    tuned on one set of seeds, replayed on another) and ``lookahead_rules.csv`` (per-seed rows of the
+    files in ``results`` (``scripts/lookahead_rank_target.py`` appends to the second):
+    ``lookahead_rules_search.csv`` (every rule replayed on recorded trajectories, tuned on one set of
+    seeds, replayed on another) and ``lookahead_rules.csv`` (per-seed rows of the
     named rules, replayed or trained for real), each rule against the library's on the same seeds
     (paired: this run's look-ahead rows where the seeds and cell are this run's). Empty without them."""
     out, summary = [], []

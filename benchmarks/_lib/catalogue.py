@@ -14,7 +14,6 @@ import importlib
 import math
 import pkgutil
 import re
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -206,38 +205,16 @@ def calibration_table(results: Path = RESULTS, protocol: str = "lr 1e-3") -> str
 
 
 def targets_table(results: Path = RESULTS) -> str:
-    """What the output scale (``calibrate_target``) does, one row per setting and one column per target,
-    from ``scripts/lookahead_targets.py``'s files: seeds trained in the deep narrow cells (Adam; plain
-    SGD) and the median train accuracy of two standard classifiers after their last epoch."""
-    rows: list[dict[str, str]] = []
+    """What the output scale (``calibrate_target``) does, one row per setting and one column per target
+    (largest first), from ``scripts/lookahead_targets.py``'s files (:func:`benchmarks.lookahead.targets_rows`)."""
+    from benchmarks.lookahead import targets_rows
 
-    def trained(name: str, setting: Callable[[dict[str, str]], str]) -> None:
-        found = _result_rows(results, name) or []
-        for key in dict.fromkeys(setting(r) for r in found):
-            mine = [r for r in found if setting(r) == key]
-            for target in dict.fromkeys(r["target"] for r in mine):
-                flags = [r["trained"] == "True" for r in mine if r["target"] == target]
-                rows.append({"setting": f"{key}: seeds trained", "target": target,
-                             "value": f"{sum(flags)}/{len(flags)}"})
-
-    trained("lookahead_targets", lambda r: "deep narrow regression and score, 4 cells, Adam 1e-3")
-    trained("lookahead_targets_sgd", lambda r: f"deep narrow regression {r['shape']}, SGD {float(r['sgd lr']):g}")
-    found = _result_rows(results, "lookahead_targets_classification") or []
-    if found:
-        epoch = max((c for c in found[0] if c.startswith("train acc epoch ")), key=lambda c: int(c.split()[-1]))
-        for key in dict.fromkeys((r["model"], r["optimizer"]) for r in found):
-            mine = [r for r in found if (r["model"], r["optimizer"]) == key]
-            setting = (f"{key[0]}, {key[1]}: median train accuracy after {epoch.split()[-1]} epochs "
-                       f"({len({r['seed'] for r in mine})} seeds)")
-            for target in dict.fromkeys(r["target"] for r in mine):
-                acc = [float(r[epoch]) for r in mine if r["target"] == target]
-                rows.append({"setting": setting, "target": target, "value": f"{100 * statistics.median(acc):.1f}%"})
+    rows = targets_rows(results)
     if not rows:
         return "(scripts/lookahead_targets.py not run yet)"
     order = sorted({float(r["target"]) for r in rows}, reverse=True)
     rows.sort(key=lambda r: order.index(float(r["target"])))
-    table = _by_method(rows, "setting", lambda r: f"target {float(r['target']):g}", lambda r: r["value"],
-                       lambda name: False)
+    table = _by_method(rows, "setting", lambda r: f"target {r['target']}", lambda r: r["value"], lambda name: False)
     return table.replace("| method |", "| setting |", 1)
 
 
