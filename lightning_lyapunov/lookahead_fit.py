@@ -147,8 +147,9 @@ class LookAheadFit:
         optimizers, schedulers = trainer.optimizers, [c.scheduler for c in trainer.lr_scheduler_configs]
         if look.resumable:
             look.resume(pl_module, optimizers, schedulers)
-            self._info(f"LyapunovInit: resuming the look-ahead at candidate {look.current} "
-                       f"({look.halving.total_steps} of its steps taken)")
+            h = look.halving
+            self._info(f"LyapunovInit: resuming the look-ahead at candidate {h.current} ({h.steps[h.current]} of its "
+                       f"steps taken, {h.total_steps} look-ahead steps in all)")
         elif self._drawn is not None:
             seeds, drawn = trainer.strategy.broadcast((look.seeds, self._drawn[0]), src=0)
             look.seeds = [int(s) for s in seeds]
