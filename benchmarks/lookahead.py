@@ -88,7 +88,9 @@ TARGETS_SGD_CSV = RESULTS / "lookahead_targets_sgd.csv"  # the same with plain S
 #: the targets on two standard classifiers (``scripts/lookahead_targets.py --classification``)
 TARGETS_CLASSIFICATION_CSV = RESULTS / "lookahead_targets_classification.csv"
 CLASSIFICATION_TARGETS = (1.0, 0.01, 0.001)
-CLASSIFICATION_SEEDS, CLASSIFICATION_EPOCHS = 20, 5
+CLASSIFICATION_SEEDS = 20
+CLASSIFICATION_EPOCHS = (1, 2, 5, 20)  # train accuracy recorded after these epochs; the runs train to the last
+CLASSIFICATION_COMPARED = (5, 20)  # the epochs whose accuracies the report and the README compare
 
 
 @dataclass(frozen=True)
@@ -446,31 +448,34 @@ def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV,
     return line
 
 
-def accuracy_per_target(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[float, np.ndarray]]:
+def accuracy_per_target(rows: list[dict[str, str]], epoch: int) -> dict[tuple[str, str], dict[float, np.ndarray]]:
     """Per (model, optimizer) and ``calibrate_target`` of ``rows`` (``scripts/lookahead_targets.py
-    --classification``'s per-run rows): the runs' train accuracies after the last epoch."""
-    epoch = f"train acc epoch {CLASSIFICATION_EPOCHS}"
+    --classification``'s per-run rows): the runs' train accuracies after ``epoch`` epochs."""
+    column = f"train acc epoch {epoch}"
     out: dict[tuple[str, str], dict[float, list[float]]] = {}
     for r in rows:
-        out.setdefault((r["model"], r["optimizer"]), {}).setdefault(float(r["target"]), []).append(float(r[epoch]))
+        out.setdefault((r["model"], r["optimizer"]), {}).setdefault(float(r["target"]), []).append(float(r[column]))
     return {key: {t: np.array(v) for t, v in per.items()} for key, per in out.items()}
 
 
 def classification_finding(rows: list[dict[str, str]]) -> str:
     """What a small target costs two standard classifiers (``scripts/lookahead_targets.py --classification``):
-    per model and optimizer the median train accuracy per target, and the smallest target against 1, paired."""
+    per model, optimizer and compared epoch the median train accuracy per target, and the smallest target
+    against 1, paired."""
     small, one = min(CLASSIFICATION_TARGETS), max(CLASSIFICATION_TARGETS)
-    parts = []
-    for (model, optimizer), acc in accuracy_per_target(rows).items():
-        medians = " / ".join(number(float(np.median(acc[t])), "percent") for t in CLASSIFICATION_TARGETS)
-        paired = compare(acc[small], acc[one], f"target {small:g}", f"target {one:g}", higher_is_better=True)
-        sentence = paired.sentence(f"train accuracy after {CLASSIFICATION_EPOCHS} epochs", style="percent")
-        parts.append(f"{model}, {optimizer}: {medians}; {sentence}")
+    parts: dict[tuple[str, str], list[str]] = {}
+    for epoch in CLASSIFICATION_COMPARED:
+        for key, acc in accuracy_per_target(rows, epoch).items():
+            medians = " / ".join(number(float(np.median(acc[t])), "percent") for t in CLASSIFICATION_TARGETS)
+            paired = compare(acc[small], acc[one], f"target {small:g}", f"target {one:g}", higher_is_better=True)
+            sentence = paired.sentence(f"train accuracy after {epoch} epochs", style="percent")
+            parts.setdefault(key, []).append(f"after {epoch} epochs {medians}; {sentence}")
     seeds = len({r["seed"] for r in rows})
     targets = " / ".join(f"{t:g}" for t in CLASSIFICATION_TARGETS)
     return (f"on two standard classifiers instead (`mnist_fractional`'s MNIST MLP 64x20 and CIFAR-10 CNN, 3000 "
-            f"training images, {CLASSIFICATION_EPOCHS} epochs, {seeds} seeds, `--classification`), median train "
-            f"accuracy after {CLASSIFICATION_EPOCHS} epochs at target {targets}: " + "; ".join(parts))
+            f"training images, {CLASSIFICATION_EPOCHS[-1]} epochs, {seeds} seeds, `--classification`), median train "
+            f"accuracy at target {targets}: "
+            + "; ".join(f"{model}, {optimizer}: " + "; ".join(p) for (model, optimizer), p in parts.items()))
 
 
 def targets_rows(results: Path = RESULTS) -> list[dict[str, str]]:
@@ -494,10 +499,11 @@ def targets_rows(results: Path = RESULTS) -> list[dict[str, str]]:
                 {t: f"{k}/{n}" for t, (k, n) in tally.items()})
     if paths[2].exists():
         found = _read_csv(paths[2])
-        for (model, optimizer), acc in accuracy_per_target(found).items():
-            seeds = len({r["seed"] for r in found if (r["model"], r["optimizer"]) == (model, optimizer)})
-            add(f"{model}, {optimizer}: median train accuracy after {CLASSIFICATION_EPOCHS} epochs ({seeds} seeds)",
-                {t: f"{100 * float(np.median(v)):.1f}%" for t, v in acc.items()})
+        for epoch in CLASSIFICATION_COMPARED:
+            for (model, optimizer), acc in accuracy_per_target(found, epoch).items():
+                seeds = len({r["seed"] for r in found if (r["model"], r["optimizer"]) == (model, optimizer)})
+                add(f"{model}, {optimizer}: median train accuracy after {epoch} epochs ({seeds} seeds)",
+                    {t: f"{100 * float(np.median(v)):.1f}%" for t, v in acc.items()})
     return rows
 
 

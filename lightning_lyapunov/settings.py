@@ -81,7 +81,8 @@ class InitSpec:
             ``scheme="lyapunov"``, ``None`` otherwise, and optional (module docstring).
         calibrate_target: the output's root-mean-square after a calibration. A small one (e.g. ``0.001``) trains
             more deep narrow nets (width 2-3) with Adam but slowed two standard classifiers (an MNIST MLP and
-            a CIFAR-10 CNN), much more with plain SGD (the README's targets table).
+            a CIFAR-10 CNN): with Adam for a few epochs, with plain SGD the CNN for 20 and more (the README's
+            targets table).
         stream_growth: with ``calibrate="layers"``, the growth ``G > 1`` of a residual stream's
             root-mean-square over all its recognized residual blocks ``x + f(x)``: each branch is
             set to ``sqrt(G^(2/B) - 1)`` times the stream's rms (``B`` blocks); ``None``: every

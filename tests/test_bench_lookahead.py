@@ -141,19 +141,26 @@ def test_the_targets_script_writes_every_cell_and_target_and_the_benchmark_reads
     assert {r["sgd lr"] for r in csv.DictReader((tmp_path / "sgd.csv").open())} == {"0.001"}
 
 
-def test_the_classification_finding_gives_each_targets_median_and_pairs_the_smallest_with_1():
-    from benchmarks.lookahead import CLASSIFICATION_EPOCHS, CLASSIFICATION_TARGETS, classification_finding
+def test_the_classification_finding_gives_each_targets_median_per_compared_epoch_and_pairs_the_smallest_with_1():
+    from benchmarks.lookahead import CLASSIFICATION_COMPARED, CLASSIFICATION_TARGETS, classification_finding
 
     accuracy = {1.0: 0.8, 0.01: 0.5, 0.001: 0.4}
+    early, late = CLASSIFICATION_COMPARED
     rows = [{"model": "MLP", "optimizer": optimizer, "target": str(t), "seed": str(s),
-             f"train acc epoch {CLASSIFICATION_EPOCHS}": str(accuracy[t] + 0.001 * s if optimizer == "SGD" else 0.9)}
+             f"train acc epoch {early}": str(accuracy[t] + 0.001 * s if optimizer == "SGD" else 0.9),
+             f"train acc epoch {late}": str(0.95 + 0.001 * s if optimizer == "SGD" else accuracy[t])}
             for optimizer in ("SGD", "Adam") for t in CLASSIFICATION_TARGETS for s in range(20)]
     line = classification_finding(rows)
     assert "20 seeds" in line
     sgd, adam = line.split("MLP, SGD: ")[1].split("; MLP, Adam: ")
-    assert sgd.startswith("81.0% / 51.0% / 41.0%; target 1 beats target 0.001")  # medians of 0.8 + s/1000
-    assert "20 seeds better, 0 worse" in sgd  # the sentence names the winner first
-    assert adam.startswith("90.0% / 90.0% / 90.0%; target 0.001 and target 1 are not distinguishable")
+    sgd_early, sgd_late = sgd.split(f"; after {late} epochs ")
+    # medians of 0.8 + s/1000; the sentence names the winner first
+    assert sgd_early.startswith(f"after {early} epochs 81.0% / 51.0% / 41.0%; target 1 beats target 0.001")
+    assert "20 seeds better, 0 worse" in sgd_early
+    assert sgd_late.startswith("96.0% / 96.0% / 96.0%; target 0.001 and target 1 are not distinguishable")
+    adam_early, adam_late = adam.split(f"; after {late} epochs ")
+    assert adam_early.startswith(f"after {early} epochs 90.0% / 90.0% / 90.0%; target 0.001 and target 1 are not")
+    assert adam_late.startswith("80.0% / 50.0% / 40.0%; target 1 beats target 0.001")
 
 
 def test_the_rank_target_script_ranks_every_candidate_at_one_target_and_trains_one_at_the_other(capsys, monkeypatch,

@@ -253,10 +253,11 @@ def test_the_targets_table_has_a_row_per_setting_and_a_column_per_target_largest
         "task,shape,target,seed,metric,trained\n" + "".join(f"r,w2,{t},{s},0.5,{s < k}\n" for t, k in
                                                              ((0.1, 2), (1.0, 1)) for s in range(2)))
     (tmp_path / "lookahead_targets_classification.csv").write_text(
-        "model,optimizer,target,seed,train acc epoch 1,train acc epoch 5,test acc\n"
-        "MLP,SGD 0.01,1.0,0,0.1,0.8,0.7\nMLP,SGD 0.01,1.0,1,0.1,0.6,0.7\nMLP,SGD 0.01,0.001,0,0.1,0.3,0.2\n")
+        "model,optimizer,target,seed,train acc epoch 1,train acc epoch 5,train acc epoch 20,test acc\n"
+        "MLP,SGD 0.01,1.0,0,0.1,0.8,0.9,0.7\nMLP,SGD 0.01,1.0,1,0.1,0.6,1.0,0.7\nMLP,SGD 0.01,0.001,0,0.1,0.3,0.9,0.2\n")
     assert catalogue.targets_table(tmp_path).splitlines() == [
         "| setting | target 1 | target 0.1 | target 0.001 |", "|---|---|---|---|",
         "| deep narrow regression and score, 4 cells, Adam 1e-3: seeds trained | 1/2 | 2/2 | - |",
-        "| MLP, SGD 0.01: median train accuracy after 5 epochs (2 seeds) | 70.0% | - | 30.0% |"]
+        "| MLP, SGD 0.01: median train accuracy after 5 epochs (2 seeds) | 70.0% | - | 30.0% |",
+        "| MLP, SGD 0.01: median train accuracy after 20 epochs (2 seeds) | 95.0% | - | 90.0% |"]
     assert catalogue.targets_table(tmp_path / "none") == "(scripts/lookahead_targets.py not run yet)"
