@@ -106,7 +106,7 @@ def plan_exponent(plan: Any) -> float | None:
     exponents = _plan_exponents(plan)
     if exponents is None or exponents.size == 0:
         return None
-    return float(exponents.mean())
+    return round(float(exponents.mean()), 12) + 0.0  # theory's 0 as 0, not float noise (1e-18) nor -0.0
 
 
 def summary_scalars(stats: SignalStats, plan: Any) -> dict[str, float]:

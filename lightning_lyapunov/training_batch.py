@@ -133,8 +133,8 @@ def observation(trainer: Trainer, pl_module: LightningModule, spec: InitSpec, ex
     return found if found is not None else Observation(missing=_fallback("tried: " + "; ".join(tried), fix=True))
 
 
-_FIX = (". Pass LyapunovInit(forward=lambda module, batch: ...) that runs the network on a training batch, "
-        "or example_input=")
+_FIX = (". Pass LyapunovInit(forward=lambda module, batch: ...) that runs the network on a training batch "
+        "(or example_input=<a batch of inputs>, if the module's own forward takes one)")
 #: the diagnosis's advice on an output far from the input's scale when there is no pass to run again
 NO_RERUN_FIX = "LyapunovInit found no pass that runs the network again, so it could neither calibrate nor sample" + _FIX
 

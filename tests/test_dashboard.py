@@ -346,3 +346,13 @@ def test_the_predicted_line_and_band_of_a_gelu_net_are_the_scale_chains(tmp_path
         gains = np.array(plan.calibration.log_gains)
         np.testing.assert_allclose(line, stats.column("log_norm_mean")[0] + np.concatenate([[0], np.cumsum(gains[1:])]))
         assert "before calibration, theory's log-norm drift: +0.000" in plan.describe()
+
+
+def test_the_plan_exponent_is_theorys_zero_not_float_noise() -> None:
+    from types import SimpleNamespace
+
+    noise = SimpleNamespace(layer_log_gains=[3e-18, -4e-18, 0.0])  # a numerically solved exponent 0 per layer
+    value = dashboard.plan_exponent(noise)
+    assert value == 0.0 and math.copysign(1.0, value) == 1.0  # "+0.0000", a flat 0 line in TensorBoard
+    assert dashboard.plan_exponent(SimpleNamespace(layer_log_gains=[-0.8, -0.9])) == pytest.approx(-0.85, abs=1e-12)
+    assert dashboard.plan_exponent(SimpleNamespace(layer_log_gains=[None])) is None
