@@ -272,7 +272,8 @@ class InitPlan:
         (the shape holds them), and ``slope from`` says how the slope was found (``observed``,
         ``fx``, ``module order``, ``override``, or ``policy:RReLU``) without what was found; the ``theory``
         column (shown when an activation is not a Leaky ReLU) says how theory treats each layer
-        (:attr:`LayerPlan.theory`: ``closed form``, ``gelu exact at s=1 (unstable)`` or ``policy``).
+        (:attr:`LayerPlan.theory`: ``closed form``, ``gelu exact at s=1 (unstable)`` or ``policy``); a
+        layer planned by the scale chain has no slope (``-``): theory uses its activation, not a slope.
         ``warnings=False`` leaves out the plan's warnings (already emitted as Python warnings by
         :func:`~lightning_lyapunov.plan_init`).
         """
@@ -478,7 +479,7 @@ def _row(index: int, layer: LayerPlan, details: bool = True) -> tuple[str, ...]:
     if not details:  # how, not what: the slope column says what
         found = layer.slope_source.split(" (")[0] if layer.slope_source.startswith("policy:") else layer.slope_found_by
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
-            str(layer.d_out), f"{layer.negative_slope:g}", found, layer.theory,
+            str(layer.d_out), "-" if layer.exact_scale is not None else f"{layer.negative_slope:g}", found, layer.theory,
             "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),
             _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance),

@@ -166,3 +166,12 @@ def test_every_listed_activation_is_exact_in_the_plan(module, label):
     assert [layer.theory.split(" (")[0] for layer in plan.layers] == [f"{label} exact at s=1"] * 2 + ["closed form"]
     assert f"{label} exact at s=1" in str(plan)
     np.testing.assert_allclose(plan.chain.mean_log_norm, 0.0, atol=1e-9)
+
+
+def test_the_plan_table_gives_no_slope_to_a_layer_planned_by_its_activation():
+    model = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+    plan = plan_init(model, example_input=torch.randn(64, 16))
+    lines = plan.describe(warnings=False).splitlines()
+    rows = [line.split() for line in lines[3:6]]
+    slope = lines[1].split().index("slope")
+    assert [row[slope] for row in rows] == ["-", "0.2", "1"]  # GELU: the scale chain, no slope
