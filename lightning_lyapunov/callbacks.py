@@ -92,7 +92,7 @@ class LyapunovInit(Callback):
             ``"layers"`` for ``scheme="lyapunov"`` (theory's draw kept, with a warning, if the batch cannot
             calibrate it), ``None`` for the baselines. Under DDP every rank calibrates alike.
         calibrate_target: the output's root-mean-square after calibration. A small one (``0.001``) trains more
-            deep narrow nets with Adam but slowed two standard classifiers, for 20+ epochs with SGD (README).
+            deep narrow nets with Adam but slowed two standard classifiers (a CNN with SGD for 20+ epochs; README).
         stream_growth: with ``calibrate="layers"``, a residual stream's rms growth ``G`` over its ``B`` blocks
             ``x + f(x)``: each branch at ``sqrt(G^(2/B) - 1)`` times the stream; ``None``: at rms 1.
         diagnostics: measure and log the signal statistics.

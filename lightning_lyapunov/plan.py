@@ -478,8 +478,9 @@ def _row(index: int, layer: LayerPlan, details: bool = True) -> tuple[str, ...]:
     found = layer.slope_source if layer.slope_found_by in layer.slope_source else f"{layer.slope_found_by}: {layer.slope_source}"
     if not details:  # how, not what: the slope column says what
         found = layer.slope_source.split(" (")[0] if layer.slope_source.startswith("policy:") else layer.slope_found_by
+    slope = "-" if layer.exact_scale is not None else f"{layer.negative_slope:g}"  # the scale chain uses no slope
     return (str(index), layer.name, layer.kind + groups, "x".join(map(str, layer.shape)), str(layer.d_in),
-            str(layer.d_out), "-" if layer.exact_scale is not None else f"{layer.negative_slope:g}", found, layer.theory,
+            str(layer.d_out), slope, found, layer.theory,
             "-" if layer.calls is None else str(layer.calls),
             layer.init.distribution + (" delta" if layer.taps is not None else ""),
             _fmt(layer.init.scale), _fmt(layer.init.exponent), _fmt(layer.init.variance),
