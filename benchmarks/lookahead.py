@@ -289,6 +289,15 @@ def trained_per_target(rows: list[dict[str, str]]) -> dict[float, tuple[int, int
     return out
 
 
+def trained_per_sgd_run(rows: list[dict[str, str]]) -> dict[tuple[str, str], dict[float, tuple[int, int]]]:
+    """Per (shape, SGD learning rate) of ``rows`` (``scripts/lookahead_targets.py --sgd``'s per-run rows, in
+    order of appearance): :func:`trained_per_target` of its runs."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["sgd lr"]), []).append(r)
+    return {key: trained_per_target(runs) for key, runs in groups.items()}
+
+
 def small_target(path: Path = TARGETS_CSV) -> tuple[float, dict[float, int], int]:
     """The output scale of the small-output methods: of :data:`TARGETS`, the one that trained the most
     tuning seeds over the cells of ``path`` (``scripts/lookahead_targets.py``; a tie goes to the larger
@@ -436,12 +445,8 @@ def target_finding(path: Path = TARGETS_CSV, sgd: Path = TARGETS_SGD_CSV,
             f"draw per seed trained {SIZES.full.steps} Adam steps in the four cells, `scripts/lookahead_targets.py`), "
             f"seeds trained per `calibrate_target`: {tried}; chosen {target:g} (the most)")
     if sgd.exists():
-        rows = _read_csv(sgd)
-        per_lr = []
-        for lr in dict.fromkeys(r["sgd lr"] for r in rows):
-            tally = trained_per_target([r for r in rows if r["sgd lr"] == lr])
-            per_lr.append(f"lr {float(lr):g}: " + ", ".join(f"{t:g}: {tally[t][0]}/{tally[TARGETS[0]][1]}"
-                                                            for t in TARGETS))
+        per_lr = [f"lr {float(lr):g}: " + ", ".join(f"{t:g}: {tally[t][0]}/{tally[TARGETS[0]][1]}" for t in TARGETS)
+                  for (_, lr), tally in trained_per_sgd_run(_read_csv(sgd)).items()]
         line += f"; with plain SGD instead (regression w2d40, the same seeds) per target, {'; '.join(per_lr)}"
     if classification.exists():
         line += "; " + classification_finding(_read_csv(classification))
@@ -492,9 +497,7 @@ def targets_rows(results: Path = RESULTS) -> list[dict[str, str]]:
         add("deep narrow regression and score, 4 cells, Adam 1e-3: seeds trained",
             {t: f"{k}/{n}" for t, (k, n) in trained_per_target(_read_csv(paths[0])).items()})
     if paths[1].exists():
-        found = _read_csv(paths[1])
-        for shape, lr in dict.fromkeys((r["shape"], r["sgd lr"]) for r in found):
-            tally = trained_per_target([r for r in found if (r["shape"], r["sgd lr"]) == (shape, lr)])
+        for (shape, lr), tally in trained_per_sgd_run(_read_csv(paths[1])).items():
             add(f"deep narrow regression {shape}, SGD {float(lr):g}: seeds trained",
                 {t: f"{k}/{n}" for t, (k, n) in tally.items()})
     if paths[2].exists():
